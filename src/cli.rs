@@ -1,0 +1,150 @@
+//! The command line: `tributary run | gen`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::cluster::ClusterConfig;
+use crate::dataflow::OnError;
+use crate::job::JobSpec;
+
+/// Streaming windowed linear regression on timely and differential dataflow.
+#[derive(Debug, Parser)]
+#[command(name = "tributary", version, disable_help_flag = true)]
+pub struct Cli {
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help, global = true)]
+    pub help: Option<bool>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a dataflow: per key and window, regression models as the stream goes.
+    #[command(disable_help_flag = true)]
+    Run(RunArgs),
+    /// Write the generator's stream as CSV (`ts,key,x0,…,y`).
+    #[command(disable_help_flag = true)]
+    Gen(GenArgs),
+}
+
+/// `tributary run` flags; they override the SPEC.toml file.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// A dataflow spec (TOML); flags override it.
+    pub spec: Option<PathBuf>,
+    /// csv:PATH | jsonl:PATH | gen:rows=N,keys=K,features=D,seed=S[,disorder=MS][,step=MS]
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Time field (integer ms since the epoch) [default: ts].
+    #[arg(long)]
+    pub time: Option<String>,
+    /// Key field [default: key].
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Feature fields: a,b,c or x0..x7 [default: the generator's, or every other CSV column].
+    #[arg(long)]
+    pub features: Option<String>,
+    /// Target field [default: y].
+    #[arg(long)]
+    pub target: Option<String>,
+    /// tumbling:60s | sliding:60s/10s | session:30s [default: sliding:60s/10s].
+    #[arg(long)]
+    pub window: Option<String>,
+    /// Allowed lateness: the watermark trails the largest event time by this much [default: 0s].
+    #[arg(long)]
+    pub lateness: Option<String>,
+    /// Largest advance of the watermark by a single record; records further ahead are set aside [default: 1h].
+    #[arg(long)]
+    pub max_jump: Option<String>,
+    /// Ridge penalty λ on the slopes (not the intercept, not scaled by n) [default: 0].
+    #[arg(long)]
+    pub ridge: Option<f64>,
+    /// Model output, JSON lines; `-` is stdout [default: -].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Where records set aside (late, too far ahead) are written, JSON lines.
+    #[arg(long)]
+    pub late_out: Option<PathBuf>,
+    /// What a malformed line does [default: skip].
+    #[arg(long, value_enum)]
+    pub on_error: Option<OnError>,
+    /// No progress line on stderr.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// Worker threads per process [default: 1].
+    #[arg(short = 'w', long = "workers")]
+    pub workers: Option<usize>,
+    /// Number of processes.
+    #[arg(short = 'n', long = "processes", default_value_t = 1)]
+    pub processes: usize,
+    /// Index of this process.
+    #[arg(short = 'p', long = "process", default_value_t = 0)]
+    pub process: usize,
+    /// Hostfile: one host:port per line, process 0 first.
+    #[arg(short = 'h', long = "hostfile")]
+    pub hostfile: Option<PathBuf>,
+}
+
+impl RunArgs {
+    /// The job settings these flags give (unset flags are `None`).
+    pub fn job_flags(&self) -> JobSpec {
+        JobSpec {
+            source: self.source.clone(),
+            time: self.time.clone(),
+            key: self.key.clone(),
+            features: self.features.clone(),
+            target: self.target.clone(),
+            window: self.window.clone(),
+            lateness: self.lateness.clone(),
+            max_jump: self.max_jump.clone(),
+            ridge: self.ridge,
+            out: self.out.clone(),
+            late_out: self.late_out.clone(),
+            on_error: self.on_error,
+            workers: self.workers,
+        }
+    }
+
+    /// The cluster settings, with the worker count from the flags or the spec.
+    pub fn cluster(&self, workers: Option<usize>) -> ClusterConfig {
+        ClusterConfig {
+            workers: workers.unwrap_or(1),
+            processes: self.processes,
+            process: self.process,
+            hostfile: self.hostfile.clone(),
+        }
+    }
+}
+
+/// `tributary gen` flags.
+#[derive(Debug, Args)]
+pub struct GenArgs {
+    /// Number of records.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub rows: u64,
+    /// Number of keys.
+    #[arg(long, default_value_t = 16)]
+    pub keys: u64,
+    /// Number of features.
+    #[arg(long, default_value_t = 8)]
+    pub features: usize,
+    /// Seed.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Largest displacement of a timestamp (e.g. 500ms, 2s).
+    #[arg(long, default_value = "0")]
+    pub disorder: String,
+    /// Time between consecutive records.
+    #[arg(long, default_value = "1ms")]
+    pub step: String,
+    /// Time of the first record (ms since the epoch).
+    #[arg(long, default_value_t = 1_700_000_000_000)]
+    pub start: i64,
+    /// Output CSV file; `-` is stdout.
+    #[arg(long, default_value = "-")]
+    pub out: PathBuf,
+}

@@ -1,0 +1,27 @@
+//! Tributary: streaming windowed linear regression on timely and differential dataflow.
+//!
+//! Records (event time, key, features, target) flow from a [`source`] through event-time
+//! [`window`]s, where they are folded into per-key, per-pane regression [`stats`] — an
+//! abelian group, and so the difference type of a differential-dataflow arrangement — to
+//! [`model`]s emitted when windows close. The [`dataflow`] module holds the operators,
+//! [`job`] runs a whole dataflow from its settings.
+
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod cluster;
+pub mod dataflow;
+pub mod job;
+pub mod metrics;
+pub mod model;
+pub mod record;
+pub mod sink;
+pub mod source;
+pub mod stats;
+pub mod window;
+
+pub use dataflow::{ModelLine, WindowConfig};
+pub use model::{Fit, SolveOptions, Status, solve};
+pub use record::{Record, RecordRef, Schema};
+pub use stats::Stats;
+pub use window::{Pane, Window, WindowSpec};

@@ -1,0 +1,89 @@
+//! The `tributary` command.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tributary::cli::{Cli, Command, GenArgs, RunArgs};
+use tributary::job::{JobSpec, run};
+use tributary::source::{GenReader, GenSpec};
+use tributary::window::parse_duration;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run_command(args),
+        Command::Gen(args) => gen_command(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_command(args: RunArgs) -> Result<(), String> {
+    let spec = match &args.spec {
+        Some(path) => JobSpec::from_file(path)?,
+        None => JobSpec::default(),
+    };
+    let spec = spec.overridden_by(args.job_flags());
+    let cluster = args.cluster(spec.workers);
+    let job = spec.resolve()?;
+    if !args.quiet && args.process == 0 {
+        eprintln!(
+            "tributary: {} window={} lateness={}ms ridge={} workers={}x{} out={}",
+            job.source,
+            job.windows.window,
+            job.windows.lateness,
+            job.windows.solve.ridge,
+            cluster.processes,
+            cluster.workers,
+            job.out.display()
+        );
+    }
+    let summary = run(job, cluster, !args.quiet)?;
+    eprintln!("{}", summary.line());
+    Ok(())
+}
+
+fn gen_command(args: GenArgs) -> Result<(), String> {
+    let spec = GenSpec {
+        rows: args.rows,
+        keys: args.keys,
+        features: args.features,
+        seed: args.seed,
+        disorder: parse_duration(&args.disorder)?,
+        step: parse_duration(&args.step)?,
+        start: args.start,
+        ..GenSpec::default()
+    };
+    spec.validate()?;
+    let mut out = tributary::sink::open_lines(&args.out, false)
+        .map_err(|e| format!("{}: {e}", args.out.display()))?;
+    let mut line = String::from("ts,key");
+    for i in 0..spec.features {
+        line.push_str(&format!(",x{i}"));
+    }
+    line.push_str(",y\n");
+    let mut result = out.write_all(line.as_bytes());
+    let mut reader = GenReader::new(&spec, 0, 1);
+    reader.generate(0, spec.rows, |r| {
+        if result.is_err() {
+            return;
+        }
+        use std::fmt::Write as _;
+        line.clear();
+        let _ = write!(line, "{},{}", r.time, r.key);
+        for v in r.z {
+            let _ = write!(line, ",{v}");
+        }
+        line.push('\n');
+        result = out.write_all(line.as_bytes());
+    });
+    result
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("{}: {e}", args.out.display()))
+}

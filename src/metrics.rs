@@ -1,0 +1,69 @@
+//! Process-wide counters, read by the progress line and the exit summary.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+/// Counters shared by the workers of one process.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Well-formed records read.
+    pub records: AtomicU64,
+    /// Malformed lines.
+    pub malformed: AtomicU64,
+    /// Records set aside as late.
+    pub late: AtomicU64,
+    /// Records set aside as too far ahead of the stream.
+    pub too_far: AtomicU64,
+    /// Panes currently held in the arrangement (this process's share).
+    pub open_panes: AtomicI64,
+    /// Final model emissions.
+    pub windows_final: AtomicU64,
+    /// Provisional model emissions.
+    pub windows_provisional: AtomicU64,
+    /// The global watermark as last seen by this process's first worker (ms).
+    pub watermark: AtomicI64,
+}
+
+/// A point-in-time copy of [`Metrics`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// See [`Metrics::records`].
+    pub records: u64,
+    /// See [`Metrics::malformed`].
+    pub malformed: u64,
+    /// See [`Metrics::late`].
+    pub late: u64,
+    /// See [`Metrics::too_far`].
+    pub too_far: u64,
+    /// See [`Metrics::open_panes`].
+    pub open_panes: i64,
+    /// See [`Metrics::windows_final`].
+    pub windows_final: u64,
+    /// See [`Metrics::windows_provisional`].
+    pub windows_provisional: u64,
+    /// See [`Metrics::watermark`].
+    pub watermark: i64,
+}
+
+impl Metrics {
+    /// Adds one batch's source counts.
+    pub fn add(&self, counts: &crate::dataflow::Counts) {
+        self.records.fetch_add(counts.records, Relaxed);
+        self.malformed.fetch_add(counts.malformed, Relaxed);
+        self.late.fetch_add(counts.late, Relaxed);
+        self.too_far.fetch_add(counts.too_far, Relaxed);
+    }
+
+    /// Reads every counter.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            records: self.records.load(Relaxed),
+            malformed: self.malformed.load(Relaxed),
+            late: self.late.load(Relaxed),
+            too_far: self.too_far.load(Relaxed),
+            open_panes: self.open_panes.load(Relaxed),
+            windows_final: self.windows_final.load(Relaxed),
+            windows_provisional: self.windows_provisional.load(Relaxed),
+            watermark: self.watermark.load(Relaxed),
+        }
+    }
+}

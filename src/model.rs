@@ -1,0 +1,207 @@
+//! Solving a window's statistics for its regression model.
+//!
+//! With an intercept, the least-squares problem separates: the slope `b` solves the
+//! *centered* normal equations `(Sxx + λI) b = Sxy`, where `Sxx = XᵀX − n x̄x̄ᵀ` and
+//! `Sxy = Xᵀy − n x̄ȳ`, and the intercept is `b₀ = ȳ − x̄·b` (never penalized). Both come
+//! straight from [`Stats`], in `O(d³)` whatever the number of rows.
+//!
+//! The system is first scaled by its diagonal (so features in different units do not look
+//! ill-conditioned), then solved by Cholesky. The condition number reported is the 2-norm
+//! condition of that scaled matrix. Above [`ILL_CONDITIONED`] the status is
+//! `ill_conditioned`: coefficients are still given (from an SVD pseudo-inverse when
+//! Cholesky fails) but should not be trusted.
+
+use nalgebra::{DMatrix, DVector};
+use serde::{Deserialize, Serialize};
+
+use crate::stats::Stats;
+
+/// Condition number (of the diagonally scaled centered normal matrix) above which a model
+/// is reported `ill_conditioned`. At `1e10` the forward error bound of the coefficients is
+/// about `1e10 · 2⁻⁵² ≈ 2e-6` relative.
+pub const ILL_CONDITIONED: f64 = 1e10;
+
+/// How models are solved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SolveOptions {
+    /// Ridge penalty λ on the slopes (not the intercept), not scaled by `n`; `0` is OLS.
+    pub ridge: f64,
+}
+
+/// How trustworthy a model is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Well determined.
+    Ok,
+    /// Solved, but the condition number exceeds [`ILL_CONDITIONED`].
+    IllConditioned,
+    /// `n ≤ d`: not enough rows; no coefficients.
+    Underdetermined,
+}
+
+/// The solution of one window's regression.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Fit {
+    /// `[b₀, b₁, …, b_d]`, or `None` when underdetermined.
+    pub coef: Option<Vec<f64>>,
+    /// Coefficient of determination `1 − SSE/SST` (`None` when undefined).
+    pub r2: Option<f64>,
+    /// Root mean squared residual `√(SSE/n)`.
+    pub rmse: Option<f64>,
+    /// Condition number of the scaled normal matrix.
+    pub cond: Option<f64>,
+    /// Trustworthiness.
+    pub status: Status,
+}
+
+/// Solves the statistics for the regression coefficients (see the module docs).
+pub fn solve(stats: &Stats, options: SolveOptions) -> Fit {
+    let underdetermined = Fit {
+        coef: None,
+        r2: None,
+        rmse: None,
+        cond: None,
+        status: Status::Underdetermined,
+    };
+    let Some(d) = stats.features() else {
+        return underdetermined;
+    };
+    if stats.n <= d as i64 {
+        return underdetermined;
+    }
+    let n = stats.n as f64;
+    let mean: Vec<f64> = stats.sum().iter().map(|s| s / n).collect();
+    let (xbar, ybar) = (&mean[..d], mean[d]);
+
+    // Centered normal equations.
+    let sxx = DMatrix::from_fn(d, d, |i, j| stats.cross(i, j) - n * xbar[i] * xbar[j]);
+    let sxy = DVector::from_fn(d, |i, _| stats.cross(i, d) - n * xbar[i] * ybar);
+    let syy = stats.cross(d, d) - n * ybar * ybar;
+
+    let mut a = sxx.clone();
+    for i in 0..d {
+        a[(i, i)] += options.ridge;
+    }
+    // Jacobi scaling: A = D S D with S unit-diagonal.
+    let scale = DVector::from_fn(d, |i, _| {
+        let v = a[(i, i)];
+        if v > 0.0 { 1.0 / v.sqrt() } else { 1.0 }
+    });
+    let scaled = DMatrix::from_fn(d, d, |i, j| a[(i, j)] * scale[i] * scale[j]);
+    let rhs = sxy.component_mul(&scale);
+
+    let cond = condition(&scaled);
+    let ill = !(cond <= ILL_CONDITIONED);
+    let solution = (!ill)
+        .then(|| scaled.clone().cholesky().map(|c| c.solve(&rhs)))
+        .flatten()
+        .unwrap_or_else(|| pseudo_solve(&scaled, &rhs));
+    let b = solution.component_mul(&scale);
+
+    let b0 = ybar - b.dot(&DVector::from_column_slice(xbar));
+    // SSE = Syy − 2 bᵀSxy + bᵀ Sxx b (exact for any b when b₀ = ȳ − x̄·b).
+    let sse = (syy - 2.0 * b.dot(&sxy) + b.dot(&(&sxx * &b))).max(0.0);
+    let r2 = (syy > 0.0).then(|| 1.0 - sse / syy);
+    let mut coef = Vec::with_capacity(d + 1);
+    coef.push(b0);
+    coef.extend(b.iter());
+    let finite = coef.iter().all(|c| c.is_finite());
+    Fit {
+        coef: Some(coef),
+        r2: r2.filter(|v| v.is_finite()),
+        rmse: Some((sse / n).sqrt()).filter(|v| v.is_finite()),
+        cond: Some(cond).filter(|c| c.is_finite()),
+        status: if ill || !finite {
+            Status::IllConditioned
+        } else {
+            Status::Ok
+        },
+    }
+}
+
+/// 2-norm condition number of a symmetric positive semi-definite matrix (∞ if singular).
+fn condition(a: &DMatrix<f64>) -> f64 {
+    if a.nrows() == 0 {
+        return 1.0;
+    }
+    let eig = a.clone().symmetric_eigenvalues();
+    let max = eig.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let min = eig.iter().cloned().fold(f64::INFINITY, f64::min);
+    if min <= 0.0 || !min.is_finite() || !max.is_finite() {
+        f64::INFINITY
+    } else {
+        max / min
+    }
+}
+
+/// Minimum-norm solution by SVD, dropping singular values below a relative tolerance.
+fn pseudo_solve(a: &DMatrix<f64>, rhs: &DVector<f64>) -> DVector<f64> {
+    let svd = a.clone().svd(true, true);
+    let max = svd.singular_values.max();
+    let eps = max * a.nrows() as f64 * f64::EPSILON;
+    svd.solve(rhs, eps)
+        .unwrap_or_else(|_| DVector::zeros(a.nrows()))
+}
+
+/// Evaluates `ŷ = b₀ + b·x` for coefficients `[b₀, b₁, …, b_d]`.
+pub fn predict(coef: &[f64], x: &[f64]) -> f64 {
+    coef[0] + coef[1..].iter().zip(x).map(|(b, x)| b * x).sum::<f64>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use differential_dataflow::difference::Semigroup;
+
+    fn stats_of(rows: &[(Vec<f64>, f64)]) -> Stats {
+        let mut s = Stats::zero();
+        for (x, y) in rows {
+            let mut z = x.clone();
+            z.push(*y);
+            s.plus_equals(&Stats::of_row(&z));
+        }
+        s
+    }
+
+    #[test]
+    fn exact_line_is_recovered() {
+        let rows: Vec<_> = (0..20)
+            .map(|i| {
+                let x = vec![i as f64, ((i * 7) % 5) as f64];
+                let y = 1.5 + 2.0 * x[0] - 3.0 * x[1];
+                (x, y)
+            })
+            .collect();
+        let fit = solve(&stats_of(&rows), SolveOptions::default());
+        assert_eq!(fit.status, Status::Ok);
+        let coef = fit.coef.unwrap();
+        for (c, e) in coef.iter().zip([1.5, 2.0, -3.0]) {
+            assert!((c - e).abs() < 1e-10, "{coef:?}");
+        }
+        assert!(fit.rmse.unwrap() < 1e-7);
+        assert!((fit.r2.unwrap() - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn too_few_rows_are_underdetermined() {
+        let rows = vec![(vec![1.0, 2.0], 1.0), (vec![2.0, 1.0], 0.0)];
+        let fit = solve(&stats_of(&rows), SolveOptions::default());
+        assert_eq!(fit.status, Status::Underdetermined);
+        assert!(fit.coef.is_none());
+    }
+
+    #[test]
+    fn collinear_features_are_ill_conditioned() {
+        let rows: Vec<_> = (0..10)
+            .map(|i| (vec![i as f64, 2.0 * i as f64], 1.0 + i as f64))
+            .collect();
+        let fit = solve(&stats_of(&rows), SolveOptions::default());
+        assert_eq!(fit.status, Status::IllConditioned);
+        let coef = fit.coef.unwrap();
+        // The minimum-norm solution still fits the data.
+        for (x, y) in &rows {
+            assert!((predict(&coef, x) - y).abs() < 1e-6);
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Records: (event time, key, features x, target y), and the schema naming their fields.
+
+use serde::{Deserialize, Serialize};
+
+use crate::window::Time;
+
+/// A record borrowed from a source's buffer: nothing is allocated per record.
+///
+/// `z` is `[x₁ … x_d, y]`: the features followed by the target, the layout
+/// [`Stats::add_row`](crate::stats::Stats::add_row) takes.
+#[derive(Clone, Copy, Debug)]
+pub struct RecordRef<'a> {
+    /// Event time (ms since the Unix epoch).
+    pub time: Time,
+    /// Key.
+    pub key: &'a str,
+    /// Features followed by the target.
+    pub z: &'a [f64],
+}
+
+impl RecordRef<'_> {
+    /// The features `x`.
+    pub fn x(&self) -> &[f64] {
+        &self.z[..self.z.len() - 1]
+    }
+    /// The target `y`.
+    pub fn y(&self) -> f64 {
+        self.z[self.z.len() - 1]
+    }
+    /// An owned copy.
+    pub fn to_owned(&self) -> Record {
+        Record {
+            time: self.time,
+            key: self.key.to_owned(),
+            x: self.x().to_vec(),
+            y: self.y(),
+        }
+    }
+}
+
+/// An owned record.
+#[derive(Clone, Debug, PartialEq, PartialOrd, Serialize, Deserialize)]
+pub struct Record {
+    /// Event time (ms since the Unix epoch).
+    pub time: Time,
+    /// Key.
+    pub key: String,
+    /// Features.
+    pub x: Vec<f64>,
+    /// Target.
+    pub y: f64,
+}
+
+impl Record {
+    /// `[x, y]`, the row layout of the statistics.
+    pub fn z(&self) -> Vec<f64> {
+        let mut z = self.x.clone();
+        z.push(self.y);
+        z
+    }
+}
+
+/// Which input fields hold the time, key, features and target.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Schema {
+    /// Time field (integer ms since the epoch).
+    pub time: String,
+    /// Key field.
+    pub key: String,
+    /// Feature fields, in order.
+    pub features: Vec<String>,
+    /// Target field.
+    pub target: String,
+}
+
+impl Schema {
+    /// The number of features `d`.
+    pub fn d(&self) -> usize {
+        self.features.len()
+    }
+
+    /// The default schema of `d` features: `ts`, `key`, `x0 … x{d-1}`, `y` (what
+    /// `tributary gen` writes).
+    pub fn generated(d: usize) -> Self {
+        Schema {
+            time: "ts".into(),
+            key: "key".into(),
+            features: (0..d).map(|i| format!("x{i}")).collect(),
+            target: "y".into(),
+        }
+    }
+}
+
+/// Expands a feature list: comma-separated names, where `x0..x7` stands for `x0, …, x7`.
+pub fn parse_features(text: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if let Some((a, b)) = part.split_once("..") {
+            let split = |s: &str| {
+                let i = s.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+                let (p, n) = s.split_at(i);
+                n.parse::<usize>().ok().map(|n| (p.to_owned(), n))
+            };
+            match (split(a), split(b)) {
+                (Some((pa, na)), Some((pb, nb))) if (pa == pb || pb.is_empty()) && na <= nb => {
+                    out.extend((na..=nb).map(|i| format!("{pa}{i}")))
+                }
+                _ => return Err(format!("feature range {part:?}: expected e.g. x0..x7")),
+            }
+        } else {
+            out.push(part.to_owned());
+        }
+    }
+    if out.is_empty() {
+        return Err("no features given".into());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feature_ranges_expand() {
+        assert_eq!(
+            parse_features("a, x1..x3,b").unwrap(),
+            vec!["a", "x1", "x2", "x3", "b"]
+        );
+        assert_eq!(parse_features("x0..7").unwrap().len(), 8);
+        assert!(parse_features("x3..x1").is_err());
+        assert!(parse_features("").is_err());
+    }
+}

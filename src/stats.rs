@@ -1,0 +1,244 @@
+//! Sufficient statistics of linear regression, as a difference type.
+//!
+//! For rows `z = [x₁ … x_d, y]` the statistics are the count `n`, the sums `Σz`, and the
+//! upper triangle of `ZᵀZ` (which holds `XᵀX`, `Xᵀy` and `Σy²`). They form an abelian
+//! group under addition: the statistics of a union of row sets are the sum of theirs, and
+//! negation retracts rows. That makes [`Stats`] a *difference* for differential dataflow:
+//! an arrangement whose differences are `Stats` holds, per key, the statistics of all the
+//! rows that were added and not retracted.
+//!
+//! Floating-point sums do not cancel exactly, so zero-ness is decided by the exact integer
+//! count alone: statistics with `n == 0` are zero, and are canonicalised to the empty
+//! value so that equality, order and hashing agree with it. The engine keeps this sound by
+//! only ever retracting statistics that were read back from the arrangement (a whole pane
+//! at once), so `n == 0` really means "no rows", whatever residue the sums held.
+
+use std::cmp::Ordering;
+
+use differential_dataflow::difference::{Abelian, IsZero, Monoid, Semigroup};
+use serde::{Deserialize, Serialize};
+
+/// The number of entries in the packed upper triangle of an `m × m` matrix.
+#[inline]
+pub const fn packed_len(m: usize) -> usize {
+    m * (m + 1) / 2
+}
+
+/// The position of entry `(i, j)`, `i ≤ j`, in the packed upper triangle of an `m × m`
+/// matrix stored row by row.
+#[inline]
+pub const fn packed_index(m: usize, i: usize, j: usize) -> usize {
+    i * m - i * i.saturating_sub(1) / 2 + (j - i)
+}
+
+/// Regression statistics of a multiset of rows `z = [x, y]` with `d` features.
+///
+/// Layout of [`Stats::sums`]: the first `m = d + 1` entries are `Σz`, then the packed upper
+/// triangle of `ZᵀZ`, row by row (`(0,0), (0,1), …, (0,m-1), (1,1), …`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Stats {
+    /// Number of rows (negative while a retraction is being accumulated).
+    pub n: i64,
+    /// `Σz` followed by the packed upper triangle of `ZᵀZ`; empty when `n == 0`.
+    pub sums: Vec<f64>,
+}
+
+impl Stats {
+    /// The zero statistics, valid for any dimension.
+    pub const fn zero() -> Self {
+        Stats {
+            n: 0,
+            sums: Vec::new(),
+        }
+    }
+
+    /// Empty statistics with room for `d` features, ready for [`Stats::add_row`].
+    pub fn with_features(d: usize) -> Self {
+        let m = d + 1;
+        Stats {
+            n: 0,
+            sums: vec![0.0; m + packed_len(m)],
+        }
+    }
+
+    /// The statistics of a single row `z = [x, y]`.
+    pub fn of_row(z: &[f64]) -> Self {
+        let mut stats = Stats::with_features(z.len() - 1);
+        stats.add_row(z);
+        stats
+    }
+
+    /// Adds one row `z = [x₁ … x_d, y]` in `O(d²)`, without allocating.
+    ///
+    /// The statistics must have been made for `z.len() - 1` features.
+    #[inline]
+    pub fn add_row(&mut self, z: &[f64]) {
+        let m = z.len();
+        debug_assert_eq!(self.sums.len(), m + packed_len(m), "row of another dimension");
+        self.n += 1;
+        let (sum, cross) = self.sums.split_at_mut(m);
+        for (s, zi) in sum.iter_mut().zip(z) {
+            *s += zi;
+        }
+        let mut row = cross;
+        for i in 0..m {
+            let zi = z[i];
+            let (this, rest) = row.split_at_mut(m - i);
+            for (c, zj) in this.iter_mut().zip(&z[i..]) {
+                *c += zi * zj;
+            }
+            row = rest;
+        }
+    }
+
+    /// The number of features `d`, or `None` for the zero statistics.
+    pub fn features(&self) -> Option<usize> {
+        if self.sums.is_empty() {
+            return None;
+        }
+        // len = m + m(m+1)/2  =>  m² + 3m − 2·len = 0.
+        let len = self.sums.len() as f64;
+        let m = ((-3.0 + (9.0 + 8.0 * len).sqrt()) / 2.0).round() as usize;
+        Some(m - 1)
+    }
+
+    /// `Σz`: the sums of the features followed by the sum of the target.
+    pub fn sum(&self) -> &[f64] {
+        let m = self.features().map_or(0, |d| d + 1);
+        &self.sums[..m]
+    }
+
+    /// Entry `(i, j)` of `ZᵀZ` (symmetric; indices `0..=d`, `d` being the target).
+    pub fn cross(&self, i: usize, j: usize) -> f64 {
+        let m = self.features().expect("cross of zero statistics") + 1;
+        let (i, j) = if i <= j { (i, j) } else { (j, i) };
+        self.sums[m + packed_index(m, i, j)]
+    }
+
+    fn canonicalize(&mut self) {
+        if self.n == 0 {
+            self.sums.clear();
+        }
+    }
+}
+
+impl IsZero for Stats {
+    #[inline]
+    fn is_zero(&self) -> bool {
+        self.n == 0
+    }
+}
+
+impl Semigroup for Stats {
+    fn plus_equals(&mut self, rhs: &Self) {
+        if rhs.n == 0 {
+            return;
+        }
+        if self.sums.is_empty() {
+            self.sums.extend_from_slice(&rhs.sums);
+        } else {
+            assert_eq!(
+                self.sums.len(),
+                rhs.sums.len(),
+                "statistics of different dimensions"
+            );
+            for (a, b) in self.sums.iter_mut().zip(&rhs.sums) {
+                *a += b;
+            }
+        }
+        self.n += rhs.n;
+        self.canonicalize();
+    }
+}
+
+impl Monoid for Stats {
+    fn zero() -> Self {
+        Stats::zero()
+    }
+}
+
+impl Abelian for Stats {
+    fn negate(&mut self) {
+        self.n = -self.n;
+        for s in &mut self.sums {
+            *s = -*s;
+        }
+    }
+}
+
+/// A total order (by `n`, then the sums by [`f64::total_cmp`]), as differential requires
+/// of its data and differences. Zero statistics are all equal, whatever their dimension.
+impl Ord for Stats {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.n.cmp(&other.n).then_with(|| {
+            let (a, b) = (&self.sums, &other.sums);
+            a.len().cmp(&b.len()).then_with(|| {
+                a.iter()
+                    .zip(b)
+                    .map(|(x, y)| x.total_cmp(y))
+                    .find(|o| o.is_ne())
+                    .unwrap_or(Ordering::Equal)
+            })
+        })
+    }
+}
+
+impl PartialOrd for Stats {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Stats {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for Stats {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn brute_cross(rows: &[Vec<f64>], i: usize, j: usize) -> f64 {
+        rows.iter().map(|z| z[i] * z[j]).sum()
+    }
+
+    #[test]
+    fn rows_accumulate_into_cross_products() {
+        let rows = vec![vec![1.0, 2.0, 3.0], vec![-1.0, 0.5, 4.0], vec![2.0, 2.0, -1.0]];
+        let mut s = Stats::zero();
+        for z in &rows {
+            s.plus_equals(&Stats::of_row(z));
+        }
+        assert_eq!(s.n, 3);
+        assert_eq!(s.features(), Some(2));
+        assert_eq!(s.sum(), &[2.0, 4.5, 6.0]);
+        for i in 0..3 {
+            for j in 0..3 {
+                assert_eq!(s.cross(i, j), brute_cross(&rows, i, j), "({i},{j})");
+            }
+        }
+    }
+
+    #[test]
+    fn retraction_to_zero_count_is_zero_despite_residue() {
+        let mut s = Stats::of_row(&[0.1, 0.2]);
+        s.plus_equals(&Stats::of_row(&[0.7, 0.3]));
+        let mut back = Stats::of_row(&[0.7, 0.3]);
+        back.plus_equals(&Stats::of_row(&[0.1, 0.2]));
+        back.negate();
+        s.plus_equals(&back);
+        assert!(s.is_zero());
+        assert_eq!(s, Stats::zero());
+        assert!(s.sums.is_empty());
+    }
+
+    #[test]
+    fn features_inverts_layout_length() {
+        for d in [1, 2, 8, 32, 100] {
+            assert_eq!(Stats::with_features(d).features(), Some(d));
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! Late data: beyond the lateness it is counted, written to --late-out and kept out of the
+//! models; within the lateness it revises the window; an absurd future timestamp is set
+//! aside with --max-jump instead of making everything after it late.
+//!
+//! All runs use -w 1, where the watermark is the largest event time read so far minus the
+//! lateness, so which record is late is deterministic.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+/// In-order stream: `rows` rows, keys k0/k1, d = 1, one every `step` ms from T0.
+fn in_order(rows: usize, step: i64, seed: u64) -> Vec<Row> {
+    let mut s = GenSpec::new(rows, 2, 1, seed);
+    s.step = step;
+    s.disorder = 0;
+    generate(&s)
+}
+
+fn late_reason_ok(v: &Value) -> bool {
+    match &v["reason"] {
+        Value::String(s) => !s.trim().is_empty(),
+        Value::Null => false,
+        _ => true,
+    }
+}
+
+/// A record older than (largest time seen) - lateness - window length: its windows are
+/// final already. Counted (late=1), written to --late-out, absent from the models.
+fn too_late(name: &str, win: Win) {
+    let d = 1;
+    let mut rows = in_order(3000, 20, 81); // T0 .. T0 + 60 s
+    let pos = 2001; // after the row at T0 + 40 s
+    let max_before = rows[..pos].iter().map(|r| r.ts).max().unwrap();
+    let late = Row {
+        ts: T0 + 24_003,
+        key: "k0".into(),
+        x: vec![0.123],
+        y: 1000.0, // an outlier: it would change the model visibly
+    };
+    assert!(late.ts < max_before - 5_000 - 10_000);
+    rows.insert(pos, late.clone());
+
+    let dir = TempDir::new(name);
+    let csv = dir.path("in.csv");
+    write_csv(&csv, &rows, d);
+    let (all, bad) = read_csv_oracle(&csv, d);
+    assert_eq!(bad, 0);
+    let without: Vec<Row> = all.iter().filter(|r| **r != late).cloned().collect();
+    assert_eq!(without.len(), all.len() - 1);
+    let want = oracle(&without, d, win, None);
+
+    let late_out = dir.path("late.jsonl");
+    let mut cfg = RunCfg::csv(&csv, d, win);
+    cfg.extra = vec!["--late-out".into(), late_out.display().to_string()];
+    let (run, text) = run_ok(&dir, &cfg, "out.jsonl");
+    let ctx = format!("{name} ({})", run.cmdline);
+    assert_eq!(run.summary("late"), Some(1), "{ctx}: stderr: {}", run.stderr);
+    let lines = late_lines(&late_out);
+    assert_eq!(lines.len(), 1, "{ctx}: late-out: {lines:?}");
+    assert_eq!(lines[0]["ts"].as_i64(), Some(late.ts), "{ctx}: {}", lines[0]);
+    assert_eq!(lines[0]["key"].as_str(), Some("k0"), "{ctx}: {}", lines[0]);
+    assert!(late_reason_ok(&lines[0]), "{ctx}: no reason: {}", lines[0]);
+
+    let ems = parse_emissions(&text);
+    let got = keep_final(&ems);
+    assert_models_match(&got, &want, &ctx);
+    // No emission at all (provisional or not) includes the late record: every emission of
+    // a window has at most the oracle's n without it.
+    for e in &ems {
+        if let Some(w) = want.get(&e.key) {
+            assert!(e.model.n <= w.n, "{ctx}: emission with n={} > {}: {}", e.model.n, w.n, e.raw);
+        }
+    }
+}
+
+#[test]
+fn too_late_record_tumbling() {
+    too_late("too_late_record_tumbling", Win::Tumbling(10_000));
+}
+
+#[test]
+fn too_late_record_sliding() {
+    too_late("too_late_record_sliding", Win::Sliding(10_000, 2_000));
+}
+
+/// A record behind the largest time seen but within the lateness, for a window whose end
+/// the stream has already passed (so the engine may have emitted it provisionally): the
+/// window gets an emission with "revision" >= 1 equal to the oracle with the record, and
+/// the kept final models equal the oracle over all records.
+///
+/// Lateness 20 s and 2 ms steps leave ~9750 records between the moment the largest time
+/// passes the window's end and the late record, so an engine emitting provisional models
+/// as event time passes a window's end has done so before it reads the late record.
+#[test]
+fn late_within_lateness_revises_window() {
+    let d = 1;
+    let name = "late_within_lateness";
+    let mut rows = in_order(30_000, 2, 91); // T0 .. T0 + 60 s
+    let w_end = T0 + 30_000;
+    // Insert right after the last row with ts <= T0 + 49.6 s.
+    let pos = rows.iter().position(|r| r.ts > T0 + 49_600).unwrap();
+    let max_before = rows[..pos].iter().map(|r| r.ts).max().unwrap();
+    let late = Row {
+        ts: T0 + 29_900,
+        key: "k1".into(),
+        x: vec![0.5],
+        y: 500.0, // an outlier: the model of its window changes visibly
+    };
+    // Not late (>= watermark = max - 20 s) but behind the end of its window by far.
+    assert!(late.ts >= max_before - 20_000 && max_before > w_end + 19_000);
+    rows.insert(pos, late.clone());
+
+    let dir = TempDir::new(name);
+    let csv = dir.path("in.csv");
+    write_csv(&csv, &rows, d);
+    let (all, _) = read_csv_oracle(&csv, d);
+    let win = Win::Tumbling(10_000);
+    let want = oracle(&all, d, win, None);
+    let wkey: WinKey = ("k1".into(), T0 + 20_000, w_end);
+    let without: Vec<Row> = all.iter().filter(|r| **r != late).cloned().collect();
+    let want_without = oracle(&without, d, win, None);
+    assert_eq!(want[&wkey].n, want_without[&wkey].n + 1);
+
+    let late_out = dir.path("late.jsonl");
+    let mut cfg = RunCfg::csv(&csv, d, win);
+    cfg.lateness = "20s".into();
+    cfg.extra = vec!["--late-out".into(), late_out.display().to_string()];
+    let (run, text) = run_ok(&dir, &cfg, "out.jsonl");
+    let ctx = format!("{name} ({})", run.cmdline);
+    assert_eq!(run.summary("late"), Some(0), "{ctx}: stderr: {}", run.stderr);
+    assert!(late_lines(&late_out).is_empty(), "{ctx}");
+
+    let ems = parse_emissions(&text);
+    let got = keep_final(&ems);
+    assert_models_match(&got, &want, &ctx);
+
+    let of_w: Vec<&Emission> = ems.iter().filter(|e| e.key == wkey).collect();
+    let revised: Vec<&Emission> = of_w.iter().copied().filter(|e| e.model.revision >= 1).collect();
+    assert!(
+        !revised.is_empty(),
+        "{ctx}: no emission with revision >= 1 for window {wkey:?}; its emissions:\n{}",
+        of_w.iter().map(|e| e.raw.to_string()).collect::<Vec<_>>().join("\n")
+    );
+    let w = &want[&wkey];
+    let matching = revised.iter().any(|e| {
+        e.model.n == w.n
+            && match (&e.model.coef, &w.coef) {
+                (Some(a), Some(b)) => rel_err(a, b) <= COEF_TOL,
+                _ => false,
+            }
+    });
+    assert!(
+        matching,
+        "{ctx}: no revision of {wkey:?} matches the oracle with the late record (n={}, coef={:?}); \
+         revisions:\n{}",
+        w.n,
+        w.coef,
+        revised.iter().map(|e| e.raw.to_string()).collect::<Vec<_>>().join("\n")
+    );
+}
+
+/// A record stamped 2099 in a 2023 stream, with --max-jump 1h: set aside (in --late-out
+/// with a reason, counted), and the records after it are neither late nor lost.
+#[test]
+fn absurd_future_timestamp_is_set_aside() {
+    let d = 1;
+    let name = "absurd_future";
+    let mut rows = in_order(3000, 20, 101);
+    let future = Row {
+        ts: 4_070_908_800_000, // 2099-01-01T00:00:00Z
+        key: "k0".into(),
+        x: vec![0.25],
+        y: 3.0,
+    };
+    rows.insert(1500, future.clone());
+
+    let dir = TempDir::new(name);
+    let csv = dir.path("in.csv");
+    write_csv(&csv, &rows, d);
+    let (all, _) = read_csv_oracle(&csv, d);
+    let without: Vec<Row> = all.iter().filter(|r| **r != future).cloned().collect();
+    let win = Win::Tumbling(10_000);
+    let want = oracle(&without, d, win, None);
+
+    let late_out = dir.path("late.jsonl");
+    let mut cfg = RunCfg::csv(&csv, d, win);
+    cfg.extra = vec![
+        "--late-out".into(),
+        late_out.display().to_string(),
+        "--max-jump".into(),
+        "1h".into(),
+    ];
+    let (run, text) = run_ok(&dir, &cfg, "out.jsonl");
+    let ctx = format!("{name} ({})", run.cmdline);
+
+    let lines = late_lines(&late_out);
+    assert_eq!(
+        lines.len(),
+        1,
+        "{ctx}: expected only the 2099 record in --late-out, got {} lines (first: {:?})",
+        lines.len(),
+        lines.first()
+    );
+    assert_eq!(lines[0]["ts"].as_i64(), Some(future.ts), "{ctx}: {}", lines[0]);
+    assert!(late_reason_ok(&lines[0]), "{ctx}: no reason: {}", lines[0]);
+
+    // Counted: as late, or under a counter of its own (named after future/jump).
+    let late = run.summary("late");
+    let other: Vec<(String, u64)> = run
+        .stderr
+        .split_whitespace()
+        .filter_map(|t| {
+            let (k, v) = t.split_once('=')?;
+            let kl = k.to_ascii_lowercase();
+            if kl.contains("future") || kl.contains("jump") || kl.contains("aside") {
+                Some((k.to_string(), v.trim_end_matches(|c: char| !c.is_ascii_digit()).parse().ok()?))
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert!(
+        late == Some(1) || other.iter().any(|(_, v)| *v == 1),
+        "{ctx}: the set-aside record is not counted in the summary: {}",
+        run.stderr
+    );
+
+    let got = keep_final(&parse_emissions(&text));
+    assert_models_match(&got, &want, &ctx);
+}
