@@ -460,15 +460,41 @@ impl<'scope> WindowedModels<'scope> for Arranged<'scope, PaneTrace> {
                         }
                         reports.entry(time).or_default().append(data);
                     });
-                    while let Some((&epoch, _)) = caps.first_key_value() {
+                    // Updates in a batch may be at later times than the message that
+                    // carried it: process every time that has something, in order, once
+                    // both inputs are complete through it.
+                    loop {
+                        let next = [added.keys().next(), reports.keys().next()]
+                            .into_iter()
+                            .flatten()
+                            .min()
+                            .copied();
+                        let Some(epoch) = next else { break };
                         if spans_frontier.less_equal(&epoch) || progress_frontier.less_equal(&epoch) {
                             break;
                         }
-                        let cap = caps.remove(&epoch).expect("present");
+                        let cap = caps
+                            .range(..=epoch)
+                            .next_back()
+                            .map(|(_, c)| c.delayed(&epoch))
+                            .expect("a capability at or before every pending time");
                         let new_panes = added.remove(&epoch).unwrap_or_default();
                         let new_reports = reports.remove(&epoch).unwrap_or_default();
                         let mut session = output.session(&cap);
                         state.epoch(epoch, new_panes, new_reports, |e| session.give(e));
+                    }
+                    // Keep only the capabilities that pending times still need.
+                    let first = [added.keys().next(), reports.keys().next()]
+                        .into_iter()
+                        .flatten()
+                        .min()
+                        .copied();
+                    match first {
+                        None => caps.clear(),
+                        Some(first) => {
+                            let keep = caps.range(..=first).next_back().map(|(t, _)| *t);
+                            caps.retain(|t, _| Some(*t) >= keep);
+                        }
                     }
                 }
             },
@@ -504,11 +530,22 @@ struct Windows {
     metrics: Arc<Metrics>,
 }
 
-#[derive(Default)]
 struct KeyWindows {
     panes: BTreeSet<Pane>,
     /// Windows emitted provisionally: window start → (end, n, revision).
     emitted: BTreeMap<Time, (Time, i64, u32)>,
+    /// Every window of this key ending at or before this time has been emitted final.
+    final_through: Time,
+}
+
+impl Default for KeyWindows {
+    fn default() -> Self {
+        KeyWindows {
+            panes: BTreeSet::new(),
+            emitted: BTreeMap::new(),
+            final_through: Time::MIN,
+        }
+    }
 }
 
 impl Windows {
@@ -535,7 +572,11 @@ impl Windows {
             *seen = (*seen).max(report.max_seen);
         }
         let frontier = self.max_seen.iter().copied().min().unwrap_or(Time::MIN);
-        let watermark = frontier.saturating_sub(self.config.lateness);
+        let watermark = if frontier == Time::MAX {
+            Time::MAX
+        } else {
+            frontier.saturating_sub(self.config.lateness)
+        };
         self.metrics.watermark.store(watermark, Relaxed);
 
         let spec = self.config.window;
@@ -644,7 +685,7 @@ impl Windows {
         let mut expired_sessions: Vec<usize> = Vec::new();
         let mut revisit: Vec<Time> = Vec::new();
         for (window, members) in windows {
-            if window.end > frontier {
+            if window.end > frontier || window.end <= state.final_through {
                 continue;
             }
             let is_final = window.end <= watermark;
@@ -678,6 +719,7 @@ impl Windows {
             }
         }
 
+        state.final_through = state.final_through.max(watermark);
         for (i, (pane, stats)) in panes.into_iter().enumerate() {
             let expired = if spec.is_session() {
                 expired_sessions.contains(&i)
