@@ -25,7 +25,7 @@ pub struct Cli {
 pub enum Command {
     /// Run a dataflow: per key and window, regression models as the stream goes.
     #[command(disable_help_flag = true)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Write the generator's stream as CSV (`ts,key,x0,…,y`).
     #[command(disable_help_flag = true)]
     Gen(GenArgs),

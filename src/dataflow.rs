@@ -51,6 +51,9 @@ pub type Epoch = u64;
 /// The arranged state: per key and pane, the pane's statistics.
 pub type PaneTrace = TraceAgent<ValSpine<String, Pane, Epoch, Stats>>;
 
+/// A pane update of the arrangement's input: ((key, pane), time, statistics).
+pub type PaneUpdate = ((String, Pane), Epoch, Stats);
+
 /// What to do with a malformed input line.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -152,7 +155,14 @@ fn is_zero_u32(v: &u32) -> bool {
 }
 
 impl ModelLine {
-    fn new(key: &str, window: Window, stats: &Stats, fit: Fit, is_final: bool, revision: u32) -> Self {
+    fn new(
+        key: &str,
+        window: Window,
+        stats: &Stats,
+        fit: Fit,
+        is_final: bool,
+        revision: u32,
+    ) -> Self {
         ModelLine {
             key: key.to_owned(),
             window_start: window.start,
@@ -170,7 +180,13 @@ impl ModelLine {
 
     /// The order lines are written in within an epoch.
     pub fn order(&self) -> (Time, &str, Time, bool, u32) {
-        (self.window_end, &self.key, self.window_start, self.is_final, self.revision)
+        (
+            self.window_end,
+            &self.key,
+            self.window_start,
+            self.is_final,
+            self.revision,
+        )
     }
 }
 
@@ -186,7 +202,7 @@ pub struct Ingested<'scope> {
 
 #[derive(Clone)]
 enum IngestOut {
-    Pane(((String, Pane), Epoch, Stats)),
+    Pane(PaneUpdate),
     Progress(Progress),
     Aside(SetAside),
 }
@@ -229,7 +245,11 @@ pub fn ingest<'scope>(
                     }
                     session.give(IngestOut::Progress(Progress {
                         worker,
-                        max_seen: if done { Time::MAX } else { combiner.watermark.max_seen },
+                        max_seen: if done {
+                            Time::MAX
+                        } else {
+                            combiner.watermark.max_seen
+                        },
                         counts: std::mem::take(&mut combiner.counts),
                     }));
                     drop(session);
@@ -406,7 +426,7 @@ pub trait WindowedModels<'scope> {
         metrics: Arc<Metrics>,
     ) -> (
         StreamVec<'scope, Epoch, ModelLine>,
-        StreamVec<'scope, Epoch, ((String, Pane), Epoch, Stats)>,
+        StreamVec<'scope, Epoch, PaneUpdate>,
     );
 }
 
@@ -418,7 +438,7 @@ impl<'scope> WindowedModels<'scope> for Arranged<'scope, PaneTrace> {
         metrics: Arc<Metrics>,
     ) -> (
         StreamVec<'scope, Epoch, ModelLine>,
-        StreamVec<'scope, Epoch, ((String, Pane), Epoch, Stats)>,
+        StreamVec<'scope, Epoch, PaneUpdate>,
     ) {
         let peers = self.stream.scope().peers();
         let mut state = Windows::new(config.clone(), peers, self.trace.clone(), metrics);
@@ -470,7 +490,8 @@ impl<'scope> WindowedModels<'scope> for Arranged<'scope, PaneTrace> {
                             .min()
                             .copied();
                         let Some(epoch) = next else { break };
-                        if spans_frontier.less_equal(&epoch) || progress_frontier.less_equal(&epoch) {
+                        if spans_frontier.less_equal(&epoch) || progress_frontier.less_equal(&epoch)
+                        {
                             break;
                         }
                         let cap = caps
@@ -515,7 +536,7 @@ impl<'scope> WindowedModels<'scope> for Arranged<'scope, PaneTrace> {
 #[derive(Clone, Debug)]
 enum Emission {
     Model(ModelLine),
-    Retract(((String, Pane), Epoch, Stats)),
+    Retract(PaneUpdate),
 }
 
 /// The windows operator's state: an index of open panes per key (no statistics).
@@ -704,7 +725,9 @@ impl Windows {
                 None => 0,
             };
             let fit = solve(&stats, self.config.solve);
-            emit(Emission::Model(ModelLine::new(key, window, &stats, fit, is_final, revision)));
+            emit(Emission::Model(ModelLine::new(
+                key, window, &stats, fit, is_final, revision,
+            )));
             if is_final {
                 state.emitted.remove(&window.start);
                 self.metrics.windows_final.fetch_add(1, Relaxed);
@@ -712,7 +735,9 @@ impl Windows {
                     expired_sessions.extend(members);
                 }
             } else {
-                state.emitted.insert(window.start, (window.end, stats.n, revision));
+                state
+                    .emitted
+                    .insert(window.start, (window.end, stats.n, revision));
                 self.metrics.windows_provisional.fetch_add(1, Relaxed);
                 // Come back when the watermark passes its end.
                 revisit.push(window.end.saturating_add(self.config.lateness));
@@ -731,7 +756,11 @@ impl Windows {
                 self.metrics.open_panes.fetch_sub(1, Relaxed);
                 let mut retraction = stats;
                 retraction.negate();
-                emit(Emission::Retract(((key.to_owned(), pane), epoch + 1, retraction)));
+                emit(Emission::Retract((
+                    (key.to_owned(), pane),
+                    epoch + 1,
+                    retraction,
+                )));
             }
         }
         if state.panes.is_empty() && state.emitted.is_empty() {
@@ -744,8 +773,10 @@ impl Windows {
 
     /// Lets the trace forget history before `epoch`: it only answers "as of now" queries.
     fn compact(&mut self, epoch: Epoch) {
-        self.trace.set_logical_compaction(AntichainRef::new(&[epoch]));
-        self.trace.set_physical_compaction(AntichainRef::new(&[epoch]));
+        self.trace
+            .set_logical_compaction(AntichainRef::new(&[epoch]));
+        self.trace
+            .set_physical_compaction(AntichainRef::new(&[epoch]));
     }
 }
 

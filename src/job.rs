@@ -55,8 +55,7 @@ pub struct JobSpec {
 impl JobSpec {
     /// Reads a SPEC.toml file; relative source paths are made relative to its folder.
     pub fn from_file(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut spec: JobSpec =
             toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         if let Some(source) = &spec.source
@@ -134,10 +133,16 @@ impl JobSpec {
         };
         let ridge = self.ridge.unwrap_or(0.0);
         if !(ridge >= 0.0 && ridge.is_finite()) {
-            return Err(format!("--ridge must be a non-negative number, not {ridge}"));
+            return Err(format!(
+                "--ridge must be a non-negative number, not {ridge}"
+            ));
         }
         let d = features.len();
-        let window: WindowSpec = self.window.as_deref().unwrap_or("sliding:60s/10s").parse()?;
+        let window: WindowSpec = self
+            .window
+            .as_deref()
+            .unwrap_or("sliding:60s/10s")
+            .parse()?;
         Ok(Job {
             schema: Schema {
                 time,
@@ -163,7 +168,9 @@ impl JobSpec {
 /// Reads the header row of a CSV file.
 fn csv_header(path: &Path) -> Result<Vec<String>, String> {
     let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut reader = csv::ReaderBuilder::new().has_headers(false).from_reader(file);
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(file);
     let mut header = csv::StringRecord::new();
     match reader.read_record(&mut header) {
         Ok(true) => Ok(header.iter().map(|h| h.trim().to_owned()).collect()),
@@ -221,7 +228,14 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
             .unwrap_or_else(|e| fatal(e));
         let probe = ProbeHandle::new();
         worker.dataflow::<Epoch, _, _>(|scope| {
-            let ingested = ingest(scope, reader, &job.windows, job.on_error, Arc::clone(&metrics), fatal);
+            let ingested = ingest(
+                scope,
+                reader,
+                &job.windows,
+                job.on_error,
+                Arc::clone(&metrics),
+                fatal,
+            );
             let (models, trace) = windowed_regression(
                 scope,
                 ingested.panes,
@@ -232,17 +246,21 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
             drop(trace);
             let out = job.out.clone();
             models
-                .write_lines(move || open_lines(&out, false), |m: &ModelLine| {
-                    let (a, b, c, d, e) = m.order();
-                    (a, b.to_owned(), c, d, e)
-                })
+                .write_lines(
+                    move || open_lines(&out, false),
+                    |m: &ModelLine| {
+                        let (a, b, c, d, e) = m.order();
+                        (a, b.to_owned(), c, d, e)
+                    },
+                )
                 .probe_with(&probe);
             if let Some(late) = job.late_out.clone() {
                 ingested
                     .aside
-                    .write_lines(move || open_lines(&late, false), |a: &SetAside| {
-                        (a.ts, a.key.clone())
-                    })
+                    .write_lines(
+                        move || open_lines(&late, false),
+                        |a: &SetAside| (a.ts, a.key.clone()),
+                    )
                     .probe_with(&probe);
             }
         });

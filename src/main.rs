@@ -12,7 +12,7 @@ use tributary::window::parse_duration;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run_command(args),
+        Command::Run(args) => run_command(*args),
         Command::Gen(args) => gen_command(args),
     };
     match result {

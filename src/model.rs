@@ -92,7 +92,7 @@ pub fn solve(stats: &Stats, options: SolveOptions) -> Fit {
     let rhs = sxy.component_mul(&scale);
 
     let cond = condition(&scaled);
-    let ill = !(cond <= ILL_CONDITIONED);
+    let ill = cond.is_nan() || cond > ILL_CONDITIONED;
     let solution = (!ill)
         .then(|| scaled.clone().cholesky().map(|c| c.solve(&rhs)))
         .flatten()

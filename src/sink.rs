@@ -6,10 +6,9 @@ use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
 use serde::Serialize;
+use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Operator;
-use timely::dataflow::operators::generic::OutputBuilder;
-use timely::dataflow::StreamVec;
 
 use crate::dataflow::Epoch;
 
@@ -63,13 +62,24 @@ where
             Exchange::new(|_: &D| 0),
             "WriteLines",
             move |_cap, _info| {
-                let mut pending: BTreeMap<Epoch, (timely::dataflow::operators::Capability<Epoch>, Vec<D>)> =
-                    BTreeMap::new();
-                move |(input, frontier), output: &mut timely::dataflow::operators::generic::OutputBuilderSession<'_, Epoch, _>| {
+                let mut pending: BTreeMap<
+                    Epoch,
+                    (timely::dataflow::operators::Capability<Epoch>, Vec<D>),
+                > = BTreeMap::new();
+                move |(input, frontier),
+                      output: &mut timely::dataflow::operators::generic::OutputBuilderSession<
+                    '_,
+                    Epoch,
+                    _,
+                >| {
                     input.for_each(|cap, data| {
                         let time = *cap.least().expect("a message has a time");
                         let entry = pending.entry(time).or_insert_with(|| {
-                            (cap.retain_least(output.output_index()).expect("total order"), Vec::new())
+                            (
+                                cap.retain_least(output.output_index())
+                                    .expect("total order"),
+                                Vec::new(),
+                            )
                         });
                         entry.1.append(data);
                     });
@@ -78,7 +88,7 @@ where
                             break;
                         }
                         let (cap, mut items) = pending.remove(&epoch).expect("present");
-                        items.sort_by(|a, b| order(a).cmp(&order(b)));
+                        items.sort_by_key(|item| order(item));
                         if let Some(w) = writer.as_mut() {
                             let written = items.iter().try_for_each(|item| {
                                 serde_json::to_writer(&mut *w, item)?;
@@ -96,6 +106,3 @@ where
         )
     }
 }
-
-#[allow(dead_code)]
-type Unused = OutputBuilder<Epoch, timely::container::CapacityContainerBuilder<Vec<()>>>;

@@ -74,7 +74,11 @@ impl Stats {
     #[inline]
     pub fn add_row(&mut self, z: &[f64]) {
         let m = z.len();
-        debug_assert_eq!(self.sums.len(), m + packed_len(m), "row of another dimension");
+        debug_assert_eq!(
+            self.sums.len(),
+            m + packed_len(m),
+            "row of another dimension"
+        );
         self.n += 1;
         let (sum, cross) = self.sums.split_at_mut(m);
         for (s, zi) in sum.iter_mut().zip(z) {
@@ -207,7 +211,11 @@ mod tests {
 
     #[test]
     fn rows_accumulate_into_cross_products() {
-        let rows = vec![vec![1.0, 2.0, 3.0], vec![-1.0, 0.5, 4.0], vec![2.0, 2.0, -1.0]];
+        let rows = vec![
+            vec![1.0, 2.0, 3.0],
+            vec![-1.0, 0.5, 4.0],
+            vec![2.0, 2.0, -1.0],
+        ];
         let mut s = Stats::zero();
         for z in &rows {
             s.plus_equals(&Stats::of_row(z));

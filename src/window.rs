@@ -35,7 +35,11 @@ pub fn parse_duration(text: &str) -> Result<Time, String> {
         "m" | "min" => 60e3,
         "h" => 3600e3,
         "d" => 86400e3,
-        _ => return Err(format!("unknown duration unit {unit:?} in {text:?} (use ms, s, m, h)")),
+        _ => {
+            return Err(format!(
+                "unknown duration unit {unit:?} in {text:?} (use ms, s, m, h)"
+            ));
+        }
     };
     let value: f64 = number
         .parse()
@@ -101,7 +105,11 @@ impl FromStr for WindowSpec {
             "session" => WindowSpec::Session {
                 gap: parse_duration(args)?,
             },
-            _ => return Err(format!("window {text:?}: kind must be tumbling, sliding or session")),
+            _ => {
+                return Err(format!(
+                    "window {text:?}: kind must be tumbling, sliding or session"
+                ));
+            }
         };
         spec.validate()?;
         Ok(spec)
@@ -340,7 +348,12 @@ mod tests {
 
     #[test]
     fn parses_and_prints_specs() {
-        for text in ["tumbling:1m", "sliding:60s/10s", "session:30s", "sliding:1h/250ms"] {
+        for text in [
+            "tumbling:1m",
+            "sliding:60s/10s",
+            "session:30s",
+            "sliding:1h/250ms",
+        ] {
             let spec: WindowSpec = text.parse().unwrap();
             assert_eq!(spec.to_string(), text);
         }
@@ -363,7 +376,13 @@ mod tests {
             assert!(spec.panes_of_window(*w).any(|p| p.start == pane));
         }
         assert_eq!(spec.late_at(t), pane + 10_000);
-        assert_eq!(spec.pane_expires_at(Pane { start: pane, end: pane + 10_000 }), pane + 30_000);
+        assert_eq!(
+            spec.pane_expires_at(Pane {
+                start: pane,
+                end: pane + 10_000
+            }),
+            pane + 30_000
+        );
     }
 
     #[test]
@@ -390,7 +409,10 @@ mod tests {
     fn watermark_bounds_jumps_and_flags_late_records() {
         let mut wm = Watermark::new(5, 3_600_000);
         assert_eq!(wm.admit(1000, 1010), Admission::Admit);
-        assert_eq!(wm.admit(4_000_000_000, 4_000_000_010), Admission::TooFarAhead);
+        assert_eq!(
+            wm.admit(4_000_000_000, 4_000_000_010),
+            Admission::TooFarAhead
+        );
         assert_eq!(wm.current(), 995);
         assert_eq!(wm.admit(1001, 1010), Admission::Admit);
         assert_eq!(wm.admit(980, 990), Admission::Late);

@@ -52,12 +52,20 @@ fn bad_file(name: &str) -> BadFile {
     // Columns: ts,key,x0,x1,y. (index in `lines` where inserted, line, field)
     let specs: Vec<(usize, String, Option<&'static str>)> = vec![
         (150, mk(&rows[150], &|v| v[3] = "abc".into()), Some("x1")),
-        (400, mk(&rows[400], &|v| {
-            v.pop();
-        }), None),
+        (
+            400,
+            mk(&rows[400], &|v| {
+                v.pop();
+            }),
+            None,
+        ),
         (777, mk(&rows[777], &|v| v[4] = "NaN".into()), Some("y")),
         (1200, mk(&rows[1200], &|v| v.push("0.5".into())), None),
-        (1600, mk(&rows[1600], &|v| v[0] = "17000000x0000".into()), Some("ts")),
+        (
+            1600,
+            mk(&rows[1600], &|v| v[0] = "17000000x0000".into()),
+            Some("ts"),
+        ),
     ];
     // Insert from the last so earlier indices stay valid, then compute line numbers.
     for (i, l, _) in specs.iter().rev() {
@@ -94,8 +102,18 @@ fn malformed_lines_are_reported_counted_and_skipped() {
         cfg.workers = w;
         let (run, text) = run_ok(&b.dir, &cfg, &format!("out-{w}.jsonl"));
         let ctx = format!("-w {w} ({})", run.cmdline);
-        assert_eq!(run.summary("malformed"), Some(5), "{ctx}: stderr:\n{}", run.stderr);
-        assert_eq!(run.summary("late"), Some(0), "{ctx}: stderr:\n{}", run.stderr);
+        assert_eq!(
+            run.summary("malformed"),
+            Some(5),
+            "{ctx}: stderr:\n{}",
+            run.stderr
+        );
+        assert_eq!(
+            run.summary("late"),
+            Some(0),
+            "{ctx}: stderr:\n{}",
+            run.stderr
+        );
         for (line, field) in &b.bad {
             let mut also = vec!["in.csv"];
             if let Some(f) = field {
@@ -148,7 +166,10 @@ fn on_error_fail_stops_with_file_line_field() {
 fn assert_no_models(out: &std::path::Path, ctx: &str) {
     let text = std::fs::read_to_string(out).unwrap_or_default();
     let ems = parse_emissions(&text);
-    assert!(ems.is_empty(), "{ctx}: models from an input without records: {text}");
+    assert!(
+        ems.is_empty(),
+        "{ctx}: models from an input without records: {text}"
+    );
 }
 
 #[test]
@@ -179,7 +200,13 @@ fn header_only_file_succeeds_with_no_models() {
             cfg.workers = w;
             let (run, _) = run_ok(&dir, &cfg, "out.jsonl");
             assert_no_models(&dir.path("out.jsonl"), &run.cmdline);
-            assert_eq!(run.summary("malformed"), Some(0), "{}: {}", run.cmdline, run.stderr);
+            assert_eq!(
+                run.summary("malformed"),
+                Some(0),
+                "{}: {}",
+                run.cmdline,
+                run.stderr
+            );
         }
     }
 }
@@ -202,7 +229,11 @@ fn missing_feature_column_is_an_error_naming_it() {
         run.code,
         run.stderr
     );
-    assert!(run.stderr.contains("x5"), "stderr should name x5:\n{}", run.stderr);
+    assert!(
+        run.stderr.contains("x5"),
+        "stderr should name x5:\n{}",
+        run.stderr
+    );
     assert_no_models(&out, &run.cmdline);
 
     // The same for the target.
@@ -211,8 +242,16 @@ fn missing_feature_column_is_an_error_naming_it() {
     let i = args.iter().position(|a| a == "--target").unwrap();
     args[i + 1] = "yy".into();
     let run = run_engine(&dir, &args);
-    assert!(!run.success(), "a missing target column must fail ({})", run.cmdline);
-    assert!(run.stderr.contains("yy"), "stderr should name yy:\n{}", run.stderr);
+    assert!(
+        !run.success(),
+        "a missing target column must fail ({})",
+        run.cmdline
+    );
+    assert!(
+        run.stderr.contains("yy"),
+        "stderr should name yy:\n{}",
+        run.stderr
+    );
 }
 
 #[test]

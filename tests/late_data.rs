@@ -56,10 +56,20 @@ fn too_late(name: &str, win: Win) {
     cfg.extra = vec!["--late-out".into(), late_out.display().to_string()];
     let (run, text) = run_ok(&dir, &cfg, "out.jsonl");
     let ctx = format!("{name} ({})", run.cmdline);
-    assert_eq!(run.summary("late"), Some(1), "{ctx}: stderr: {}", run.stderr);
+    assert_eq!(
+        run.summary("late"),
+        Some(1),
+        "{ctx}: stderr: {}",
+        run.stderr
+    );
     let lines = late_lines(&late_out);
     assert_eq!(lines.len(), 1, "{ctx}: late-out: {lines:?}");
-    assert_eq!(lines[0]["ts"].as_i64(), Some(late.ts), "{ctx}: {}", lines[0]);
+    assert_eq!(
+        lines[0]["ts"].as_i64(),
+        Some(late.ts),
+        "{ctx}: {}",
+        lines[0]
+    );
     assert_eq!(lines[0]["key"].as_str(), Some("k0"), "{ctx}: {}", lines[0]);
     assert!(late_reason_ok(&lines[0]), "{ctx}: no reason: {}", lines[0]);
 
@@ -70,7 +80,13 @@ fn too_late(name: &str, win: Win) {
     // a window has at most the oracle's n without it.
     for e in &ems {
         if let Some(w) = want.get(&e.key) {
-            assert!(e.model.n <= w.n, "{ctx}: emission with n={} > {}: {}", e.model.n, w.n, e.raw);
+            assert!(
+                e.model.n <= w.n,
+                "{ctx}: emission with n={} > {}: {}",
+                e.model.n,
+                w.n,
+                e.raw
+            );
         }
     }
 }
@@ -129,7 +145,12 @@ fn late_within_lateness_revises_window() {
     cfg.extra = vec!["--late-out".into(), late_out.display().to_string()];
     let (run, text) = run_ok(&dir, &cfg, "out.jsonl");
     let ctx = format!("{name} ({})", run.cmdline);
-    assert_eq!(run.summary("late"), Some(0), "{ctx}: stderr: {}", run.stderr);
+    assert_eq!(
+        run.summary("late"),
+        Some(0),
+        "{ctx}: stderr: {}",
+        run.stderr
+    );
     assert!(late_lines(&late_out).is_empty(), "{ctx}");
 
     let ems = parse_emissions(&text);
@@ -137,11 +158,18 @@ fn late_within_lateness_revises_window() {
     assert_models_match(&got, &want, &ctx);
 
     let of_w: Vec<&Emission> = ems.iter().filter(|e| e.key == wkey).collect();
-    let revised: Vec<&Emission> = of_w.iter().copied().filter(|e| e.model.revision >= 1).collect();
+    let revised: Vec<&Emission> = of_w
+        .iter()
+        .copied()
+        .filter(|e| e.model.revision >= 1)
+        .collect();
     assert!(
         !revised.is_empty(),
         "{ctx}: no emission with revision >= 1 for window {wkey:?}; its emissions:\n{}",
-        of_w.iter().map(|e| e.raw.to_string()).collect::<Vec<_>>().join("\n")
+        of_w.iter()
+            .map(|e| e.raw.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     let w = &want[&wkey];
     let matching = revised.iter().any(|e| {
@@ -157,7 +185,11 @@ fn late_within_lateness_revises_window() {
          revisions:\n{}",
         w.n,
         w.coef,
-        revised.iter().map(|e| e.raw.to_string()).collect::<Vec<_>>().join("\n")
+        revised
+            .iter()
+            .map(|e| e.raw.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
 
@@ -203,10 +235,15 @@ fn absurd_future_timestamp_is_set_aside() {
         lines.len(),
         lines.first()
     );
-    assert_eq!(lines[0]["ts"].as_i64(), Some(future.ts), "{ctx}: {}", lines[0]);
+    assert_eq!(
+        lines[0]["ts"].as_i64(),
+        Some(future.ts),
+        "{ctx}: {}",
+        lines[0]
+    );
     assert!(late_reason_ok(&lines[0]), "{ctx}: no reason: {}", lines[0]);
 
-    // Counted: as late, or under a counter of its own (named after future/jump).
+    // Counted: as late, or under a counter of its own (named after future/jump/ahead).
     let late = run.summary("late");
     let other: Vec<(String, u64)> = run
         .stderr
@@ -214,8 +251,17 @@ fn absurd_future_timestamp_is_set_aside() {
         .filter_map(|t| {
             let (k, v) = t.split_once('=')?;
             let kl = k.to_ascii_lowercase();
-            if kl.contains("future") || kl.contains("jump") || kl.contains("aside") {
-                Some((k.to_string(), v.trim_end_matches(|c: char| !c.is_ascii_digit()).parse().ok()?))
+            if kl.contains("future")
+                || kl.contains("jump")
+                || kl.contains("aside")
+                || kl.contains("ahead")
+            {
+                Some((
+                    k.to_string(),
+                    v.trim_end_matches(|c: char| !c.is_ascii_digit())
+                        .parse()
+                        .ok()?,
+                ))
             } else {
                 None
             }

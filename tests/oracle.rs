@@ -38,9 +38,22 @@ fn check_case(
         let (run, text) = run_ok(&dir, &cfg, &format!("out-w{w}.jsonl"));
         let ctx = format!("{name} -w {w} ({})", run.cmdline);
         // The disorder is within the lateness: nothing is late.
-        assert_eq!(run.summary("late"), Some(0), "{ctx}: stderr: {}", run.stderr);
-        assert!(late_lines(&late).is_empty(), "{ctx}: records written as late");
-        assert_eq!(run.summary("malformed"), Some(0), "{ctx}: stderr: {}", run.stderr);
+        assert_eq!(
+            run.summary("late"),
+            Some(0),
+            "{ctx}: stderr: {}",
+            run.stderr
+        );
+        assert!(
+            late_lines(&late).is_empty(),
+            "{ctx}: records written as late"
+        );
+        assert_eq!(
+            run.summary("malformed"),
+            Some(0),
+            "{ctx}: stderr: {}",
+            run.stderr
+        );
         let got = keep_final(&parse_emissions(&text));
         assert_models_match(&got, &want, &ctx);
         results.push(got);
@@ -132,7 +145,13 @@ fn session_ols_d1() {
 
 #[test]
 fn session_ridge_d1() {
-    check_case("session_ridge_d1", &data_sessions(1, 32), 1, SESSION, Some(0.5));
+    check_case(
+        "session_ridge_d1",
+        &data_sessions(1, 32),
+        1,
+        SESSION,
+        Some(0.5),
+    );
 }
 
 #[test]
@@ -143,7 +162,13 @@ fn session_ols_d32() {
 
 #[test]
 fn session_ridge_d32() {
-    check_case("session_ridge_d32", &data_sessions(32, 34), 32, SESSION, Some(2.5));
+    check_case(
+        "session_ridge_d32",
+        &data_sessions(32, 34),
+        32,
+        SESSION,
+        Some(2.5),
+    );
 }
 
 /// ~50k rows, 8 keys, d = 4, tumbling 10 s windows, disorder up to 1 s.
@@ -226,7 +251,11 @@ fn window_boundaries() {
     assert_eq!(want.keys().cloned().collect::<Vec<_>>(), expect_keys);
     let (run, text) = run_ok(&dir, &RunCfg::csv(&csv, d, TUMBLING), "tumbling.jsonl");
     let got = keep_final(&parse_emissions(&text));
-    assert_models_match(&got, &want, &format!("tumbling boundaries ({})", run.cmdline));
+    assert_models_match(
+        &got,
+        &want,
+        &format!("tumbling boundaries ({})", run.cmdline),
+    );
     assert_eq!(got[&expect_keys[0]].n, 2);
     assert_eq!(got[&expect_keys[1]].n, 4);
 
@@ -241,11 +270,18 @@ fn window_boundaries() {
     assert_eq!(want.keys().cloned().collect::<Vec<_>>(), expect_keys);
     let (run, text) = run_ok(&dir, &RunCfg::csv(&csv, d, SESSION), "session.jsonl");
     let got = keep_final(&parse_emissions(&text));
-    assert_models_match(&got, &want, &format!("session boundaries ({})", run.cmdline));
+    assert_models_match(
+        &got,
+        &want,
+        &format!("session boundaries ({})", run.cmdline),
+    );
     assert_eq!(got[&expect_keys[0]].n, 1);
     assert_eq!(got[&expect_keys[1]].n, 3);
     assert_eq!(got[&expect_keys[2]].n, 2);
-    assert_eq!(got[&expect_keys[0]].status.as_deref(), Some("underdetermined"));
+    assert_eq!(
+        got[&expect_keys[0]].status.as_deref(),
+        Some("underdetermined")
+    );
     assert!(got[&expect_keys[0]].coef.is_none());
     assert!(got[&expect_keys[1]].coef.is_some());
     assert!(got[&expect_keys[2]].coef.is_some());
@@ -282,7 +318,11 @@ fn underdetermined_windows() {
         let (run, text) = run_ok(&dir, &cfg, &format!("out-{w}.jsonl"));
         let ems = parse_emissions(&text);
         let got = keep_final(&ems);
-        assert_models_match(&got, &want, &format!("underdetermined -w {w} ({})", run.cmdline));
+        assert_models_match(
+            &got,
+            &want,
+            &format!("underdetermined -w {w} ({})", run.cmdline),
+        );
         let win = |k: &str| (k.to_string(), T0, T0 + 10_000);
         for k in ["a", "e"] {
             let m = &got[&win(k)];
@@ -318,7 +358,11 @@ fn collinear_features_ill_conditioned() {
     for i in 0..100 {
         let key = if i % 2 == 0 { "col" } else { "fine" };
         let x0 = r.uniform(-1.0, 1.0);
-        let x1 = if key == "col" { 2.0 * x0 } else { r.uniform(-1.0, 1.0) };
+        let x1 = if key == "col" {
+            2.0 * x0
+        } else {
+            r.uniform(-1.0, 1.0)
+        };
         let y = 0.5 + 1.5 * x0 + 0.25 * x1 + 0.05 * r.normal();
         rows.push(Row {
             ts: T0 + 50 * i as i64,
@@ -333,7 +377,11 @@ fn collinear_features_ill_conditioned() {
     let want = oracle(&rows, d, TUMBLING, None);
     let wcol = ("col".to_string(), T0, T0 + 10_000);
     let wfine = ("fine".to_string(), T0, T0 + 10_000);
-    assert!(want[&wcol].cond > 1e12, "test data not collinear: {}", want[&wcol].cond);
+    assert!(
+        want[&wcol].cond > 1e12,
+        "test data not collinear: {}",
+        want[&wcol].cond
+    );
     for w in [1usize, 4] {
         let mut cfg = RunCfg::csv(&csv, d, TUMBLING);
         cfg.workers = w;
@@ -344,7 +392,10 @@ fn collinear_features_ill_conditioned() {
         let m = &got[&wcol];
         assert_eq!(m.n, 50, "{ctx}");
         assert_eq!(m.status.as_deref(), Some("ill_conditioned"), "{ctx}");
-        let c = m.coef.as_ref().unwrap_or_else(|| panic!("{ctx}: coef null"));
+        let c = m
+            .coef
+            .as_ref()
+            .unwrap_or_else(|| panic!("{ctx}: coef null"));
         assert_eq!(c.len(), 3, "{ctx}");
         assert!(c.iter().all(|v| v.is_finite()), "{ctx}: {c:?}");
         assert_eq!(got[&wfine].status.as_deref(), Some("ok"), "{ctx}");

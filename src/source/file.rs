@@ -256,14 +256,22 @@ fn parse_time(bytes: &[u8]) -> Result<i64, String> {
             let f = lexical_core::parse::<f64>(text).ok()?;
             (f.fract() == 0.0 && f.abs() < 9e15).then_some(f as i64)
         })
-        .ok_or_else(|| format!("not an integer time in ms: {:?}", String::from_utf8_lossy(text)))
+        .ok_or_else(|| {
+            format!(
+                "not an integer time in ms: {:?}",
+                String::from_utf8_lossy(text)
+            )
+        })
 }
 
 fn parse_number(bytes: &[u8]) -> Result<f64, String> {
     let text = trim(bytes);
     match lexical_core::parse::<f64>(text) {
         Ok(v) if v.is_finite() => Ok(v),
-        Ok(_) => Err(format!("not a finite number: {:?}", String::from_utf8_lossy(text))),
+        Ok(_) => Err(format!(
+            "not a finite number: {:?}",
+            String::from_utf8_lossy(text)
+        )),
         Err(_) => Err(format!("not a number: {:?}", String::from_utf8_lossy(text))),
     }
 }
@@ -296,10 +304,7 @@ impl FileReader {
             count += 1;
         }
         if count != expected {
-            return Err((
-                None,
-                format!("expected {expected} fields, found {count}"),
-            ));
+            return Err((None, format!("expected {expected} fields, found {count}")));
         }
         Ok(())
     }

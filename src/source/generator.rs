@@ -112,7 +112,9 @@ impl GenSpec {
             return Err("gen: keys and features must be at least 1".into());
         }
         if self.batch == 0 || !self.batch.is_multiple_of(GEN_BLOCK) {
-            return Err(format!("gen: batch must be a positive multiple of {GEN_BLOCK}"));
+            return Err(format!(
+                "gen: batch must be a positive multiple of {GEN_BLOCK}"
+            ));
         }
         Ok(())
     }
@@ -229,7 +231,10 @@ mod tests {
             fn record(&mut self, r: RecordRef<'_>) {
                 self.0.push((r.time, r.key.to_owned(), r.z.to_vec()));
             }
-            fn malformed(&mut self, _: super::super::Malformed) -> Result<(), super::super::SourceError> {
+            fn malformed(
+                &mut self,
+                _: super::super::Malformed,
+            ) -> Result<(), super::super::SourceError> {
                 unreachable!()
             }
         }

@@ -54,9 +54,7 @@ impl FromStr for SourceSpec {
             "tcp" | "http" => Err(format!(
                 "source {text:?}: {kind} sources are not available in this build"
             )),
-            _ => Err(format!(
-                "source {text:?}: kind must be csv, jsonl or gen"
-            )),
+            _ => Err(format!("source {text:?}: kind must be csv, jsonl or gen")),
         }
     }
 }
@@ -138,9 +136,13 @@ impl SourceReader {
         peers: usize,
     ) -> Result<Self, SourceError> {
         Ok(match spec {
-            SourceSpec::Csv(path) => {
-                SourceReader::File(FileReader::open(path, FileFormat::Csv, schema, index, peers)?)
-            }
+            SourceSpec::Csv(path) => SourceReader::File(FileReader::open(
+                path,
+                FileFormat::Csv,
+                schema,
+                index,
+                peers,
+            )?),
             SourceSpec::Jsonl(path) => SourceReader::File(FileReader::open(
                 path,
                 FileFormat::Jsonl,

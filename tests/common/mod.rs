@@ -152,8 +152,8 @@ pub fn generate(spec: &GenSpec) -> Vec<Row> {
         let k = r.below(spec.keys as u64) as usize;
         let x: Vec<f64> = (0..spec.d).map(|_| r.uniform(-1.0, 1.0)).collect();
         let b = &betas[k];
-        let y = b[0] + x.iter().zip(&b[1..]).map(|(a, c)| a * c).sum::<f64>()
-            + spec.noise * r.normal();
+        let y =
+            b[0] + x.iter().zip(&b[1..]).map(|(a, c)| a * c).sum::<f64>() + spec.noise * r.normal();
         out.push(Row {
             // Clipped at `start` so that the first windows are not thinly populated by a few
             // rows pushed before the start (this keeps the disorder bound).
@@ -336,7 +336,9 @@ pub fn group_windows(rows: &[Row], win: Win) -> BTreeMap<WinKey, Vec<Row>> {
                 for r in recs {
                     let mut s = r.ts.div_euclid(sl) * sl;
                     while s > r.ts - l {
-                        out.entry((k.clone(), s, s + l)).or_default().push(r.clone());
+                        out.entry((k.clone(), s, s + l))
+                            .or_default()
+                            .push(r.clone());
                         s -= sl;
                     }
                 }
@@ -393,7 +395,11 @@ pub fn solve_window(rows: &[Row], d: usize, ridge: Option<f64>) -> Model {
     let sv = design.clone().svd(false, false).singular_values;
     let smax = sv.max();
     let smin = sv.min();
-    let cond = if smin > 0.0 { smax / smin } else { f64::INFINITY };
+    let cond = if smin > 0.0 {
+        smax / smin
+    } else {
+        f64::INFINITY
+    };
     let y = DVector::from_fn(n, |i, _| rows[i].y);
     let coef = match ridge {
         None | Some(0.0) => {
@@ -571,7 +577,11 @@ pub fn coef_tol(cond: f64) -> f64 {
 /// coefficients within `coef_tol(cond)` (not compared above COND_COMPARE_LIMIT), status "ok"
 /// where cond <= 100, coef null with status "underdetermined" exactly where the reference
 /// has n <= d.
-pub fn assert_models_match(got: &BTreeMap<WinKey, Model>, want: &BTreeMap<WinKey, Model>, ctx: &str) {
+pub fn assert_models_match(
+    got: &BTreeMap<WinKey, Model>,
+    want: &BTreeMap<WinKey, Model>,
+    ctx: &str,
+) {
     let gk: BTreeSet<&WinKey> = got.keys().collect();
     let wk: BTreeSet<&WinKey> = want.keys().collect();
     let missing: Vec<_> = wk.difference(&gk).take(10).collect();
@@ -589,7 +599,10 @@ pub fn assert_models_match(got: &BTreeMap<WinKey, Model>, want: &BTreeMap<WinKey
         match (&g.coef, &w.coef) {
             (None, None) => {
                 if let Some(s) = &g.status {
-                    assert_eq!(s, "underdetermined", "{ctx}: status for n <= d window {k:?}");
+                    assert_eq!(
+                        s, "underdetermined",
+                        "{ctx}: status for n <= d window {k:?}"
+                    );
                 } else {
                     panic!("{ctx}: no status for window {k:?}");
                 }
@@ -601,7 +614,11 @@ pub fn assert_models_match(got: &BTreeMap<WinKey, Model>, want: &BTreeMap<WinKey
                 g.status, w.n
             ),
             (Some(gb), Some(wb)) => {
-                assert_eq!(gb.len(), wb.len(), "{ctx}: coef length differs for window {k:?}");
+                assert_eq!(
+                    gb.len(),
+                    wb.len(),
+                    "{ctx}: coef length differs for window {k:?}"
+                );
                 // Reference windows from the oracle carry a cond; engine-vs-engine
                 // comparisons use the engine's own reported cond.
                 let cond = if w.cond.is_nan() { 1.0 } else { w.cond };
