@@ -70,7 +70,11 @@ fn remaining(adds: Vec<Row>, removes: Vec<Row>) -> Vec<(String, Pane, Stats)> {
 
 fn rows(d: usize) -> impl Strategy<Value = Vec<Row>> {
     prop::collection::vec(
-        (0u8..4, 0i64..100, prop::collection::vec(-1e6f64..1e6, d + 1)),
+        (
+            0u8..4,
+            0i64..100,
+            prop::collection::vec(-1e6f64..1e6, d + 1),
+        ),
         0..60,
     )
 }

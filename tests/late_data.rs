@@ -31,7 +31,14 @@ fn late_reason_ok(v: &Value) -> bool {
 fn too_late(name: &str, win: Win) {
     let d = 1;
     let mut rows = in_order(3000, 20, 81); // T0 .. T0 + 60 s
-    let pos = 2001; // after the row at T0 + 40 s
+    if let Win::Session(_) = win {
+        // A hole [T0 + 21 s, T0 + 28 s): the late record (T0 + 24.003 s) is alone in its
+        // session [ts, ts + 3 s), which ends well before the watermark (T0 + 35 s) when it
+        // arrives, so it is late under any reading of the contract.
+        rows.retain(|r| r.ts < T0 + 21_000 || r.ts >= T0 + 28_000);
+    }
+    // Right after the row at T0 + 40 s.
+    let pos = rows.iter().position(|r| r.ts > T0 + 40_000).unwrap();
     let max_before = rows[..pos].iter().map(|r| r.ts).max().unwrap();
     let late = Row {
         ts: T0 + 24_003,
@@ -99,6 +106,11 @@ fn too_late_record_tumbling() {
 #[test]
 fn too_late_record_sliding() {
     too_late("too_late_record_sliding", Win::Sliding(10_000, 2_000));
+}
+
+#[test]
+fn too_late_record_session() {
+    too_late("too_late_record_session", Win::Session(3_000));
 }
 
 /// A record behind the largest time seen but within the lateness, for a window whose end
