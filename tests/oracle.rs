@@ -401,3 +401,48 @@ fn collinear_features_ill_conditioned() {
         assert_eq!(got[&wfine].status.as_deref(), Some("ok"), "{ctx}");
     }
 }
+
+/// `tributary gen` writes a CSV the oracle reads itself; the engine's models on it match.
+#[test]
+fn gen_csv_models_match_oracle() {
+    let dir = TempDir::new("gen_csv");
+    let csv = dir.path("gen.csv");
+    let d = 3;
+    let g = run_engine(
+        &dir,
+        &[
+            "gen",
+            "--rows",
+            "3000",
+            "--keys",
+            "3",
+            "--features",
+            "3",
+            "--seed",
+            "7",
+            "--disorder",
+            "1000",
+            "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([csv.display().to_string()])
+        .collect::<Vec<_>>(),
+    );
+    g.assert_success();
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(text.lines().next(), Some(csv_header(d).as_str()));
+    let (rows, bad) = read_csv_oracle(&csv, d);
+    assert_eq!((rows.len(), bad), (3000, 0));
+    for win in [TUMBLING, SLIDING] {
+        let want = oracle(&rows, d, win, None);
+        for w in [1usize, 4] {
+            let mut cfg = RunCfg::csv(&csv, d, win);
+            cfg.workers = w;
+            let (run, out) = run_ok(&dir, &cfg, &format!("out-{w}.jsonl"));
+            assert_eq!(run.summary("late"), Some(0), "{}", run.stderr);
+            let got = keep_final(&parse_emissions(&out));
+            assert_models_match(&got, &want, &format!("gen data -w {w} ({})", run.cmdline));
+        }
+    }
+}
