@@ -36,7 +36,7 @@ pub enum Command {
 pub struct RunArgs {
     /// A dataflow spec (TOML); flags override it.
     pub spec: Option<PathBuf>,
-    /// csv:PATH | jsonl:PATH | gen:rows=N,keys=K,features=D,seed=S[,disorder=MS][,step=MS]
+    /// `csv:PATH`, `jsonl:PATH` or `gen:rows=N,keys=K,features=D,seed=S[,disorder=MS][,step=MS]`
     #[arg(long)]
     pub source: Option<String>,
     /// Time field (integer ms since the epoch) [default: ts].

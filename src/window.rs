@@ -350,7 +350,7 @@ mod tests {
     fn parses_and_prints_specs() {
         for text in [
             "tumbling:1m",
-            "sliding:60s/10s",
+            "sliding:1m/10s",
             "session:30s",
             "sliding:1h/250ms",
         ] {
