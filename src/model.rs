@@ -56,6 +56,22 @@ pub struct Fit {
 }
 
 /// Solves the statistics for the regression coefficients (see the module docs).
+///
+/// ```
+/// use differential_dataflow::difference::Semigroup;
+/// use tributary::{SolveOptions, Stats, Status, solve};
+///
+/// // y = 1 + 2x, exactly.
+/// let mut stats = Stats::zero();
+/// for x in 0..10 {
+///     let x = x as f64;
+///     stats.plus_equals(&Stats::of_row(&[x, 1.0 + 2.0 * x]));
+/// }
+/// let fit = solve(&stats, SolveOptions::default());
+/// assert_eq!(fit.status, Status::Ok);
+/// let coef = fit.coef.unwrap();
+/// assert!((coef[0] - 1.0).abs() < 1e-12 && (coef[1] - 2.0).abs() < 1e-12);
+/// ```
 pub fn solve(stats: &Stats, options: SolveOptions) -> Fit {
     let underdetermined = Fit {
         coef: None,

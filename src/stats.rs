@@ -35,6 +35,24 @@ pub const fn packed_index(m: usize, i: usize, j: usize) -> usize {
 ///
 /// Layout of [`Stats::sums`]: the first `m = d + 1` entries are `Σz`, then the packed upper
 /// triangle of `ZᵀZ`, row by row (`(0,0), (0,1), …, (0,m-1), (1,1), …`).
+///
+/// ```
+/// use differential_dataflow::difference::{Abelian, IsZero, Semigroup};
+/// use tributary::Stats;
+///
+/// // Two rows with one feature: z = [x, y].
+/// let mut window = Stats::of_row(&[1.0, 2.0]);
+/// window.plus_equals(&Stats::of_row(&[3.0, 5.0]));
+/// assert_eq!(window.n, 2);
+/// assert_eq!(window.sum(), &[4.0, 7.0]);
+/// assert_eq!(window.cross(0, 1), 1.0 * 2.0 + 3.0 * 5.0); // Σxy
+///
+/// // Retracting both rows gives zero, whatever the floating-point residue.
+/// let mut retraction = window.clone();
+/// retraction.negate();
+/// window.plus_equals(&retraction);
+/// assert!(window.is_zero());
+/// ```
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Stats {
     /// Number of rows (negative while a retraction is being accumulated).

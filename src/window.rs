@@ -62,6 +62,18 @@ pub fn format_duration(ms: Time) -> String {
 }
 
 /// The kind and size of the windows.
+///
+/// ```
+/// use tributary::{Window, WindowSpec};
+///
+/// let spec: WindowSpec = "sliding:30s/10s".parse().unwrap();
+/// // A record at 12.345 s goes into the pane [10 s, 20 s), which three windows hold.
+/// let pane = spec.bucket_start(12_345);
+/// assert_eq!(pane, 10_000);
+/// let windows: Vec<Window> = spec.windows_of_pane(pane).collect();
+/// assert_eq!(windows[0], Window { start: 10_000, end: 40_000 });
+/// assert_eq!(windows.len(), 3);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum WindowSpec {
     /// Back-to-back windows of one length.
