@@ -29,6 +29,49 @@ pub enum Command {
     /// Write the generator's stream as CSV (`ts,key,x0,…,y`).
     #[command(disable_help_flag = true)]
     Gen(GenArgs),
+    /// Benchmarks of the real engine.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// `tributary bench` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Records/s on the generator and on CSV, for several worker counts.
+    #[command(disable_help_flag = true)]
+    Throughput(ThroughputArgs),
+}
+
+/// `tributary bench throughput` flags.
+#[derive(Debug, Args)]
+pub struct ThroughputArgs {
+    /// Records per run.
+    #[arg(long, default_value_t = 20_000_000)]
+    pub rows: u64,
+    /// Keys.
+    #[arg(long, default_value_t = 16)]
+    pub keys: u64,
+    /// Features.
+    #[arg(long, default_value_t = 8)]
+    pub features: usize,
+    /// Window.
+    #[arg(long, default_value = "sliding:60s/10s")]
+    pub window: String,
+    /// Worker counts to run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub workers: Vec<usize>,
+    /// Skip the 2-process loopback cluster.
+    #[arg(long)]
+    pub no_cluster: bool,
+    /// Skip the CSV source.
+    #[arg(long)]
+    pub no_csv: bool,
+    /// Directory for the generated CSV file.
+    #[arg(long, default_value = "target/bench-data")]
+    pub dir: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `tributary run` flags; they override the SPEC.toml file.

@@ -146,12 +146,57 @@ pub struct ModelLine {
     #[serde(rename = "final")]
     pub is_final: bool,
     /// How many times late records changed the window after its first emission.
-    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    #[serde(default)]
     pub revision: u32,
+}
+
+/// The `--out` form of a [`ModelLine`]: `revision` only when non-zero. (The exchanged
+/// form keeps every field: bincode, which timely uses between processes, is not
+/// self-describing and cannot skip fields.)
+#[derive(Serialize)]
+struct ModelJson<'a> {
+    key: &'a str,
+    window_start: Time,
+    window_end: Time,
+    n: i64,
+    coef: &'a Option<Vec<f64>>,
+    r2: Option<f64>,
+    rmse: Option<f64>,
+    cond: Option<f64>,
+    status: Status,
+    #[serde(rename = "final")]
+    is_final: bool,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    revision: u32,
 }
 
 fn is_zero_u32(v: &u32) -> bool {
     *v == 0
+}
+
+impl crate::sink::JsonLine for ModelLine {
+    fn write_json(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let view = ModelJson {
+            key: &self.key,
+            window_start: self.window_start,
+            window_end: self.window_end,
+            n: self.n,
+            coef: &self.coef,
+            r2: self.r2,
+            rmse: self.rmse,
+            cond: self.cond,
+            status: self.status,
+            is_final: self.is_final,
+            revision: self.revision,
+        };
+        serde_json::to_writer(w, &view).map_err(std::io::Error::other)
+    }
+}
+
+impl crate::sink::JsonLine for SetAside {
+    fn write_json(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+        serde_json::to_writer(w, self).map_err(std::io::Error::other)
+    }
 }
 
 impl ModelLine {

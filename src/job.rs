@@ -303,11 +303,20 @@ impl Summary {
     pub fn line(&self) -> String {
         let secs = self.elapsed.as_secs_f64();
         format!(
-            "done: {} provisional={} elapsed={:.3}s throughput={:.0} records/s",
+            "done: {} provisional={} elapsed={:.3}s throughput={:.0} records/s peak_rss_mib={:.1}",
             progress_line(&self.metrics, self.metrics.records as f64 / secs.max(1e-9)),
             self.metrics.windows_provisional,
             secs,
             self.metrics.records as f64 / secs.max(1e-9),
+            peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64,
         )
     }
+}
+
+/// This process's peak resident set size (Linux `VmHWM`), if known.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

@@ -8,6 +8,7 @@
 
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod cli;
 pub mod cluster;
 pub mod dataflow;

@@ -4,7 +4,8 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tributary::cli::{Cli, Command, GenArgs, RunArgs};
+use tributary::bench::{ThroughputSettings, throughput, throughput_table};
+use tributary::cli::{BenchCommand, Cli, Command, GenArgs, RunArgs};
 use tributary::job::{JobSpec, run};
 use tributary::source::{GenReader, GenSpec};
 use tributary::window::parse_duration;
@@ -14,6 +15,28 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run_command(*args),
         Command::Gen(args) => gen_command(args),
+        Command::Bench(BenchCommand::Throughput(args)) => {
+            let settings = ThroughputSettings {
+                rows: args.rows,
+                keys: args.keys,
+                features: args.features,
+                window: args.window,
+                workers: args.workers,
+                cluster: !args.no_cluster,
+                csv: !args.no_csv,
+                dir: args.dir,
+            };
+            throughput(&settings).map(|rows| {
+                if args.json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&rows).expect("serializable")
+                    );
+                } else {
+                    print!("{}", throughput_table(&rows));
+                }
+            })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

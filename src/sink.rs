@@ -5,7 +5,6 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
-use serde::Serialize;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Operator;
@@ -26,6 +25,12 @@ pub fn open_lines(path: &Path, append: bool) -> io::Result<Box<dyn Write>> {
     Ok(Box::new(BufWriter::with_capacity(1 << 16, file)))
 }
 
+/// Elements written as one JSON object per line.
+pub trait JsonLine {
+    /// Writes the element as one JSON object (no newline).
+    fn write_json(&self, w: &mut dyn Write) -> io::Result<()>;
+}
+
 /// Writes a stream as JSON lines on worker 0.
 pub trait WriteLines<'scope, D> {
     /// Routes every element to worker 0, which writes each completed epoch's elements,
@@ -39,7 +44,7 @@ pub trait WriteLines<'scope, D> {
 
 impl<'scope, D> WriteLines<'scope, D> for StreamVec<'scope, Epoch, D>
 where
-    D: timely::ExchangeData + Serialize + Clone,
+    D: timely::ExchangeData + JsonLine + Clone,
 {
     fn write_lines<K: Ord, O, F>(self, open: F, order: O) -> StreamVec<'scope, Epoch, D>
     where
@@ -91,7 +96,7 @@ where
                         items.sort_by_key(|item| order(item));
                         if let Some(w) = writer.as_mut() {
                             let written = items.iter().try_for_each(|item| {
-                                serde_json::to_writer(&mut *w, item)?;
+                                item.write_json(&mut *w)?;
                                 w.write_all(b"\n")
                             });
                             if let Err(e) = written.and_then(|()| w.flush()) {

@@ -49,6 +49,8 @@ pub struct FileReader {
     json_slots: HashMap<String, Slot>,
     next: u64,
     blocks: u64,
+    /// A known (byte, line number) pair, for numbering malformed lines.
+    lines_before: (usize, u64),
     peers: u64,
     // Per-record scratch, reused.
     time: i64,
@@ -78,7 +80,9 @@ impl FileReader {
         let map = if len == 0 {
             None
         } else {
-            Some(unsafe { Mmap::map(&file) }.map_err(io)?)
+            let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+            let _ = map.advise(memmap2::Advice::Sequential);
+            Some(map)
         };
         let bytes: &[u8] = map.as_deref().unwrap_or(&[]);
         let d = schema.d();
@@ -138,6 +142,7 @@ impl FileReader {
             json_slots,
             next: index as u64,
             blocks,
+            lines_before: (0, 1),
             peers: peers as u64,
             time: 0,
             z: vec![0.0; d + 1],
@@ -184,6 +189,21 @@ impl FileReader {
             return Ok(());
         };
         let result = self.read_block(&map, k, sink);
+        // The block's pages are not needed again: drop them from this process's resident
+        // set (they stay in the page cache), so memory does not grow with the file.
+        let (start, end) = (
+            Self::block_start(&map, self.data_start, k),
+            Self::block_start(&map, self.data_start, k + 1),
+        );
+        let page = 4096;
+        let (from, to) = (start.div_ceil(page) * page, end / page * page);
+        if to > from {
+            // SAFETY: the mapping is private and read-only; dropped pages of a file
+            // mapping are read back from the file if touched again.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from)
+            };
+        }
         self.map = Some(map);
         result
     }
@@ -223,7 +243,7 @@ impl FileReader {
                 }
                 Ok(false) => {}
                 Err((field, message)) => {
-                    let line = memchr::memchr_iter(b'\n', &bytes[..pos]).count() as u64 + 1;
+                    let line = self.line_number(bytes, pos);
                     sink.malformed(Malformed {
                         file: self.path.clone(),
                         line,
@@ -235,6 +255,21 @@ impl FileReader {
             pos = stop + 1;
         }
         Ok(())
+    }
+}
+
+impl FileReader {
+    /// The 1-based line number of the line starting at byte `pos`, counted from the last
+    /// position asked for (errors come in increasing order within a worker), so many
+    /// malformed lines cost one pass over the file, not one each.
+    fn line_number(&mut self, bytes: &[u8], pos: usize) -> u64 {
+        let (from, mut line) = match self.lines_before {
+            (at, count) if at <= pos => (at, count),
+            _ => (0, 1),
+        };
+        line += memchr::memchr_iter(b'\n', &bytes[from..pos]).count() as u64;
+        self.lines_before = (pos, line);
+        line
     }
 }
 

@@ -1,0 +1,271 @@
+//! `tributary bench`: the real engine, measured end to end.
+//!
+//! `bench throughput` runs `tributary run` as child processes (one per configuration, so
+//! each has its own peak RSS), on the generator and on a CSV file of the same stream, with
+//! the requested worker counts and a 2-process loopback cluster, and reports records/s in
+//! total and per worker. Ratios between rows come from one invocation, on one machine.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// One measured configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ThroughputRow {
+    /// `gen` or `csv`.
+    pub source: String,
+    /// Processes.
+    pub processes: usize,
+    /// Worker threads per process.
+    pub workers: usize,
+    /// Records read.
+    pub records: u64,
+    /// Run time reported by the engine (s), from start to the last model written.
+    pub seconds: f64,
+    /// Records per second, in total.
+    pub records_per_s: f64,
+    /// Records per second per worker.
+    pub records_per_s_per_worker: f64,
+    /// Largest peak RSS of the processes (MiB).
+    pub peak_rss_mib: f64,
+    /// Final model emissions.
+    pub windows_final: u64,
+}
+
+/// Settings of `bench throughput`.
+#[derive(Clone, Debug)]
+pub struct ThroughputSettings {
+    /// Records per run.
+    pub rows: u64,
+    /// Keys.
+    pub keys: u64,
+    /// Features.
+    pub features: usize,
+    /// Window spec.
+    pub window: String,
+    /// Worker counts to run (single process).
+    pub workers: Vec<usize>,
+    /// Also run a 2-process × 1-worker cluster on loopback.
+    pub cluster: bool,
+    /// Measure the CSV source too.
+    pub csv: bool,
+    /// Directory for the CSV file.
+    pub dir: PathBuf,
+}
+
+/// Runs the throughput benchmark.
+pub fn throughput(s: &ThroughputSettings) -> Result<Vec<ThroughputRow>, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let gen_source = format!(
+        "gen:rows={},keys={},features={},seed=42",
+        s.rows, s.keys, s.features
+    );
+    let mut sources = vec![("gen".to_owned(), gen_source)];
+    if s.csv {
+        std::fs::create_dir_all(&s.dir).map_err(|e| e.to_string())?;
+        let csv = s
+            .dir
+            .join(format!("bench-{}-{}-{}.csv", s.rows, s.keys, s.features));
+        let status = Command::new(&exe)
+            .args([
+                "gen",
+                "--rows",
+                &s.rows.to_string(),
+                "--keys",
+                &s.keys.to_string(),
+            ])
+            .args([
+                "--features",
+                &s.features.to_string(),
+                "--seed",
+                "42",
+                "--out",
+            ])
+            .arg(&csv)
+            .status()
+            .map_err(|e| e.to_string())?;
+        if !status.success() {
+            return Err("tributary gen failed".into());
+        }
+        sources.push(("csv".to_owned(), format!("csv:{}", csv.display())));
+    }
+    let mut rows = Vec::new();
+    for (name, source) in &sources {
+        let mut configs: Vec<(usize, usize)> = s.workers.iter().map(|&w| (1, w)).collect();
+        if s.cluster {
+            configs.push((2, 1));
+        }
+        for (processes, workers) in configs {
+            let base = [
+                "run",
+                "-q",
+                "--source",
+                source,
+                "--window",
+                &s.window,
+                "--out",
+                "/dev/null",
+            ];
+            let outputs = run_cluster(&exe, &base, processes, workers, &s.dir)?;
+            let first = parse_summary(&outputs[0])
+                .ok_or_else(|| format!("no summary from the engine: {}", outputs[0]))?;
+            let peak = outputs
+                .iter()
+                .filter_map(|o| parse_summary(o).map(|s| s.peak_rss_mib))
+                .fold(0.0, f64::max);
+            let total_workers = (processes * workers) as f64;
+            let records = outputs
+                .iter()
+                .filter_map(|o| parse_summary(o).map(|s| s.records))
+                .sum::<u64>();
+            let rate = records as f64 / first.seconds;
+            rows.push(ThroughputRow {
+                source: name.clone(),
+                processes,
+                workers,
+                records,
+                seconds: first.seconds,
+                records_per_s: rate,
+                records_per_s_per_worker: rate / total_workers,
+                peak_rss_mib: peak,
+                windows_final: first.windows_final,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// Starts `processes` engine processes (a loopback cluster when more than one) and
+/// returns each one's stderr; fails if any fails.
+fn run_cluster(
+    exe: &Path,
+    args: &[&str],
+    processes: usize,
+    workers: usize,
+    dir: &Path,
+) -> Result<Vec<String>, String> {
+    let mut extra: Vec<String> = vec!["-w".into(), workers.to_string()];
+    if processes > 1 {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let hostfile = dir.join("bench-hosts.txt");
+        let ports = free_ports(processes)?;
+        let hosts: String = ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect();
+        std::fs::write(&hostfile, hosts).map_err(|e| e.to_string())?;
+        extra.extend(["-n".into(), processes.to_string(), "-h".into()]);
+        extra.push(hostfile.display().to_string());
+    }
+    let children: Vec<Child> = (0..processes)
+        .map(|p| {
+            Command::new(exe)
+                .args(args)
+                .args(&extra)
+                .args(["-p", &p.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(|e| e.to_string())
+        })
+        .collect::<Result<_, _>>()?;
+    let mut outputs = Vec::new();
+    let mut failed = None;
+    for (p, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() && failed.is_none() {
+            failed = Some(format!("process {p} failed ({}): {text}", out.status));
+        }
+        outputs.push(text);
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(outputs),
+    }
+}
+
+/// Distinct loopback ports that were free a moment ago.
+fn free_ports(n: usize) -> Result<Vec<u16>, String> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    let ports = listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()).map_err(|e| e.to_string()))
+        .collect();
+    drop(listeners);
+    std::thread::sleep(Duration::from_millis(10));
+    ports
+}
+
+/// The fields of the engine's `done:` line that the benchmark uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RunSummary {
+    /// `records=`.
+    pub records: u64,
+    /// `elapsed=` (s).
+    pub seconds: f64,
+    /// `windows_final=`.
+    pub windows_final: u64,
+    /// `peak_rss_mib=`.
+    pub peak_rss_mib: f64,
+}
+
+/// Parses the `done:` summary line out of an engine's stderr.
+pub fn parse_summary(stderr: &str) -> Option<RunSummary> {
+    let line = stderr.lines().rev().find(|l| l.starts_with("done:"))?;
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|t| t.strip_prefix(name)?.strip_prefix('='))
+            .map(|v| v.trim_end_matches('s').to_owned())
+    };
+    Some(RunSummary {
+        records: field("records")?.parse().ok()?,
+        seconds: field("elapsed")?.parse().ok()?,
+        windows_final: field("windows_final")?.parse().ok()?,
+        peak_rss_mib: field("peak_rss_mib")?.parse().ok()?,
+    })
+}
+
+/// Formats throughput rows as a table, with the ratio of each row to the first row of
+/// its source.
+pub fn throughput_table(rows: &[ThroughputRow]) -> String {
+    let mut out = String::from(
+        "source  procs  workers     records   seconds     records/s   per worker  vs 1st  peak RSS MiB\n",
+    );
+    for row in rows {
+        let base = rows
+            .iter()
+            .find(|r| r.source == row.source)
+            .map_or(1.0, |r| r.records_per_s);
+        out.push_str(&format!(
+            "{:<6} {:>6} {:>8} {:>11} {:>9.3} {:>13.0} {:>12.0} {:>6.2}x {:>13.1}\n",
+            row.source,
+            row.processes,
+            row.workers,
+            row.records,
+            row.seconds,
+            row.records_per_s,
+            row.records_per_s_per_worker,
+            row.records_per_s / base,
+            row.peak_rss_mib
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_line_parses() {
+        let text = "progress: x\ndone: records=100 rate=5/s watermark=end open_panes=0 windows_final=7 late=0 too_far_ahead=0 malformed=0 provisional=0 elapsed=2.500s throughput=40 records/s peak_rss_mib=12.5\n";
+        let s = parse_summary(text).unwrap();
+        assert_eq!(s.records, 100);
+        assert_eq!(s.seconds, 2.5);
+        assert_eq!(s.windows_final, 7);
+        assert_eq!(s.peak_rss_mib, 12.5);
+    }
+}
