@@ -32,6 +32,20 @@ pub enum Command {
     /// Benchmarks of the real engine.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Look into a checkpoint directory.
+    #[command(subcommand)]
+    Checkpoint(CheckpointCommand),
+}
+
+/// `tributary checkpoint` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CheckpointCommand {
+    /// Print epochs, per-worker parts, completeness, keys and sizes of each store.
+    #[command(disable_help_flag = true)]
+    Inspect {
+        /// The checkpoint directory (as given to `run --checkpoint`).
+        dir: PathBuf,
+    },
 }
 
 /// `tributary bench` subcommands.
@@ -115,6 +129,13 @@ pub struct RunArgs {
     /// What a malformed line does [default: skip].
     #[arg(long, value_enum)]
     pub on_error: Option<OnError>,
+    /// Checkpoint directory: state and positions are saved there, and a run restarted
+    /// with the same command resumes from the newest complete checkpoint.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Time between checkpoints [default: 1s].
+    #[arg(long)]
+    pub checkpoint_every: Option<String>,
     /// No progress line on stderr.
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -149,6 +170,8 @@ impl RunArgs {
             late_out: self.late_out.clone(),
             on_error: self.on_error,
             workers: self.workers,
+            checkpoint: self.checkpoint.clone(),
+            checkpoint_every: self.checkpoint_every.clone(),
         }
     }
 

@@ -35,9 +35,14 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::operators::vec::{Broadcast, Map};
 use timely::dataflow::operators::{Capability, ConnectLoop, Feedback, Operator};
-use timely::dataflow::{Scope, StreamVec};
+use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 use timely::progress::frontier::AntichainRef;
 
+use std::time::{Duration, Instant};
+
+use differential_dataflow::Hashable;
+
+use crate::checkpoint::{Commit, Part, Recovered, Store};
 use crate::metrics::Metrics;
 use crate::model::{Fit, SolveOptions, Status, solve};
 use crate::record::Record;
@@ -102,6 +107,78 @@ pub struct Progress {
     pub max_seen: Time,
     /// What the batch held.
     pub counts: Counts,
+    /// Whether the epoch of this report is a checkpoint epoch.
+    pub checkpoint: bool,
+}
+
+/// What the windows operator hears besides the pane statistics (broadcast to every worker).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Control {
+    /// A worker's progress after one of its batches.
+    Progress(Progress),
+    /// Every worker's part of this checkpoint epoch is durable and committed.
+    Committed(Epoch),
+}
+
+/// A worker's part of a checkpoint epoch is durable.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The checkpoint epoch.
+    pub epoch: Epoch,
+    /// The worker.
+    pub worker: usize,
+    /// Largest event time admitted by each worker, as of the epoch.
+    pub max_seen: Vec<Time>,
+}
+
+/// What a run shares with its operators beyond the window configuration.
+#[derive(Clone)]
+pub struct RunContext {
+    /// Malformed-line policy.
+    pub on_error: OnError,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Called with a fatal source error; must not return.
+    pub on_fatal: fn(SourceError) -> !,
+    /// Checkpointing, when enabled.
+    pub checkpoint: Option<CheckpointContext>,
+}
+
+impl RunContext {
+    /// A context without checkpoints.
+    pub fn new(on_error: OnError, metrics: Arc<Metrics>, on_fatal: fn(SourceError) -> !) -> Self {
+        RunContext {
+            on_error,
+            metrics,
+            on_fatal,
+            checkpoint: None,
+        }
+    }
+}
+
+/// Checkpoint settings of a run.
+#[derive(Clone)]
+pub struct CheckpointContext {
+    /// This process's store.
+    pub store: Arc<Store>,
+    /// Time between checkpoints (per worker; every worker's marks are checkpoint epochs).
+    pub every: Duration,
+    /// The generation this run writes.
+    pub generation: u64,
+    /// The state recovered at start, if any.
+    pub restored: Option<Arc<Recovered>>,
+}
+
+impl CheckpointContext {
+    /// The epoch the run resumes after, if it was restored.
+    pub fn resumed_at(&self) -> Option<Epoch> {
+        self.restored.as_ref()?.commit.as_ref().map(|c| c.epoch)
+    }
+}
+
+/// The worker that owns `key` among `peers`: the one differential's exchange routes it to.
+pub fn owner(key: &String, peers: usize) -> usize {
+    (key.hashed() % peers as u64) as usize
 }
 
 /// A record set aside instead of being folded into its windows.
@@ -239,11 +316,19 @@ impl ModelLine {
 pub struct Ingested<'scope> {
     /// Pre-aggregated pane statistics: one update per (key, pane) per batch.
     pub panes: VecCollection<'scope, Epoch, (String, Pane), Stats>,
-    /// Each worker's progress after each of its batches.
-    pub progress: StreamVec<'scope, Epoch, Progress>,
+    /// Each worker's progress after each of its batches, as [`Control`] messages.
+    pub control: StreamVec<'scope, Epoch, Control>,
     /// Records set aside (late or too far ahead).
     pub aside: StreamVec<'scope, Epoch, SetAside>,
+    /// Backpressure: attach it (`probe_with`) to the end of the dataflow, and the source
+    /// stays at most [`MAX_AHEAD_PER_WORKER`] × workers batches ahead of it, so buffers
+    /// (and memory) stay bounded. Unattached, the source is not held back.
+    pub throttle: ProbeHandle<Epoch>,
 }
+
+/// How many batches per worker a source may run ahead of the probe attached to
+/// [`Ingested::throttle`].
+pub const MAX_AHEAD_PER_WORKER: u64 = 16;
 
 #[derive(Clone)]
 enum IngestOut {
@@ -262,20 +347,60 @@ pub fn ingest<'scope>(
     scope: Scope<'scope, Epoch>,
     mut reader: SourceReader,
     config: &WindowConfig,
-    on_error: OnError,
-    metrics: Arc<Metrics>,
-    on_fatal: fn(SourceError) -> !,
+    context: &RunContext,
 ) -> Ingested<'scope> {
     let worker = scope.index();
-    let mut combiner = Combiner::new(config, on_error, metrics);
+    let peers = scope.peers();
+    let on_fatal = context.on_fatal;
+    let mut combiner = Combiner::new(config, context.on_error, Arc::clone(&context.metrics));
+    // Resuming: skip the batches in the checkpoint, restore the partition's watermark, and
+    // hand the checkpointed panes this worker owns to the arrangement first.
+    let checkpoint = context.checkpoint.clone();
+    let every = checkpoint.as_ref().map(|c| c.every);
+    let mut first = 0;
+    let mut restored: Vec<PaneUpdate> = Vec::new();
+    if let Some(recovered) = checkpoint.as_ref().and_then(|c| c.restored.clone())
+        && let Some(commit) = &recovered.commit
+    {
+        first = commit.epoch + 1;
+        reader.seek(first);
+        combiner.watermark.max_seen = resumed_max_seen(commit, peers)[worker];
+        restored = recovered
+            .panes
+            .iter()
+            .filter(|(key, _, _)| owner(key, peers) == worker)
+            .map(|(key, pane, stats)| ((key.clone(), *pane), first, stats.clone()))
+            .collect();
+    }
+    let mut last_mark = Instant::now();
+    let throttle = ProbeHandle::new();
+    let held_back = throttle.clone();
+    let max_ahead = MAX_AHEAD_PER_WORKER * peers as u64;
     let stream = source(scope, "Ingest", move |capability, info| {
         let activator = scope.activator_for(info.address);
         let mut cap = Some(capability);
         move |output| {
             let Some(c) = cap.as_mut() else { return };
+            if !restored.is_empty() {
+                c.downgrade(&first);
+                output
+                    .session(&*c)
+                    .give_iterator(restored.drain(..).map(IngestOut::Pane));
+            }
+            let mut mark = |done: bool| {
+                let due = every.is_some_and(|every| done || last_mark.elapsed() >= every);
+                if due {
+                    last_mark = Instant::now();
+                }
+                due
+            };
             match reader.next_batch() {
+                Some(batch) if held_back.less_than(&batch.saturating_sub(max_ahead)) => {
+                    // Too far ahead of the end of the dataflow: wait for it.
+                    activator.activate_after(Duration::from_micros(200));
+                }
                 Some(batch) => {
-                    c.downgrade(&batch);
+                    c.downgrade(&batch.max(first));
                     if let Err(e) = reader.read_batch(&mut combiner) {
                         on_fatal(e);
                     }
@@ -296,6 +421,7 @@ pub fn ingest<'scope>(
                             combiner.watermark.max_seen
                         },
                         counts: std::mem::take(&mut combiner.counts),
+                        checkpoint: mark(done),
                     }));
                     drop(session);
                     if done {
@@ -305,12 +431,13 @@ pub fn ingest<'scope>(
                     }
                 }
                 None => {
-                    // A worker with no share at all still reports that it is done.
-                    c.downgrade(&(worker as Epoch));
+                    // A worker with no share (left) still reports that it is done.
+                    c.downgrade(&(worker as Epoch).max(first));
                     output.session(&*c).give(IngestOut::Progress(Progress {
                         worker,
                         max_seen: Time::MAX,
                         counts: Counts::default(),
+                        checkpoint: mark(true),
                     }));
                     cap = None;
                 }
@@ -324,8 +451,8 @@ pub fn ingest<'scope>(
             _ => None,
         })
         .as_collection();
-    let progress = stream.clone().flat_map(|o| match o {
-        IngestOut::Progress(p) => Some(p),
+    let control = stream.clone().flat_map(|o| match o {
+        IngestOut::Progress(p) => Some(Control::Progress(p)),
         _ => None,
     });
     let aside = stream.flat_map(|o| match o {
@@ -334,8 +461,22 @@ pub fn ingest<'scope>(
     });
     Ingested {
         panes,
-        progress,
+        control,
         aside,
+        throttle,
+    }
+}
+
+/// Each worker's largest admitted event time after resuming from `commit` with `peers`
+/// workers: the recorded ones when the worker count is unchanged; otherwise, partitions
+/// being different, every worker starts from the global frontier (their minimum), which
+/// keeps lateness decisions consistent with the windows already closed.
+pub fn resumed_max_seen(commit: &Commit, peers: usize) -> Vec<Time> {
+    if commit.max_seen.len() == peers {
+        commit.max_seen.clone()
+    } else {
+        let frontier = commit.max_seen.iter().copied().min().unwrap_or(Time::MIN);
+        vec![frontier; peers]
     }
 }
 
@@ -458,44 +599,55 @@ impl RecordSink for Combiner {
     }
 }
 
+/// The streams the windows operator produces.
+pub struct WindowOutputs<'scope> {
+    /// Model emissions.
+    pub models: StreamVec<'scope, Epoch, ModelLine>,
+    /// Retractions of expired panes (to feed back into the arrangement).
+    pub retractions: StreamVec<'scope, Epoch, PaneUpdate>,
+    /// Acknowledgements of checkpoint parts written.
+    pub acks: StreamVec<'scope, Epoch, Ack>,
+}
+
 /// Windowed models from arranged pane statistics: the `windows` operator.
 pub trait WindowedModels<'scope> {
     /// Emits each window's model: provisionally when the largest event time seen passes
     /// its end (if the lateness is positive), again (with a higher `revision`) when late
     /// records within the lateness change it, and `final` when the watermark passes its
-    /// end. Expired panes are retracted from the arrangement through `retract`.
+    /// end. Expired panes are retracted from the arrangement through `retractions`. With
+    /// checkpoints, writes this worker's part of every checkpoint epoch and acknowledges it.
     fn windowed_models(
         self,
-        progress: StreamVec<'scope, Epoch, Progress>,
+        control: StreamVec<'scope, Epoch, Control>,
         config: &WindowConfig,
-        metrics: Arc<Metrics>,
-    ) -> (
-        StreamVec<'scope, Epoch, ModelLine>,
-        StreamVec<'scope, Epoch, PaneUpdate>,
-    );
+        context: &RunContext,
+    ) -> WindowOutputs<'scope>;
 }
 
 impl<'scope> WindowedModels<'scope> for Arranged<'scope, PaneTrace> {
     fn windowed_models(
         self,
-        progress: StreamVec<'scope, Epoch, Progress>,
+        control: StreamVec<'scope, Epoch, Control>,
         config: &WindowConfig,
-        metrics: Arc<Metrics>,
-    ) -> (
-        StreamVec<'scope, Epoch, ModelLine>,
-        StreamVec<'scope, Epoch, PaneUpdate>,
-    ) {
-        let peers = self.stream.scope().peers();
-        let mut state = Windows::new(config.clone(), peers, self.trace.clone(), metrics);
+        context: &RunContext,
+    ) -> WindowOutputs<'scope> {
+        let scope = self.stream.scope();
+        let mut state = Windows::new(
+            config.clone(),
+            scope.index(),
+            scope.peers(),
+            self.trace.clone(),
+            context,
+        );
         let out = self.stream.binary_frontier(
-            progress.broadcast(),
+            control.broadcast(),
             Pipeline,
             Pipeline,
             "Windows",
             move |_cap, _info| {
                 let mut caps: BTreeMap<Epoch, Capability<Epoch>> = BTreeMap::new();
                 let mut added: BTreeMap<Epoch, Vec<(String, Pane)>> = BTreeMap::new();
-                let mut reports: BTreeMap<Epoch, Vec<Progress>> = BTreeMap::new();
+                let mut reports: BTreeMap<Epoch, Vec<Control>> = BTreeMap::new();
                 move |(spans, spans_frontier), (progress, progress_frontier), output| {
                     spans.for_each(|cap, data| {
                         let time = *cap.least().expect("a message has a time");
@@ -565,15 +717,20 @@ impl<'scope> WindowedModels<'scope> for Arranged<'scope, PaneTrace> {
                 }
             },
         );
-        let models = out.clone().flat_map(|e| match e {
-            Emission::Model(m) => Some(m),
-            Emission::Retract(_) => None,
-        });
-        let retractions = out.flat_map(|e| match e {
-            Emission::Retract(r) => Some(r),
-            Emission::Model(_) => None,
-        });
-        (models, retractions)
+        WindowOutputs {
+            models: out.clone().flat_map(|e| match e {
+                Emission::Model(m) => Some(m),
+                _ => None,
+            }),
+            retractions: out.clone().flat_map(|e| match e {
+                Emission::Retract(r) => Some(r),
+                _ => None,
+            }),
+            acks: out.flat_map(|e| match e {
+                Emission::Ack(a) => Some(a),
+                _ => None,
+            }),
+        }
     }
 }
 
@@ -582,6 +739,17 @@ impl<'scope> WindowedModels<'scope> for Arranged<'scope, PaneTrace> {
 enum Emission {
     Model(ModelLine),
     Retract(PaneUpdate),
+    Ack(Ack),
+}
+
+/// A worker's checkpoint writer: what changed since its last part.
+struct Checkpointer {
+    context: CheckpointContext,
+    worker: usize,
+    /// Panes changed since the last part: alive (write the total) or expired (delete).
+    dirty: BTreeMap<(String, Pane), bool>,
+    /// Whether older generations were dropped from the store yet.
+    retired_old: bool,
 }
 
 /// The windows operator's state: an index of open panes per key (no statistics).
@@ -594,6 +762,9 @@ struct Windows {
     /// `(time, key)`: the key has a window that may end at `time`.
     agenda: BTreeSet<(Time, String)>,
     metrics: Arc<Metrics>,
+    /// Windows of a key first seen ending at or before this are final already (restored).
+    restored_final_through: Time,
+    checkpoint: Option<Checkpointer>,
 }
 
 struct KeyWindows {
@@ -615,51 +786,106 @@ impl Default for KeyWindows {
 }
 
 impl Windows {
-    fn new(config: WindowConfig, peers: usize, trace: PaneTrace, metrics: Arc<Metrics>) -> Self {
-        Windows {
+    fn new(
+        config: WindowConfig,
+        worker: usize,
+        peers: usize,
+        trace: PaneTrace,
+        context: &RunContext,
+    ) -> Self {
+        let mut windows = Windows {
             config,
             trace,
             max_seen: vec![Time::MIN; peers],
             keys: FxHashMap::default(),
             agenda: BTreeSet::new(),
-            metrics,
+            metrics: Arc::clone(&context.metrics),
+            restored_final_through: Time::MIN,
+            checkpoint: context.checkpoint.clone().map(|c| Checkpointer {
+                context: c,
+                worker,
+                dirty: BTreeMap::new(),
+                retired_old: false,
+            }),
+        };
+        let restored = context.checkpoint.as_ref().and_then(|c| c.restored.clone());
+        if let Some(recovered) = restored
+            && let Some(commit) = &recovered.commit
+        {
+            windows.max_seen = resumed_max_seen(commit, peers);
+            let (_, watermark) = windows.frontier();
+            windows.restored_final_through = watermark;
+            for (key, start, end, n, revision) in &recovered.emitted {
+                if owner(key, peers) == worker {
+                    windows
+                        .key_state(key)
+                        .emitted
+                        .insert(*start, (*end, *n, *revision));
+                }
+            }
         }
+        windows
     }
 
-    fn epoch(
-        &mut self,
-        epoch: Epoch,
-        added: Vec<(String, Pane)>,
-        reports: Vec<Progress>,
-        mut emit: impl FnMut(Emission),
-    ) {
-        for report in &reports {
-            let seen = &mut self.max_seen[report.worker];
-            *seen = (*seen).max(report.max_seen);
-        }
+    fn key_state(&mut self, key: &str) -> &mut KeyWindows {
+        let final_through = self.restored_final_through;
+        self.keys
+            .entry(key.to_owned())
+            .or_insert_with(|| KeyWindows {
+                final_through,
+                ..KeyWindows::default()
+            })
+    }
+
+    /// The global frontier (smallest largest-event-time over workers) and watermark.
+    fn frontier(&self) -> (Time, Time) {
         let frontier = self.max_seen.iter().copied().min().unwrap_or(Time::MIN);
         let watermark = if frontier == Time::MAX {
             Time::MAX
         } else {
             frontier.saturating_sub(self.config.lateness)
         };
+        (frontier, watermark)
+    }
+
+    fn epoch(
+        &mut self,
+        epoch: Epoch,
+        added: Vec<(String, Pane)>,
+        reports: Vec<Control>,
+        mut emit: impl FnMut(Emission),
+    ) {
+        let mut checkpoint = false;
+        for report in &reports {
+            match report {
+                Control::Progress(p) => {
+                    let seen = &mut self.max_seen[p.worker];
+                    *seen = (*seen).max(p.max_seen);
+                    checkpoint |= p.checkpoint;
+                }
+                Control::Committed(committed) => self.committed(*committed),
+            }
+        }
+        let (frontier, watermark) = self.frontier();
         self.metrics.watermark.store(watermark, Relaxed);
 
         let spec = self.config.window;
         let mut due: BTreeSet<String> = BTreeSet::new();
         for (key, pane) in added {
-            let entry = self.keys.entry(key.clone()).or_default();
-            if !entry.panes.insert(pane) {
+            if let Some(c) = self.checkpoint.as_mut() {
+                c.dirty.insert((key.clone(), pane), true);
+            }
+            let entry = self.key_state(&key);
+            let fresh = entry.panes.insert(pane);
+            if !entry.emitted.is_empty() {
+                // Late records changed a window already emitted: revise it.
+                due.insert(key.clone());
+            }
+            if !fresh {
                 // A pane already open: only its statistics changed.
-                if !entry.emitted.is_empty() {
-                    due.insert(key);
-                }
                 continue;
             }
             self.metrics.open_panes.fetch_add(1, Relaxed);
-            if !entry.emitted.is_empty() {
-                due.insert(key.clone());
-            }
             if spec.is_session() {
                 self.agenda.insert((spec.pane_expires_at(pane), key));
             } else {
@@ -675,16 +901,105 @@ impl Windows {
             let (_, key) = self.agenda.pop_first().expect("present");
             due.insert(key);
         }
-        if due.is_empty() {
-            self.compact(epoch);
-            return;
+        if !due.is_empty() {
+            let totals = self.read(epoch, &due);
+            for (key, panes) in totals {
+                self.evaluate(epoch, &key, panes, frontier, watermark, &mut emit);
+            }
         }
-
-        let totals = self.read(epoch, &due);
-        for (key, panes) in totals {
-            self.evaluate(epoch, &key, panes, frontier, watermark, &mut emit);
+        if checkpoint {
+            self.write_checkpoint(epoch, &mut emit);
         }
         self.compact(epoch);
+    }
+
+    /// Writes this worker's part of checkpoint epoch `epoch` and acknowledges it.
+    fn write_checkpoint(&mut self, epoch: Epoch, emit: &mut impl FnMut(Emission)) {
+        let Some(mut c) = self.checkpoint.take() else {
+            return;
+        };
+        let dirty = std::mem::take(&mut c.dirty);
+        let alive: BTreeSet<String> = dirty
+            .iter()
+            .filter(|(_, alive)| **alive)
+            .map(|((key, _), _)| key.clone())
+            .collect();
+        let totals: FxHashMap<(String, Pane), Stats> = self
+            .read(epoch, &alive)
+            .into_iter()
+            .flat_map(|(key, panes)| panes.into_iter().map(move |(p, s)| ((key.clone(), p), s)))
+            .collect();
+        let mut changes = Vec::with_capacity(dirty.len());
+        let (mut puts, mut deletes) = (0, 0);
+        for ((key, pane), alive) in dirty {
+            let stats = if alive {
+                totals.get(&(key.clone(), pane)).cloned()
+            } else {
+                None
+            };
+            if stats.is_some() {
+                puts += 1;
+            } else {
+                deletes += 1;
+            }
+            changes.push((key, pane, stats));
+        }
+        let mut emitted = Vec::new();
+        for (key, state) in &self.keys {
+            for (start, (end, n, revision)) in &state.emitted {
+                emitted.push((key.clone(), *start, *end, *n, *revision));
+            }
+        }
+        let part = Part {
+            generation: c.context.generation,
+            epoch,
+            worker: c.worker,
+            emitted,
+            puts,
+            deletes,
+        };
+        let started = Instant::now();
+        match c.context.store.write_part(&part, &changes) {
+            Ok(bytes) => {
+                self.metrics.checkpoint_bytes.fetch_add(bytes, Relaxed);
+                self.metrics
+                    .checkpoint_micros
+                    .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+            }
+            Err(e) => {
+                eprintln!("error: writing checkpoint: {e}");
+                std::process::exit(3);
+            }
+        }
+        emit(Emission::Ack(Ack {
+            epoch,
+            worker: c.worker,
+            max_seen: self.max_seen.clone(),
+        }));
+        self.checkpoint = Some(c);
+    }
+
+    /// Epoch `committed` is complete: fold this worker's deltas through it into its base.
+    fn committed(&mut self, committed: Epoch) {
+        let Some(c) = self.checkpoint.as_mut() else {
+            return;
+        };
+        let store = &c.context.store;
+        let result = store
+            .fold(c.context.generation, c.worker, committed)
+            .and_then(|()| {
+                if !c.retired_old {
+                    c.retired_old = true;
+                    store.drop_generations_before(c.context.generation)
+                } else {
+                    Ok(())
+                }
+            });
+        if let Err(e) = result {
+            eprintln!("error: folding checkpoint: {e}");
+            std::process::exit(3);
+        }
+        self.metrics.checkpoint_epoch.store(committed, Relaxed);
     }
 
     /// Reads the statistics of every open pane of the given keys, as of `epoch`.
@@ -797,6 +1112,9 @@ impl Windows {
                 spec.pane_expires_at(pane) <= watermark
             };
             if expired {
+                if let Some(c) = self.checkpoint.as_mut() {
+                    c.dirty.insert((key.to_owned(), pane), false);
+                }
                 state.panes.remove(&pane);
                 self.metrics.open_panes.fetch_sub(1, Relaxed);
                 let mut retraction = stats;
@@ -825,21 +1143,24 @@ impl Windows {
     }
 }
 
-/// Builds the whole windowed-regression dataflow on `panes`: arrangement, windows, and
-/// the retraction loop. Returns the models and the trace of pane statistics.
+/// Builds the windowed-regression dataflow on `panes`: the arrangement, the windows
+/// operator, and the loop that retracts expired panes. `control` carries the workers'
+/// progress (and, with checkpoints, commit notices). Returns the windows operator's
+/// outputs (retractions already connected) and the trace of pane statistics, which the
+/// caller must drop or keep advancing.
 pub fn windowed_regression<'scope>(
     scope: Scope<'scope, Epoch>,
     panes: VecCollection<'scope, Epoch, (String, Pane), Stats>,
-    progress: StreamVec<'scope, Epoch, Progress>,
+    control: StreamVec<'scope, Epoch, Control>,
     config: &WindowConfig,
-    metrics: Arc<Metrics>,
-) -> (StreamVec<'scope, Epoch, ModelLine>, PaneTrace) {
+    context: &RunContext,
+) -> (WindowOutputs<'scope>, PaneTrace) {
     let (handle, retractions) = scope.feedback(1);
     let arranged = panes
         .concat(retractions.as_collection())
         .arrange_by_key_named("PaneStats");
     let trace = arranged.trace.clone();
-    let (models, retract) = arranged.windowed_models(progress, config, metrics);
-    retract.connect_loop(handle);
-    (models, trace)
+    let outputs = arranged.windowed_models(control, config, context);
+    outputs.retractions.clone().connect_loop(handle);
+    (outputs, trace)
 }

@@ -9,13 +9,22 @@ use timely::dataflow::ProbeHandle;
 use timely::dataflow::operators::Probe;
 
 use crate::cluster::ClusterConfig;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::{Concat, ConnectLoop, Feedback};
+
+use crate::checkpoint::coordinator::Coordinate;
+use crate::checkpoint::{self, Store};
 use crate::dataflow::{
-    Epoch, ModelLine, OnError, SetAside, WindowConfig, ingest, windowed_regression,
+    CheckpointContext, Epoch, MAX_AHEAD_PER_WORKER, ModelLine, OnError, RunContext, SetAside,
+    WindowConfig, ingest, windowed_regression,
 };
 use crate::metrics::{Metrics, Snapshot};
 use crate::model::SolveOptions;
 use crate::record::{Schema, parse_features};
-use crate::sink::{WriteLines, open_lines};
+use crate::sink::{Ledger, WriteLines, open_output};
 use crate::source::{SourceError, SourceReader, SourceSpec};
 use crate::window::{Time, WindowSpec, parse_duration};
 
@@ -50,6 +59,10 @@ pub struct JobSpec {
     pub on_error: Option<OnError>,
     /// Worker threads per process (default 1).
     pub workers: Option<usize>,
+    /// Checkpoint directory (RocksDB stores); none: no checkpoints.
+    pub checkpoint: Option<PathBuf>,
+    /// Time between checkpoints (default `1s`).
+    pub checkpoint_every: Option<String>,
 }
 
 impl JobSpec {
@@ -85,6 +98,8 @@ impl JobSpec {
             late_out: flags.late_out.or(self.late_out),
             on_error: flags.on_error.or(self.on_error),
             workers: flags.workers.or(self.workers),
+            checkpoint: flags.checkpoint.or(self.checkpoint),
+            checkpoint_every: flags.checkpoint_every.or(self.checkpoint_every),
         }
     }
 
@@ -161,6 +176,10 @@ impl JobSpec {
             out: self.out.unwrap_or_else(|| PathBuf::from("-")),
             late_out: self.late_out,
             on_error: self.on_error.unwrap_or_default(),
+            checkpoint: self.checkpoint,
+            checkpoint_every: Duration::from_millis(
+                duration(&self.checkpoint_every, "1s", "--checkpoint-every")?.max(1) as u64,
+            ),
         })
     }
 }
@@ -194,6 +213,28 @@ pub struct Job {
     pub late_out: Option<PathBuf>,
     /// Malformed-line policy.
     pub on_error: OnError,
+    /// Checkpoint directory.
+    pub checkpoint: Option<PathBuf>,
+    /// Time between checkpoints.
+    pub checkpoint_every: Duration,
+}
+
+impl Job {
+    /// What identifies the dataflow in a checkpoint: source, schema, windows and solver
+    /// (not the worker count, which may change between runs).
+    pub fn fingerprint(&self) -> String {
+        let w = &self.windows;
+        serde_json::json!({
+            "source": self.source.to_string(),
+            "schema": self.schema,
+            "window": w.window.to_string(),
+            "lateness_ms": w.lateness,
+            "max_jump_ms": w.max_jump,
+            "ridge": w.solve.ridge,
+            "features": w.features,
+        })
+        .to_string()
+    }
 }
 
 /// What a finished run reports.
@@ -210,6 +251,34 @@ fn fatal(error: SourceError) -> ! {
     std::process::exit(2);
 }
 
+/// Opens the checkpoint store of this process and recovers the newest complete state.
+fn open_checkpoint(job: &Job, dir: &Path, process: usize) -> Result<CheckpointContext, String> {
+    let fingerprint = job.fingerprint();
+    let restored = checkpoint::recover(dir, &fingerprint).map_err(|e| e.to_string())?;
+    let commit = restored.as_ref().and_then(|r| r.commit.clone());
+    let generation = commit.as_ref().map_or(1, |c| c.generation + 1);
+    let store = Store::open(dir, process, &fingerprint).map_err(|e| e.to_string())?;
+    store
+        .drop_generations_from(generation)
+        .map_err(|e| e.to_string())?;
+    if let Some(c) = &commit
+        && process == 0
+    {
+        eprintln!(
+            "tributary: resuming from checkpoint epoch {} (generation {}, {} panes)",
+            c.epoch,
+            c.generation,
+            restored.as_ref().map_or(0, |r| r.panes.len())
+        );
+    }
+    Ok(CheckpointContext {
+        store: Arc::new(store),
+        every: job.checkpoint_every,
+        generation,
+        restored: restored.filter(|r| r.commit.is_some()).map(Arc::new),
+    })
+}
+
 /// Runs a job on a timely cluster; prints a progress line about once a second on stderr
 /// (process 0) and returns the counters when every worker is done.
 pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, String> {
@@ -217,53 +286,92 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
     SourceReader::open(&job.source, &job.schema, 0, 1).map_err(|e| e.to_string())?;
 
     let metrics = Arc::new(Metrics::default());
+    let checkpoint = match &job.checkpoint {
+        Some(dir) => Some(open_checkpoint(&job, dir, cluster.process)?),
+        None => None,
+    };
+    let commit = checkpoint
+        .as_ref()
+        .and_then(|c| c.restored.as_ref())
+        .and_then(|r| r.commit.clone());
+    let out_from = commit.as_ref().and_then(|c| c.out_offset).unwrap_or(0);
+    let late_from = commit.as_ref().and_then(|c| c.late_offset).unwrap_or(0);
+    let context = RunContext {
+        checkpoint,
+        ..RunContext::new(job.on_error, Arc::clone(&metrics), fatal)
+    };
     let started = Instant::now();
-    let shared = Arc::clone(&metrics);
     let process = cluster.process;
+    let processes = cluster.processes;
     let guards = timely::execute(cluster.timely_config()?, move |worker| {
         let job = job.clone();
-        let metrics = Arc::clone(&shared);
+        let context = context.clone();
         let index = worker.index();
         let reader = SourceReader::open(&job.source, &job.schema, index, worker.peers())
             .unwrap_or_else(|e| fatal(e));
         let probe = ProbeHandle::new();
         worker.dataflow::<Epoch, _, _>(|scope| {
-            let ingested = ingest(
-                scope,
-                reader,
-                &job.windows,
-                job.on_error,
-                Arc::clone(&metrics),
-                fatal,
-            );
-            let (models, trace) = windowed_regression(
-                scope,
-                ingested.panes,
-                ingested.progress,
-                &job.windows,
-                Arc::clone(&metrics),
-            );
+            let ingested = ingest(scope, reader, &job.windows, &context);
+            let (control, commits) = match &context.checkpoint {
+                Some(_) => {
+                    // Commit notices come back a few batches later, so that the windows
+                    // run ahead of the commits instead of in lockstep with them.
+                    let slack = 8 * MAX_AHEAD_PER_WORKER * scope.peers() as u64;
+                    let (handle, committed) = scope.feedback(slack);
+                    (ingested.control.concat(committed), Some(handle))
+                }
+                None => (ingested.control, None),
+            };
+            let (outputs, trace) =
+                windowed_regression(scope, ingested.panes, control, &job.windows, &context);
             drop(trace);
             let out = job.out.clone();
-            models
+            let out_ledger = Rc::new(RefCell::new(Ledger::default()));
+            let written = outputs
+                .models
                 .write_lines(
-                    move || open_lines(&out, false),
+                    move || open_output(&out, Some(out_from)),
                     |m: &ModelLine| {
                         let (a, b, c, d, e) = m.order();
                         (a, b.to_owned(), c, d, e)
                     },
+                    Some(Rc::clone(&out_ledger)),
                 )
-                .probe_with(&probe);
-            if let Some(late) = job.late_out.clone() {
-                ingested
-                    .aside
-                    .write_lines(
-                        move || open_lines(&late, false),
+                .map(|_| ());
+            let mut late_ledger = None;
+            let written = match job.late_out.clone() {
+                Some(late) => {
+                    let ledger = Rc::new(RefCell::new(Ledger::default()));
+                    late_ledger = Some(Rc::clone(&ledger));
+                    let late_written = ingested.aside.write_lines(
+                        move || open_output(&late, Some(late_from)),
                         |a: &SetAside| (a.ts, a.key.clone()),
+                        Some(ledger),
+                    );
+                    written.concat(late_written.map(|_| ()))
+                }
+                None => written,
+            };
+            written
+                .clone()
+                .probe_with(&probe)
+                .probe_with(&ingested.throttle);
+            if let (Some(handle), Some(c)) = (commits, &context.checkpoint) {
+                outputs
+                    .acks
+                    .coordinate(
+                        written,
+                        Arc::clone(&c.store),
+                        c.generation,
+                        processes,
+                        Some(out_ledger),
+                        late_ledger,
                     )
-                    .probe_with(&probe);
+                    .probe_with(&probe)
+                    .connect_loop(handle);
             }
         });
+        let metrics = &context.metrics;
         let mut last = Instant::now();
         let mut last_records = 0;
         while !probe.done() {

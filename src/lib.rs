@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod checkpoint;
 pub mod cli;
 pub mod cluster;
 pub mod dataflow;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tributary::bench::{ThroughputSettings, throughput, throughput_table};
-use tributary::cli::{BenchCommand, Cli, Command, GenArgs, RunArgs};
+use tributary::cli::{BenchCommand, CheckpointCommand, Cli, Command, GenArgs, RunArgs};
 use tributary::job::{JobSpec, run};
 use tributary::source::{GenReader, GenSpec};
 use tributary::window::parse_duration;
@@ -15,6 +15,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run_command(*args),
         Command::Gen(args) => gen_command(args),
+        Command::Checkpoint(CheckpointCommand::Inspect { dir }) => {
+            tributary::checkpoint::inspect(&dir)
+                .map(|text| print!("{text}"))
+                .map_err(|e| e.to_string())
+        }
         Command::Bench(BenchCommand::Throughput(args)) => {
             let settings = ThroughputSettings {
                 rows: args.rows,

@@ -21,6 +21,12 @@ pub struct Metrics {
     pub windows_provisional: AtomicU64,
     /// The global watermark as last seen by this process's first worker (ms).
     pub watermark: AtomicI64,
+    /// Newest committed checkpoint epoch (this process's view).
+    pub checkpoint_epoch: AtomicU64,
+    /// Bytes written to checkpoint parts.
+    pub checkpoint_bytes: AtomicU64,
+    /// Time spent writing checkpoint parts (µs).
+    pub checkpoint_micros: AtomicU64,
 }
 
 /// A point-in-time copy of [`Metrics`].

@@ -1,9 +1,11 @@
 //! Sinks: JSON lines written by worker 0, epoch by epoch, in a deterministic order.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
+use std::rc::Rc;
 
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
@@ -13,16 +15,79 @@ use crate::dataflow::Epoch;
 
 /// Opens `path` for JSON lines (`-` is stdout), truncating it or appending to it.
 pub fn open_lines(path: &Path, append: bool) -> io::Result<Box<dyn Write>> {
+    Ok(open_output(path, if append { None } else { Some(0) })?.writer)
+}
+
+/// An opened output: the writer, and for files a handle to sync and the length.
+pub struct Output {
+    /// Buffered writer.
+    pub writer: Box<dyn Write>,
+    /// The file, for `sync_data` (None for stdout).
+    pub file: Option<File>,
+    /// The file's length when opened.
+    pub len: u64,
+}
+
+/// Opens `path` for JSON lines (`-` is stdout). With `truncate_to = Some(n)` the file is
+/// cut to `n` bytes first (0: a fresh file; a checkpoint's offset: drop what was written
+/// after it); with `None` it is appended to.
+pub fn open_output(path: &Path, truncate_to: Option<u64>) -> io::Result<Output> {
     if path == Path::new("-") {
-        return Ok(Box::new(BufWriter::new(io::stdout())));
+        return Ok(Output {
+            writer: Box::new(BufWriter::new(io::stdout())),
+            file: None,
+            len: 0,
+        });
     }
     let file: File = OpenOptions::new()
         .create(true)
+        .read(true)
         .write(true)
-        .append(append)
-        .truncate(!append)
+        .truncate(false)
         .open(path)?;
-    Ok(Box::new(BufWriter::with_capacity(1 << 16, file)))
+    if let Some(len) = truncate_to {
+        file.set_len(len.min(file.metadata()?.len()))?;
+    }
+    let len = file.metadata()?.len();
+    let mut writer = file.try_clone()?;
+    io::Seek::seek(&mut writer, io::SeekFrom::End(0))?;
+    Ok(Output {
+        writer: Box::new(BufWriter::with_capacity(1 << 16, writer)),
+        file: Some(file),
+        len,
+    })
+}
+
+/// Where a sink's file stood after each epoch it wrote: what a checkpoint records, so
+/// that a restart cuts the file back to the last complete epoch (no line twice).
+#[derive(Debug, Default)]
+pub struct Ledger {
+    file: Option<File>,
+    initial: u64,
+    offsets: BTreeMap<Epoch, u64>,
+}
+
+/// A ledger shared by a sink and the checkpoint coordinator (same worker).
+pub type SharedLedger = Rc<RefCell<Ledger>>;
+
+impl Ledger {
+    /// The length of the file after every line of epochs `≤ epoch`, made durable first.
+    pub fn durable_offset(&mut self, epoch: Epoch) -> io::Result<Option<u64>> {
+        let Some(file) = &self.file else {
+            return Ok(None);
+        };
+        file.sync_data()?;
+        let offset = self
+            .offsets
+            .range(..=epoch)
+            .next_back()
+            .map_or(self.initial, |(_, o)| *o);
+        // Older entries are no longer needed.
+        let keep = self.offsets.split_off(&epoch);
+        self.initial = offset;
+        self.offsets = keep;
+        Ok(Some(offset))
+    }
 }
 
 /// Elements written as one JSON object per line.
@@ -36,9 +101,14 @@ pub trait WriteLines<'scope, D> {
     /// Routes every element to worker 0, which writes each completed epoch's elements,
     /// sorted by `order`, to `writer` (opened by `open` on worker 0 only) and flushes.
     /// Returns the stream of written elements, for probing.
-    fn write_lines<K: Ord, O, F>(self, open: F, order: O) -> StreamVec<'scope, Epoch, D>
+    fn write_lines<K: Ord, O, F>(
+        self,
+        open: F,
+        order: O,
+        ledger: Option<SharedLedger>,
+    ) -> StreamVec<'scope, Epoch, D>
     where
-        F: FnOnce() -> io::Result<Box<dyn Write>> + 'static,
+        F: FnOnce() -> io::Result<Output> + 'static,
         O: Fn(&D) -> K + 'static;
 }
 
@@ -46,15 +116,27 @@ impl<'scope, D> WriteLines<'scope, D> for StreamVec<'scope, Epoch, D>
 where
     D: timely::ExchangeData + JsonLine + Clone,
 {
-    fn write_lines<K: Ord, O, F>(self, open: F, order: O) -> StreamVec<'scope, Epoch, D>
+    fn write_lines<K: Ord, O, F>(
+        self,
+        open: F,
+        order: O,
+        ledger: Option<SharedLedger>,
+    ) -> StreamVec<'scope, Epoch, D>
     where
-        F: FnOnce() -> io::Result<Box<dyn Write>> + 'static,
+        F: FnOnce() -> io::Result<Output> + 'static,
         O: Fn(&D) -> K + 'static,
     {
         let worker = self.scope().index();
         let mut writer = if worker == 0 {
             match open() {
-                Ok(w) => Some(w),
+                Ok(output) => {
+                    if let Some(ledger) = &ledger {
+                        let mut l = ledger.borrow_mut();
+                        l.file = output.file.as_ref().and_then(|f| f.try_clone().ok());
+                        l.initial = output.len;
+                    }
+                    Some((output.writer, output.len))
+                }
                 Err(e) => {
                     eprintln!("error: cannot open output: {e}");
                     std::process::exit(2);
@@ -94,14 +176,22 @@ where
                         }
                         let (cap, mut items) = pending.remove(&epoch).expect("present");
                         items.sort_by_key(|item| order(item));
-                        if let Some(w) = writer.as_mut() {
+                        if let Some((w, len)) = writer.as_mut() {
+                            let mut counting = Counting {
+                                inner: &mut **w,
+                                written: 0,
+                            };
                             let written = items.iter().try_for_each(|item| {
-                                item.write_json(&mut *w)?;
-                                w.write_all(b"\n")
+                                item.write_json(&mut counting)?;
+                                counting.write_all(b"\n")
                             });
+                            *len += counting.written;
                             if let Err(e) = written.and_then(|()| w.flush()) {
                                 eprintln!("error: writing output: {e}");
                                 std::process::exit(2);
+                            }
+                            if let Some(ledger) = &ledger {
+                                ledger.borrow_mut().offsets.insert(epoch, *len);
                             }
                         }
                         output.session(&cap).give_iterator(items.into_iter());
@@ -109,5 +199,22 @@ where
                 }
             },
         )
+    }
+}
+
+/// Counts the bytes written through it.
+struct Counting<'a> {
+    inner: &'a mut dyn Write,
+    written: u64,
+}
+
+impl Write for Counting<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }

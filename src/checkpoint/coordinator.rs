@@ -1,0 +1,112 @@
+//! The checkpoint coordinator: worker 0 commits an epoch once it is durable everywhere.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use timely::dataflow::StreamVec;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::{Capability, Operator};
+
+use super::{Commit, Store, unix_ms};
+use crate::dataflow::{Ack, Control, Epoch};
+use crate::sink::SharedLedger;
+
+/// Commits checkpoint epochs.
+pub trait Coordinate<'scope> {
+    /// Collects every worker's [`Ack`] on worker 0; once all `peers` acknowledged epoch
+    /// `E` and the sinks (whose written streams are `written`) are through `E`, makes the
+    /// output files durable, writes the commit record of `E` into `store` (process 0's),
+    /// and emits [`Control::Committed`]`(E)`, for the workers to fold their deltas.
+    #[allow(clippy::too_many_arguments)]
+    fn coordinate(
+        self,
+        written: StreamVec<'scope, Epoch, ()>,
+        store: Arc<Store>,
+        generation: u64,
+        processes: usize,
+        out: Option<SharedLedger>,
+        late: Option<SharedLedger>,
+    ) -> StreamVec<'scope, Epoch, Control>;
+}
+
+impl<'scope> Coordinate<'scope> for StreamVec<'scope, Epoch, Ack> {
+    fn coordinate(
+        self,
+        written: StreamVec<'scope, Epoch, ()>,
+        store: Arc<Store>,
+        generation: u64,
+        processes: usize,
+        out: Option<SharedLedger>,
+        late: Option<SharedLedger>,
+    ) -> StreamVec<'scope, Epoch, Control> {
+        let peers = self.scope().peers();
+        self.binary_frontier(
+            written,
+            Exchange::new(|_: &Ack| 0),
+            Pipeline,
+            "Coordinate",
+            move |_cap, _info| {
+                let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Vec<Ack>)> = BTreeMap::new();
+                move |(acks, acks_frontier), (written, written_frontier), output| {
+                    written.for_each(|_, data| data.clear());
+                    acks.for_each(|cap, data| {
+                        let time = *cap.least().expect("a message has a time");
+                        let entry = pending.entry(time).or_insert_with(|| {
+                            (
+                                cap.retain_least(output.output_index()).expect("total order"),
+                                Vec::new(),
+                            )
+                        });
+                        entry.1.append(data);
+                    });
+                    while let Some((&epoch, (_, acks))) = pending.first_key_value() {
+                        let complete = acks.len() == peers;
+                        if !complete && !acks_frontier.less_equal(&epoch) {
+                            eprintln!(
+                                "error: checkpoint epoch {epoch}: {} of {peers} workers acknowledged",
+                                acks.len()
+                            );
+                            std::process::exit(3);
+                        }
+                        if !complete || written_frontier.less_equal(&epoch) {
+                            break;
+                        }
+                        let (cap, acks) = pending.remove(&epoch).expect("present");
+                        let durable = |ledger: &Option<SharedLedger>| match ledger {
+                            Some(l) => l.borrow_mut().durable_offset(epoch),
+                            None => Ok(None),
+                        };
+                        let offsets = durable(&out).and_then(|o| Ok((o, durable(&late)?)));
+                        let (out_offset, late_offset) = match offsets {
+                            Ok(o) => o,
+                            Err(e) => {
+                                eprintln!("error: syncing output for checkpoint: {e}");
+                                std::process::exit(3);
+                            }
+                        };
+                        let max_seen = acks
+                            .iter()
+                            .find(|a| a.worker == 0)
+                            .map(|a| a.max_seen.clone())
+                            .unwrap_or_default();
+                        let commit = Commit {
+                            generation,
+                            epoch,
+                            workers: peers,
+                            processes,
+                            max_seen,
+                            out_offset,
+                            late_offset,
+                            unix_ms: unix_ms(),
+                        };
+                        if let Err(e) = store.write_commit(&commit) {
+                            eprintln!("error: committing checkpoint: {e}");
+                            std::process::exit(3);
+                        }
+                        output.session(&cap).give(Control::Committed(epoch));
+                    }
+                }
+            },
+        )
+    }
+}

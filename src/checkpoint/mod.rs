@@ -1,0 +1,672 @@
+//! Checkpoints: the pane statistics and the run's positions, in RocksDB, consistent at one
+//! epoch across every worker, written incrementally, and recovered after a crash.
+//!
+//! See docs/checkpoint-format.md for the key layout and the protocol. In short: every
+//! process has its own RocksDB at `DIR/process-P`. At a checkpoint epoch `E`, each worker
+//! writes, in one synced `WriteBatch`, the panes it owns that changed since its previous
+//! checkpoint (`D` deltas: the new total, or a tombstone for a pane that expired) and a
+//! part record (`P`). Worker 0 writes the commit record (`C`) once every worker's part and
+//! the output files through `E` are durable; a commit makes `E` complete. Committed deltas
+//! are then folded into each worker's base (`B`). Recovery reads, from every process's
+//! store, base + deltas through the newest complete epoch, and starts a new *generation*
+//! (a full snapshot under the new worker count) whose first commit retires the old one.
+
+pub mod codec;
+pub mod coordinator;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rocksdb::{DB, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::stats::Stats;
+use crate::window::{Pane, Time};
+
+pub use codec::{CodecError, FORMAT_VERSION};
+
+/// Timely epochs (source batch numbers).
+pub type Epoch = u64;
+
+/// What went wrong with a checkpoint store.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// RocksDB failed (I/O, corruption it detected itself, a lock).
+    #[error("checkpoint store {path}: {message}")]
+    Store {
+        /// The store.
+        path: String,
+        /// RocksDB's message.
+        message: String,
+    },
+    /// A value failed its checksum or did not decode.
+    #[error("checkpoint store {path}: corrupted value under key {key}: {error}")]
+    Corrupt {
+        /// The store.
+        path: String,
+        /// The key, printable.
+        key: String,
+        /// Why.
+        error: CodecError,
+    },
+    /// The store was written by another dataflow.
+    #[error(
+        "checkpoint {path} was written by another dataflow; refusing to reuse it\n  stored:  {stored}\n  running: {running}\n(use another --checkpoint directory, or delete this one to start over)"
+    )]
+    Fingerprint {
+        /// The store.
+        path: String,
+        /// The dataflow that wrote it.
+        stored: String,
+        /// This run's dataflow.
+        running: String,
+    },
+    /// Something the protocol guarantees is missing.
+    #[error("checkpoint {path}: incomplete: {message}")]
+    Incomplete {
+        /// The store.
+        path: String,
+        /// What is missing.
+        message: String,
+    },
+}
+
+/// Written once per store: which dataflow owns it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    /// Canonical description of the dataflow (source, schema, windows, solver).
+    pub dataflow: String,
+}
+
+/// The commit record of a complete epoch (process 0's store).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Commit {
+    /// Generation (a restart begins a new one).
+    pub generation: u64,
+    /// The epoch: every source batch `≤ epoch` is in the state, none after it.
+    pub epoch: Epoch,
+    /// Total workers of the generation.
+    pub workers: usize,
+    /// Processes of the generation.
+    pub processes: usize,
+    /// Largest event time admitted by each worker's partition.
+    pub max_seen: Vec<Time>,
+    /// Length of `--out` after the epoch's models (None for stdout).
+    pub out_offset: Option<u64>,
+    /// Length of `--late-out` after the epoch (None when absent or stdout).
+    pub late_offset: Option<u64>,
+    /// Wall-clock time of the commit (ms since the Unix epoch).
+    pub unix_ms: u64,
+}
+
+/// A worker's part of a checkpoint epoch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Part {
+    /// Generation.
+    pub generation: u64,
+    /// Epoch.
+    pub epoch: Epoch,
+    /// Worker (global index).
+    pub worker: usize,
+    /// Windows emitted provisionally and not final yet: (key, start, end, n, revision).
+    pub emitted: Vec<ProvisionalWindow>,
+    /// Panes written.
+    pub puts: u64,
+    /// Panes deleted.
+    pub deletes: u64,
+}
+
+/// A window emitted provisionally: (key, start, end, n, revision).
+pub type ProvisionalWindow = (String, Time, Time, i64, u32);
+
+/// What recovery found: the state as of the newest complete epoch.
+#[derive(Clone, Debug, Default)]
+pub struct Recovered {
+    /// The commit of that epoch.
+    pub commit: Option<Commit>,
+    /// Every open pane and its statistics.
+    pub panes: Vec<(String, Pane, Stats)>,
+    /// Windows emitted provisionally.
+    pub emitted: Vec<ProvisionalWindow>,
+}
+
+mod keys {
+    //! Key layout: a tag byte, then big-endian fields, so that prefixes scan in order.
+    use super::*;
+
+    pub const META: &[u8] = b"M";
+
+    fn time(t: Time) -> [u8; 8] {
+        ((t as u64) ^ (1 << 63)).to_be_bytes()
+    }
+
+    pub fn commit(generation: u64, epoch: Epoch) -> Vec<u8> {
+        [&b"C"[..], &generation.to_be_bytes(), &epoch.to_be_bytes()].concat()
+    }
+    pub fn part(generation: u64, epoch: Epoch, worker: usize) -> Vec<u8> {
+        [
+            &b"P"[..],
+            &generation.to_be_bytes(),
+            &epoch.to_be_bytes(),
+            &(worker as u32).to_be_bytes(),
+        ]
+        .concat()
+    }
+    fn pane_suffix(key: &str, pane: Pane) -> Vec<u8> {
+        [
+            &(key.len() as u32).to_be_bytes()[..],
+            key.as_bytes(),
+            &time(pane.start),
+            &time(pane.end),
+        ]
+        .concat()
+    }
+    pub fn delta_prefix(generation: u64, epoch: Epoch, worker: usize) -> Vec<u8> {
+        [
+            &b"D"[..],
+            &generation.to_be_bytes(),
+            &epoch.to_be_bytes(),
+            &(worker as u32).to_be_bytes(),
+        ]
+        .concat()
+    }
+    pub fn delta(generation: u64, epoch: Epoch, worker: usize, key: &str, pane: Pane) -> Vec<u8> {
+        [
+            delta_prefix(generation, epoch, worker),
+            pane_suffix(key, pane),
+        ]
+        .concat()
+    }
+    pub fn base_prefix(generation: u64, worker: usize) -> Vec<u8> {
+        [
+            &b"B"[..],
+            &generation.to_be_bytes(),
+            &(worker as u32).to_be_bytes(),
+        ]
+        .concat()
+    }
+    pub fn base(generation: u64, worker: usize, key: &str, pane: Pane) -> Vec<u8> {
+        [base_prefix(generation, worker), pane_suffix(key, pane)].concat()
+    }
+    pub fn folded(generation: u64, worker: usize) -> Vec<u8> {
+        [
+            &b"F"[..],
+            &generation.to_be_bytes(),
+            &(worker as u32).to_be_bytes(),
+        ]
+        .concat()
+    }
+    /// The (key, pane) at the end of a delta or base key.
+    pub fn parse_pane(suffix: &[u8]) -> Option<(String, Pane)> {
+        let len = u32::from_be_bytes(suffix.get(..4)?.try_into().ok()?) as usize;
+        let key = std::str::from_utf8(suffix.get(4..4 + len)?)
+            .ok()?
+            .to_owned();
+        let rest = suffix.get(4 + len..)?;
+        let t = |b: &[u8]| (u64::from_be_bytes(b.try_into().unwrap()) ^ (1 << 63)) as Time;
+        if rest.len() != 16 {
+            return None;
+        }
+        Some((
+            key,
+            Pane {
+                start: t(&rest[..8]),
+                end: t(&rest[8..]),
+            },
+        ))
+    }
+    pub fn u64_at(bytes: &[u8], at: usize) -> u64 {
+        u64::from_be_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+    }
+    pub fn printable(key: &[u8]) -> String {
+        key.iter()
+            .map(|b| {
+                if b.is_ascii_graphic() {
+                    (*b as char).to_string()
+                } else {
+                    format!("\\x{b:02x}")
+                }
+            })
+            .collect()
+    }
+}
+
+/// A raw key and value.
+type Entry = (Box<[u8]>, Box<[u8]>);
+
+/// One process's RocksDB store (`DIR/process-P`).
+pub struct Store {
+    db: DB,
+    path: PathBuf,
+}
+
+/// The store directory of process `process` under `dir`.
+pub fn process_dir(dir: &Path, process: usize) -> PathBuf {
+    dir.join(format!("process-{process}"))
+}
+
+impl Store {
+    fn options() -> Options {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.set_paranoid_checks(true);
+        options
+    }
+
+    /// Opens (creating if needed) the store of `process` under `dir` for writing, and
+    /// checks (or records) that it belongs to `dataflow`.
+    pub fn open(dir: &Path, process: usize, dataflow: &str) -> Result<Store, CheckpointError> {
+        let path = process_dir(dir, process);
+        std::fs::create_dir_all(&path).map_err(|e| CheckpointError::Store {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let db = DB::open(&Self::options(), &path).map_err(|e| Self::err(&path, e))?;
+        let store = Store { db, path };
+        match store.get::<Meta>(keys::META)? {
+            Some(meta) => store.check(&meta, dataflow)?,
+            None => store.put_sync(
+                keys::META,
+                &codec::encode(&Meta {
+                    dataflow: dataflow.to_owned(),
+                }),
+            )?,
+        }
+        Ok(store)
+    }
+
+    /// Opens an existing store read-only (another process may be writing it).
+    pub fn open_read_only(path: &Path) -> Result<Store, CheckpointError> {
+        let db = DB::open_for_read_only(&Self::options(), path, false)
+            .map_err(|e| Self::err(path, e))?;
+        Ok(Store {
+            db,
+            path: path.to_owned(),
+        })
+    }
+
+    fn err(path: &Path, e: impl std::fmt::Display) -> CheckpointError {
+        CheckpointError::Store {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        }
+    }
+
+    fn check(&self, meta: &Meta, dataflow: &str) -> Result<(), CheckpointError> {
+        if meta.dataflow != dataflow {
+            return Err(CheckpointError::Fingerprint {
+                path: self.path.display().to_string(),
+                stored: meta.dataflow.clone(),
+                running: dataflow.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    fn decode<T: DeserializeOwned>(&self, key: &[u8], value: &[u8]) -> Result<T, CheckpointError> {
+        codec::decode(value).map_err(|error| CheckpointError::Corrupt {
+            path: self.path.display().to_string(),
+            key: keys::printable(key),
+            error,
+        })
+    }
+
+    fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, CheckpointError> {
+        match self.db.get(key).map_err(|e| Self::err(&self.path, e))? {
+            Some(v) => self.decode(key, &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn put_sync(&self, key: &[u8], value: &[u8]) -> Result<(), CheckpointError> {
+        let mut batch = WriteBatch::default();
+        batch.put(key, value);
+        self.write(batch)
+    }
+
+    fn write(&self, batch: WriteBatch) -> Result<(), CheckpointError> {
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.db
+            .write_opt(batch, &options)
+            .map_err(|e| Self::err(&self.path, e))
+    }
+
+    /// Every `(key, value)` under `prefix`, in key order.
+    fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, CheckpointError> {
+        let mut options = ReadOptions::default();
+        options.set_iterate_range(rocksdb::PrefixRange(prefix));
+        let mut out = Vec::new();
+        for item in self.db.iterator_opt(
+            IteratorMode::From(prefix, rocksdb::Direction::Forward),
+            options,
+        ) {
+            let (k, v) = item.map_err(|e| Self::err(&self.path, e))?;
+            out.push((k, v));
+        }
+        Ok(out)
+    }
+
+    /// The dataflow description stored, if any.
+    pub fn meta(&self) -> Result<Option<Meta>, CheckpointError> {
+        self.get(keys::META)
+    }
+
+    /// Writes a worker's part of epoch `part.epoch`: the changed panes (`None` = expired)
+    /// and the part record, in one synced batch.
+    pub fn write_part(
+        &self,
+        part: &Part,
+        changes: &[(String, Pane, Option<Stats>)],
+    ) -> Result<u64, CheckpointError> {
+        let mut batch = WriteBatch::default();
+        let mut bytes = 0;
+        for (key, pane, stats) in changes {
+            let k = keys::delta(part.generation, part.epoch, part.worker, key, *pane);
+            let v = codec::encode(stats);
+            bytes += k.len() + v.len();
+            batch.put(k, v);
+        }
+        let k = keys::part(part.generation, part.epoch, part.worker);
+        let v = codec::encode(part);
+        bytes += k.len() + v.len();
+        batch.put(k, v);
+        self.write(batch)?;
+        Ok(bytes as u64)
+    }
+
+    /// Writes the commit record that makes `commit.epoch` complete, and forgets older
+    /// commits of the generation.
+    pub fn write_commit(&self, commit: &Commit) -> Result<(), CheckpointError> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range(
+            keys::commit(commit.generation, 0),
+            keys::commit(commit.generation, commit.epoch),
+        );
+        batch.put(
+            keys::commit(commit.generation, commit.epoch),
+            codec::encode(commit),
+        );
+        self.write(batch)
+    }
+
+    /// Folds a worker's deltas of epochs `≤ through` (all committed) into its base, and
+    /// deletes them and its older part records.
+    pub fn fold(
+        &self,
+        generation: u64,
+        worker: usize,
+        through: Epoch,
+    ) -> Result<(), CheckpointError> {
+        let from = self
+            .get::<Epoch>(&keys::folded(generation, worker))?
+            .map_or(0, |e| e + 1);
+        if from > through {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        let start = keys::delta_prefix(generation, from, worker);
+        let end = keys::delta_prefix(generation, through + 1, 0);
+        let mut options = ReadOptions::default();
+        options.set_iterate_upper_bound(end.clone());
+        for item in self.db.iterator_opt(
+            IteratorMode::From(&start, rocksdb::Direction::Forward),
+            options,
+        ) {
+            let (k, v) = item.map_err(|e| Self::err(&self.path, e))?;
+            // Deltas of other workers share the epoch range: skip them.
+            if k.len() < 21 || u32::from_be_bytes(k[17..21].try_into().unwrap()) as usize != worker
+            {
+                continue;
+            }
+            let (key, pane) =
+                keys::parse_pane(&k[21..]).ok_or_else(|| CheckpointError::Corrupt {
+                    path: self.path.display().to_string(),
+                    key: keys::printable(&k),
+                    error: CodecError::Payload("bad delta key".into()),
+                })?;
+            let stats: Option<Stats> = self.decode(&k, &v)?;
+            let base = keys::base(generation, worker, &key, pane);
+            match stats {
+                Some(s) => batch.put(base, codec::encode(&s)),
+                None => batch.delete(base),
+            }
+            batch.delete(&k);
+        }
+        for (k, _) in self.scan(&[&b"P"[..], &generation.to_be_bytes()].concat())? {
+            let epoch = keys::u64_at(&k, 9);
+            let owner = u32::from_be_bytes(k[17..21].try_into().expect("4 bytes")) as usize;
+            if owner == worker && epoch < through {
+                batch.delete(&k);
+            }
+        }
+        batch.put(keys::folded(generation, worker), codec::encode(&through));
+        self.write(batch)
+    }
+
+    /// Deletes everything of generations before `generation`.
+    pub fn drop_generations_before(&self, generation: u64) -> Result<(), CheckpointError> {
+        let mut batch = WriteBatch::default();
+        for tag in [b'C', b'P', b'D', b'B', b'F'] {
+            batch.delete_range(vec![tag], [&[tag][..], &generation.to_be_bytes()].concat());
+        }
+        self.write(batch)?;
+        for tag in [b'C', b'P', b'D', b'B', b'F'] {
+            self.db.compact_range(
+                Some(vec![tag]),
+                Some([&[tag][..], &generation.to_be_bytes()].concat()),
+            );
+        }
+        Ok(())
+    }
+
+    /// Deletes everything of generations `generation` and later: leftovers of a run that
+    /// crashed before its generation committed anything.
+    pub fn drop_generations_from(&self, generation: u64) -> Result<(), CheckpointError> {
+        let mut batch = WriteBatch::default();
+        for tag in [b'C', b'P', b'D', b'B', b'F'] {
+            batch.delete_range(
+                [&[tag][..], &generation.to_be_bytes()].concat(),
+                vec![tag + 1],
+            );
+        }
+        self.write(batch)
+    }
+
+    /// The newest commit (highest generation, then epoch), if any.
+    pub fn latest_commit(&self) -> Result<Option<Commit>, CheckpointError> {
+        let mut last = None;
+        for (k, v) in self.scan(b"C")? {
+            last = Some(self.decode::<Commit>(&k, &v)?);
+        }
+        Ok(last)
+    }
+
+    /// Reads worker `worker`'s state of `generation` as of `epoch`: base plus deltas.
+    fn worker_state(
+        &self,
+        generation: u64,
+        worker: usize,
+        epoch: Epoch,
+        panes: &mut BTreeMap<(String, Pane), Stats>,
+    ) -> Result<Part, CheckpointError> {
+        for (k, v) in self.scan(&keys::base_prefix(generation, worker))? {
+            let (key, pane) = keys::parse_pane(&k[13..]).ok_or_else(|| self.bad_key(&k))?;
+            panes.insert((key, pane), self.decode(&k, &v)?);
+        }
+        let folded = self.get::<Epoch>(&keys::folded(generation, worker))?;
+        let from = folded.map_or(0, |e| e + 1);
+        let start = keys::delta_prefix(generation, from, 0);
+        let end = keys::delta_prefix(generation, epoch + 1, 0);
+        let mut options = ReadOptions::default();
+        options.set_iterate_upper_bound(end);
+        for item in self.db.iterator_opt(
+            IteratorMode::From(&start, rocksdb::Direction::Forward),
+            options,
+        ) {
+            let (k, v) = item.map_err(|e| Self::err(&self.path, e))?;
+            if k.len() < 21 || u32::from_be_bytes(k[17..21].try_into().unwrap()) as usize != worker
+            {
+                continue;
+            }
+            let (key, pane) = keys::parse_pane(&k[21..]).ok_or_else(|| self.bad_key(&k))?;
+            match self.decode::<Option<Stats>>(&k, &v)? {
+                Some(s) => panes.insert((key, pane), s),
+                None => panes.remove(&(key, pane)),
+            };
+        }
+        self.get::<Part>(&keys::part(generation, epoch, worker))?
+            .ok_or_else(|| CheckpointError::Incomplete {
+                path: self.path.display().to_string(),
+                message: format!(
+                    "epoch {epoch} is committed but worker {worker}'s part of it is missing"
+                ),
+            })
+    }
+
+    fn bad_key(&self, k: &[u8]) -> CheckpointError {
+        CheckpointError::Corrupt {
+            path: self.path.display().to_string(),
+            key: keys::printable(k),
+            error: CodecError::Payload("malformed key".into()),
+        }
+    }
+
+    /// A summary of the store's contents, for `tributary checkpoint inspect`.
+    pub fn describe(&self) -> Result<String, CheckpointError> {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let _ = writeln!(out, "store {}", self.path.display());
+        match self.meta()? {
+            Some(m) => {
+                let _ = writeln!(out, "  dataflow: {}", m.dataflow);
+            }
+            None => {
+                let _ = writeln!(out, "  (no meta record)");
+            }
+        }
+        for (k, v) in self.scan(b"C")? {
+            let c: Commit = self.decode(&k, &v)?;
+            let _ = writeln!(
+                out,
+                "  commit: generation {} epoch {} complete ({} workers in {} processes) out_offset={:?} late_offset={:?} at {} ms",
+                c.generation,
+                c.epoch,
+                c.workers,
+                c.processes,
+                c.out_offset,
+                c.late_offset,
+                c.unix_ms
+            );
+        }
+        for (k, v) in self.scan(b"P")? {
+            let p: Part = self.decode(&k, &v)?;
+            let _ = writeln!(
+                out,
+                "  part: generation {} epoch {} worker {}: {} panes written, {} deleted, {} provisional windows",
+                p.generation,
+                p.epoch,
+                p.worker,
+                p.puts,
+                p.deletes,
+                p.emitted.len()
+            );
+        }
+        let base = self.scan(b"B")?;
+        let deltas = self.scan(b"D")?;
+        let mut keys = std::collections::BTreeSet::new();
+        for (k, _) in &base {
+            if let Some((key, _)) = keys::parse_pane(&k[13..]) {
+                keys.insert(key);
+            }
+        }
+        let size = |v: &[Entry]| v.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        let _ = writeln!(
+            out,
+            "  base: {} panes of {} keys ({} bytes); deltas not yet folded: {} ({} bytes)",
+            base.len(),
+            keys.len(),
+            size(&base),
+            deltas.len(),
+            size(&deltas)
+        );
+        if let Ok(Some(sst)) = self.db.property_int_value("rocksdb.total-sst-files-size") {
+            let _ = writeln!(out, "  sst files: {sst} bytes");
+        }
+        Ok(out)
+    }
+}
+
+/// Finds the newest complete checkpoint under `dir` and reads the state at it.
+///
+/// Returns `Ok(None)` when `dir` holds no store yet; refuses a store of another dataflow,
+/// a newer format, or damaged values.
+pub fn recover(dir: &Path, dataflow: &str) -> Result<Option<Recovered>, CheckpointError> {
+    let first = process_dir(dir, 0);
+    if !first.join("CURRENT").exists() {
+        return Ok(None);
+    }
+    let store = Store::open_read_only(&first)?;
+    if let Some(meta) = store.meta()? {
+        store.check(&meta, dataflow)?;
+    }
+    let Some(commit) = store.latest_commit()? else {
+        return Ok(Some(Recovered::default()));
+    };
+    drop(store);
+    let mut panes = BTreeMap::new();
+    let mut emitted = Vec::new();
+    let per_process = commit.workers / commit.processes.max(1);
+    for process in 0..commit.processes {
+        let path = process_dir(dir, process);
+        let store = Store::open_read_only(&path).map_err(|e| CheckpointError::Incomplete {
+            path: path.display().to_string(),
+            message: format!("the store of process {process} cannot be read: {e}"),
+        })?;
+        if let Some(meta) = store.meta()? {
+            store.check(&meta, dataflow)?;
+        }
+        for worker in process * per_process..(process + 1) * per_process {
+            let part = store.worker_state(commit.generation, worker, commit.epoch, &mut panes)?;
+            emitted.extend(part.emitted);
+        }
+    }
+    Ok(Some(Recovered {
+        commit: Some(commit),
+        panes: panes.into_iter().map(|((k, p), s)| (k, p, s)).collect(),
+        emitted,
+    }))
+}
+
+/// The description of every store under `dir`.
+pub fn inspect(dir: &Path) -> Result<String, CheckpointError> {
+    let mut out = String::new();
+    let mut process = 0;
+    while process_dir(dir, process).join("CURRENT").exists() {
+        out.push_str(&Store::open_read_only(&process_dir(dir, process))?.describe()?);
+        process += 1;
+    }
+    if process == 0 {
+        return Err(CheckpointError::Incomplete {
+            path: dir.display().to_string(),
+            message: "no checkpoint store here".into(),
+        });
+    }
+    let latest = Store::open_read_only(&process_dir(dir, 0))?.latest_commit()?;
+    match latest {
+        Some(c) => out.push_str(&format!(
+            "newest complete epoch: {} (generation {}); a restart resumes after source batch {}\n",
+            c.epoch, c.generation, c.epoch
+        )),
+        None => out.push_str("no complete epoch yet: a restart starts from the beginning\n"),
+    }
+    Ok(out)
+}
+
+/// Current wall-clock time in ms since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
