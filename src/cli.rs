@@ -54,6 +54,23 @@ pub enum BenchCommand {
     /// Records/s on the generator and on CSV, for several worker counts.
     #[command(disable_help_flag = true)]
     Throughput(ThroughputArgs),
+    /// Cost of checkpoints: throughput with and without, write time vs changed panes,
+    /// recovery time vs state size.
+    #[command(disable_help_flag = true)]
+    Checkpoint {
+        /// Records of the throughput runs.
+        #[arg(long, default_value_t = 20_000_000)]
+        rows: u64,
+        /// Worker threads of the throughput runs.
+        #[arg(short = 'w', long, default_value_t = 2)]
+        workers: usize,
+        /// Scratch directory (deleted afterwards).
+        #[arg(long, default_value = "target/bench-checkpoint")]
+        dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `tributary bench throughput` flags.

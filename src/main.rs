@@ -20,6 +20,21 @@ fn main() -> ExitCode {
                 .map(|text| print!("{text}"))
                 .map_err(|e| e.to_string())
         }
+        Command::Bench(BenchCommand::Checkpoint {
+            rows,
+            workers,
+            dir,
+            json,
+        }) => tributary::bench::checkpoint(rows, workers, &dir).map(|rows| {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&rows).expect("serializable")
+                );
+            } else {
+                print!("{}", tributary::bench::checkpoint_table(&rows));
+            }
+        }),
         Command::Bench(BenchCommand::Throughput(args)) => {
             let settings = ThroughputSettings {
                 rows: args.rows,

@@ -45,7 +45,9 @@ pub fn open_output(path: &Path, truncate_to: Option<u64>) -> io::Result<Output> 
         .write(true)
         .truncate(false)
         .open(path)?;
-    if let Some(len) = truncate_to {
+    if let Some(len) = truncate_to
+        && file.metadata()?.is_file()
+    {
         file.set_len(len.min(file.metadata()?.len()))?;
     }
     let len = file.metadata()?.len();
@@ -132,7 +134,12 @@ where
                 Ok(output) => {
                     if let Some(ledger) = &ledger {
                         let mut l = ledger.borrow_mut();
-                        l.file = output.file.as_ref().and_then(|f| f.try_clone().ok());
+                        // Only regular files can be synced and cut back.
+                        l.file = output
+                            .file
+                            .as_ref()
+                            .filter(|f| f.metadata().is_ok_and(|m| m.is_file()))
+                            .and_then(|f| f.try_clone().ok());
                         l.initial = output.len;
                     }
                     Some((output.writer, output.len))

@@ -670,3 +670,106 @@ pub fn unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Dir(PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn pane(start: Time) -> Pane {
+        Pane {
+            start,
+            end: start + 10,
+        }
+    }
+
+    fn part(epoch: Epoch, worker: usize) -> Part {
+        Part {
+            generation: 1,
+            epoch,
+            worker,
+            emitted: vec![],
+            puts: 0,
+            deletes: 0,
+        }
+    }
+
+    fn commit(epoch: Epoch) -> Commit {
+        Commit {
+            generation: 1,
+            epoch,
+            workers: 2,
+            processes: 1,
+            max_seen: vec![100, 200],
+            out_offset: Some(7),
+            late_offset: None,
+            unix_ms: 0,
+        }
+    }
+
+    fn state(dir: &Path) -> (Epoch, Vec<(String, Pane, i64)>) {
+        let r = recover(dir, "df").unwrap().unwrap();
+        let panes = r.panes.into_iter().map(|(k, p, s)| (k, p, s.n)).collect();
+        (r.commit.unwrap().epoch, panes)
+    }
+
+    #[test]
+    fn incomplete_epochs_are_ignored_and_folding_keeps_the_state() {
+        let dir =
+            Dir(std::env::temp_dir().join(format!("tributary-ckpt-unit-{}", std::process::id())));
+        let store = Store::open(&dir.0, 0, "df").unwrap();
+        let s = |n: usize| {
+            let mut st = Stats::with_features(1);
+            for i in 0..n {
+                st.add_row(&[i as f64, 1.0]);
+            }
+            st
+        };
+        store
+            .write_part(&part(5, 0), &[("a".into(), pane(0), Some(s(1)))])
+            .unwrap();
+        store
+            .write_part(&part(5, 1), &[("b".into(), pane(0), Some(s(2)))])
+            .unwrap();
+        store.write_commit(&commit(5)).unwrap();
+        // Epoch 9: worker 0 wrote its part, worker 1 did not, nothing committed.
+        store
+            .write_part(
+                &part(9, 0),
+                &[
+                    ("a".into(), pane(0), None),
+                    ("c".into(), pane(10), Some(s(3))),
+                ],
+            )
+            .unwrap();
+        drop(store);
+        let expected = vec![("a".to_owned(), pane(0), 1), ("b".to_owned(), pane(0), 2)];
+        assert_eq!(state(&dir.0), (5, expected));
+
+        // Once epoch 9 is complete, its changes count; folding does not change the state.
+        let store = Store::open(&dir.0, 0, "df").unwrap();
+        store.write_part(&part(9, 1), &[]).unwrap();
+        store.write_commit(&commit(9)).unwrap();
+        store.fold(1, 0, 9).unwrap();
+        store.fold(1, 1, 9).unwrap();
+        drop(store);
+        let expected = vec![("b".to_owned(), pane(0), 2), ("c".to_owned(), pane(10), 3)];
+        assert_eq!(state(&dir.0), (9, expected));
+
+        // Another dataflow is refused.
+        assert!(matches!(
+            recover(&dir.0, "other"),
+            Err(CheckpointError::Fingerprint { .. })
+        ));
+        assert!(matches!(
+            Store::open(&dir.0, 0, "other"),
+            Err(CheckpointError::Fingerprint { .. })
+        ));
+    }
+}
