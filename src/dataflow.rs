@@ -328,7 +328,7 @@ pub struct Ingested<'scope> {
 
 /// How many batches per worker a source may run ahead of the probe attached to
 /// [`Ingested::throttle`].
-pub const MAX_AHEAD_PER_WORKER: u64 = 16;
+pub const MAX_AHEAD_PER_WORKER: u64 = 256;
 
 #[derive(Clone)]
 enum IngestOut {

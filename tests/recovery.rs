@@ -162,12 +162,17 @@ fn kill_times(seed: u64, count: usize, max: Duration) -> Vec<Duration> {
         .collect()
 }
 
-/// Runs `args` to completion, first killing it at each of `kills` and restarting.
-fn run_with_kills(args: &[String], kills: &[Duration]) -> usize {
+/// Runs `args` to completion, first killing it (kill -9) each time its output file has
+/// reached the next of `kill_at_lines` lines, and restarting it.
+fn run_with_kills(args: &[String], out: &Path, kill_at_lines: &[usize]) -> usize {
+    let lines = || std::fs::read(out).map_or(0, |b| b.iter().filter(|c| **c == b'\n').count());
     let mut killed = 0;
-    for &at in kills {
+    for &at in kill_at_lines {
         let mut child = spawn(args);
-        std::thread::sleep(at);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() && lines() < at && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap();
             killed += 1;
@@ -178,6 +183,16 @@ fn run_with_kills(args: &[String], kills: &[Duration]) -> usize {
     }
     run_ok(args);
     killed
+}
+
+/// Seeded kill points: line counts between 10 % and 90 % of `total`, increasing.
+fn kill_points(seed: u64, count: usize, total: usize) -> Vec<usize> {
+    let mut points: Vec<usize> = kill_times(seed, count, Duration::from_secs(1))
+        .into_iter()
+        .map(|d| ((0.1 + 0.8 * (d.as_secs_f64() - 0.05).clamp(0.0, 1.0)) * total as f64) as usize)
+        .collect();
+    points.sort();
+    points
 }
 
 fn reference(
@@ -193,12 +208,15 @@ fn reference(
 #[test]
 fn kill_9_at_random_moments_changes_nothing() {
     let dir = TempDir::new("kill");
-    let (expected, took) = reference(&dir, "2");
+    let (expected, _) = reference(&dir, "2");
     let out = dir.path("out.jsonl");
     let ckpt = dir.path("ckpt");
     let a = args(&out, Some(&ckpt), &["-w", "2"]);
-    let kills = kill_times(42, 5, took.mul_f64(0.9));
-    let killed = run_with_kills(&a, &kills);
+    let total = std::fs::read_to_string(dir.path("reference-w2.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    let killed = run_with_kills(&a, &out, &kill_points(42, 5, total));
     assert!(killed >= 3, "only {killed} of the runs were killed mid-way");
     assert_same_models(&finals(&out), &expected);
     // The output file holds every line once, in the order of an uninterrupted run (the
@@ -245,13 +263,28 @@ fn close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
 #[test]
 fn rescaling_a_checkpoint_gives_identical_models() {
     let dir = TempDir::new("rescale");
-    let (expected, took) = reference(&dir, "4");
+    let (expected, _) = reference(&dir, "4");
+    let total = std::fs::read_to_string(dir.path("reference-w4.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
     for workers in ["1", "3"] {
         let out = dir.path(&format!("out-{workers}.jsonl"));
         let ckpt = dir.path(&format!("ckpt-{workers}"));
         // Checkpoint with 4 workers, killed half-way through…
         let mut child = spawn(&args(&out, Some(&ckpt), &["-w", "4"]));
-        std::thread::sleep(took / 2);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let lines = || std::fs::read(&out).map_or(0, |b| b.iter().filter(|c| **c == b'\n').count());
+        while child.try_wait().unwrap().is_none()
+            && lines() < total / 2
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the kill"
+        );
         let _ = child.kill();
         let _ = child.wait();
         // …restored onto another worker count.
