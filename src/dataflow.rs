@@ -1075,9 +1075,8 @@ impl Windows {
                 stats.plus_equals(&panes[i].1);
             }
             let revision = match state.emitted.get(&window.start) {
-                Some(&(end, n, rev)) if end == window.end && n == stats.n && !is_final => {
+                Some(&(end, n, _)) if end == window.end && n == stats.n && !is_final => {
                     // Emitted and unchanged.
-                    let _ = rev;
                     continue;
                 }
                 Some(&(end, n, rev)) if end == window.end && n == stats.n => rev,
