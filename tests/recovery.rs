@@ -54,7 +54,7 @@ fn args(out: &Path, checkpoint: Option<&Path>, extra: &[&str]) -> Vec<String> {
     a.push(out.display().to_string());
     if let Some(dir) = checkpoint {
         a.extend(["--checkpoint".into(), dir.display().to_string()]);
-        a.extend(["--checkpoint-every".into(), "200ms".into()]);
+        a.extend(["--checkpoint-every".into(), "20ms".into()]);
     }
     a.extend(extra.iter().map(|s| s.to_string()));
     a
@@ -163,10 +163,12 @@ fn kill_times(seed: u64, count: usize, max: Duration) -> Vec<Duration> {
 }
 
 /// Runs `args` to completion, first killing it (kill -9) each time its output file has
-/// reached the next of `kill_at_lines` lines, and restarting it.
-fn run_with_kills(args: &[String], out: &Path, kill_at_lines: &[usize]) -> usize {
+/// reached the next of `kill_at_lines` lines, and restarting it. Returns how many runs
+/// were killed and how many resumed from a checkpoint.
+fn run_with_kills(args: &[String], out: &Path, kill_at_lines: &[usize]) -> (usize, usize) {
     let lines = || std::fs::read(out).map_or(0, |b| b.iter().filter(|c| **c == b'\n').count());
     let mut killed = 0;
+    let mut resumed = 0;
     for &at in kill_at_lines {
         let mut child = spawn(args);
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -180,9 +182,11 @@ fn run_with_kills(args: &[String], out: &Path, kill_at_lines: &[usize]) -> usize
         let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!stderr.contains("panicked"), "run panicked: {stderr}");
+        resumed += stderr.contains("resuming from checkpoint") as usize;
     }
-    run_ok(args);
-    killed
+    let last = run_ok(args);
+    resumed += String::from_utf8_lossy(&last.stderr).contains("resuming from checkpoint") as usize;
+    (killed, resumed)
 }
 
 /// Seeded kill points: line counts between 10 % and 90 % of `total`, increasing.
@@ -216,8 +220,12 @@ fn kill_9_at_random_moments_changes_nothing() {
         .unwrap()
         .lines()
         .count();
-    let killed = run_with_kills(&a, &out, &kill_points(42, 5, total));
+    let (killed, resumed) = run_with_kills(&a, &out, &kill_points(42, 5, total));
     assert!(killed >= 3, "only {killed} of the runs were killed mid-way");
+    assert!(
+        resumed >= 3,
+        "only {resumed} of the runs resumed from a checkpoint"
+    );
     assert_same_models(&finals(&out), &expected);
     // The output file holds every line once, in the order of an uninterrupted run (the
     // restored panes sum in another order, so numbers may differ in the last bits).
@@ -288,7 +296,9 @@ fn rescaling_a_checkpoint_gives_identical_models() {
         let _ = child.kill();
         let _ = child.wait();
         // …restored onto another worker count.
-        run_ok(&args(&out, Some(&ckpt), &["-w", workers]));
+        let o = run_ok(&args(&out, Some(&ckpt), &["-w", workers]));
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(stderr.contains("resuming from checkpoint"), "{stderr}");
         assert_same_models(&finals(&out), &expected);
     }
 }
@@ -306,7 +316,7 @@ fn free_ports(n: usize) -> Vec<u16> {
 #[test]
 fn two_process_cluster_survives_killing_one_process() {
     let dir = TempDir::new("cluster");
-    let (expected, took) = reference(&dir, "2");
+    let (expected, _) = reference(&dir, "2");
     let out = dir.path("out.jsonl");
     let ckpt = dir.path("ckpt");
     let hostfile = dir.path("hosts");
@@ -328,9 +338,20 @@ fn two_process_cluster_survives_killing_one_process() {
             })
             .collect::<Vec<_>>()
     };
-    for (round, at) in kill_times(7, 3, took.mul_f64(0.9)).into_iter().enumerate() {
+    let total = std::fs::read_to_string(dir.path("reference-w2.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    let lines = || std::fs::read(&out).map_or(0, |b| b.iter().filter(|c| **c == b'\n').count());
+    for (round, at) in kill_points(7, 3, total).into_iter().enumerate() {
         let mut children = cluster();
-        std::thread::sleep(at);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while lines() < at
+            && Instant::now() < deadline
+            && children.iter_mut().all(|c| c.try_wait().unwrap().is_none())
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         // Kill one process; the other fails when its peer disappears (or is stopped).
         let _ = children[round % 2].kill();
         for mut c in children {
@@ -342,10 +363,17 @@ fn two_process_cluster_survives_killing_one_process() {
             let _ = c.wait();
         }
     }
+    let mut resumed = false;
     for c in cluster() {
         let o = finish(c, Duration::from_secs(120));
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{stderr}");
+        resumed |= stderr.contains("resuming from checkpoint");
     }
+    assert!(
+        resumed,
+        "the last cluster run did not resume from a checkpoint"
+    );
     assert_same_models(&finals(&out), &expected);
 }
 
@@ -404,23 +432,59 @@ fn a_damaged_store_is_refused() {
 #[test]
 fn checkpoint_state_stays_bounded_and_inspect_reports_it() {
     let dir = TempDir::new("bounded");
+    let (_, _) = reference(&dir, "2");
+    let total = std::fs::read_to_string(dir.path("reference-w2.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
     let out = dir.path("out.jsonl");
     let ckpt = dir.path("ckpt");
-    run_ok(&args(&out, Some(&ckpt), &["-w", "2"]));
-    let o = Command::new(BIN)
-        .args(["checkpoint", "inspect"])
-        .arg(&ckpt)
-        .output()
-        .unwrap();
-    assert!(o.status.success());
-    let text = String::from_utf8_lossy(&o.stdout);
-    // Every window closed at the end of the input: no pane is left in the base, however
-    // many were checkpointed along the way.
-    assert!(text.contains("base: 0 panes"), "{text}");
+    let a = args(&out, Some(&ckpt), &["-w", "2"]);
+    let inspect = || {
+        let o = Command::new(BIN)
+            .args(["checkpoint", "inspect"])
+            .arg(&ckpt)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let panes = |text: &str| -> usize {
+        text.split("base: ")
+            .nth(1)
+            .and_then(|t| t.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no base count in {text}"))
+    };
+    // Killed at 3/4 of the stream: the store holds the open panes, not the history —
+    // 8 keys × the 4 panes of a 20 s / 5 s window, and one more pane each at most.
+    let mut child = spawn(&a);
+    let lines = || std::fs::read(&out).map_or(0, |b| b.iter().filter(|c| **c == b'\n').count());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none()
+        && lines() < total * 3 / 4
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "finished before the kill"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = inspect();
+    assert!(
+        panes(&text) <= 8 * 5,
+        "too many panes in the store mid-run: {text}"
+    );
     assert!(text.contains("newest complete epoch"), "{text}");
-    // A run of the same command after completion has nothing left to do and writes
-    // nothing twice.
+    // Finished: every window closed, so no pane is left.
+    run_ok(&a);
+    let text = inspect();
+    assert_eq!(panes(&text), 0, "{text}");
+    // The same command after completion has nothing left to do and writes nothing twice.
     let before = std::fs::read_to_string(&out).unwrap();
-    run_ok(&args(&out, Some(&ckpt), &["-w", "2"]));
+    run_ok(&a);
     assert_eq!(before, std::fs::read_to_string(&out).unwrap());
 }
