@@ -54,6 +54,22 @@ pub enum BenchCommand {
     /// Records/s on the generator and on CSV, for several worker counts.
     #[command(disable_help_flag = true)]
     Throughput(ThroughputArgs),
+    /// Latency of one incremental update (and model) against recomputing the window.
+    #[command(disable_help_flag = true)]
+    Incremental {
+        /// Records in the window.
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        /// Features.
+        #[arg(long, default_value_t = 8)]
+        features: usize,
+        /// Batch sizes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,100,10000")]
+        batch: Vec<u64>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Cost of checkpoints: throughput with and without, write time vs changed panes,
     /// recovery time vs state size.
     #[command(disable_help_flag = true)]

@@ -35,6 +35,23 @@ fn main() -> ExitCode {
                 print!("{}", tributary::bench::checkpoint_table(&rows));
             }
         }),
+        Command::Bench(BenchCommand::Incremental {
+            records,
+            features,
+            batch,
+            json,
+        }) => {
+            let rows = tributary::bench::incremental(records, features, &batch);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&rows).expect("serializable")
+                );
+            } else {
+                print!("{}", tributary::bench::incremental_table(&rows));
+            }
+            Ok(())
+        }
         Command::Bench(BenchCommand::Throughput(args)) => {
             let settings = ThroughputSettings {
                 rows: args.rows,

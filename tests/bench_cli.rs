@@ -1,0 +1,78 @@
+//! The `bench` subcommands run the real engine on tiny sizes and print the documented
+//! JSON fields (no timing assertions: these machines are noisy).
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tributary");
+
+fn json(args: &[&str]) -> Vec<serde_json::Value> {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn bench_incremental_reports_latencies_and_ratios() {
+    let rows = json(&[
+        "bench",
+        "incremental",
+        "--records",
+        "3000",
+        "--batch",
+        "1,10",
+        "--json",
+    ]);
+    assert_eq!(rows.len(), 3, "absorb ×2 and correct: {rows:?}");
+    for r in &rows {
+        for field in [
+            "window_records",
+            "batch",
+            "incremental_p50_us",
+            "incremental_p99_us",
+            "recompute_ms",
+            "ratio",
+        ] {
+            assert!(r[field].is_number(), "{field} missing in {r}");
+        }
+        assert_eq!(r["window_records"], 3000);
+        assert!(
+            r["incremental_p50_us"].as_f64().unwrap() <= r["incremental_p99_us"].as_f64().unwrap()
+        );
+    }
+}
+
+#[test]
+fn bench_throughput_runs_the_engine() {
+    let dir = std::env::temp_dir().join(format!("tributary-bench-cli-{}", std::process::id()));
+    let rows = json(&[
+        "bench",
+        "throughput",
+        "--rows",
+        "50000",
+        "--keys",
+        "4",
+        "--features",
+        "2",
+        "--window",
+        "tumbling:10s",
+        "--workers",
+        "1,2",
+        "--no-cluster",
+        "--json",
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(rows.len(), 4, "gen and csv on 1 and 2 workers: {rows:?}");
+    for r in &rows {
+        assert_eq!(r["records"], 50000, "{r}");
+        // 50 000 records 1 ms apart: 5 ten-second windows of each of 4 keys.
+        assert_eq!(r["windows_final"], 20, "{r}");
+        assert!(r["records_per_s"].as_f64().unwrap() > 0.0);
+        assert!(r["peak_rss_mib"].as_f64().unwrap() > 0.0);
+    }
+}
