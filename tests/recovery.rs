@@ -166,7 +166,7 @@ fn kill_times(seed: u64, count: usize, max: Duration) -> Vec<Duration> {
 /// reached the next of `kill_at_lines` lines, and restarting it. Returns how many runs
 /// were killed and how many resumed from a checkpoint.
 fn run_with_kills(args: &[String], out: &Path, kill_at_lines: &[usize]) -> (usize, usize) {
-    let lines = || std::fs::read(out).map_or(0, |b| b.iter().filter(|c| **c == b'\n').count());
+    let lines = || line_count(out);
     let mut killed = 0;
     let mut resumed = 0;
     for &at in kill_at_lines {
@@ -187,6 +187,11 @@ fn run_with_kills(args: &[String], out: &Path, kill_at_lines: &[usize]) -> (usiz
     let last = run_ok(args);
     resumed += String::from_utf8_lossy(&last.stderr).contains("resuming from checkpoint") as usize;
     (killed, resumed)
+}
+
+/// The number of complete lines in a file (0 when it does not exist yet).
+fn line_count(path: &Path) -> usize {
+    std::fs::read(path).map_or(0, |b| b.iter().filter(|c| **c == b'\n').count())
 }
 
 /// Seeded kill points: line counts between 10 % and 90 % of `total`, increasing.
@@ -282,7 +287,7 @@ fn rescaling_a_checkpoint_gives_identical_models() {
         // Checkpoint with 4 workers, killed half-way through…
         let mut child = spawn(&args(&out, Some(&ckpt), &["-w", "4"]));
         let deadline = Instant::now() + Duration::from_secs(60);
-        let lines = || std::fs::read(&out).map_or(0, |b| b.iter().filter(|c| **c == b'\n').count());
+        let lines = || line_count(&out);
         while child.try_wait().unwrap().is_none()
             && lines() < total / 2
             && Instant::now() < deadline
@@ -342,7 +347,7 @@ fn two_process_cluster_survives_killing_one_process() {
         .unwrap()
         .lines()
         .count();
-    let lines = || std::fs::read(&out).map_or(0, |b| b.iter().filter(|c| **c == b'\n').count());
+    let lines = || line_count(&out);
     for (round, at) in kill_points(7, 3, total).into_iter().enumerate() {
         let mut children = cluster();
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -459,7 +464,7 @@ fn checkpoint_state_stays_bounded_and_inspect_reports_it() {
     // Killed at 3/4 of the stream: the store holds the open panes, not the history —
     // 8 keys × the 4 panes of a 20 s / 5 s window, and one more pane each at most.
     let mut child = spawn(&a);
-    let lines = || std::fs::read(&out).map_or(0, |b| b.iter().filter(|c| **c == b'\n').count());
+    let lines = || line_count(&out);
     let deadline = Instant::now() + Duration::from_secs(60);
     while child.try_wait().unwrap().is_none()
         && lines() < total * 3 / 4
