@@ -314,7 +314,7 @@ def main():
         return
     plotted = [r for r in results if r.get("rps_proc")]
     colors = {"tributary": "#c0392b", "numpy": "#7f8c8d", "bytewax": "#2980b9", "pathway": "#8e44ad", "river": "#27ae60"}
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(plotted) + 1.6))
+    fig, ax = plt.subplots(figsize=(11, 0.45 * len(plotted) + 1.8))
     names = []
     for i, r in enumerate(plotted):
         y = len(plotted) - 1 - i
@@ -335,13 +335,18 @@ def main():
     lo = min(min(r["rps_proc"], r.get("rps_wall") or r["rps_proc"]) for r in plotted)
     hi = max(r["rps_proc"] for r in plotted)
     ax.set_xlim(lo / 2, hi * 8)
-    ax.set_xlabel("records/s (log scale): solid = processing time, light = whole command wall time")
-    ax.set_title(f"Windowed OLS, 16 keys, d=8, sliding 60 s/10 s, N={n0:,} (same CSV)\n"
+    ax.set_xlabel("records/s, log scale (solid: N / processing s; light: N / whole-command wall s)")
+    oc = [r["other_cores"] for r in results if "other_cores" in r]
+    busy = ""
+    if oc and statistics.median(oc) > 0.25:
+        busy = f"; busy machine: other work used ~{statistics.median(oc):.1f} cores during the runs"
+    ax.set_title(f"Windowed OLS per key, 16 keys, d=8, sliding 60 s/10 s, N={n0:,}, same CSV for every engine\n"
                  f"{machine.get('date_utc')}, {machine.get('nproc')} cores {machine.get('cpu')}, "
-                 f"{machine.get('mem_total_gib')} GiB", fontsize=9)
+                 f"{machine.get('mem_total_gib')} GiB{busy}", fontsize=9)
     ax.grid(axis="x", which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "peers.svg"))
+    fig.savefig(os.path.join(out, "peers.png"), dpi=110)
     print("\n".join(md))
 
 
