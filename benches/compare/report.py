@@ -307,6 +307,8 @@ def main():
     try:
         import matplotlib
         matplotlib.use("Agg")
+        matplotlib.rcParams["svg.fonttype"] = "none"   # text stays text: a small, greppable SVG
+        matplotlib.rcParams["svg.hashsalt"] = "tributary"  # stable ids between runs
         import matplotlib.pyplot as plt
     except ImportError:
         print("matplotlib missing: no plot", file=sys.stderr)
