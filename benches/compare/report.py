@@ -224,7 +224,10 @@ def main():
     md.append(f"Date: {machine.get('date_utc')}. Machine: {machine.get('nproc')} cores ({machine.get('cpu')}), "
               f"{machine.get('mem_total_gib')} GiB RAM, Linux {machine.get('kernel')}, Python {machine.get('python')}. "
               f"Load average at start / end: {machine.get('loadavg_start')} / {machine.get('loadavg_end')}. "
-              f"Tributary: {machine.get('tributary')} (commit {machine.get('tributary_commit')}).")
+              f"Tributary: {machine.get('tributary')}, binary `{machine.get('tributary_bin', '?')}` "
+              f"(file time {machine.get('tributary_bin_mtime', '?')}; "
+              f"{'built by this script' if machine.get('tributary_built_by_script') == 'yes' else 'given as TRIBUTARY_BIN, not built by this script'}); "
+              f"project at run time: {machine.get('tributary_commit')}.")
     md.append("")
     md.append(f"Command: `{machine.get('command')}`")
     md.append("")
