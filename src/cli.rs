@@ -126,7 +126,8 @@ pub struct ThroughputArgs {
 pub struct RunArgs {
     /// A dataflow spec (TOML); flags override it.
     pub spec: Option<PathBuf>,
-    /// `csv:PATH`, `jsonl:PATH` or `gen:rows=N,keys=K,features=D,seed=S[,disorder=MS][,step=MS]`
+    /// `csv:PATH`, `jsonl:PATH`, `gen:rows=N,keys=K,features=D,seed=S[,disorder=MS][,step=MS]`,
+    /// `tcp:HOST:PORT[,listen][,format=jsonl]` or `http` (with --serve)
     #[arg(long)]
     pub source: Option<String>,
     /// Time field (integer ms since the epoch) [default: ts].
@@ -169,6 +170,16 @@ pub struct RunArgs {
     /// Time between checkpoints [default: 1s].
     #[arg(long)]
     pub checkpoint_every: Option<String>,
+    /// Serve HTTP (POST /data, /model, /models, /predict, /metrics, /healthz) in process 0
+    /// on HOST:PORT, or on 127.0.0.1 with a bare port or no value [default: 127.0.0.1:8080].
+    #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:8080", value_name = "ADDRESS")]
+    pub serve: Option<String>,
+    /// Records the ingest log may hold unread before POST /data answers 503 [default: 1000000].
+    #[arg(long)]
+    pub max_pending: Option<u64>,
+    /// Largest POST /data body, in bytes [default: 16777216].
+    #[arg(long)]
+    pub max_body: Option<usize>,
     /// No progress line on stderr.
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -205,6 +216,9 @@ impl RunArgs {
             workers: self.workers,
             checkpoint: self.checkpoint.clone(),
             checkpoint_every: self.checkpoint_every.clone(),
+            serve: self.serve.clone(),
+            max_pending: self.max_pending,
+            max_body: self.max_body,
         }
     }
 

@@ -142,6 +142,9 @@ pub struct RunContext {
     pub on_fatal: fn(SourceError) -> !,
     /// Checkpointing, when enabled.
     pub checkpoint: Option<CheckpointContext>,
+    /// Whether the windows operator also emits a running estimate of each key's open
+    /// window whenever new records change it ([`WindowOutputs::estimates`]).
+    pub estimates: bool,
 }
 
 impl RunContext {
@@ -152,6 +155,7 @@ impl RunContext {
             metrics,
             on_fatal,
             checkpoint: None,
+            estimates: false,
         }
     }
 }
@@ -167,6 +171,9 @@ pub struct CheckpointContext {
     pub generation: u64,
     /// The state recovered at start, if any.
     pub restored: Option<Arc<Recovered>>,
+    /// The ingest log kept in this process's store (HTTP and TCP sources, process 0):
+    /// its batches that a commit covers are deleted.
+    pub log: Option<Arc<crate::source::IngestLog>>,
 }
 
 impl CheckpointContext {
@@ -377,6 +384,7 @@ pub fn ingest<'scope>(
     let held_back = throttle.clone();
     let max_ahead = MAX_AHEAD_PER_WORKER * peers as u64;
     let stream = source(scope, "Ingest", move |capability, info| {
+        reader.wake(scope.worker().sync_activator_for(info.address.to_vec()));
         let activator = scope.activator_for(info.address);
         let mut cap = Some(capability);
         move |output| {
@@ -398,6 +406,12 @@ pub fn ingest<'scope>(
                 Some(batch) if held_back.less_than(&batch.saturating_sub(max_ahead)) => {
                     // Too far ahead of the end of the dataflow: wait for it.
                     activator.activate_after(Duration::from_micros(200));
+                }
+                Some(batch) if !reader.ready() => {
+                    // A live source whose next batch has not arrived: hold its epoch and
+                    // wait; the source wakes this operator when the batch comes.
+                    c.downgrade(&batch.max(first));
+                    activator.activate_after(Duration::from_millis(100));
                 }
                 Some(batch) => {
                     c.downgrade(&batch.max(first));
@@ -607,6 +621,9 @@ pub struct WindowOutputs<'scope> {
     pub retractions: StreamVec<'scope, Epoch, PaneUpdate>,
     /// Acknowledgements of checkpoint parts written.
     pub acks: StreamVec<'scope, Epoch, Ack>,
+    /// Running estimates of open windows (`final: false`, not for `--out`), when
+    /// [`RunContext::estimates`] is set.
+    pub estimates: StreamVec<'scope, Epoch, ModelLine>,
 }
 
 /// Windowed models from arranged pane statistics: the `windows` operator.
@@ -726,8 +743,12 @@ impl<'scope> WindowedModels<'scope> for Arranged<'scope, PaneTrace> {
                 Emission::Retract(r) => Some(r),
                 _ => None,
             }),
-            acks: out.flat_map(|e| match e {
+            acks: out.clone().flat_map(|e| match e {
                 Emission::Ack(a) => Some(a),
+                _ => None,
+            }),
+            estimates: out.flat_map(|e| match e {
+                Emission::Estimate(m) => Some(m),
                 _ => None,
             }),
         }
@@ -738,6 +759,7 @@ impl<'scope> WindowedModels<'scope> for Arranged<'scope, PaneTrace> {
 #[derive(Clone, Debug)]
 enum Emission {
     Model(ModelLine),
+    Estimate(ModelLine),
     Retract(PaneUpdate),
     Ack(Ack),
 }
@@ -765,6 +787,13 @@ struct Windows {
     /// Windows of a key first seen ending at or before this are final already (restored).
     restored_final_through: Time,
     checkpoint: Option<Checkpointer>,
+    /// Emit running estimates of open windows.
+    estimates: bool,
+    /// Open windows this worker last counted into the metrics.
+    open_windows: i64,
+    /// Whether this worker tallies every worker's records into the metrics (worker 0:
+    /// it hears every worker's progress, so process 0's metrics cover the cluster).
+    counts_workers: bool,
 }
 
 struct KeyWindows {
@@ -801,6 +830,9 @@ impl Windows {
             agenda: BTreeSet::new(),
             metrics: Arc::clone(&context.metrics),
             restored_final_through: Time::MIN,
+            estimates: context.estimates,
+            open_windows: 0,
+            counts_workers: worker == 0,
             checkpoint: context.checkpoint.clone().map(|c| Checkpointer {
                 context: c,
                 worker,
@@ -862,6 +894,9 @@ impl Windows {
                     let seen = &mut self.max_seen[p.worker];
                     *seen = (*seen).max(p.max_seen);
                     checkpoint |= p.checkpoint;
+                    if self.counts_workers {
+                        self.metrics.add_worker_records(p.worker, p.counts.records);
+                    }
                 }
                 Control::Committed(committed) => self.committed(*committed),
             }
@@ -871,7 +906,11 @@ impl Windows {
 
         let spec = self.config.window;
         let mut due: BTreeSet<String> = BTreeSet::new();
+        let mut touched: BTreeSet<String> = BTreeSet::new();
         for (key, pane) in added {
+            if self.estimates && !touched.contains(&key) {
+                touched.insert(key.clone());
+            }
             if let Some(c) = self.checkpoint.as_mut() {
                 c.dirty.insert((key.clone(), pane), true);
             }
@@ -907,6 +946,19 @@ impl Windows {
                 self.evaluate(epoch, &key, panes, frontier, watermark, &mut emit);
             }
         }
+        if !touched.is_empty() {
+            for (key, panes) in self.read(epoch, &touched) {
+                if let Some(estimate) = self.estimate(&key, &panes, frontier) {
+                    self.metrics.estimates.fetch_add(1, Relaxed);
+                    emit(Emission::Estimate(estimate));
+                }
+            }
+        }
+        let open = self.agenda.len() as i64;
+        self.metrics
+            .open_windows
+            .fetch_add(open - self.open_windows, Relaxed);
+        self.open_windows = open;
         if checkpoint {
             self.write_checkpoint(epoch, &mut emit);
         }
@@ -995,6 +1047,10 @@ impl Windows {
                     Ok(())
                 }
             });
+        let result = result.and_then(|()| match &c.context.log {
+            Some(log) if c.worker == 0 => log.committed(committed),
+            _ => Ok(()),
+        });
         if let Err(e) = result {
             eprintln!("error: folding checkpoint: {e}");
             std::process::exit(3);
@@ -1046,22 +1102,7 @@ impl Windows {
         let Some(state) = self.keys.get_mut(key) else {
             return;
         };
-        // The windows of this key and the panes each sums.
-        let mut windows: Vec<(Window, Vec<usize>)> = Vec::new();
-        if spec.is_session() {
-            let bounds: Vec<Pane> = panes.iter().map(|(p, _)| *p).collect();
-            for (w, range) in spec.sessions(&bounds) {
-                windows.push((w, range.collect()));
-            }
-        } else {
-            let mut seen: BTreeMap<Window, Vec<usize>> = BTreeMap::new();
-            for (i, (pane, _)) in panes.iter().enumerate() {
-                for w in spec.windows_of_pane(pane.start) {
-                    seen.entry(w).or_default().push(i);
-                }
-            }
-            windows.extend(seen);
-        }
+        let windows = windows_of(spec, &panes);
 
         let mut expired_sessions: Vec<usize> = Vec::new();
         let mut revisit: Vec<Time> = Vec::new();
@@ -1133,12 +1174,46 @@ impl Windows {
         }
     }
 
+    /// The running estimate of `key`'s open window that closes next (the one ending
+    /// first after `frontier`), from the statistics of its panes so far.
+    fn estimate(&self, key: &str, panes: &[(Pane, Stats)], frontier: Time) -> Option<ModelLine> {
+        let (window, members) = windows_of(self.config.window, panes)
+            .into_iter()
+            .filter(|(w, _)| w.end > frontier)
+            .min_by_key(|(w, _)| (w.end, w.start))?;
+        let mut stats = Stats::zero();
+        for i in members {
+            stats.plus_equals(&panes[i].1);
+        }
+        let fit = solve(&stats, self.config.solve);
+        Some(ModelLine::new(key, window, &stats, fit, false, 0))
+    }
+
     /// Lets the trace forget history before `epoch`: it only answers "as of now" queries.
     fn compact(&mut self, epoch: Epoch) {
         self.trace
             .set_logical_compaction(AntichainRef::new(&[epoch]));
         self.trace
             .set_physical_compaction(AntichainRef::new(&[epoch]));
+    }
+}
+
+/// The windows of one key's open panes, each with the indices of the panes it sums.
+fn windows_of(spec: WindowSpec, panes: &[(Pane, Stats)]) -> Vec<(Window, Vec<usize>)> {
+    if spec.is_session() {
+        let bounds: Vec<Pane> = panes.iter().map(|(p, _)| *p).collect();
+        spec.sessions(&bounds)
+            .into_iter()
+            .map(|(w, range)| (w, range.collect()))
+            .collect()
+    } else {
+        let mut seen: BTreeMap<Window, Vec<usize>> = BTreeMap::new();
+        for (i, (pane, _)) in panes.iter().enumerate() {
+            for w in spec.windows_of_pane(pane.start) {
+                seen.entry(w).or_default().push(i);
+            }
+        }
+        seen.into_iter().collect()
     }
 }
 

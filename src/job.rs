@@ -1,5 +1,6 @@
 //! A job: the settings of one dataflow (from SPEC.toml and flags) and running it.
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use timely::dataflow::operators::vec::Map;
-use timely::dataflow::operators::{Concat, ConnectLoop, Feedback};
+use timely::dataflow::operators::{Concat, ConnectLoop, Exchange, Feedback, Inspect};
 
 use crate::checkpoint::coordinator::Coordinate;
 use crate::checkpoint::{self, Store};
@@ -24,8 +25,10 @@ use crate::dataflow::{
 use crate::metrics::{Metrics, Snapshot};
 use crate::model::SolveOptions;
 use crate::record::{Schema, parse_features};
+use crate::serve::{self, ModelStore, ServeContext};
 use crate::sink::{Ledger, WriteLines, open_output};
-use crate::source::{SourceError, SourceReader, SourceSpec};
+use crate::source::tcp::{self, TcpContext};
+use crate::source::{IngestLog, LogReader, SourceError, SourceReader, SourceSpec};
 use crate::window::{Time, WindowSpec, parse_duration};
 
 /// The settings of a job as written in a SPEC.toml file; every field is optional there
@@ -63,6 +66,13 @@ pub struct JobSpec {
     pub checkpoint: Option<PathBuf>,
     /// Time between checkpoints (default `1s`).
     pub checkpoint_every: Option<String>,
+    /// Serve HTTP on this address (`HOST:PORT`, or a port on 127.0.0.1) in process 0.
+    pub serve: Option<String>,
+    /// Largest number of records the ingest log holds unread before `POST /data`
+    /// answers 503 (default 1 000 000).
+    pub max_pending: Option<u64>,
+    /// Largest `POST /data` body in bytes (default 16 MiB).
+    pub max_body: Option<usize>,
 }
 
 impl JobSpec {
@@ -100,6 +110,9 @@ impl JobSpec {
             workers: flags.workers.or(self.workers),
             checkpoint: flags.checkpoint.or(self.checkpoint),
             checkpoint_every: flags.checkpoint_every.or(self.checkpoint_every),
+            serve: flags.serve.or(self.serve),
+            max_pending: flags.max_pending.or(self.max_pending),
+            max_body: flags.max_body.or(self.max_body),
         }
     }
 
@@ -130,8 +143,8 @@ impl JobSpec {
                 }
                 f
             }
-            (None, SourceSpec::Jsonl(_)) => {
-                return Err("--features is required for JSON lines sources".into());
+            (None, SourceSpec::Jsonl(_) | SourceSpec::Http | SourceSpec::Tcp(_)) => {
+                return Err(format!("--features is required for the source {source}"));
             }
         };
         if let SourceSpec::Gen(g) = &source
@@ -153,6 +166,12 @@ impl JobSpec {
             ));
         }
         let d = features.len();
+        let serve = self.serve.as_deref().map(parse_serve).transpose()?;
+        if source == SourceSpec::Http && serve.is_none() {
+            return Err(
+                "--source http needs --serve ADDRESS (records arrive by POST /data)".into(),
+            );
+        }
         let window: WindowSpec = self
             .window
             .as_deref()
@@ -180,8 +199,25 @@ impl JobSpec {
             checkpoint_every: Duration::from_millis(
                 duration(&self.checkpoint_every, "1s", "--checkpoint-every")?.max(1) as u64,
             ),
+            serve,
+            max_pending: self.max_pending.unwrap_or(1_000_000),
+            max_body: self.max_body.unwrap_or(crate::serve::DEFAULT_MAX_BODY),
         })
     }
+}
+
+/// `--serve`: `HOST:PORT`, or a bare port on 127.0.0.1.
+fn parse_serve(text: &str) -> Result<SocketAddr, String> {
+    let text = text.trim();
+    let full = if text.parse::<u16>().is_ok() {
+        format!("127.0.0.1:{text}")
+    } else {
+        text.to_owned()
+    };
+    full.to_socket_addrs()
+        .map_err(|e| format!("--serve {text}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("--serve {text}: no address"))
 }
 
 /// Reads the header row of a CSV file.
@@ -217,6 +253,12 @@ pub struct Job {
     pub checkpoint: Option<PathBuf>,
     /// Time between checkpoints.
     pub checkpoint_every: Duration,
+    /// HTTP server address (process 0).
+    pub serve: Option<SocketAddr>,
+    /// Ingest-log bound: records appended and not yet read.
+    pub max_pending: u64,
+    /// Largest `POST /data` body (bytes).
+    pub max_body: usize,
 }
 
 impl Job {
@@ -276,6 +318,7 @@ fn open_checkpoint(job: &Job, dir: &Path, process: usize) -> Result<CheckpointCo
         every: job.checkpoint_every,
         generation,
         restored: restored.filter(|r| r.commit.is_some()).map(Arc::new),
+        log: None,
     })
 }
 
@@ -283,13 +326,65 @@ fn open_checkpoint(job: &Job, dir: &Path, process: usize) -> Result<CheckpointCo
 /// (process 0) and returns the counters when every worker is done.
 pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, String> {
     // Fail early, on this thread, on a source that cannot be opened at all.
-    SourceReader::open(&job.source, &job.schema, 0, 1).map_err(|e| e.to_string())?;
+    if !job.source.is_logged() {
+        SourceReader::open(&job.source, &job.schema, 0, 1).map_err(|e| e.to_string())?;
+    }
 
     let metrics = Arc::new(Metrics::default());
-    let checkpoint = match &job.checkpoint {
+    let mut checkpoint = match &job.checkpoint {
         Some(dir) => Some(open_checkpoint(&job, dir, cluster.process)?),
         None => None,
     };
+    let store = checkpoint.as_ref().map(|c| Arc::clone(&c.store));
+    // HTTP and TCP records go through the ingest log of process 0 (durable with a store).
+    let log = match &job.source {
+        source if source.is_logged() => {
+            let (store, resume_after) = match &checkpoint {
+                Some(c) if cluster.process == 0 => (Some(Arc::clone(&c.store)), c.resumed_at()),
+                _ => (None, None),
+            };
+            let log = Arc::new(
+                IngestLog::open(store, resume_after, job.max_pending).map_err(|e| e.to_string())?,
+            );
+            if let Some(c) = checkpoint.as_mut().filter(|_| cluster.process == 0) {
+                c.log = Some(Arc::clone(&log));
+            }
+            Some(log)
+        }
+        _ => None,
+    };
+    if let (SourceSpec::Tcp(tcp), Some(log), 0) = (&job.source, &log, cluster.process) {
+        tcp::start(
+            tcp,
+            TcpContext {
+                schema: job.schema.clone(),
+                log: Arc::clone(log),
+                metrics: Arc::clone(&metrics),
+                on_error: job.on_error,
+            },
+        )?;
+    }
+    // The HTTP server of process 0, and the models it serves.
+    let models = match (job.serve, cluster.process) {
+        (Some(address), 0) => {
+            let models = Arc::new(ModelStore::open(store.clone())?);
+            let bound = serve::start(
+                address,
+                ServeContext {
+                    models: Arc::clone(&models),
+                    log: log.clone().filter(|_| job.source == SourceSpec::Http),
+                    source: job.source.to_string(),
+                    schema: job.schema.clone(),
+                    metrics: Arc::clone(&metrics),
+                    max_body: job.max_body,
+                },
+            )?;
+            eprintln!("tributary: serving on http://{bound}");
+            Some(models)
+        }
+        _ => None,
+    };
+    let serving = job.serve.is_some();
     let commit = checkpoint
         .as_ref()
         .and_then(|c| c.restored.as_ref())
@@ -298,8 +393,10 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
     let late_from = commit.as_ref().and_then(|c| c.late_offset).unwrap_or(0);
     let context = RunContext {
         checkpoint,
+        estimates: serving,
         ..RunContext::new(job.on_error, Arc::clone(&metrics), fatal)
     };
+    let log_readers = cluster.workers;
     let started = Instant::now();
     let process = cluster.process;
     let processes = cluster.processes;
@@ -307,8 +404,12 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
         let job = job.clone();
         let context = context.clone();
         let index = worker.index();
-        let reader = SourceReader::open(&job.source, &job.schema, index, worker.peers())
-            .unwrap_or_else(|e| fatal(e));
+        let reader = match &log {
+            Some(log) => SourceReader::Log(LogReader::new(Arc::clone(log), index, log_readers)),
+            None => SourceReader::open(&job.source, &job.schema, index, worker.peers())
+                .unwrap_or_else(|e| fatal(e)),
+        };
+        let models = models.clone();
         let probe = ProbeHandle::new();
         worker.dataflow::<Epoch, _, _>(|scope| {
             let ingested = ingest(scope, reader, &job.windows, &context);
@@ -327,17 +428,35 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
             drop(trace);
             let out = job.out.clone();
             let out_ledger = Rc::new(RefCell::new(Ledger::default()));
-            let written = outputs
-                .models
-                .write_lines(
-                    move || open_output(&out, Some(out_from)),
-                    |m: &ModelLine| {
-                        let (a, b, c, d, e) = m.order();
-                        (a, b.to_owned(), c, d, e)
-                    },
-                    Some(Rc::clone(&out_ledger)),
-                )
-                .map(|_| ());
+            let written = outputs.models.write_lines(
+                move || open_output(&out, Some(out_from)),
+                |m: &ModelLine| {
+                    let (a, b, c, d, e) = m.order();
+                    (a, b.to_owned(), c, d, e)
+                },
+                Some(Rc::clone(&out_ledger)),
+            );
+            // Served models: what worker 0 wrote, and the running estimates.
+            let written = if serving {
+                let (sink, estimates_sink) = (models.clone(), models.clone());
+                outputs
+                    .estimates
+                    .exchange(|_| 0)
+                    .inspect_core(move |event| {
+                        if let (Ok((_, lines)), Some(store)) = (event, &estimates_sink) {
+                            store.update(lines.iter());
+                        }
+                    })
+                    .probe_with(&probe);
+                written.inspect_core(move |event| {
+                    if let (Ok((_, lines)), Some(store)) = (event, &sink) {
+                        store.update(lines.iter());
+                    }
+                })
+            } else {
+                written
+            }
+            .map(|_| ());
             let mut late_ledger = None;
             let written = match job.late_out.clone() {
                 Some(late) => {

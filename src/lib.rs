@@ -17,6 +17,7 @@ pub mod job;
 pub mod metrics;
 pub mod model;
 pub mod record;
+pub mod serve;
 pub mod sink;
 pub mod source;
 pub mod stats;

@@ -197,6 +197,12 @@ mod keys {
         ]
         .concat()
     }
+    pub fn ingest(seq: u64) -> Vec<u8> {
+        [&b"I"[..], &seq.to_be_bytes()].concat()
+    }
+    pub fn model(key: &str) -> Vec<u8> {
+        [&b"L"[..], key.as_bytes()].concat()
+    }
     /// The (key, pane) at the end of a delta or base key.
     pub fn parse_pane(suffix: &[u8]) -> Option<(String, Pane)> {
         let len = u32::from_be_bytes(suffix.get(..4)?.try_into().ok()?) as usize;
@@ -234,6 +240,9 @@ mod keys {
 
 /// A raw key and value.
 type Entry = (Box<[u8]>, Box<[u8]>);
+
+/// A batch of the ingest log: its number and its encoded records.
+pub type LogEntry = (u64, Box<[u8]>);
 
 /// One process's RocksDB store (`DIR/process-P`).
 pub struct Store {
@@ -472,6 +481,60 @@ impl Store {
             );
         }
         self.write(batch)
+    }
+
+    /// The store's directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes batch `seq` of the ingest log (encoded), synced: durable on return.
+    pub fn append_ingest(&self, seq: u64, batch: &[u8]) -> Result<(), CheckpointError> {
+        self.put_sync(&keys::ingest(seq), batch)
+    }
+
+    /// The ingest log's batches numbered `from` and later, in order (encoded).
+    pub fn ingest_batches(&self, from: u64) -> Result<Vec<LogEntry>, CheckpointError> {
+        let start = keys::ingest(from);
+        let mut options = ReadOptions::default();
+        options.set_iterate_upper_bound(b"J".to_vec());
+        let mut out = Vec::new();
+        for item in self.db.iterator_opt(
+            IteratorMode::From(&start, rocksdb::Direction::Forward),
+            options,
+        ) {
+            let (k, v) = item.map_err(|e| Self::err(&self.path, e))?;
+            if k.len() != 9 {
+                return Err(self.bad_key(&k));
+            }
+            out.push((keys::u64_at(&k, 1), v));
+        }
+        Ok(out)
+    }
+
+    /// Deletes the ingest log's batches numbered `≤ through` (a commit covers them).
+    pub fn truncate_ingest(&self, through: u64) -> Result<(), CheckpointError> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range(keys::ingest(0), keys::ingest(through.saturating_add(1)));
+        self.write(batch)
+    }
+
+    /// Stores the newest final model of each key (encoded), replacing older ones. Not
+    /// synced: a cache that lets a restarted server answer at once.
+    pub fn put_models<'a>(
+        &self,
+        models: impl IntoIterator<Item = (&'a str, Vec<u8>)>,
+    ) -> Result<(), CheckpointError> {
+        let mut batch = WriteBatch::default();
+        for (key, value) in models {
+            batch.put(keys::model(key), value);
+        }
+        self.db.write(batch).map_err(|e| Self::err(&self.path, e))
+    }
+
+    /// Every stored model (encoded).
+    pub fn models(&self) -> Result<Vec<Box<[u8]>>, CheckpointError> {
+        Ok(self.scan(b"L")?.into_iter().map(|(_, v)| v).collect())
     }
 
     /// The newest commit (highest generation, then epoch), if any.

@@ -7,6 +7,9 @@
 
 pub mod file;
 pub mod generator;
+pub mod lines;
+pub mod log;
+pub mod tcp;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -16,8 +19,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::record::{RecordRef, Schema};
 
-pub use file::{FileFormat, FileReader};
+pub use file::FileReader;
 pub use generator::{GenReader, GenSpec};
+pub use lines::{FileFormat, LineParser};
+pub use log::{IngestLog, LogReader, RecordBatch};
+pub use tcp::TcpSpec;
 
 /// Target size of one file batch.
 pub const BLOCK_BYTES: usize = 1 << 20;
@@ -31,14 +37,31 @@ pub enum SourceSpec {
     Jsonl(PathBuf),
     /// The deterministic generator.
     Gen(GenSpec),
+    /// Records posted to `POST /data` (needs `--serve`), through the ingest log.
+    Http,
+    /// Lines read from a TCP socket, through the ingest log.
+    Tcp(TcpSpec),
+}
+
+impl SourceSpec {
+    /// Whether records reach the dataflow through the [`IngestLog`] of process 0 (HTTP
+    /// and TCP sources) rather than being read by every worker from the source itself.
+    pub fn is_logged(&self) -> bool {
+        matches!(self, SourceSpec::Http | SourceSpec::Tcp(_))
+    }
 }
 
 impl FromStr for SourceSpec {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, String> {
-        let (kind, arg) = text
-            .split_once(':')
-            .ok_or_else(|| format!("source {text:?}: expected csv:PATH, jsonl:PATH or gen:..."))?;
+        if text == "http" {
+            return Ok(SourceSpec::Http);
+        }
+        let (kind, arg) = text.split_once(':').ok_or_else(|| {
+            format!(
+                "source {text:?}: expected csv:PATH, jsonl:PATH, gen:..., tcp:HOST:PORT or http"
+            )
+        })?;
         let file = |arg: &str| -> Result<PathBuf, String> {
             match arg.rsplit_once(',') {
                 Some((_, "follow")) => Err(format!(
@@ -51,10 +74,10 @@ impl FromStr for SourceSpec {
             "csv" => Ok(SourceSpec::Csv(file(arg)?)),
             "jsonl" | "json" => Ok(SourceSpec::Jsonl(file(arg)?)),
             "gen" => Ok(SourceSpec::Gen(arg.parse()?)),
-            "tcp" | "http" => Err(format!(
-                "source {text:?}: {kind} sources are not available in this build"
+            "tcp" => Ok(SourceSpec::Tcp(arg.parse()?)),
+            _ => Err(format!(
+                "source {text:?}: kind must be csv, jsonl, gen, tcp or http"
             )),
-            _ => Err(format!("source {text:?}: kind must be csv, jsonl or gen")),
         }
     }
 }
@@ -65,6 +88,8 @@ impl fmt::Display for SourceSpec {
             SourceSpec::Csv(p) => write!(f, "csv:{}", p.display()),
             SourceSpec::Jsonl(p) => write!(f, "jsonl:{}", p.display()),
             SourceSpec::Gen(g) => write!(f, "gen:{g}"),
+            SourceSpec::Http => write!(f, "http"),
+            SourceSpec::Tcp(t) => write!(f, "tcp:{t}"),
         }
     }
 }
@@ -125,6 +150,8 @@ pub enum SourceReader {
     File(FileReader),
     /// Generator.
     Gen(GenReader),
+    /// The ingest log (HTTP and TCP sources).
+    Log(LogReader),
 }
 
 impl SourceReader {
@@ -151,6 +178,11 @@ impl SourceReader {
                 peers,
             )?),
             SourceSpec::Gen(g) => SourceReader::Gen(GenReader::new(g, index, peers)),
+            SourceSpec::Http | SourceSpec::Tcp(_) => {
+                return Err(SourceError::Schema(format!(
+                    "source {spec} is read through the ingest log (LogReader), not opened per worker"
+                )));
+            }
         })
     }
 
@@ -159,6 +191,23 @@ impl SourceReader {
         match self {
             SourceReader::File(r) => r.next_batch(),
             SourceReader::Gen(r) => r.next_batch(),
+            SourceReader::Log(r) => r.next_batch(),
+        }
+    }
+
+    /// Whether batch [`next_batch`](Self::next_batch) can be read now (a live source's
+    /// batch may not have arrived yet; files and the generator are always ready).
+    pub fn ready(&self) -> bool {
+        match self {
+            SourceReader::Log(r) => r.ready(),
+            _ => true,
+        }
+    }
+
+    /// Asks a live source to wake `activator` when a batch arrives.
+    pub fn wake(&self, activator: timely::scheduling::SyncActivator) {
+        if let SourceReader::Log(r) = self {
+            r.wake(activator);
         }
     }
 
@@ -170,6 +219,7 @@ impl SourceReader {
                 r.read_batch(sink);
                 Ok(())
             }
+            SourceReader::Log(r) => r.read_batch(sink),
         }
     }
 
@@ -178,6 +228,7 @@ impl SourceReader {
         match self {
             SourceReader::File(r) => r.seek(batch),
             SourceReader::Gen(r) => r.seek(batch),
+            SourceReader::Log(r) => r.seek(batch),
         }
     }
 }

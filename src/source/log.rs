@@ -1,0 +1,314 @@
+//! The ingest log: records that arrive from outside the dataflow (`POST /data`, a TCP
+//! socket) as numbered batches, read by the dataflow like any other source.
+//!
+//! Batch `k` of the log is source batch (and timely epoch) `k`, read by worker
+//! `k mod W` of process 0, where the log lives. With a checkpoint store, a batch is
+//! written to RocksDB with a synced write *before* [`IngestLog::append`] returns, so an
+//! HTTP answer that says "accepted" means durable; batches that a committed checkpoint
+//! covers are deleted from the store ([`Store::truncate_ingest`]), and on restart the
+//! batches after the last commit are read again: nothing is lost, nothing counted twice.
+//!
+//! The log is bounded: once the records appended but not yet read by the dataflow exceed
+//! `max_pending`, [`IngestLog::append`] refuses with [`AppendError::Backpressure`] instead
+//! of buffering without bound.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+use timely::scheduling::SyncActivator;
+
+use super::{RecordSink, SourceError};
+use crate::checkpoint::{CheckpointError, Store, codec};
+use crate::record::RecordRef;
+use crate::window::Time;
+
+/// Records in columns: what one append carries, and one batch of the log.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RecordBatch {
+    /// Event times.
+    pub time: Vec<Time>,
+    /// Keys.
+    pub key: Vec<String>,
+    /// Rows `z = [x, y]`, `d + 1` values each, one after the other.
+    pub z: Vec<f64>,
+}
+
+impl RecordBatch {
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.time.len()
+    }
+
+    /// Whether the batch holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.time.is_empty()
+    }
+
+    /// Appends a record.
+    pub fn push(&mut self, record: RecordRef<'_>) {
+        self.time.push(record.time);
+        self.key.push(record.key.to_owned());
+        self.z.extend_from_slice(record.z);
+    }
+
+    /// The records, borrowed.
+    pub fn iter(&self) -> impl Iterator<Item = RecordRef<'_>> {
+        let width = self.z.len().checked_div(self.len()).unwrap_or(0);
+        self.time
+            .iter()
+            .zip(&self.key)
+            .zip(self.z.chunks_exact(width.max(1)))
+            .map(|((&time, key), z)| RecordRef { time, key, z })
+    }
+}
+
+/// Why an append was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// The dataflow is too far behind: retry later.
+    #[error("the engine is {pending} records behind (limit {limit}); retry later")]
+    Backpressure {
+        /// Records appended and not yet read.
+        pending: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The log no longer takes records (the source was closed).
+    #[error("the ingest log is closed")]
+    Closed,
+    /// The durable write failed: the records were not accepted.
+    #[error("{0}")]
+    Store(#[from] CheckpointError),
+}
+
+/// Counters of a log, for metrics and answers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LogStats {
+    /// Batches appended (the next batch number).
+    pub next_batch: u64,
+    /// Records appended since the process started (and recovered at start).
+    pub appended: u64,
+    /// Records read by the dataflow since the process started.
+    pub read: u64,
+    /// Records appended and not yet read: the ingest lag.
+    pub pending: u64,
+}
+
+struct State {
+    /// The next batch number to hand out.
+    next: u64,
+    /// Batches appended (and durable) and not read yet.
+    batches: BTreeMap<u64, Arc<RecordBatch>>,
+    /// Appended through this batch number, no more: the source ends there.
+    closed_at: Option<u64>,
+    stats: LogStats,
+    /// Workers to wake when a batch arrives.
+    waiting: Vec<SyncActivator>,
+}
+
+/// A log of record batches (see the module documentation).
+pub struct IngestLog {
+    state: Mutex<State>,
+    store: Option<Arc<Store>>,
+    max_pending: u64,
+}
+
+impl IngestLog {
+    /// A log, durable in `store` if given. Batches numbered `≤ resume_after` (those of the
+    /// committed checkpoint the run resumes from) are dropped; later batches found in the
+    /// store are read back, to be read by the dataflow again.
+    pub fn open(
+        store: Option<Arc<Store>>,
+        resume_after: Option<u64>,
+        max_pending: u64,
+    ) -> Result<IngestLog, CheckpointError> {
+        let first = resume_after.map_or(0, |e| e + 1);
+        let mut batches = BTreeMap::new();
+        let mut stats = LogStats::default();
+        if let Some(store) = &store {
+            if let Some(through) = resume_after {
+                store.truncate_ingest(through)?;
+            }
+            for (seq, bytes) in store.ingest_batches(first)? {
+                let batch: RecordBatch =
+                    codec::decode(&bytes).map_err(|error| CheckpointError::Corrupt {
+                        path: store.path().display().to_string(),
+                        key: format!("I/{seq}"),
+                        error,
+                    })?;
+                stats.appended += batch.len() as u64;
+                batches.insert(seq, Arc::new(batch));
+            }
+        }
+        let next = batches.keys().next_back().map_or(first, |last| last + 1);
+        // A batch that was numbered but never made durable (a crash, a failed write) is
+        // read as empty.
+        for seq in first..next {
+            batches.entry(seq).or_default();
+        }
+        stats.next_batch = next;
+        stats.pending = stats.appended;
+        Ok(IngestLog {
+            state: Mutex::new(State {
+                next,
+                batches,
+                closed_at: None,
+                stats,
+                waiting: Vec::new(),
+            }),
+            store,
+            max_pending: max_pending.max(1),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends `batch` and returns its batch number once it is durable (with a store).
+    /// Refuses when the dataflow is more than `max_pending` records behind.
+    /// The batch is shared, so that a caller refused for backpressure can retry it.
+    pub fn append(&self, batch: Arc<RecordBatch>) -> Result<u64, AppendError> {
+        let seq = {
+            let mut state = self.state();
+            if state.closed_at.is_some() {
+                return Err(AppendError::Closed);
+            }
+            let pending = state.stats.pending;
+            if pending > 0 && pending + batch.len() as u64 > self.max_pending {
+                return Err(AppendError::Backpressure {
+                    pending,
+                    limit: self.max_pending,
+                });
+            }
+            state.next += 1;
+            state.stats.next_batch = state.next;
+            // Counted as pending now, so that concurrent appends see the backlog.
+            state.stats.pending += batch.len() as u64;
+            state.next - 1
+        };
+        // The durable write happens outside the lock: concurrent appends are written
+        // together by RocksDB's group commit.
+        let written = match &self.store {
+            Some(store) => store.append_ingest(seq, &codec::encode(&*batch)),
+            None => Ok(()),
+        };
+        let mut state = self.state();
+        let result = match written {
+            Ok(()) => {
+                state.stats.appended += batch.len() as u64;
+                state.batches.insert(seq, batch);
+                Ok(seq)
+            }
+            Err(e) => {
+                // The number is used: the dataflow reads it as an empty batch.
+                state.stats.pending -= batch.len() as u64;
+                state.batches.insert(seq, Arc::default());
+                Err(AppendError::Store(e))
+            }
+        };
+        for worker in &state.waiting {
+            let _ = worker.activate();
+        }
+        result
+    }
+
+    /// Takes no more records: the source ends once every batch appended is read.
+    pub fn close(&self) {
+        let mut state = self.state();
+        state.closed_at = Some(state.next);
+        for worker in &state.waiting {
+            let _ = worker.activate();
+        }
+    }
+
+    /// Checkpoint epoch `epoch` is committed: its batches (numbered `≤ epoch`) are in the
+    /// state and leave the store.
+    pub fn committed(&self, epoch: u64) -> Result<(), CheckpointError> {
+        match &self.store {
+            Some(store) => store.truncate_ingest(epoch),
+            None => Ok(()),
+        }
+    }
+
+    /// The log's counters.
+    pub fn stats(&self) -> LogStats {
+        self.state().stats
+    }
+
+    /// The limit on records appended and not yet read.
+    pub fn max_pending(&self) -> u64 {
+        self.max_pending
+    }
+}
+
+/// One worker's share of an [`IngestLog`]: batches `k ≡ index (mod readers)`, where the
+/// readers are the workers of process 0. Workers of other processes have no share.
+pub struct LogReader {
+    log: Arc<IngestLog>,
+    /// The next batch this worker reads; `None`: no share.
+    next: Option<u64>,
+    readers: u64,
+}
+
+impl LogReader {
+    /// Worker `index`'s share, when the log is read by workers `0 .. readers`.
+    pub fn new(log: Arc<IngestLog>, index: usize, readers: usize) -> LogReader {
+        LogReader {
+            log,
+            next: (index < readers).then_some(index as u64),
+            readers: readers.max(1) as u64,
+        }
+    }
+
+    /// Wakes `activator` whenever a batch is appended.
+    pub fn wake(&self, activator: SyncActivator) {
+        self.log.state().waiting.push(activator);
+    }
+
+    /// The batch this worker reads next, or `None` when its share is done.
+    pub fn next_batch(&self) -> Option<u64> {
+        let next = self.next?;
+        match self.log.state().closed_at {
+            Some(end) if next >= end => None,
+            _ => Some(next),
+        }
+    }
+
+    /// Whether batch [`next_batch`](Self::next_batch) has arrived.
+    pub fn ready(&self) -> bool {
+        self.next
+            .is_some_and(|next| self.log.state().batches.contains_key(&next))
+    }
+
+    /// Reads the next batch into `sink`, once it has arrived.
+    pub fn read_batch<S: RecordSink>(&mut self, sink: &mut S) -> Result<(), SourceError> {
+        let Some(next) = self.next else {
+            return Ok(());
+        };
+        let batch = {
+            let mut state = self.log.state();
+            let Some(batch) = state.batches.remove(&next) else {
+                return Ok(());
+            };
+            state.stats.read += batch.len() as u64;
+            state.stats.pending -= batch.len() as u64;
+            batch
+        };
+        self.next = Some(next + self.readers);
+        for record in batch.iter() {
+            sink.record(record);
+        }
+        Ok(())
+    }
+
+    /// Moves to the first of this worker's batches at or after `batch`.
+    pub fn seek(&mut self, batch: u64) {
+        if let Some(next) = self.next.as_mut() {
+            while *next < batch {
+                *next += self.readers;
+            }
+        }
+    }
+}
