@@ -14,6 +14,7 @@ pub mod cli;
 pub mod cluster;
 pub mod dataflow;
 pub mod job;
+pub mod launch;
 pub mod metrics;
 pub mod model;
 pub mod record;
