@@ -415,7 +415,7 @@ pub fn launch(args: LaunchArgs) -> Result<(), String> {
     let mut failed: Option<usize> = None;
     let mut interrupted: Option<i32> = None;
     let mut kill_at: Option<Instant> = None;
-    let mut stop = |cluster: &mut Cluster, kill_at: &mut Option<Instant>| {
+    let stop = |cluster: &mut Cluster, kill_at: &mut Option<Instant>| {
         if kill_at.is_none() {
             cluster.signal_running(libc::SIGTERM);
             *kill_at = Some(Instant::now() + grace);
