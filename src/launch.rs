@@ -285,7 +285,9 @@ fn forward(source: impl Read, prefix: Vec<u8>, stderr_prefix: Vec<u8>, to_stdout
         if to_stdout && is_timely_chatter(&line) {
             // Timely's connection messages go to stdout; keep stdout for the models.
             let mut e = io::stderr().lock();
-            let _ = e.write_all(&stderr_prefix).and_then(|()| e.write_all(&line));
+            let _ = e
+                .write_all(&stderr_prefix)
+                .and_then(|()| e.write_all(&line));
             if !line.ends_with(b"\n") {
                 let _ = e.write_all(b"\n");
             }
@@ -297,8 +299,7 @@ fn forward(source: impl Read, prefix: Vec<u8>, stderr_prefix: Vec<u8>, to_stdout
             out.push(b'\n');
         }
         // Write now unless another complete line is already waiting.
-        if (!reader.buffer().contains(&b'\n') || out.len() >= 1 << 16) && write(&mut out).is_err()
-        {
+        if (!reader.buffer().contains(&b'\n') || out.len() >= 1 << 16) && write(&mut out).is_err() {
             return;
         }
     }
@@ -540,7 +541,9 @@ mod tests {
             b"worker 12:\terror connecting to worker 0: Connection refused; retrying\n"
         ));
         assert!(!is_timely_chatter(b"{\"key\":\"worker 1:\"}\n"));
-        assert!(!is_timely_chatter(b"worker :\terror connecting to worker 0\n"));
+        assert!(!is_timely_chatter(
+            b"worker :\terror connecting to worker 0\n"
+        ));
     }
 
     #[test]

@@ -97,7 +97,11 @@ fn two_processes_give_the_models_of_one_worker() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "launch failed: {stderr}");
     assert!(out.stdout.is_empty(), "models went to --out, not stdout");
-    for p in ["[p0] done:", "[p1] done:", "launch: all 2 processes finished"] {
+    for p in [
+        "[p0] done:",
+        "[p1] done:",
+        "launch: all 2 processes finished",
+    ] {
         assert!(stderr.contains(p), "no {p:?} on stderr: {stderr}");
     }
     let got = read_models(&launched);
@@ -134,9 +138,12 @@ fn stdout_models_stay_pipeable_unless_prefixed() {
     );
 
     let out = finish(
-        launch_cmd(&["-n", "2", "--prefix-stdout"], &run_args(&csv, d, win, "-"))
-            .spawn()
-            .unwrap(),
+        launch_cmd(
+            &["-n", "2", "--prefix-stdout"],
+            &run_args(&csv, d, win, "-"),
+        )
+        .spawn()
+        .unwrap(),
         LIMIT,
         &[],
     );
@@ -271,7 +278,10 @@ fn a_killed_process_stops_the_cluster_and_is_named() {
     assert!(killed.success());
     let status = wait_until_done(child, &pids);
     let stderr = final_stderr(&lines);
-    assert!(!status.success(), "launch exited 0 after a child was killed");
+    assert!(
+        !status.success(),
+        "launch exited 0 after a child was killed"
+    );
     let named = format!(
         "error: launch: process 1 (pid {}) was killed by signal 9 (SIGKILL)",
         pids[1]
@@ -314,6 +324,9 @@ fn cluster_flags_in_the_forwarded_command_are_refused() {
     );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("\"-w\" is the launcher's to set"), "{stderr}");
+    assert!(
+        stderr.contains("\"-w\" is the launcher's to set"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("launch: process"), "nothing is started");
 }
