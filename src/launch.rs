@@ -332,7 +332,7 @@ pub fn launch(args: LaunchArgs) -> Result<(), String> {
     let (exited_tx, exited_rx) = mpsc::channel::<usize>();
     // SAFETY: getpid has no preconditions.
     let launcher = unsafe { libc::getpid() };
-    for i in 0..n {
+    for (i, port) in ports.iter().enumerate() {
         let mut command = Command::new(&exe);
         command
             .args(&args.command)
@@ -364,7 +364,7 @@ pub fn launch(args: LaunchArgs) -> Result<(), String> {
             }
         };
         let pid = child.id() as i32;
-        eprintln!("launch: process {i} pid {pid} on 127.0.0.1:{}", ports[i]);
+        eprintln!("launch: process {i} pid {pid} on 127.0.0.1:{port}");
         let prefix = format!("[p{i}] ").into_bytes();
         let stdout_prefix = if args.prefix_stdout {
             prefix.clone()
