@@ -17,6 +17,7 @@ pub mod job;
 pub mod launch;
 pub mod metrics;
 pub mod model;
+pub mod operators;
 pub mod record;
 pub mod sink;
 pub mod source;
