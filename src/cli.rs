@@ -35,6 +35,9 @@ pub enum Command {
     /// Look into a checkpoint directory.
     #[command(subcommand)]
     Checkpoint(CheckpointCommand),
+    /// Run a command on a local cluster: P processes of this binary on loopback ports.
+    #[command(disable_help_flag = true)]
+    Launch(crate::launch::LaunchArgs),
 }
 
 /// `tributary checkpoint` subcommands.

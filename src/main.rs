@@ -15,6 +15,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run_command(*args),
         Command::Gen(args) => gen_command(args),
+        Command::Launch(args) => tributary::launch::launch(args),
         Command::Checkpoint(CheckpointCommand::Inspect { dir }) => {
             tributary::checkpoint::inspect(&dir)
                 .map(|text| print!("{text}"))

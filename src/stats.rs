@@ -137,6 +137,67 @@ impl Stats {
         self.sums[m + packed_index(m, i, j)]
     }
 
+    /// The mean of each column of `z = [x₁ … x_d, y]`, or `None` when `n ≤ 0`.
+    ///
+    /// ```
+    /// use tributary::Stats;
+    /// let mut s = Stats::of_row(&[1.0, 10.0]);
+    /// differential_dataflow::difference::Semigroup::plus_equals(&mut s, &Stats::of_row(&[3.0, 20.0]));
+    /// assert_eq!(s.mean(), Some(vec![2.0, 15.0]));
+    /// ```
+    pub fn mean(&self) -> Option<Vec<f64>> {
+        if self.n <= 0 {
+            return None;
+        }
+        Some(self.sum().iter().map(|s| s / self.n as f64).collect())
+    }
+
+    /// The sample covariance matrix of `z = [x₁ … x_d, y]` (denominator `n − 1`), row by
+    /// row, or `None` when `n < 2`. Computed from the raw sums,
+    /// `(Σzᵢzⱼ − n·z̄ᵢz̄ⱼ) / (n − 1)`: exact up to rounding when the columns' means are not
+    /// large against their spreads (the relative error grows like `ε·(mean/sd)²`).
+    pub fn covariance(&self) -> Option<Vec<Vec<f64>>> {
+        if self.n < 2 {
+            return None;
+        }
+        let mean = self.mean()?;
+        let m = mean.len();
+        let n = self.n as f64;
+        Some(
+            (0..m)
+                .map(|i| {
+                    (0..m)
+                        .map(|j| (self.cross(i, j) - n * mean[i] * mean[j]) / (n - 1.0))
+                        .collect()
+                })
+                .collect(),
+        )
+    }
+
+    /// The Pearson correlation matrix of `z = [x₁ … x_d, y]`, or `None` when `n < 2`;
+    /// entries of a column without variance are NaN.
+    pub fn correlation(&self) -> Option<Vec<Vec<f64>>> {
+        let cov = self.covariance()?;
+        let sd: Vec<f64> = (0..cov.len()).map(|i| cov[i][i].max(0.0).sqrt()).collect();
+        Some(
+            cov.iter()
+                .enumerate()
+                .map(|(i, row)| {
+                    row.iter()
+                        .enumerate()
+                        .map(|(j, c)| {
+                            if sd[i] > 0.0 && sd[j] > 0.0 {
+                                c / (sd[i] * sd[j])
+                            } else {
+                                f64::NAN
+                            }
+                        })
+                        .collect()
+                })
+                .collect(),
+        )
+    }
+
     fn canonicalize(&mut self) {
         if self.n == 0 {
             self.sums.clear();
@@ -259,6 +320,42 @@ mod tests {
         assert!(s.is_zero());
         assert_eq!(s, Stats::zero());
         assert!(s.sums.is_empty());
+    }
+
+    #[test]
+    fn moments_match_two_pass_formulas() {
+        let rows = vec![
+            vec![1.0, 2.0, 3.0],
+            vec![-1.0, 0.5, 4.0],
+            vec![2.0, 2.0, -1.0],
+            vec![0.5, -3.0, 2.0],
+        ];
+        let mut s = Stats::zero();
+        for z in &rows {
+            s.plus_equals(&Stats::of_row(z));
+        }
+        let n = rows.len() as f64;
+        let mean: Vec<f64> = (0..3)
+            .map(|j| rows.iter().map(|z| z[j]).sum::<f64>() / n)
+            .collect();
+        let cov = s.covariance().unwrap();
+        let corr = s.correlation().unwrap();
+        for i in 0..3 {
+            assert!((s.mean().unwrap()[i] - mean[i]).abs() < 1e-15);
+            for j in 0..3 {
+                let c = rows
+                    .iter()
+                    .map(|z| (z[i] - mean[i]) * (z[j] - mean[j]))
+                    .sum::<f64>()
+                    / (n - 1.0);
+                assert!((cov[i][j] - c).abs() < 1e-12, "cov ({i},{j})");
+                let vi: f64 = rows.iter().map(|z| (z[i] - mean[i]).powi(2)).sum();
+                let vj: f64 = rows.iter().map(|z| (z[j] - mean[j]).powi(2)).sum();
+                let r = c * (n - 1.0) / (vi * vj).sqrt();
+                assert!((corr[i][j] - r).abs() < 1e-12, "corr ({i},{j})");
+            }
+        }
+        assert_eq!(Stats::of_row(&[1.0, 2.0]).covariance(), None);
     }
 
     #[test]

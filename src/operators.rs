@@ -1,0 +1,493 @@
+//! Record-level operators, for dataflows that transform records before the regression.
+//!
+//! [`ingest`](crate::dataflow::ingest) folds a source straight into pane statistics, which
+//! is the fast path but leaves no place for a transform of the records themselves. These
+//! operators open the record level:
+//!
+//! * [`ReadRecords::read_records`]: a source as a timely stream of [`Record`]s (batch `k`
+//!   at epoch `k` on worker `k mod W`, as `ingest` reads it);
+//! * [`WindowPanes::window_panes`]: an insert-only stream of records (after any `map`,
+//!   `filter` or join of your own) folded into the pane statistics and the progress
+//!   [`Control`] stream that [`windowed_regression`](crate::dataflow::windowed_regression)
+//!   takes, with the same watermark, lateness and set-aside rules as `ingest`;
+//! * [`WindowStats::window_stats`]: a differential *collection* of records, with
+//!   additions and retractions, into the exact per-(key, window) statistics, recomputed
+//!   for the (key, window) groups whose records changed and for no other.
+//!
+//! ## Why retractions take the second path
+//!
+//! [`Stats`] is a difference type whose zero is decided by the row count alone (so that a
+//! pane retracted with float residue still disappears, see [`crate::stats`]). That is
+//! sound for what the windows operator does — add rows, then retract a whole pane once —
+//! but not for arbitrary retractions: replacing a row by another in the same pane and
+//! epoch nets to a count of zero, and the change of the sums is dropped; across epochs,
+//! differential may merge a retraction with a later addition first, with the same effect.
+//! So `window_panes` takes insert-only streams, and a collection whose records change
+//! (e.g. because they are joined with a reference collection that changes) goes through
+//! `window_stats`, which keeps the records and sums each group's statistics afresh.
+//! The unit test `equal_count_replacement_cancels` shows the hazard.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use differential_dataflow::difference::{Abelian, Semigroup};
+use differential_dataflow::lattice::Lattice;
+use differential_dataflow::{AsCollection, VecCollection};
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::Operator;
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::{ProbeHandle, Scope, StreamVec};
+use timely::progress::Timestamp;
+
+use crate::dataflow::{
+    Control, Counts, Epoch, MAX_AHEAD_PER_WORKER, OnError, Progress, RunContext, SetAside,
+    WindowConfig,
+};
+use crate::metrics::Metrics;
+use crate::record::{Record, RecordRef};
+use crate::source::{Malformed, RecordSink, SourceError, SourceReader};
+use crate::stats::Stats;
+use crate::window::{Admission, Pane, Time, Watermark, Window, WindowSpec};
+
+/// A source read as records.
+pub struct RecordStream<'scope> {
+    /// This worker's records, batch `k` at epoch `k`.
+    pub records: StreamVec<'scope, Epoch, Record>,
+    /// Backpressure, as [`Ingested::throttle`](crate::dataflow::Ingested::throttle):
+    /// attach it to the end of the dataflow (`probe_with`) to keep the source at most
+    /// [`MAX_AHEAD_PER_WORKER`] × workers batches ahead of it.
+    pub throttle: ProbeHandle<Epoch>,
+}
+
+/// Reads a source into a stream of records: an extension of a timely scope.
+pub trait ReadRecords<'scope> {
+    /// Reads this worker's share of `reader` (opened for this worker), batch by batch:
+    /// batch `k` becomes the records of epoch `k`. Malformed lines follow
+    /// `context.on_error` (skipped and counted, or fatal through `context.on_fatal`);
+    /// records read are counted in `context.metrics`.
+    fn read_records(self, reader: SourceReader, context: &RunContext) -> RecordStream<'scope>;
+
+    /// [`read_records`](Self::read_records) with an operator name.
+    fn read_records_named(
+        self,
+        name: &str,
+        reader: SourceReader,
+        context: &RunContext,
+    ) -> RecordStream<'scope>;
+}
+
+impl<'scope> ReadRecords<'scope> for Scope<'scope, Epoch> {
+    fn read_records(self, reader: SourceReader, context: &RunContext) -> RecordStream<'scope> {
+        self.read_records_named("ReadRecords", reader, context)
+    }
+
+    fn read_records_named(
+        self,
+        name: &str,
+        mut reader: SourceReader,
+        context: &RunContext,
+    ) -> RecordStream<'scope> {
+        let scope = self;
+        let on_fatal = context.on_fatal;
+        let mut sink = Collect {
+            records: Vec::new(),
+            on_error: context.on_error,
+            malformed: 0,
+            metrics: Arc::clone(&context.metrics),
+        };
+        let throttle = ProbeHandle::new();
+        let held_back = throttle.clone();
+        let max_ahead = MAX_AHEAD_PER_WORKER * scope.peers() as u64;
+        let records = source(scope, name, move |capability, info| {
+            let activator = scope.activator_for(info.address);
+            let mut cap = Some(capability);
+            move |output| {
+                let Some(c) = cap.as_mut() else { return };
+                match reader.next_batch() {
+                    Some(batch) if held_back.less_than(&batch.saturating_sub(max_ahead)) => {
+                        activator.activate_after(Duration::from_micros(200));
+                    }
+                    Some(batch) => {
+                        c.downgrade(&batch);
+                        if let Err(e) = reader.read_batch(&mut sink) {
+                            on_fatal(e);
+                        }
+                        let counts = Counts {
+                            records: sink.records.len() as u64,
+                            malformed: std::mem::take(&mut sink.malformed),
+                            ..Counts::default()
+                        };
+                        sink.metrics.add(&counts);
+                        output.session(&*c).give_iterator(sink.records.drain(..));
+                        activator.activate();
+                    }
+                    None => cap = None,
+                }
+            }
+        });
+        RecordStream { records, throttle }
+    }
+}
+
+/// Collects a batch's records.
+struct Collect {
+    records: Vec<Record>,
+    on_error: OnError,
+    malformed: u64,
+    metrics: Arc<Metrics>,
+}
+
+impl RecordSink for Collect {
+    fn record(&mut self, record: RecordRef<'_>) {
+        self.records.push(record.to_owned());
+    }
+
+    fn malformed(&mut self, error: Malformed) -> Result<(), SourceError> {
+        self.malformed += 1;
+        if self.on_error == OnError::Fail {
+            return Err(SourceError::Malformed(error));
+        }
+        if self.malformed <= 10 {
+            eprintln!("warning: skipping malformed line: {error}");
+        }
+        Ok(())
+    }
+}
+
+/// What [`WindowPanes::window_panes`] produces: the inputs of
+/// [`windowed_regression`](crate::dataflow::windowed_regression), and the records set aside.
+pub struct Panes<'scope> {
+    /// Per (key, pane) and epoch, the statistics of the pane's records admitted then.
+    pub panes: VecCollection<'scope, Epoch, (String, Pane), Stats>,
+    /// This worker's event-time progress, one report per epoch that had records, and a
+    /// last one (largest time `Time::MAX`) when its input ends.
+    pub control: StreamVec<'scope, Epoch, Control>,
+    /// Records set aside: late, or too far ahead.
+    pub aside: StreamVec<'scope, Epoch, SetAside>,
+}
+
+/// Folds an insert-only stream of records into pane statistics: an extension of timely
+/// streams of [`Record`]s.
+pub trait WindowPanes<'scope> {
+    /// Per worker (no exchange: each worker's input is one partition with its own
+    /// watermark), in epoch order: every record is checked against the watermark (largest
+    /// admitted event time − `config.lateness`) and either folded into its (key, pane)
+    /// statistics or set aside (late; more than `config.max_jump` ahead), as
+    /// [`ingest`](crate::dataflow::ingest) does. Emits one pane update per (key, pane) and
+    /// epoch, and a progress report per epoch; when the input ends, a report that this
+    /// worker is done, which lets the windows close.
+    ///
+    /// Panics, naming the record, on a record with another number of features than
+    /// `config.features`. Checkpoints are not supported on this path.
+    fn window_panes(self, config: &WindowConfig) -> Panes<'scope>;
+
+    /// [`window_panes`](Self::window_panes) with an operator name.
+    fn window_panes_named(self, name: &str, config: &WindowConfig) -> Panes<'scope>;
+}
+
+#[derive(Clone)]
+enum PaneOut {
+    Pane(((String, Pane), Epoch, Stats)),
+    Progress(Progress),
+    Aside(SetAside),
+}
+
+impl<'scope> WindowPanes<'scope> for StreamVec<'scope, Epoch, Record> {
+    fn window_panes(self, config: &WindowConfig) -> Panes<'scope> {
+        self.window_panes_named("WindowPanes", config)
+    }
+
+    fn window_panes_named(self, name: &str, config: &WindowConfig) -> Panes<'scope> {
+        let worker = self.scope().index();
+        let window = config.window;
+        let features = config.features;
+        let mut watermark = Watermark::new(config.lateness, config.max_jump);
+        let stream = self.unary_frontier(Pipeline, name, move |initial, _info| {
+            let mut held = Some(initial);
+            let mut pending: BTreeMap<Epoch, Vec<Record>> = BTreeMap::new();
+            move |(input, frontier), output| {
+                input.for_each(|cap, data| {
+                    pending
+                        .entry(*cap.least().expect("a message has a time"))
+                        .or_default()
+                        .append(data);
+                });
+                let Some(cap) = held.as_mut() else { return };
+                while let Some((&epoch, _)) = pending.first_key_value() {
+                    if frontier.less_equal(&epoch) {
+                        break;
+                    }
+                    let records = pending.remove(&epoch).expect("present");
+                    let mut counts = Counts::default();
+                    // (key, bucket) → (first, last, statistics) of this epoch's records.
+                    let mut acc: FxHashMap<(String, Time), (Time, Time, Stats)> =
+                        FxHashMap::default();
+                    let mut aside = Vec::new();
+                    for r in records {
+                        assert_eq!(
+                            r.x.len(),
+                            features,
+                            "window_panes: record of key {:?} at {} has {} features, the \
+                             window configuration {}",
+                            r.key,
+                            r.time,
+                            r.x.len(),
+                            features
+                        );
+                        counts.records += 1;
+                        match watermark.admit(r.time, window.late_at(r.time)) {
+                            Admission::Admit => {
+                                let entry = acc
+                                    .entry((r.key.clone(), window.bucket_start(r.time)))
+                                    .or_insert_with(|| {
+                                        (r.time, r.time, Stats::with_features(features))
+                                    });
+                                entry.0 = entry.0.min(r.time);
+                                entry.1 = entry.1.max(r.time);
+                                entry.2.add_row(&r.z());
+                            }
+                            admission => {
+                                if admission == Admission::Late {
+                                    counts.late += 1;
+                                } else {
+                                    counts.too_far += 1;
+                                }
+                                aside.push(SetAside {
+                                    ts: r.time,
+                                    key: r.key,
+                                    x: r.x,
+                                    y: r.y,
+                                    reason: admission.reason().to_owned(),
+                                    watermark: watermark.current(),
+                                });
+                            }
+                        }
+                    }
+                    let at = cap.delayed(&epoch);
+                    let mut session = output.session(&at);
+                    for ((key, bucket), (first, last, stats)) in acc {
+                        let pane = if window.is_session() {
+                            Pane {
+                                start: first,
+                                end: last + 1,
+                            }
+                        } else {
+                            Pane {
+                                start: bucket,
+                                end: bucket + window.bucket(),
+                            }
+                        };
+                        session.give(PaneOut::Pane(((key, pane), epoch, stats)));
+                    }
+                    session.give_iterator(aside.into_iter().map(PaneOut::Aside));
+                    session.give(PaneOut::Progress(Progress {
+                        worker,
+                        max_seen: watermark.max_seen,
+                        counts,
+                        checkpoint: false,
+                    }));
+                }
+                match frontier.frontier().iter().next() {
+                    Some(time) => cap.downgrade(time),
+                    None if pending.is_empty() => {
+                        // The input has ended: this worker will admit nothing more.
+                        output.session(&*cap).give(PaneOut::Progress(Progress {
+                            worker,
+                            max_seen: Time::MAX,
+                            counts: Counts::default(),
+                            checkpoint: false,
+                        }));
+                        held = None;
+                    }
+                    None => {}
+                }
+            }
+        });
+        Panes {
+            panes: stream
+                .clone()
+                .flat_map(|o| match o {
+                    PaneOut::Pane(p) => Some(p),
+                    _ => None,
+                })
+                .as_collection(),
+            control: stream.clone().flat_map(|o| match o {
+                PaneOut::Progress(p) => Some(Control::Progress(p)),
+                _ => None,
+            }),
+            aside: stream.flat_map(|o| match o {
+                PaneOut::Aside(a) => Some(a),
+                _ => None,
+            }),
+        }
+    }
+}
+
+/// A record as differential data: `z = [x₁ … x_d, y]`, numbers ordered by
+/// [`f64::total_cmp`] (so that equality, order and consolidation agree).
+///
+/// ```
+/// use tributary::Record;
+/// use tributary::operators::Row;
+///
+/// let record = Record { time: 5, key: "a".into(), x: vec![1.0, 2.0], y: 3.0 };
+/// let row = Row::from(record);
+/// assert_eq!(row.z, vec![1.0, 2.0, 3.0]);
+/// assert!(Row { z: vec![-0.0], ..row.clone() } < Row { z: vec![0.0], ..row });
+/// ```
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Row {
+    /// Event time (ms since the Unix epoch).
+    pub time: Time,
+    /// Key.
+    pub key: String,
+    /// Features followed by the target.
+    pub z: Vec<f64>,
+}
+
+impl From<Record> for Row {
+    fn from(r: Record) -> Self {
+        let z = r.z();
+        Row {
+            time: r.time,
+            key: r.key,
+            z,
+        }
+    }
+}
+
+impl Ord for Row {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.time
+            .cmp(&other.time)
+            .then_with(|| self.key.cmp(&other.key))
+            .then_with(|| self.z.len().cmp(&other.z.len()))
+            .then_with(|| {
+                self.z
+                    .iter()
+                    .zip(&other.z)
+                    .map(|(a, b)| a.total_cmp(b))
+                    .find(|o| o.is_ne())
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })
+    }
+}
+
+impl PartialOrd for Row {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Row {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for Row {}
+
+/// Exact per-(key, window) statistics of a changing collection of rows: an extension of
+/// differential collections of [`Row`]s.
+pub trait WindowStats<'scope, T: Timestamp> {
+    /// For every key and every tumbling or sliding `window` holding at least one row, the
+    /// statistics of the rows in it, as a collection `((key, window), stats)`. Rows may be
+    /// added and retracted at any time (a retraction of a row not present counts as a
+    /// negative row; a group whose count is not positive has no output). When rows
+    /// change, only the (key, window) groups holding them are summed again — from their
+    /// rows, so no cancellation is involved — and only their outputs change (the old
+    /// statistics retracted, the new ones added). Every window stays revisable: the rows
+    /// are kept, there is no watermark (see [`WindowPanes`] for the streaming path).
+    ///
+    /// Panics on session windows, which depend on the rows of the whole key.
+    fn window_stats(
+        self,
+        window: WindowSpec,
+    ) -> VecCollection<'scope, T, ((String, Window), Stats), isize>;
+
+    /// [`window_stats`](Self::window_stats) with an operator name.
+    fn window_stats_named(
+        self,
+        name: &str,
+        window: WindowSpec,
+    ) -> VecCollection<'scope, T, ((String, Window), Stats), isize>;
+}
+
+impl<'scope, T> WindowStats<'scope, T> for VecCollection<'scope, T, Row, isize>
+where
+    T: Timestamp + Lattice + timely::ExchangeData,
+{
+    fn window_stats(
+        self,
+        window: WindowSpec,
+    ) -> VecCollection<'scope, T, ((String, Window), Stats), isize> {
+        self.window_stats_named("WindowStats", window)
+    }
+
+    fn window_stats_named(
+        self,
+        name: &str,
+        window: WindowSpec,
+    ) -> VecCollection<'scope, T, ((String, Window), Stats), isize> {
+        assert!(
+            !window.is_session(),
+            "window_stats: {window} windows are not supported (tumbling or sliding only)"
+        );
+        self.flat_map(move |row: Row| {
+            window
+                .windows_of_pane(window.bucket_start(row.time))
+                .map(move |w| ((row.key.clone(), w), row.clone()))
+        })
+        .reduce_named(name, |_group, rows, output| {
+            let mut total = Stats::zero();
+            for (row, count) in rows {
+                let mut one = Stats::of_row(&row.z);
+                if *count < 0 {
+                    one.negate();
+                }
+                for _ in 0..count.unsigned_abs() {
+                    total.plus_equals(&one);
+                }
+            }
+            if total.n > 0 {
+                output.push((total, 1));
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use differential_dataflow::difference::{IsZero, Semigroup};
+
+    use super::*;
+
+    /// Why `window_panes` takes insert-only input: retracting one row and adding another
+    /// to the same pane nets to a count of zero, which is the zero of `Stats`.
+    #[test]
+    fn equal_count_replacement_cancels() {
+        let mut change = Stats::of_row(&[1.0, 2.0]);
+        change.negate();
+        change.plus_equals(&Stats::of_row(&[5.0, 7.0]));
+        assert!(change.is_zero(), "the change of the sums is lost");
+    }
+
+    #[test]
+    fn rows_order_totally() {
+        let a = Row {
+            time: 1,
+            key: "k".into(),
+            z: vec![f64::NAN],
+        };
+        assert_eq!(a, a.clone());
+        let b = Row {
+            z: vec![1.0],
+            ..a.clone()
+        };
+        assert!(b < a, "NaN sorts above numbers in the total order");
+    }
+}

@@ -1,0 +1,332 @@
+//! `tributary launch`: a 2-process loopback cluster gives the models of a 1-worker run
+//! (and of the independent oracle); stdout stays pipeable; a child killed with kill -9
+//! makes the launcher stop the other one, name the dead one and exit non-zero; SIGTERM to
+//! the launcher stops everything. Real processes on 127.0.0.1 only, every wait bounded.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tributary");
+
+/// Longest a launched cluster may take before the test kills it and fails.
+const LIMIT: Duration = Duration::from_secs(90);
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+/// `run` arguments for a CSV file (no cluster flags).
+fn run_args(csv: &Path, d: usize, win: Win, out: &str) -> Vec<String> {
+    let mut a = strings(&["run", "-q", "--source"]);
+    a.push(format!("csv:{}", csv.display()));
+    a.extend(strings(&["--features", &feature_list(d), "--window"]));
+    a.push(win.arg());
+    a.extend(strings(&["--lateness", "1s", "--out", out]));
+    a
+}
+
+fn launch_cmd(launch: &[&str], run: &[String]) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("launch")
+        .args(launch)
+        .arg("--")
+        .args(run)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// Waits for `child` at most `limit`; on timeout kills it (and `also`) and panics.
+fn finish(mut child: Child, limit: Duration, also: &[i32]) -> Output {
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            for pid in also {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "launch did not finish within {limit:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn data(dir: &TempDir, d: usize) -> (std::path::PathBuf, Vec<Row>) {
+    let mut spec = GenSpec::new(30_000, 5, d, 77);
+    spec.disorder = 300; // within the 1 s lateness: final models do not depend on workers
+    let rows = generate(&spec);
+    let csv = dir.path("in.csv");
+    write_csv(&csv, &rows, d);
+    (csv, rows)
+}
+
+#[test]
+fn two_processes_give_the_models_of_one_worker() {
+    let dir = TempDir::new("launch-models");
+    let d = 3;
+    let win = Win::Sliding(20_000, 5_000);
+    let (csv, rows) = data(&dir, d);
+    let want = oracle(&rows, d, win, None);
+
+    let single = dir.path("w1.jsonl");
+    let r = run_engine(&dir, &run_args(&csv, d, win, &single.display().to_string()));
+    r.assert_success();
+    let reference = read_models(&single);
+    assert_models_match(&reference, &want, "-w 1 vs oracle");
+
+    let launched = dir.path("launched.jsonl");
+    let child = launch_cmd(
+        &["-n", "2", "-w", "2"],
+        &run_args(&csv, d, win, &launched.display().to_string()),
+    )
+    .spawn()
+    .unwrap();
+    let out = finish(child, LIMIT, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "launch failed: {stderr}");
+    assert!(out.stdout.is_empty(), "models went to --out, not stdout");
+    for p in [
+        "[p0] done:",
+        "[p1] done:",
+        "launch: all 2 processes finished",
+    ] {
+        assert!(stderr.contains(p), "no {p:?} on stderr: {stderr}");
+    }
+    let got = read_models(&launched);
+    assert_models_match(&got, &with_oracle_cond(&reference, &want), "launch vs -w 1");
+    assert_models_match(&got, &want, "launch vs oracle");
+}
+
+#[test]
+fn stdout_models_stay_pipeable_unless_prefixed() {
+    let dir = TempDir::new("launch-stdout");
+    let d = 2;
+    let win = Win::Tumbling(10_000);
+    let (csv, rows) = data(&dir, d);
+    let want = oracle(&rows, d, win, None);
+
+    let out = finish(
+        launch_cmd(&["-n", "2"], &run_args(&csv, d, win, "-"))
+            .spawn()
+            .unwrap(),
+        LIMIT,
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Unprefixed: every stdout line is a model, as from a single process.
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_models_match(
+        &keep_final(&parse_emissions(&text)),
+        &want,
+        "stdout vs oracle",
+    );
+
+    let out = finish(
+        launch_cmd(
+            &["-n", "2", "--prefix-stdout"],
+            &run_args(&csv, d, win, "-"),
+        )
+        .spawn()
+        .unwrap(),
+        LIMIT,
+        &[],
+    );
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(!lines.is_empty());
+    assert!(
+        lines.iter().all(|l| l.starts_with("[p0] {")),
+        "with --prefix-stdout, models come from process 0, prefixed: {:?}",
+        &lines[..3.min(lines.len())]
+    );
+    let stripped: String = lines
+        .iter()
+        .map(|l| format!("{}\n", &l[5..]))
+        .collect::<String>();
+    assert_models_match(
+        &keep_final(&parse_emissions(&stripped)),
+        &want,
+        "prefixed stdout vs oracle",
+    );
+}
+
+/// A long-running 2-process launch; returns it, its collected stderr, and the two pids
+/// (read from the launcher's `launch: process i pid N` lines).
+fn start_long_cluster(dir: &TempDir) -> (Child, Arc<Mutex<Vec<String>>>, Vec<i32>) {
+    let out = dir.path("out.jsonl");
+    let mut run = strings(&[
+        "run",
+        "-q",
+        "--source",
+        "gen:rows=500000000,keys=8,features=3,seed=3",
+        "--window",
+        "sliding:20s/5s",
+        "--out",
+    ]);
+    run.push(out.display().to_string());
+    let mut child = launch_cmd(&["-n", "2", "-w", "1", "--grace", "3s"], &run)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = Arc::clone(&lines);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pids = loop {
+        let pids: Vec<i32> = (0..2)
+            .filter_map(|i| {
+                let prefix = format!("launch: process {i} pid ");
+                lines.lock().unwrap().iter().find_map(|l| {
+                    l.strip_prefix(&prefix)?
+                        .split_whitespace()
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+            })
+            .collect();
+        if pids.len() == 2 {
+            break pids;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the launcher did not print two pids: {:?}", lines.lock());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // Running for real: process 0 writes models (the cluster is connected and working).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read(&out).map_or(0, |b| b.len()) == 0 {
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            let _ = child.wait();
+            for pid in &pids {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+            panic!("the cluster wrote no model: {:?}", lines.lock());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (child, lines, pids)
+}
+
+fn alive(pid: i32) -> bool {
+    // A reaped process has no /proc entry; a zombie would still count as left behind.
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn wait_until_done(child: Child, pids: &[i32]) -> std::process::ExitStatus {
+    let mut child = child;
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            for pid in pids {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+            panic!("launch did not exit within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The launcher's stderr after it exited (the reader thread reaches end of file).
+fn final_stderr(lines: &Arc<Mutex<Vec<String>>>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Arc::strong_count(lines) > 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    lines.lock().unwrap().join("\n")
+}
+
+#[test]
+fn a_killed_process_stops_the_cluster_and_is_named() {
+    let dir = TempDir::new("launch-kill");
+    let (child, lines, pids) = start_long_cluster(&dir);
+    let killed = Command::new("kill")
+        .args(["-9", &pids[1].to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = wait_until_done(child, &pids);
+    let stderr = final_stderr(&lines);
+    assert!(
+        !status.success(),
+        "launch exited 0 after a child was killed"
+    );
+    let named = format!(
+        "error: launch: process 1 (pid {}) was killed by signal 9 (SIGKILL)",
+        pids[1]
+    );
+    assert!(stderr.contains(&named), "no {named:?} in: {stderr}");
+    for pid in &pids {
+        assert!(!alive(*pid), "process {pid} left behind");
+    }
+}
+
+#[test]
+fn sigterm_to_the_launcher_stops_every_process() {
+    let dir = TempDir::new("launch-term");
+    let (child, lines, pids) = start_long_cluster(&dir);
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = wait_until_done(child, &pids);
+    let stderr = final_stderr(&lines);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("interrupted by signal 15 (SIGTERM); all 2 processes were stopped"),
+        "{stderr}"
+    );
+    for pid in &pids {
+        assert!(!alive(*pid), "process {pid} left behind");
+    }
+}
+
+#[test]
+fn cluster_flags_in_the_forwarded_command_are_refused() {
+    let out = finish(
+        launch_cmd(&["-n", "2"], &strings(&["run", "-w", "2"]))
+            .spawn()
+            .unwrap(),
+        Duration::from_secs(10),
+        &[],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("\"-w\" is the launcher's to set"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("launch: process"), "nothing is started");
+}
