@@ -445,8 +445,10 @@ pub fn ingest<'scope>(
                     }
                 }
                 None => {
-                    // A worker with no share (left) still reports that it is done.
-                    c.downgrade(&(worker as Epoch).max(first));
+                    // A worker with no share (left), or whose live source was closed while
+                    // it waited, still reports that it is done.
+                    let at = (worker as Epoch).max(first).max(*c.time());
+                    c.downgrade(&at);
                     output.session(&*c).give(IngestOut::Progress(Progress {
                         worker,
                         max_seen: Time::MAX,
