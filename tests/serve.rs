@@ -1,0 +1,692 @@
+//! Serving (docs/serving.md) with the real binary: records posted over HTTP give the
+//! oracle's models in `--out`, in `/models`, `/model` and `/predict`, and in the running
+//! estimates of open windows; `kill -9` after an answer loses nothing and counts nothing
+//! twice; errors have the documented statuses and JSON bodies; backpressure answers 503
+//! with `Retry-After` and refused records are not counted; a bounded load test; the TCP
+//! line source. Everything on 127.0.0.1, bounded in time, processes killed on drop.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tributary");
+
+/// Longest wait for anything asynchronous (server ready, models caught up).
+const WAIT: Duration = Duration::from_secs(60);
+
+static STARTS: AtomicUsize = AtomicUsize::new(0);
+
+// ---------------------------------------------------------------------------------------
+// HTTP client
+// ---------------------------------------------------------------------------------------
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .new_agent()
+}
+
+/// A complete answer.
+#[derive(Debug, Clone)]
+struct Resp {
+    status: u16,
+    retry_after: Option<String>,
+    content_type: Option<String>,
+    body: String,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "answer (status {}) is not JSON ({e}): {}",
+                self.status, self.body
+            )
+        })
+    }
+    /// Asserts the documented error shape `{"error": "..."}` with this status.
+    fn assert_error(&self, status: u16, what: &str) -> Value {
+        assert_eq!(self.status, status, "{what}: status; body: {}", self.body);
+        let v = self.json();
+        let msg = v["error"].as_str().unwrap_or_else(|| {
+            panic!("{what}: error answer without an \"error\" string: {}", self.body)
+        });
+        assert!(!msg.is_empty(), "{what}: empty error message");
+        v
+    }
+}
+
+fn finish(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Resp, String> {
+    let mut r = r.map_err(|e| e.to_string())?;
+    let header = |name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let retry_after = header("retry-after");
+    let content_type = header("content-type");
+    let status = r.status().as_u16();
+    let body = r
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_string()
+        .map_err(|e| e.to_string())?;
+    Ok(Resp {
+        status,
+        retry_after,
+        content_type,
+        body,
+    })
+}
+
+fn http_get(agent: &ureq::Agent, url: &str) -> Result<Resp, String> {
+    finish(agent.get(url).call())
+}
+
+fn http_post(
+    agent: &ureq::Agent,
+    url: &str,
+    content_type: Option<&str>,
+    body: &str,
+) -> Result<Resp, String> {
+    let mut req = agent.post(url);
+    if let Some(ct) = content_type {
+        req = req.header("Content-Type", ct);
+    }
+    finish(req.send(body))
+}
+
+// ---------------------------------------------------------------------------------------
+// The server process
+// ---------------------------------------------------------------------------------------
+
+/// A running `tributary run --serve`: killed (SIGKILL) on drop.
+struct Server {
+    child: Option<Child>,
+    addr: String,
+    stderr: PathBuf,
+    agent: ureq::Agent,
+}
+
+impl Server {
+    /// Starts the binary with `args` (which must include `--serve 127.0.0.1:0`) and waits
+    /// until it says where it serves.
+    fn start(dir: &TempDir, args: &[String]) -> Server {
+        let n = STARTS.fetch_add(1, Ordering::SeqCst);
+        let stderr = dir.path(&format!("server-{n}.stderr"));
+        let child = Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+        let mut server = Server {
+            child: Some(child),
+            addr: String::new(),
+            stderr,
+            agent: agent(),
+        };
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let text = server.stderr_text();
+            if let Some(rest) = text.split("tributary: serving on http://").nth(1) {
+                server.addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
+                break;
+            }
+            if let Some(status) = server.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("server exited ({status}) before serving\nargs: {args:?}\nstderr:\n{text}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server not ready within {WAIT:?}\nargs: {args:?}\nstderr:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Ready means answering, too.
+        let health = server.get("/healthz");
+        assert_eq!(health.status, 200, "healthz: {}", health.body);
+        assert_eq!(health.json()["status"], "ok", "healthz: {}", health.body);
+        server
+    }
+
+    fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn fail(&self, what: &str) -> ! {
+        panic!("{what}\nserver stderr:\n{}", self.stderr_text())
+    }
+
+    fn get(&self, path: &str) -> Resp {
+        http_get(&self.agent, &self.url(path))
+            .unwrap_or_else(|e| self.fail(&format!("GET {path}: {e}")))
+    }
+
+    fn post(&self, path: &str, content_type: Option<&str>, body: &str) -> Resp {
+        http_post(&self.agent, &self.url(path), content_type, body)
+            .unwrap_or_else(|e| self.fail(&format!("POST {path}: {e}")))
+    }
+
+    /// Posts records; asserts they are all accepted; returns the batch number.
+    fn post_rows(&self, rows: &[Row], d: usize, jsonl: bool) -> u64 {
+        let r = post_rows(&self.agent, &self.url("/data"), rows, d, jsonl)
+            .unwrap_or_else(|e| self.fail(&format!("POST /data: {e}")));
+        if r.status != 200 {
+            self.fail(&format!("POST /data: status {}: {}", r.status, r.body));
+        }
+        let v = r.json();
+        assert_eq!(v["accepted"], rows.len() as u64, "answer {}", r.body);
+        assert_eq!(v["rejected"], 0, "answer {}", r.body);
+        assert_eq!(v["errors"], Value::Array(vec![]), "answer {}", r.body);
+        v["batch"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no batch number in {}", r.body))
+    }
+
+    /// Polls `check` until it gives a value; panics with its last complaint and the
+    /// server's stderr after `WAIT`.
+    fn wait_for<T>(&self, what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match check() {
+                Ok(v) => return v,
+                Err(why) => {
+                    if Instant::now() > deadline {
+                        self.fail(&format!("{what}: not within {WAIT:?}: {why}"));
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// kill -9, and wait for the process to be gone.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The value of an unlabelled (or exactly labelled) metric line of `/metrics`.
+    fn metric(&self, name: &str) -> Option<f64> {
+        metric_value(&self.get("/metrics").body, name)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (n, v) = l.rsplit_once(' ')?;
+            (n == name).then(|| v.parse().ok())?
+        })
+}
+
+fn body_of(rows: &[Row], d: usize, jsonl: bool) -> String {
+    if jsonl {
+        let mut s = String::new();
+        for r in rows {
+            s.push_str(&jsonl_line(r));
+            s.push('\n');
+        }
+        s
+    } else {
+        csv_text(rows, d)
+    }
+}
+
+fn post_rows(
+    agent: &ureq::Agent,
+    url: &str,
+    rows: &[Row],
+    d: usize,
+    jsonl: bool,
+) -> Result<Resp, String> {
+    let ct = if jsonl {
+        "application/x-ndjson"
+    } else {
+        "text/csv"
+    };
+    http_post(agent, url, Some(ct), &body_of(rows, d, jsonl))
+}
+
+/// `tributary run --source http --serve 127.0.0.1:0 ...`
+fn http_args(out: &Path, d: usize, win: Win, lateness_ms: i64, workers: usize) -> Vec<String> {
+    vec![
+        "run".into(),
+        "-q".into(),
+        "--source".into(),
+        "http".into(),
+        "--serve".into(),
+        "127.0.0.1:0".into(),
+        "--time".into(),
+        "ts".into(),
+        "--key".into(),
+        "key".into(),
+        "--features".into(),
+        feature_list(d),
+        "--target".into(),
+        "y".into(),
+        "--window".into(),
+        win.arg(),
+        "--lateness".into(),
+        format!("{lateness_ms}ms"),
+        "--out".into(),
+        out.display().to_string(),
+        "-w".into(),
+        workers.to_string(),
+    ]
+}
+
+fn with(mut args: Vec<String>, extra: &[&str]) -> Vec<String> {
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// The sentinel key: records of it only push the watermark; excluded from comparisons.
+const SENTINEL: &str = "zz";
+
+fn sentinel(ts: i64, d: usize) -> Row {
+    Row {
+        ts,
+        key: SENTINEL.into(),
+        x: vec![0.0; d],
+        y: 0.0,
+    }
+}
+
+/// Posts the sentinel once per worker, in separate posts (so every worker sees it).
+fn post_sentinels(server: &Server, ts: i64, d: usize, workers: usize) {
+    for _ in 0..workers {
+        server.post_rows(&[sentinel(ts, d)], d, false);
+    }
+}
+
+/// A time past every window of `rows` plus the lateness: posting it closes them all.
+fn closing_time(want: &BTreeMap<WinKey, Model>, lateness_ms: i64) -> i64 {
+    want.keys().map(|k| k.2).max().unwrap() + lateness_ms + 1000
+}
+
+fn without_sentinel(models: BTreeMap<WinKey, Model>) -> BTreeMap<WinKey, Model> {
+    models.into_iter().filter(|(k, _)| k.0 != SENTINEL).collect()
+}
+
+/// Polls `--out` until its final models cover exactly the oracle's windows (excluding
+/// the sentinel key), then returns them.
+fn wait_for_out(server: &Server, out: &Path, want: &BTreeMap<WinKey, Model>) -> BTreeMap<WinKey, Model> {
+    let wanted: BTreeSet<&WinKey> = want.keys().collect();
+    server.wait_for("--out has every final window", || {
+        let got = without_sentinel(read_models(out));
+        let have: BTreeSet<&WinKey> = got.keys().collect();
+        if wanted.is_subset(&have) {
+            Ok(got)
+        } else {
+            Err(format!(
+                "{} of {} windows final in --out; first missing: {:?}",
+                wanted.intersection(&have).count(),
+                wanted.len(),
+                wanted.difference(&have).next()
+            ))
+        }
+    })
+}
+
+/// A served model line (`final` or `open` of `/model`) parsed like an `--out` line.
+fn served(v: &Value) -> Option<Emission> {
+    if v.is_null() {
+        return None;
+    }
+    Some(
+        parse_emissions(&v.to_string())
+            .pop()
+            .expect("one model line"),
+    )
+}
+
+/// The served models of every key: key -> (final, open).
+fn served_models(server: &Server) -> (i64, BTreeMap<String, (Option<Emission>, Option<Emission>)>) {
+    let r = server.get("/models");
+    assert_eq!(r.status, 200, "/models: {}", r.body);
+    let v = r.json();
+    let watermark = v["watermark"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("/models without a watermark: {}", r.body));
+    let mut out = BTreeMap::new();
+    for m in v["models"]
+        .as_array()
+        .unwrap_or_else(|| panic!("/models without models: {}", r.body))
+    {
+        let key = m["key"].as_str().expect("key").to_owned();
+        let fin = served(&m["final"]);
+        let open = served(&m["open"]);
+        if let Some(f) = &fin {
+            assert!(f.model.is_final, "final of {key} is not final: {m}");
+            assert_eq!(f.key.0, key);
+        }
+        if let Some(o) = &open {
+            assert!(!o.model.is_final, "open of {key} says final: {m}");
+            assert_eq!(o.key.0, key);
+        }
+        out.insert(key, (fin, open));
+    }
+    (watermark, out)
+}
+
+/// One model as a map, for `assert_models_match`.
+fn one(e: &Emission) -> BTreeMap<WinKey, Model> {
+    BTreeMap::from([(e.key.clone(), e.model.clone())])
+}
+
+fn oracle_one(rows: &[Row], key: &WinKey, d: usize, win: Win) -> BTreeMap<WinKey, Model> {
+    let groups = group_windows(rows, win);
+    let g = groups
+        .get(key)
+        .unwrap_or_else(|| panic!("oracle has no window {key:?}"));
+    BTreeMap::from([(key.clone(), solve_window(g, d, None))])
+}
+
+/// Every final revision-0 line of `--out` appears once per window (windows written final
+/// are never written again, across restarts too).
+fn assert_written_once(out: &Path) {
+    let text = std::fs::read_to_string(out).unwrap_or_default();
+    let mut seen: BTreeMap<(WinKey, u64), usize> = BTreeMap::new();
+    for e in parse_emissions(&text) {
+        if e.model.is_final {
+            *seen.entry((e.key.clone(), e.model.revision)).or_default() += 1;
+        }
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, c)| **c > 1).take(5).collect();
+    assert!(
+        twice.is_empty(),
+        "{}: windows written final more than once (first 5, with count): {twice:?}",
+        out.display()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. Oracle agreement: --out, /models, /model, /predict, running estimates
+// ---------------------------------------------------------------------------------------
+
+/// What the served state must be once the dataflow has read `posted` (data rows only),
+/// with `worker_max[w]` the largest time in the batches of worker `w`: per key, the window
+/// of the newest final model, the window of the running estimate (min end after the
+/// frontier), and the windows a provisional emission may show (end in (watermark,
+/// frontier]).
+struct Expected {
+    frontier: i64,
+    watermark: i64,
+    keys: BTreeMap<String, (Option<WinKey>, Option<WinKey>, Vec<WinKey>)>,
+}
+
+fn expected_live(posted: &[Row], worker_max: &[i64], win: Win, lateness_ms: i64) -> Expected {
+    let frontier = *worker_max.iter().min().unwrap();
+    let watermark = frontier - lateness_ms;
+    let mut keys: BTreeMap<String, (Option<WinKey>, Option<WinKey>, Vec<WinKey>)> =
+        BTreeMap::new();
+    for k in group_windows(posted, win).keys() {
+        let e = keys.entry(k.0.clone()).or_default();
+        if k.2 <= watermark {
+            // Newest final: highest end, then highest start.
+            if e.0.as_ref().is_none_or(|f| (k.2, k.1) > (f.2, f.1)) {
+                e.0 = Some(k.clone());
+            }
+        } else if k.2 > frontier {
+            if e.1.as_ref().is_none_or(|o| (k.2, k.1) < (o.2, o.1)) {
+                e.1 = Some(k.clone());
+            }
+        } else {
+            e.2.push(k.clone());
+        }
+    }
+    Expected {
+        frontier,
+        watermark,
+        keys,
+    }
+}
+
+/// Waits until `/models` shows, for every key, the expected final window and an open
+/// window that is the expected estimate (or a provisional emission) with the n of the
+/// records posted so far; then compares both with the oracle: finals on all rows (`all`:
+/// a closed window has all its records), the open one on the rows posted so far.
+fn check_live(
+    server: &Server,
+    posted: &[Row],
+    all: &[Row],
+    worker_max: &[i64],
+    win: Win,
+    lateness_ms: i64,
+    d: usize,
+    ctx: &str,
+) {
+    let exp = expected_live(posted, worker_max, win, lateness_ms);
+    let posted_groups = group_windows(posted, win);
+    let (watermark, models) = server.wait_for(&format!("{ctx}: live models"), || {
+        let (watermark, models) = served_models(server);
+        for (key, (fin, open, provisional)) in &exp.keys {
+            let Some((sf, so)) = models.get(key) else {
+                return Err(format!("no models for key {key}"));
+            };
+            if sf.as_ref().map(|e| &e.key) != fin.as_ref() {
+                return Err(format!(
+                    "key {key}: final window {:?}, expected {fin:?}",
+                    sf.as_ref().map(|e| &e.key)
+                ));
+            }
+            let Some(so) = so else {
+                return Err(format!("key {key}: no open model, expected {open:?}"));
+            };
+            if Some(&so.key) != open.as_ref() && !provisional.contains(&so.key) {
+                return Err(format!(
+                    "key {key}: open window {:?}, expected {open:?} (or provisional {provisional:?})",
+                    so.key
+                ));
+            }
+            let n = posted_groups[&so.key].len();
+            if so.model.n != n {
+                return Err(format!(
+                    "key {key}: open window {:?} has n {}, {n} posted",
+                    so.key, so.model.n
+                ));
+            }
+        }
+        Ok(served_models(server))
+    });
+    assert_eq!(
+        watermark, exp.watermark,
+        "{ctx}: served watermark (frontier {})",
+        exp.frontier
+    );
+    for (key, (fin, _, _)) in &exp.keys {
+        let (sf, so) = &models[key];
+        if let (Some(f), Some(wk)) = (sf, fin) {
+            assert_models_match(
+                &one(f),
+                &oracle_one(all, wk, d, win),
+                &format!("{ctx}: /models final of {key}"),
+            );
+        }
+        let o = so.as_ref().unwrap();
+        // The running estimate is not final: compare everything but the flag.
+        let mut got = one(o);
+        got.values_mut().for_each(|m| m.is_final = true);
+        assert_models_match(
+            &got,
+            &oracle_one(posted, &o.key, d, win),
+            &format!("{ctx}: /models open of {key} (running estimate on the records posted so far)"),
+        );
+        // /model?key=K says the same.
+        let r = server.get(&format!("/model?key={key}"));
+        assert_eq!(r.status, 200, "{ctx}: /model?key={key}: {}", r.body);
+        let v = r.json();
+        assert_eq!(v["key"], key.as_str());
+        assert_eq!(
+            served(&v["open"]).map(|e| e.key),
+            Some(o.key.clone()),
+            "{ctx}: /model?key={key} open differs from /models: {}",
+            r.body
+        );
+    }
+}
+
+fn predict_tol(coef: &[f64], x: &[f64]) -> f64 {
+    let scale = coef.iter().map(|c| c.abs()).fold(1.0, f64::max);
+    COEF_TOL * scale * (1.0 + x.iter().map(|v| v.abs()).sum::<f64>())
+}
+
+fn oracle_agreement(workers: usize, win: Win, name: &str) {
+    let started = Instant::now();
+    let d = 3;
+    let lateness = 1000;
+    let mut spec = GenSpec::new(20_000, 4, d, 11 + workers as u64);
+    spec.disorder = 500;
+    let rows = generate(&spec);
+    let want = oracle(&rows, d, win, None);
+    let dir = TempDir::new(name);
+    let out = dir.path("models.jsonl");
+    let server = Server::start(&dir, &http_args(&out, d, win, lateness, workers));
+
+    let chunks: Vec<&[Row]> = rows.chunks(1000).collect();
+    let mut worker_max = vec![i64::MIN; workers];
+    let mut posted = 0;
+    for (i, chunk) in chunks.iter().enumerate() {
+        let batch = server.post_rows(chunk, d, i % 2 == 1);
+        assert_eq!(batch, i as u64, "{name}: batch numbers count the posts");
+        let w = i % workers;
+        worker_max[w] = worker_max[w].max(chunk.iter().map(|r| r.ts).max().unwrap());
+        posted += chunk.len();
+        if i + 1 == chunks.len() / 2 || i + 1 == chunks.len() {
+            check_live(
+                &server,
+                &rows[..posted],
+                &rows,
+                &worker_max,
+                win,
+                lateness,
+                d,
+                &format!("{name}: after {} posts", i + 1),
+            );
+        }
+    }
+
+    post_sentinels(&server, closing_time(&want, lateness), d, workers);
+
+    // (a) --out: the final models equal the oracle's windows.
+    let got = wait_for_out(&server, &out, &want);
+    assert_models_match(&got, &want, &format!("{name}: --out"));
+    assert_written_once(&out);
+
+    // (b) /models and /model: each key's newest window, final, equal to the oracle.
+    let mut newest: BTreeMap<String, WinKey> = BTreeMap::new();
+    for k in want.keys() {
+        let e = newest.entry(k.0.clone()).or_insert_with(|| k.clone());
+        if (k.2, k.1) > (e.2, e.1) {
+            *e = k.clone();
+        }
+    }
+    let (_, models) = server.wait_for(&format!("{name}: /models final"), || {
+        let (w, m) = served_models(&server);
+        for (key, wk) in &newest {
+            let f = m.get(key).and_then(|(f, _)| f.as_ref()).map(|e| &e.key);
+            if f != Some(wk) {
+                return Err(format!("key {key}: final {f:?}, expected {wk:?}"));
+            }
+        }
+        Ok((w, m))
+    });
+    for (key, wk) in &newest {
+        let want_one = BTreeMap::from([(wk.clone(), want[wk].clone())]);
+        let f = models[key].0.as_ref().unwrap();
+        assert_models_match(&one(f), &want_one, &format!("{name}: /models final of {key}"));
+        let r = server.get(&format!("/model?key={key}"));
+        assert_eq!(r.status, 200, "/model?key={key}: {}", r.body);
+        let v = r.json();
+        assert_eq!(v["key"], key.as_str(), "{}", r.body);
+        let f = served(&v["final"]).unwrap_or_else(|| panic!("no final in {}", r.body));
+        assert_models_match(&one(&f), &want_one, &format!("{name}: /model?key={key}"));
+
+        // (c) /predict, one row and several, from the oracle's coefficients.
+        let coef = want[wk].coef.clone().expect("determined window");
+        let yhat = |x: &[f64]| coef[0] + x.iter().zip(&coef[1..]).map(|(a, b)| a * b).sum::<f64>();
+        let x = vec![0.25, -0.5, 0.75];
+        let r = server.post(
+            "/predict",
+            Some("application/json"),
+            &serde_json::json!({"key": key, "x": x}).to_string(),
+        );
+        assert_eq!(r.status, 200, "/predict {key}: {}", r.body);
+        let v = r.json();
+        assert_eq!(v["key"], key.as_str(), "{}", r.body);
+        assert_eq!(v["window_start"], wk.1, "/predict names the window: {}", r.body);
+        assert_eq!(v["window_end"], wk.2, "/predict names the window: {}", r.body);
+        let p = v["prediction"].as_f64().unwrap_or_else(|| panic!("{}", r.body));
+        assert!(
+            (p - yhat(&x)).abs() <= predict_tol(&coef, &x),
+            "{name}: /predict {key} x={x:?}: {p} vs oracle {}",
+            yhat(&x)
+        );
+        let rows_x = vec![vec![0.0, 0.0, 0.0], vec![1.0, -1.0, 0.5], vec![-0.9, 0.3, 0.1]];
+        let r = server.post(
+            "/predict",
+            None,
+            &serde_json::json!({"key": key, "rows": rows_x}).to_string(),
+        );
+        assert_eq!(r.status, 200, "/predict rows {key}: {}", r.body);
+        let v = r.json();
+        assert_eq!(v["window_start"], wk.1, "{}", r.body);
+        assert_eq!(v["window_end"], wk.2, "{}", r.body);
+        let ps = v["predictions"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no predictions: {}", r.body));
+        assert_eq!(ps.len(), rows_x.len(), "{}", r.body);
+        for (p, x) in ps.iter().zip(&rows_x) {
+            let p = p.as_f64().unwrap();
+            assert!(
+                (p - yhat(x)).abs() <= predict_tol(&coef, x),
+                "{name}: /predict rows {key} x={x:?}: {p} vs oracle {}",
+                yhat(x)
+            );
+        }
+    }
+    eprintln!(
+        "{name}: {} windows, {} rows, {:?}",
+        want.len(),
+        rows.len(),
+        started.elapsed()
+    );
+}
+
+#[test]
+fn posted_records_give_the_oracle_models_one_worker() {
+    oracle_agreement(1, Win::Tumbling(10_000), "oracle-w1");
+}
+
+#[test]
+fn posted_records_give_the_oracle_models_two_workers() {
+    oracle_agreement(2, Win::Sliding(20_000, 10_000), "oracle-w2");
+}
