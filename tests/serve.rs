@@ -690,3 +690,160 @@ fn posted_records_give_the_oracle_models_one_worker() {
 fn posted_records_give_the_oracle_models_two_workers() {
     oracle_agreement(2, Win::Sliding(20_000, 10_000), "oracle-w2");
 }
+
+// ---------------------------------------------------------------------------------------
+// 2. kill -9 right after an answer: nothing accepted is lost, nothing counted twice
+// ---------------------------------------------------------------------------------------
+
+/// Asserts that, right after a (re)start and before any post, `/model?key=K` answers every
+/// key of `seen` with a final model at least as new as the one seen before the kill, and
+/// equal to the oracle's model of its window.
+fn assert_models_kept(
+    server: &Server,
+    seen: &BTreeMap<String, WinKey>,
+    want: &BTreeMap<WinKey, Model>,
+    ctx: &str,
+) {
+    for (key, before) in seen {
+        let r = server.get(&format!("/model?key={key}"));
+        assert_eq!(
+            r.status,
+            200,
+            "{ctx}: /model?key={key} right after the restart: {}\nstderr:\n{}",
+            r.body,
+            server.stderr_text()
+        );
+        let f = served(&r.json()["final"])
+            .unwrap_or_else(|| panic!("{ctx}: /model?key={key}: no final model: {}", r.body));
+        assert!(
+            (f.key.2, f.key.1) >= (before.2, before.1),
+            "{ctx}: /model?key={key} after the restart serves {:?}, older than {before:?} served before the kill",
+            f.key
+        );
+        let w = want
+            .get(&f.key)
+            .unwrap_or_else(|| panic!("{ctx}: served window {:?} is not an oracle window", f.key));
+        assert_models_match(
+            &one(&f),
+            &BTreeMap::from([(f.key.clone(), w.clone())]),
+            &format!("{ctx}: /model?key={key} after the restart"),
+        );
+    }
+}
+
+/// The epoch of `tributary: resuming from checkpoint epoch E` on the server's stderr.
+fn resumed_epoch(server: &Server) -> u64 {
+    let text = server.stderr_text();
+    text.split("resuming from checkpoint epoch ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|e| e.parse().ok())
+        .unwrap_or_else(|| server.fail("the restart did not resume from a checkpoint"))
+}
+
+/// After a restart: it resumed from a checkpoint epoch `E` (stderr), and its ingest log
+/// holds exactly the batches after `E` (read again), numbered on from the last one.
+fn assert_replays_log_tail(server: &Server, sizes: &[usize], ctx: &str) {
+    let epoch = resumed_epoch(server) as usize;
+    assert!(
+        epoch + 1 < sizes.len(),
+        "{ctx}: resumed from epoch {epoch}, but {} batches were posted: the last post, \
+         answered right before the kill, is not covered by a checkpoint yet",
+        sizes.len()
+    );
+    let h = server.get("/healthz");
+    let v = h.json();
+    let tail: usize = sizes[epoch + 1..].iter().sum();
+    assert_eq!(
+        v["ingest"]["next_batch"], sizes.len(),
+        "{ctx}: the ingest log numbers on: {}",
+        h.body
+    );
+    assert_eq!(
+        v["ingest"]["appended"], tail,
+        "{ctx}: the log holds the records of batches after epoch {epoch}: {}",
+        h.body
+    );
+    eprintln!("kill9: {ctx} resumed from epoch {epoch}, replays {tail} records; healthz {}", h.body);
+}
+
+#[test]
+fn kill_9_after_an_answer_loses_nothing_and_counts_nothing_twice() {
+    let d = 3;
+    let lateness = 1000;
+    let workers = 2;
+    let win = Win::Tumbling(10_000);
+    let mut spec = GenSpec::new(12_000, 3, d, 23);
+    spec.disorder = 500;
+    let rows = generate(&spec);
+    let want = oracle(&rows, d, win, None);
+    let dir = TempDir::new("kill9");
+    let out = dir.path("models.jsonl");
+    let ckpt = dir.path("ckpt");
+    let args = with(
+        http_args(&out, d, win, lateness, workers),
+        &[
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--checkpoint-every",
+            "50ms",
+        ],
+    );
+    let chunks: Vec<&[Row]> = rows.chunks(1000).collect();
+    let kills_after = [3usize, 7]; // kill right after the answer to post number 3 and 7
+    let mut next = 0;
+    let mut seen: BTreeMap<String, WinKey> = BTreeMap::new();
+    // Records of each ingest-log batch posted so far, by batch number.
+    let mut sizes: Vec<usize> = Vec::new();
+    for (round, &kill_after) in kills_after.iter().enumerate() {
+        let mut server = Server::start(&dir, &args);
+        if round > 0 {
+            assert_models_kept(&server, &seen, &want, &format!("restart {round}"));
+            assert_replays_log_tail(&server, &sizes, &format!("restart {round}"));
+        }
+        while next < kill_after {
+            let batch = server.post_rows(chunks[next], d, next % 2 == 0);
+            assert_eq!(batch as usize, sizes.len(), "batch numbers go on across restarts");
+            sizes.push(chunks[next].len());
+            next += 1;
+            // Spaced posts, so that checkpoint epochs (every 50 ms) fall on them.
+            std::thread::sleep(Duration::from_millis(60));
+        }
+        // Before the kill, let the server show a final model for every key, so that the
+        // restart has something to serve at once.
+        seen = server.wait_for(&format!("round {round}: finals before the kill"), || {
+            let (_, m) = served_models(&server);
+            let keys: BTreeSet<String> = rows[..next * 1000].iter().map(|r| r.key.clone()).collect();
+            let mut out = BTreeMap::new();
+            for key in keys {
+                match m.get(&key).and_then(|(f, _)| f.as_ref()) {
+                    Some(f) if f.key.2 > seen.get(&key).map_or(i64::MIN, |s| s.2) => {
+                        out.insert(key, f.key.clone());
+                    }
+                    other => return Err(format!("key {key}: final {:?}", other.map(|e| &e.key))),
+                }
+            }
+            Ok(out)
+        });
+        // One more post; kill -9 as soon as it is answered.
+        let batch = server.post_rows(chunks[next], d, next % 2 == 0);
+        assert_eq!(batch as usize, sizes.len());
+        sizes.push(chunks[next].len());
+        next += 1;
+        server.kill();
+        eprintln!("kill9: killed after post {next}; finals served before: {seen:?}");
+    }
+    let server = Server::start(&dir, &args);
+    assert_models_kept(&server, &seen, &want, "last restart");
+    assert_replays_log_tail(&server, &sizes, "last restart");
+    while next < chunks.len() {
+        server.post_rows(chunks[next], d, next % 2 == 0);
+        next += 1;
+    }
+    post_sentinels(&server, closing_time(&want, lateness), d, workers);
+    let got = wait_for_out(&server, &out, &want);
+    assert_models_match(&got, &want, "kill9: --out after two kill -9 (exactly once: n)");
+    assert_written_once(&out);
+    let total: usize = got.values().map(|m| m.n).sum();
+    assert_eq!(total, rows.len(), "kill9: records over the final windows");
+}
