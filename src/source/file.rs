@@ -14,6 +14,10 @@ use super::lines::{FileFormat, LineParser};
 use super::{BLOCK_BYTES, Malformed, RecordSink, SourceError};
 use crate::record::Schema;
 
+/// The most the kernel maps about a faulting page of a file mapping (Linux's default
+/// `fault_around_bytes`).
+const FAULT_AROUND: usize = 64 << 10;
+
 /// One worker's share of a file.
 pub struct FileReader {
     path: String,
@@ -113,14 +117,19 @@ impl FileReader {
             return Ok(());
         };
         let result = self.read_block(&map, k, sink);
-        // The block's pages are not needed again: drop them from this process's resident
-        // set (they stay in the page cache), so memory does not grow with the file.
+        // The block's pages are not needed again: drop them from this worker's mapping
+        // (they stay in the page cache), so memory does not grow with the file. Finding
+        // the block's bounds touched a page on each side of it, and the kernel's
+        // fault-around mapped up to `FAULT_AROUND` bytes about each touched page: pages of
+        // the neighbouring blocks, which other workers read through their own mappings.
+        // They are dropped too (this mapping only), or they would stay for the whole run.
         let (start, end) = (
             Self::block_start(&map, self.data_start, k),
             Self::block_start(&map, self.data_start, k + 1),
         );
         let page = 4096;
-        let (from, to) = (start.div_ceil(page) * page, end / page * page);
+        let from = start.saturating_sub(FAULT_AROUND + page) / page * page;
+        let to = (end + FAULT_AROUND + page).min(map.len());
         if to > from {
             // SAFETY: the mapping is private and read-only; dropped pages of a file
             // mapping are read back from the file if touched again.
