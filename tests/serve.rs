@@ -60,7 +60,10 @@ impl Resp {
         assert_eq!(self.status, status, "{what}: status; body: {}", self.body);
         let v = self.json();
         let msg = v["error"].as_str().unwrap_or_else(|| {
-            panic!("{what}: error answer without an \"error\" string: {}", self.body)
+            panic!(
+                "{what}: error answer without an \"error\" string: {}",
+                self.body
+            )
         });
         assert!(!msg.is_empty(), "{what}: empty error message");
         v
@@ -144,7 +147,11 @@ impl Server {
         loop {
             let text = server.stderr_text();
             if let Some(rest) = text.split("tributary: serving on http://").nth(1) {
-                server.addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
+                server.addr = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
                 break;
             }
             if let Some(status) = server.child.as_mut().unwrap().try_wait().unwrap() {
@@ -239,12 +246,10 @@ impl Drop for Server {
 }
 
 fn metric_value(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (n, v) = l.rsplit_once(' ')?;
-            (n == name).then(|| v.parse().ok())?
-        })
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (n, v) = l.rsplit_once(' ')?;
+        (n == name).then(|| v.parse().ok())?
+    })
 }
 
 fn body_of(rows: &[Row], d: usize, jsonl: bool) -> String {
@@ -333,12 +338,19 @@ fn closing_time(want: &BTreeMap<WinKey, Model>, lateness_ms: i64) -> i64 {
 }
 
 fn without_sentinel(models: BTreeMap<WinKey, Model>) -> BTreeMap<WinKey, Model> {
-    models.into_iter().filter(|(k, _)| k.0 != SENTINEL).collect()
+    models
+        .into_iter()
+        .filter(|(k, _)| k.0 != SENTINEL)
+        .collect()
 }
 
 /// Polls `--out` until its final models cover exactly the oracle's windows (excluding
 /// the sentinel key), then returns them.
-fn wait_for_out(server: &Server, out: &Path, want: &BTreeMap<WinKey, Model>) -> BTreeMap<WinKey, Model> {
+fn wait_for_out(
+    server: &Server,
+    out: &Path,
+    want: &BTreeMap<WinKey, Model>,
+) -> BTreeMap<WinKey, Model> {
     let wanted: BTreeSet<&WinKey> = want.keys().collect();
     server.wait_for("--out has every final window", || {
         let got = without_sentinel(read_models(out));
@@ -446,8 +458,7 @@ struct Expected {
 fn expected_live(posted: &[Row], worker_max: &[i64], win: Win, lateness_ms: i64) -> Expected {
     let frontier = *worker_max.iter().min().unwrap();
     let watermark = frontier - lateness_ms;
-    let mut keys: BTreeMap<String, (Option<WinKey>, Option<WinKey>, Vec<WinKey>)> =
-        BTreeMap::new();
+    let mut keys: BTreeMap<String, (Option<WinKey>, Option<WinKey>, Vec<WinKey>)> = BTreeMap::new();
     for k in group_windows(posted, win).keys() {
         let e = keys.entry(k.0.clone()).or_default();
         if k.2 <= watermark {
@@ -515,7 +526,7 @@ fn check_live(
                 ));
             }
         }
-        Ok(served_models(server))
+        Ok((watermark, models))
     });
     assert_eq!(
         watermark, exp.watermark,
@@ -538,7 +549,9 @@ fn check_live(
         assert_models_match(
             &got,
             &oracle_one(posted, &o.key, d, win),
-            &format!("{ctx}: /models open of {key} (running estimate on the records posted so far)"),
+            &format!(
+                "{ctx}: /models open of {key} (running estimate on the records posted so far)"
+            ),
         );
         // /model?key=K says the same.
         let r = server.get(&format!("/model?key={key}"));
@@ -622,7 +635,11 @@ fn oracle_agreement(workers: usize, win: Win, name: &str) {
     for (key, wk) in &newest {
         let want_one = BTreeMap::from([(wk.clone(), want[wk].clone())]);
         let f = models[key].0.as_ref().unwrap();
-        assert_models_match(&one(f), &want_one, &format!("{name}: /models final of {key}"));
+        assert_models_match(
+            &one(f),
+            &want_one,
+            &format!("{name}: /models final of {key}"),
+        );
         let r = server.get(&format!("/model?key={key}"));
         assert_eq!(r.status, 200, "/model?key={key}: {}", r.body);
         let v = r.json();
@@ -642,15 +659,29 @@ fn oracle_agreement(workers: usize, win: Win, name: &str) {
         assert_eq!(r.status, 200, "/predict {key}: {}", r.body);
         let v = r.json();
         assert_eq!(v["key"], key.as_str(), "{}", r.body);
-        assert_eq!(v["window_start"], wk.1, "/predict names the window: {}", r.body);
-        assert_eq!(v["window_end"], wk.2, "/predict names the window: {}", r.body);
-        let p = v["prediction"].as_f64().unwrap_or_else(|| panic!("{}", r.body));
+        assert_eq!(
+            v["window_start"], wk.1,
+            "/predict names the window: {}",
+            r.body
+        );
+        assert_eq!(
+            v["window_end"], wk.2,
+            "/predict names the window: {}",
+            r.body
+        );
+        let p = v["prediction"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{}", r.body));
         assert!(
             (p - yhat(&x)).abs() <= predict_tol(&coef, &x),
             "{name}: /predict {key} x={x:?}: {p} vs oracle {}",
             yhat(&x)
         );
-        let rows_x = vec![vec![0.0, 0.0, 0.0], vec![1.0, -1.0, 0.5], vec![-0.9, 0.3, 0.1]];
+        let rows_x = vec![
+            vec![0.0, 0.0, 0.0],
+            vec![1.0, -1.0, 0.5],
+            vec![-0.9, 0.3, 0.1],
+        ];
         let r = server.post(
             "/predict",
             None,
@@ -755,7 +786,8 @@ fn assert_replays_log_tail(server: &Server, sizes: &[usize], ctx: &str) {
     let v = h.json();
     let tail: usize = sizes[epoch + 1..].iter().sum();
     assert_eq!(
-        v["ingest"]["next_batch"], sizes.len(),
+        v["ingest"]["next_batch"],
+        sizes.len(),
         "{ctx}: the ingest log numbers on: {}",
         h.body
     );
@@ -764,7 +796,10 @@ fn assert_replays_log_tail(server: &Server, sizes: &[usize], ctx: &str) {
         "{ctx}: the log holds the records of batches after epoch {epoch}: {}",
         h.body
     );
-    eprintln!("kill9: {ctx} resumed from epoch {epoch}, replays {tail} records; healthz {}", h.body);
+    eprintln!(
+        "kill9: {ctx} resumed from epoch {epoch}, replays {tail} records; healthz {}",
+        h.body
+    );
 }
 
 #[test]
@@ -803,7 +838,11 @@ fn kill_9_after_an_answer_loses_nothing_and_counts_nothing_twice() {
         }
         while next < kill_after {
             let batch = server.post_rows(chunks[next], d, next % 2 == 0);
-            assert_eq!(batch as usize, sizes.len(), "batch numbers go on across restarts");
+            assert_eq!(
+                batch as usize,
+                sizes.len(),
+                "batch numbers go on across restarts"
+            );
             sizes.push(chunks[next].len());
             next += 1;
             // Spaced posts, so that checkpoint epochs (every 50 ms) fall on them.
@@ -813,7 +852,8 @@ fn kill_9_after_an_answer_loses_nothing_and_counts_nothing_twice() {
         // restart has something to serve at once.
         seen = server.wait_for(&format!("round {round}: finals before the kill"), || {
             let (_, m) = served_models(&server);
-            let keys: BTreeSet<String> = rows[..next * 1000].iter().map(|r| r.key.clone()).collect();
+            let keys: BTreeSet<String> =
+                rows[..next * 1000].iter().map(|r| r.key.clone()).collect();
             let mut out = BTreeMap::new();
             for key in keys {
                 match m.get(&key).and_then(|(f, _)| f.as_ref()) {
@@ -842,7 +882,11 @@ fn kill_9_after_an_answer_loses_nothing_and_counts_nothing_twice() {
     }
     post_sentinels(&server, closing_time(&want, lateness), d, workers);
     let got = wait_for_out(&server, &out, &want);
-    assert_models_match(&got, &want, "kill9: --out after two kill -9 (exactly once: n)");
+    assert_models_match(
+        &got,
+        &want,
+        "kill9: --out after two kill -9 (exactly once: n)",
+    );
     assert_written_once(&out);
     let total: usize = got.values().map(|m| m.n).sum();
     assert_eq!(total, rows.len(), "kill9: records over the final windows");
@@ -867,7 +911,12 @@ fn checkpoint_epoch_reports_the_committed_checkpoint() {
     let ckpt = dir.path("ckpt");
     let args = with(
         http_args(&out, d, Win::Tumbling(10_000), 1000, 1),
-        &["--checkpoint", ckpt.to_str().unwrap(), "--checkpoint-every", "20ms"],
+        &[
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--checkpoint-every",
+            "20ms",
+        ],
     );
     let mut server = Server::start(&dir, &args);
     for chunk in rows.chunks(1000) {
@@ -881,7 +930,9 @@ fn checkpoint_epoch_reports_the_committed_checkpoint() {
     let health = server.get("/healthz");
     let metric = server.metric("tributary_checkpoint_epoch");
     assert!(
-        health.json()["checkpoint_epoch"].as_u64().is_some_and(|e| e >= epoch)
+        health.json()["checkpoint_epoch"]
+            .as_u64()
+            .is_some_and(|e| e >= epoch)
             && metric.is_some_and(|m| m >= epoch as f64),
         "ENGINE BUG: the run resumed from committed checkpoint epoch {epoch}, but /healthz \
          says {} and /metrics tributary_checkpoint_epoch {metric:?} (before the kill, \
@@ -904,7 +955,9 @@ fn line_errors(v: &Value) -> Vec<(u64, Option<String>)> {
             let msg = e["message"].as_str().unwrap_or_default();
             assert!(!msg.is_empty(), "line error without a message: {e}");
             (
-                e["line"].as_u64().unwrap_or_else(|| panic!("no line in {e}")),
+                e["line"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("no line in {e}")),
                 e["field"].as_str().map(str::to_owned),
             )
         })
@@ -937,8 +990,17 @@ fn errors_have_their_statuses_and_the_server_goes_on() {
     // accepted. Body line 1 is the header.
     let good: Vec<Row> = (0..6)
         .map(|i| {
-            let x = [i as f64 * 0.5, (i * i) as f64 * 0.1 - 1.0, 1.0 - i as f64 * 0.3];
-            row(T0 + 1000 * i, "a", &x, 1.0 + x[0] - 2.0 * x[1] + 0.5 * x[2] + 0.01 * i as f64)
+            let x = [
+                i as f64 * 0.5,
+                (i * i) as f64 * 0.1 - 1.0,
+                1.0 - i as f64 * 0.3,
+            ];
+            row(
+                T0 + 1000 * i,
+                "a",
+                &x,
+                1.0 + x[0] - 2.0 * x[1] + 0.5 * x[2] + 0.01 * i as f64,
+            )
         })
         .collect();
     let body = format!(
@@ -966,8 +1028,18 @@ fn errors_have_their_statuses_and_the_server_goes_on() {
         "line numbers of the malformed lines: {}",
         r.body
     );
-    assert_eq!(errs[0].1.as_deref(), Some("x1"), "field of line 4: {}", r.body);
-    assert_eq!(errs[2].1.as_deref(), Some("y"), "field of line 8: {}", r.body);
+    assert_eq!(
+        errs[0].1.as_deref(),
+        Some("x1"),
+        "field of line 4: {}",
+        r.body
+    );
+    assert_eq!(
+        errs[2].1.as_deref(),
+        Some("y"),
+        "field of line 8: {}",
+        r.body
+    );
     accepted.extend(good);
     rejected_total += 3;
 
@@ -990,7 +1062,12 @@ fn errors_have_their_statuses_and_the_server_goes_on() {
     let r = server.post("/data", Some("application/x-ndjson"), &body);
     assert_eq!(r.status, 200, "partly malformed JSON lines: {}", r.body);
     let v = r.json();
-    assert_eq!((v["accepted"].as_u64(), v["rejected"].as_u64()), (Some(4), Some(2)), "{}", r.body);
+    assert_eq!(
+        (v["accepted"].as_u64(), v["rejected"].as_u64()),
+        (Some(4), Some(2)),
+        "{}",
+        r.body
+    );
     assert_eq!(
         line_errors(&v),
         vec![(2, Some("x2".into())), (4, Some("x0".into()))],
@@ -1001,14 +1078,28 @@ fn errors_have_their_statuses_and_the_server_goes_on() {
     rejected_total += 2;
 
     // Nothing parses: 400, with the line errors.
-    let body = format!("{}\n{},a,x,1,2,3\n{},a,1,2\n", csv_header(d), T0 + 9000, T0 + 9100);
+    let body = format!(
+        "{}\n{},a,x,1,2,3\n{},a,1,2\n",
+        csv_header(d),
+        T0 + 9000,
+        T0 + 9100
+    );
     let r = server.post("/data", Some("text/csv"), &body);
     let v = r.assert_error(400, "a body where nothing parses");
     assert_eq!(v["rejected"], 2, "{}", r.body);
-    assert_eq!(line_errors(&v).iter().map(|e| e.0).collect::<Vec<_>>(), vec![2, 3], "{}", r.body);
+    assert_eq!(
+        line_errors(&v).iter().map(|e| e.0).collect::<Vec<_>>(),
+        vec![2, 3],
+        "{}",
+        r.body
+    );
     rejected_total += 2;
     // A CSV body without a usable header (no x2 column): 400.
-    let r = server.post("/data", Some("text/csv"), &format!("ts,key,x0,x1,y\n{},a,1,2,3\n", T0 + 9200));
+    let r = server.post(
+        "/data",
+        Some("text/csv"),
+        &format!("ts,key,x0,x1,y\n{},a,1,2,3\n", T0 + 9200),
+    );
     r.assert_error(400, "a CSV header without a feature column");
 
     // A body over --max-body 1000: 413, whether its length is declared or not.
@@ -1058,28 +1149,46 @@ fn errors_have_their_statuses_and_the_server_goes_on() {
         .collect();
     assert_eq!(closed.len(), 2);
     let got = wait_for_out(&server, &out, &closed);
-    assert_models_match(&got, &closed, "errors: --out has exactly the accepted records");
+    assert_models_match(
+        &got,
+        &closed,
+        "errors: --out has exactly the accepted records",
+    );
 
     // /model and /predict errors.
-    server.get("/model?key=nope").assert_error(404, "/model of an unknown key");
+    server
+        .get("/model?key=nope")
+        .assert_error(404, "/model of an unknown key");
     server.get("/model").assert_error(400, "/model without key");
     let predict = |body: &str| server.post("/predict", Some("application/json"), body);
     predict(r#"{"key":"nope","x":[1,2,3]}"#).assert_error(404, "/predict of an unknown key");
     predict(r#"{"key":"a","x":[1,2]}"#).assert_error(400, "/predict with 2 features of 3");
-    predict(r#"{"key":"a","rows":[[1,2,3],[1,2]]}"#).assert_error(400, "/predict rows with a short row");
+    predict(r#"{"key":"a","rows":[[1,2,3],[1,2]]}"#)
+        .assert_error(400, "/predict rows with a short row");
     predict(r#"{"key":"a","x":[1,2,3"#).assert_error(400, "/predict with bad JSON");
-    predict(r#"{"key":"a","x":[1,2,3],"rows":[[1,2,3]]}"#).assert_error(400, "/predict with x and rows");
+    predict(r#"{"key":"a","x":[1,2,3],"rows":[[1,2,3]]}"#)
+        .assert_error(400, "/predict with x and rows");
     predict(r#"{"key":"a"}"#).assert_error(400, "/predict without x or rows");
     predict(r#"{"key":"u","x":[1,2,3]}"#).assert_error(409, "/predict on an underdetermined model");
     // A key with a running estimate but no final model yet: 404.
-    assert_eq!(server.post_rows(&[row(T0 + 12_500, "late-comer", &[1.0, 1.0, 1.0], 1.0)], d, false), 3);
+    assert_eq!(
+        server.post_rows(
+            &[row(T0 + 12_500, "late-comer", &[1.0, 1.0, 1.0], 1.0)],
+            d,
+            false
+        ),
+        3
+    );
     accepted.push(row(T0 + 12_500, "late-comer", &[1.0, 1.0, 1.0], 1.0));
     server.wait_for("the running estimate of a new key", || {
         let r = server.get("/model?key=late-comer");
         (r.status == 200).then_some(()).ok_or(r.body)
     });
-    predict(r#"{"key":"late-comer","x":[1,2,3]}"#).assert_error(404, "/predict with no final model yet");
-    server.get("/no/such/endpoint").assert_error(404, "an unknown endpoint");
+    predict(r#"{"key":"late-comer","x":[1,2,3]}"#)
+        .assert_error(404, "/predict with no final model yet");
+    server
+        .get("/no/such/endpoint")
+        .assert_error(404, "an unknown endpoint");
 
     // /predict still works for "a" and uses the oracle's window.
     let wk = closed.keys().find(|k| k.0 == "a").unwrap().clone();
@@ -1088,7 +1197,10 @@ fn errors_have_their_statuses_and_the_server_goes_on() {
     assert_eq!(r.status, 200, "{}", r.body);
     let p = r.json()["prediction"].as_f64().unwrap();
     let yhat = coef[0] + coef[1] + 2.0 * coef[2] + 3.0 * coef[3];
-    assert!((p - yhat).abs() <= predict_tol(&coef, &[1.0, 2.0, 3.0]), "{p} vs {yhat}");
+    assert!(
+        (p - yhat).abs() <= predict_tol(&coef, &[1.0, 2.0, 3.0]),
+        "{p} vs {yhat}"
+    );
 
     // Still serving after all that: healthz, and a valid post is accepted.
     let h = server.get("/healthz");
@@ -1118,11 +1230,26 @@ fn errors_have_their_statuses_and_the_server_goes_on() {
         "tributary_http_requests_total",
         "tributary_http_request_seconds",
     ] {
-        assert!(text.contains(&format!("\n{name}")), "/metrics has no {name}:\n{text}");
+        assert!(
+            text.contains(&format!("\n{name}")),
+            "/metrics has no {name}:\n{text}"
+        );
     }
-    assert_eq!(metric_value(&text, "tributary_ingest_records_total"), Some(n), "{text}");
-    assert_eq!(metric_value(&text, "tributary_worker_records_total{worker=\"0\"}"), Some(n), "{text}");
-    assert_eq!(metric_value(&text, "tributary_ingest_lag_records"), Some(0.0), "{text}");
+    assert_eq!(
+        metric_value(&text, "tributary_ingest_records_total"),
+        Some(n),
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(&text, "tributary_worker_records_total{worker=\"0\"}"),
+        Some(n),
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(&text, "tributary_ingest_lag_records"),
+        Some(0.0),
+        "{text}"
+    );
     assert_eq!(
         metric_value(&text, "tributary_malformed_total"),
         Some(rejected_total as f64),
@@ -1134,12 +1261,18 @@ fn errors_have_their_statuses_and_the_server_goes_on() {
         "windows emitted final: {text}"
     );
     assert_eq!(
-        metric_value(&text, "tributary_http_requests_total{endpoint=\"/data\",status=\"413\"}"),
+        metric_value(
+            &text,
+            "tributary_http_requests_total{endpoint=\"/data\",status=\"413\"}"
+        ),
         Some(2.0),
         "{text}"
     );
     assert_eq!(
-        metric_value(&text, "tributary_http_requests_total{endpoint=\"/data\",status=\"415\"}"),
+        metric_value(
+            &text,
+            "tributary_http_requests_total{endpoint=\"/data\",status=\"415\"}"
+        ),
         Some(2.0),
         "{text}"
     );
@@ -1201,7 +1334,10 @@ fn backpressure_answers_503_and_refused_records_are_not_counted() {
     let out = dir.path("models.jsonl");
     let server = Server::start(
         &dir,
-        &with(http_args(&out, d, win, lateness, 1), &["--max-pending", "10"]),
+        &with(
+            http_args(&out, d, win, lateness, 1),
+            &["--max-pending", "10"],
+        ),
     );
     // A single body over the limit is accepted when the log is empty.
     server.post_rows(&rows[..big], d, false);
@@ -1241,9 +1377,15 @@ fn backpressure_answers_503_and_refused_records_are_not_counted() {
             503 => {
                 refused += 1;
                 r.assert_error(503, "backpressure");
-                assert_eq!(r.retry_after.as_deref(), Some("1"), "503 without Retry-After: 1");
+                assert_eq!(
+                    r.retry_after.as_deref(),
+                    Some("1"),
+                    "503 without Retry-After: 1"
+                );
                 assert!(
-                    r.content_type.as_deref().is_some_and(|c| c.starts_with("application/json")),
+                    r.content_type
+                        .as_deref()
+                        .is_some_and(|c| c.starts_with("application/json")),
                     "503 content type {:?}",
                     r.content_type
                 );
@@ -1271,13 +1413,268 @@ fn backpressure_answers_503_and_refused_records_are_not_counted() {
         (r.status == 200).then_some(()).ok_or(r.body)
     });
     let got = wait_for_out(&server, &out, &want);
-    assert_models_match(&got, &want, "backpressure: models over the records answered 200");
+    assert_models_match(
+        &got,
+        &want,
+        "backpressure: models over the records answered 200",
+    );
     let total: usize = got.values().map(|m| m.n).sum();
     assert_eq!(total, accepted.len());
     let text = server.get("/metrics").body;
     assert_eq!(
-        metric_value(&text, "tributary_http_requests_total{endpoint=\"/data\",status=\"503\"}"),
+        metric_value(
+            &text,
+            "tributary_http_requests_total{endpoint=\"/data\",status=\"503\"}"
+        ),
         Some(refused as f64),
         "{text}"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. Load (bounded; figures printed, not asserted) and the TCP line source
+// ---------------------------------------------------------------------------------------
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// 8 concurrent clients × 50 posts × 200 records on `-w 2` with `--max-pending 2000`: every
+/// post ends accepted (503s are retried after 5 ms — not the advertised 1 s, to keep the
+/// test short), the final models equal the oracle over all of them, and the total n is
+/// the number of records accepted. Throughput and latency are printed, not asserted.
+#[test]
+fn load_every_accepted_record_counts_once() {
+    let d = 3;
+    let win = Win::Tumbling(10_000);
+    let lateness = 600_000;
+    let workers = 2;
+    let (clients, posts, per_post) = (8usize, 50usize, 200usize);
+    let limit = Duration::from_secs(60);
+    let mut spec = GenSpec::new(clients * posts * per_post, 4, d, 41);
+    spec.step = 1;
+    let rows = Arc::new(generate(&spec));
+    let want = oracle(&rows, d, win, None);
+    let dir = TempDir::new("load");
+    let out = dir.path("models.jsonl");
+    let server = Server::start(
+        &dir,
+        &with(http_args(&out, d, win, lateness, workers), &["--max-pending", "2000"]),
+    );
+    let url = server.url("/data");
+    let started = Instant::now();
+    let handles: Vec<_> = (0..clients)
+        .map(|c| {
+            let (agent, url, rows) = (server.agent.clone(), url.clone(), Arc::clone(&rows));
+            std::thread::spawn(move || {
+                let mut ok_latency = Vec::new();
+                let mut refused = 0usize;
+                let mut accepted = 0usize;
+                for p in 0..posts {
+                    let from = (c * posts + p) * per_post;
+                    let body = &rows[from..from + per_post];
+                    loop {
+                        assert!(started.elapsed() < limit, "load test over {limit:?}");
+                        let t = Instant::now();
+                        let r = post_rows(&agent, &url, body, d, (c + p) % 2 == 0)
+                            .unwrap_or_else(|e| panic!("POST /data: {e}"));
+                        match r.status {
+                            200 => {
+                                ok_latency.push(t.elapsed());
+                                assert_eq!(r.json()["accepted"], per_post, "{}", r.body);
+                                accepted += per_post;
+                                break;
+                            }
+                            503 => {
+                                assert_eq!(r.retry_after.as_deref(), Some("1"));
+                                refused += 1;
+                                std::thread::sleep(Duration::from_millis(5));
+                            }
+                            s => panic!("POST /data answered {s}: {}", r.body),
+                        }
+                    }
+                }
+                (ok_latency, refused, accepted)
+            })
+        })
+        .collect();
+    let mut latency = Vec::new();
+    let (mut refused, mut accepted) = (0, 0);
+    for h in handles {
+        let (l, r, a) = h.join().expect("client thread");
+        latency.extend(l);
+        refused += r;
+        accepted += a;
+    }
+    let posting = started.elapsed();
+    post_sentinels(&server, closing_time(&want, lateness), d, workers);
+    let got = wait_for_out(&server, &out, &want);
+    let end_to_end = started.elapsed();
+    latency.sort();
+    eprintln!(
+        "load: {accepted} records in {} posts by {clients} clients: accepted in {posting:?} \
+         ({:.0} records/s), all windows final in --out after {end_to_end:?} ({:.0} records/s); \
+         {refused} answers 503 (retried); latency of 200 answers p50 {:?} p99 {:?} max {:?}",
+        latency.len(),
+        accepted as f64 / posting.as_secs_f64(),
+        accepted as f64 / end_to_end.as_secs_f64(),
+        percentile(&latency, 0.5),
+        percentile(&latency, 0.99),
+        latency.last().copied().unwrap_or_default(),
+    );
+    assert_eq!(accepted, rows.len());
+    assert_models_match(&got, &want, "load: --out");
+    let total: usize = got.values().map(|m| m.n).sum();
+    assert_eq!(total, accepted, "load: n over the final windows");
+    let text = server.get("/metrics").body;
+    assert_eq!(
+        metric_value(&text, "tributary_records_total"),
+        Some((accepted + workers) as f64),
+        "records_total: the posts and the sentinels: {text}"
+    );
+}
+
+/// `--source tcp:HOST:PORT` (client mode) against a listener of the test: CSV lines in
+/// several writes, a malformed line among them; when the test closes the socket the run
+/// ends (exit 0) with every window final, equal to the oracle.
+#[test]
+fn tcp_client_source_gives_the_oracle_models() {
+    let d = 3;
+    let win = Win::Session(700);
+    let mut spec = GenSpec::new(6_000, 3, d, 51);
+    spec.disorder = 100;
+    spec.pause_prob = 0.01;
+    spec.pause = 2_000;
+    let rows = generate(&spec);
+    let want = oracle(&rows, d, win, None);
+    let dir = TempDir::new("tcp-client");
+    let out = dir.path("models.jsonl");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stderr = dir.path("stderr.txt");
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "-q",
+            "--source",
+            &format!("tcp:{addr}"),
+            "--features",
+            &feature_list(d),
+            "--window",
+            &win.arg(),
+            "--lateness",
+            "1s",
+            "--out",
+            out.to_str().unwrap(),
+            "-w",
+            "2",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let stderr_text = || std::fs::read_to_string(&stderr).unwrap_or_default();
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + WAIT;
+    let mut stream = loop {
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+                    let _ = child.kill();
+                    panic!("the engine did not connect: {e}\nstderr:\n{}", stderr_text());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    };
+    stream.set_nonblocking(false).unwrap();
+    let mut text = csv_header(d) + "\n";
+    for (i, chunk) in rows.chunks(1500).enumerate() {
+        for r in chunk {
+            text.push_str(&csv_line(r));
+            text.push('\n');
+        }
+        if i == 1 {
+            text.push_str(&format!("{},k0,1.0,oops,2.0,3.0\n", T0 + 20_000));
+        }
+        stream.write_all(text.as_bytes()).unwrap();
+        text.clear();
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    drop(stream);
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the run did not end after the socket closed\nstderr:\n{}", stderr_text());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "exit {status}\nstderr:\n{}", stderr_text());
+    let got = read_models(&out);
+    assert_models_match(&got, &want, "tcp client source: --out");
+    assert_written_once(&out);
+}
+
+/// `--source tcp:HOST:PORT,listen` with `--serve`: two connections one after the other
+/// (each with its header), then a sentinel connection; the models in `--out` and
+/// `/models` equal the oracle over both connections' lines.
+#[test]
+fn tcp_listen_source_reads_every_connection() {
+    let d = 2;
+    let win = Win::Tumbling(5_000);
+    let lateness = 1000;
+    let mut spec = GenSpec::new(8_000, 2, d, 61);
+    spec.disorder = 300;
+    let rows = generate(&spec);
+    let want = oracle(&rows, d, win, None);
+    let dir = TempDir::new("tcp-listen");
+    let out = dir.path("models.jsonl");
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut args = http_args(&out, d, win, lateness, 1);
+    args[3] = format!("tcp:127.0.0.1:{port},listen");
+    let server = Server::start(&dir, &args);
+    let send = |rows: &[Row]| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))
+            .unwrap_or_else(|e| server.fail(&format!("connect to the tcp source: {e}")));
+        s.write_all(csv_text(rows, d).as_bytes()).unwrap();
+    };
+    // Connections are read concurrently: each waits until the previous one is read, so
+    // that the later lines (the sentinel above all) do not make earlier ones late.
+    let read_through = |n: usize| {
+        server.wait_for(&format!("{n} records read from the tcp source"), || {
+            let v = server.get("/healthz").json();
+            (v["records"] == n).then_some(()).ok_or(v.to_string())
+        })
+    };
+    let (first, second) = rows.split_at(rows.len() / 2);
+    send(first);
+    read_through(first.len());
+    send(second);
+    read_through(rows.len());
+    send(&[sentinel(closing_time(&want, lateness), d)]);
+    let got = wait_for_out(&server, &out, &want);
+    assert_models_match(&got, &want, "tcp listen source: --out");
+    let (_, models) = served_models(&server);
+    for (key, (fin, _)) in models.iter().filter(|(k, _)| *k != SENTINEL) {
+        let f = fin.as_ref().unwrap_or_else(|| panic!("no final model of {key}"));
+        assert_models_match(
+            &one(f),
+            &BTreeMap::from([(f.key.clone(), want[&f.key].clone())]),
+            &format!("tcp listen: /models final of {key}"),
+        );
+    }
 }
