@@ -171,9 +171,6 @@ pub struct CheckpointContext {
     pub generation: u64,
     /// The state recovered at start, if any.
     pub restored: Option<Arc<Recovered>>,
-    /// The ingest log kept in this process's store (HTTP and TCP sources, process 0):
-    /// its batches that a commit covers are deleted.
-    pub log: Option<Arc<crate::source::IngestLog>>,
 }
 
 impl CheckpointContext {
@@ -1049,15 +1046,11 @@ impl Windows {
                     Ok(())
                 }
             });
-        let result = result.and_then(|()| match &c.context.log {
-            Some(log) if c.worker == 0 => log.committed(committed),
-            _ => Ok(()),
-        });
         if let Err(e) = result {
             eprintln!("error: folding checkpoint: {e}");
             std::process::exit(3);
         }
-        self.metrics.checkpoint_epoch.store(committed, Relaxed);
+        self.metrics.checkpoint_epoch.fetch_max(committed, Relaxed);
     }
 
     /// Reads the statistics of every open pane of the given keys, as of `epoch`.

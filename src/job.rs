@@ -3,6 +3,7 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -318,7 +319,6 @@ fn open_checkpoint(job: &Job, dir: &Path, process: usize) -> Result<CheckpointCo
         every: job.checkpoint_every,
         generation,
         restored: restored.filter(|r| r.commit.is_some()).map(Arc::new),
-        log: None,
     })
 }
 
@@ -331,7 +331,7 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
     }
 
     let metrics = Arc::new(Metrics::default());
-    let mut checkpoint = match &job.checkpoint {
+    let checkpoint = match &job.checkpoint {
         Some(dir) => Some(open_checkpoint(&job, dir, cluster.process)?),
         None => None,
     };
@@ -346,9 +346,6 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
             let log = Arc::new(
                 IngestLog::open(store, resume_after, job.max_pending).map_err(|e| e.to_string())?,
             );
-            if let Some(c) = checkpoint.as_mut().filter(|_| cluster.process == 0) {
-                c.log = Some(Arc::clone(&log));
-            }
             Some(log)
         }
         _ => None,
@@ -389,6 +386,9 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
         .as_ref()
         .and_then(|c| c.restored.as_ref())
         .and_then(|r| r.commit.clone());
+    if let Some(c) = &commit {
+        metrics.checkpoint_epoch.store(c.epoch, Relaxed);
+    }
     let out_from = commit.as_ref().and_then(|c| c.out_offset).unwrap_or(0);
     let late_from = commit.as_ref().and_then(|c| c.late_offset).unwrap_or(0);
     let context = RunContext {
@@ -476,6 +476,7 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
                 .probe_with(&probe)
                 .probe_with(&ingested.throttle);
             if let (Some(handle), Some(c)) = (commits, &context.checkpoint) {
+                let (metrics, log) = (Arc::clone(&context.metrics), log.clone());
                 outputs
                     .acks
                     .coordinate(
@@ -485,6 +486,15 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
                         processes,
                         Some(out_ledger),
                         late_ledger,
+                        move |epoch| {
+                            // Worker 0: the commit is durable. Batches of the ingest log
+                            // that it covers leave the store.
+                            metrics.checkpoint_epoch.fetch_max(epoch, Relaxed);
+                            if let Err(e) = log.as_ref().map_or(Ok(()), |l| l.committed(epoch)) {
+                                eprintln!("error: truncating the ingest log: {e}");
+                                std::process::exit(3);
+                            }
+                        },
                     )
                     .probe_with(&probe)
                     .connect_loop(handle);

@@ -16,7 +16,8 @@ pub trait Coordinate<'scope> {
     /// Collects every worker's [`Ack`] on worker 0; once all `peers` acknowledged epoch
     /// `E` and the sinks (whose written streams are `written`) are through `E`, makes the
     /// output files durable, writes the commit record of `E` into `store` (process 0's),
-    /// and emits [`Control::Committed`]`(E)`, for the workers to fold their deltas.
+    /// calls `on_commit(E)` at once, and emits [`Control::Committed`]`(E)`, for the workers
+    /// to fold their deltas.
     #[allow(clippy::too_many_arguments)]
     fn coordinate(
         self,
@@ -26,6 +27,7 @@ pub trait Coordinate<'scope> {
         processes: usize,
         out: Option<SharedLedger>,
         late: Option<SharedLedger>,
+        on_commit: impl FnMut(Epoch) + 'static,
     ) -> StreamVec<'scope, Epoch, Control>;
 }
 
@@ -38,6 +40,7 @@ impl<'scope> Coordinate<'scope> for StreamVec<'scope, Epoch, Ack> {
         processes: usize,
         out: Option<SharedLedger>,
         late: Option<SharedLedger>,
+        mut on_commit: impl FnMut(Epoch) + 'static,
     ) -> StreamVec<'scope, Epoch, Control> {
         let peers = self.scope().peers();
         self.binary_frontier(
@@ -103,6 +106,7 @@ impl<'scope> Coordinate<'scope> for StreamVec<'scope, Epoch, Ack> {
                             eprintln!("error: committing checkpoint: {e}");
                             std::process::exit(3);
                         }
+                        on_commit(epoch);
                         output.session(&cap).give(Control::Committed(epoch));
                     }
                 }
