@@ -974,8 +974,8 @@ fn restarted_after_checkpoints(dir: &TempDir) -> (Server, u64, Value) {
 ///     feedback edge delayed by 8 × MAX_AHEAD_PER_WORKER × workers = 4096 × workers epochs
 ///     (src/job.rs, `scope.feedback(slack)`), i.e. only after thousands more posts;
 /// (2) after a restart that resumed from epoch E, they said 0 until the next commit.
-/// The uncommitted src/ change in progress during this session (`on_commit` in
-/// coordinator.rs/job.rs, and the resumed epoch stored at start) makes it pass.
+/// Fixed by fc4e5a3 (the coordinator reports each commit at once; a resumed run
+/// reports its commit).
 #[test]
 fn checkpoint_epoch_reports_the_committed_checkpoint() {
     let dir = TempDir::new("ckpt-epoch");
@@ -1000,7 +1000,7 @@ fn checkpoint_epoch_reports_the_committed_checkpoint() {
     );
 }
 
-/// ENGINE BUG (fails at 141cc8f, and with the src/ working tree of this session): right after a restart from a checkpoint, `/models` and
+/// ENGINE BUG (fails at 141cc8f and fc4e5a3): right after a restart from a checkpoint, `/models` and
 /// `/healthz` report the watermark as 0 (1970) until the next batch is read, although the
 /// run resumed with the watermark of its checkpoint (the gauge is only set when the
 /// windows operator processes an epoch).
