@@ -73,6 +73,29 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Resident set of one long generator run, sampled while it runs: memory is bounded
+    /// by open windows × keys, not by the records read.
+    #[command(disable_help_flag = true)]
+    Memory {
+        /// Records.
+        #[arg(long, default_value_t = 100_000_000)]
+        rows: u64,
+        /// Keys.
+        #[arg(long, default_value_t = 16)]
+        keys: u64,
+        /// Features.
+        #[arg(long, default_value_t = 8)]
+        features: usize,
+        /// Window.
+        #[arg(long, default_value = "sliding:60s/10s")]
+        window: String,
+        /// Time between samples (ms).
+        #[arg(long, default_value_t = 500)]
+        every_ms: u64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Cost of checkpoints: throughput with and without, write time vs changed panes,
     /// recovery time vs state size.
     #[command(disable_help_flag = true)]

@@ -846,6 +846,7 @@ impl Windows {
             windows.max_seen = resumed_max_seen(commit, peers);
             let (_, watermark) = windows.frontier();
             windows.restored_final_through = watermark;
+            windows.metrics.watermark.store(watermark, Relaxed);
             for (key, start, end, n, revision) in &recovered.emitted {
                 if owner(key, peers) == worker {
                     windows

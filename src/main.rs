@@ -53,6 +53,30 @@ fn main() -> ExitCode {
             }
             Ok(())
         }
+        Command::Bench(BenchCommand::Memory {
+            rows,
+            keys,
+            features,
+            window,
+            every_ms,
+            json,
+        }) => tributary::bench::memory(
+            rows,
+            keys,
+            features,
+            &window,
+            std::time::Duration::from_millis(every_ms),
+        )
+        .map(|run| {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&run).expect("serializable")
+                );
+            } else {
+                print!("{}", tributary::bench::memory_table(&run));
+            }
+        }),
         Command::Bench(BenchCommand::Throughput(args)) => {
             let settings = ThroughputSettings {
                 rows: args.rows,

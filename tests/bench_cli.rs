@@ -76,3 +76,34 @@ fn bench_throughput_runs_the_engine() {
         assert!(r["peak_rss_mib"].as_f64().unwrap() > 0.0);
     }
 }
+
+#[test]
+fn bench_memory_samples_a_whole_run() {
+    let out = Command::new(BIN)
+        .args(["bench", "memory", "--rows", "300000", "--keys", "4"])
+        .args([
+            "--features",
+            "2",
+            "--window",
+            "tumbling:10s",
+            "--every-ms",
+            "5",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(run["records"], 300_000, "{run}");
+    // One record per ms from an aligned start, each up to 500 ms late (`disorder=500`):
+    // 300.5 s of event time, so 31 windows of 10 s, for each of 4 keys.
+    assert_eq!(run["windows_final"], 4 * 31, "{run}");
+    for field in ["seconds", "records_per_s", "peak_rss_mib"] {
+        assert!(run[field].as_f64().unwrap() > 0.0, "{field} in {run}");
+    }
+    assert!(!run["rss_mib"].as_array().unwrap().is_empty(), "{run}");
+}

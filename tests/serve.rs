@@ -380,8 +380,14 @@ fn served(v: &Value) -> Option<Emission> {
     )
 }
 
+/// A key's served (final, open) models.
+type Served = BTreeMap<String, (Option<Emission>, Option<Emission>)>;
+
+/// A key's expected (newest final, open estimate, windows a provisional emission may show).
+type ExpectedKeys = BTreeMap<String, (Option<WinKey>, Option<WinKey>, Vec<WinKey>)>;
+
 /// The served models of every key: key -> (final, open).
-fn served_models(server: &Server) -> (i64, BTreeMap<String, (Option<Emission>, Option<Emission>)>) {
+fn served_models(server: &Server) -> (i64, Served) {
     let r = server.get("/models");
     assert_eq!(r.status, 200, "/models: {}", r.body);
     let v = r.json();
@@ -452,13 +458,13 @@ fn assert_written_once(out: &Path) {
 struct Expected {
     frontier: i64,
     watermark: i64,
-    keys: BTreeMap<String, (Option<WinKey>, Option<WinKey>, Vec<WinKey>)>,
+    keys: ExpectedKeys,
 }
 
 fn expected_live(posted: &[Row], worker_max: &[i64], win: Win, lateness_ms: i64) -> Expected {
     let frontier = *worker_max.iter().min().unwrap();
     let watermark = frontier - lateness_ms;
-    let mut keys: BTreeMap<String, (Option<WinKey>, Option<WinKey>, Vec<WinKey>)> = BTreeMap::new();
+    let mut keys: ExpectedKeys = BTreeMap::new();
     for k in group_windows(posted, win).keys() {
         let e = keys.entry(k.0.clone()).or_default();
         if k.2 <= watermark {
@@ -485,6 +491,7 @@ fn expected_live(posted: &[Row], worker_max: &[i64], win: Win, lateness_ms: i64)
 /// window that is the expected estimate (or a provisional emission) with the n of the
 /// records posted so far; then compares both with the oracle: finals on all rows (`all`:
 /// a closed window has all its records), the open one on the rows posted so far.
+#[allow(clippy::too_many_arguments)]
 fn check_live(
     server: &Server,
     posted: &[Row],
@@ -1000,7 +1007,7 @@ fn checkpoint_epoch_reports_the_committed_checkpoint() {
     );
 }
 
-/// ENGINE BUG (fails at 141cc8f and fc4e5a3): right after a restart from a checkpoint, `/models` and
+/// Regression test for an engine bug seen at 141cc8f and fc4e5a3: right after a restart from a checkpoint, `/models` and
 /// `/healthz` report the watermark as 0 (1970) until the next batch is read, although the
 /// run resumed with the watermark of its checkpoint (the gauge is only set when the
 /// windows operator processes an epoch).
