@@ -356,7 +356,8 @@ pub fn ingest<'scope>(
     let worker = scope.index();
     let peers = scope.peers();
     let on_fatal = context.on_fatal;
-    let mut combiner = Combiner::new(config, context.on_error, Arc::clone(&context.metrics));
+    let mut combiner = Combiner::new(config, context.on_error);
+    let metrics = Arc::clone(&context.metrics);
     // Resuming: skip the batches in the checkpoint, restore the partition's watermark, and
     // hand the checkpointed panes this worker owns to the arrangement first.
     let checkpoint = context.checkpoint.clone();
@@ -416,7 +417,7 @@ pub fn ingest<'scope>(
                         on_fatal(e);
                     }
                     let done = reader.next_batch().is_none();
-                    combiner.metrics.add(&combiner.counts);
+                    metrics.add(&combiner.counts);
                     let mut session = output.session(&*c);
                     for (pane, stats) in combiner.drain_panes() {
                         session.give(IngestOut::Pane((pane, batch, stats)));
@@ -493,19 +494,21 @@ pub fn resumed_max_seen(commit: &Commit, peers: usize) -> Vec<Time> {
     }
 }
 
-/// The per-worker combiner: watermark, lateness, and per-(key, pane) pre-aggregation.
-struct Combiner {
+/// The per-worker combiner: watermark, lateness, and per-(key, pane) pre-aggregation of
+/// the records of one batch (shared by [`ingest`] and the record-level operators).
+pub(crate) struct Combiner {
     window: WindowSpec,
-    watermark: Watermark,
+    pub(crate) watermark: Watermark,
     features: usize,
     on_error: OnError,
     reported: u64,
     keys: FxHashMap<Box<str>, u32>,
     names: Vec<String>,
     panes: FxHashMap<(u32, Time), PaneAcc>,
-    counts: Counts,
-    aside: Vec<SetAside>,
-    metrics: Arc<Metrics>,
+    /// What the records fed since the last `take` held.
+    pub(crate) counts: Counts,
+    /// Records set aside since the last drain.
+    pub(crate) aside: Vec<SetAside>,
 }
 
 struct PaneAcc {
@@ -518,7 +521,7 @@ struct PaneAcc {
 const REPORT_MALFORMED: u64 = 10;
 
 impl Combiner {
-    fn new(config: &WindowConfig, on_error: OnError, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(config: &WindowConfig, on_error: OnError) -> Self {
         Combiner {
             window: config.window,
             watermark: Watermark::new(config.lateness, config.max_jump),
@@ -530,11 +533,11 @@ impl Combiner {
             panes: FxHashMap::default(),
             counts: Counts::default(),
             aside: Vec::new(),
-            metrics,
         }
     }
 
-    fn drain_panes(&mut self) -> impl Iterator<Item = ((String, Pane), Stats)> + '_ {
+    /// The panes of the records fed since the last drain, with their statistics.
+    pub(crate) fn drain_panes(&mut self) -> impl Iterator<Item = ((String, Pane), Stats)> + '_ {
         let names = &self.names;
         let window = self.window;
         self.panes.drain().map(move |((k, bucket), acc)| {

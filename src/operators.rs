@@ -34,7 +34,6 @@ use std::time::Duration;
 use differential_dataflow::difference::{Abelian, Semigroup};
 use differential_dataflow::lattice::Lattice;
 use differential_dataflow::{AsCollection, VecCollection};
-use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Operator;
@@ -44,14 +43,14 @@ use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 use timely::progress::Timestamp;
 
 use crate::dataflow::{
-    Control, Counts, Epoch, MAX_AHEAD_PER_WORKER, OnError, Progress, RunContext, SetAside,
-    WindowConfig,
+    Combiner, Control, Counts, Epoch, MAX_AHEAD_PER_WORKER, OnError, Progress, RunContext,
+    SetAside, WindowConfig,
 };
 use crate::metrics::Metrics;
 use crate::record::{Record, RecordRef};
 use crate::source::{Malformed, RecordSink, SourceError, SourceReader};
 use crate::stats::Stats;
-use crate::window::{Admission, Pane, Time, Watermark, Window, WindowSpec};
+use crate::window::{Pane, Time, Window, WindowSpec};
 
 /// A source read as records.
 pub struct RecordStream<'scope> {
@@ -203,9 +202,9 @@ impl<'scope> WindowPanes<'scope> for StreamVec<'scope, Epoch, Record> {
 
     fn window_panes_named(self, name: &str, config: &WindowConfig) -> Panes<'scope> {
         let worker = self.scope().index();
-        let window = config.window;
         let features = config.features;
-        let mut watermark = Watermark::new(config.lateness, config.max_jump);
+        let mut combiner = Combiner::new(config, OnError::Skip);
+        let mut z = Vec::with_capacity(features + 1);
         let stream = self.unary_frontier(Pipeline, name, move |initial, _info| {
             let mut held = Some(initial);
             let mut pending: BTreeMap<Epoch, Vec<Record>> = BTreeMap::new();
@@ -221,13 +220,7 @@ impl<'scope> WindowPanes<'scope> for StreamVec<'scope, Epoch, Record> {
                     if frontier.less_equal(&epoch) {
                         break;
                     }
-                    let records = pending.remove(&epoch).expect("present");
-                    let mut counts = Counts::default();
-                    // (key, bucket) → (first, last, statistics) of this epoch's records.
-                    let mut acc: FxHashMap<(String, Time), (Time, Time, Stats)> =
-                        FxHashMap::default();
-                    let mut aside = Vec::new();
-                    for r in records {
+                    for r in pending.remove(&epoch).expect("present") {
                         assert_eq!(
                             r.x.len(),
                             features,
@@ -238,56 +231,25 @@ impl<'scope> WindowPanes<'scope> for StreamVec<'scope, Epoch, Record> {
                             r.x.len(),
                             features
                         );
-                        counts.records += 1;
-                        match watermark.admit(r.time, window.late_at(r.time)) {
-                            Admission::Admit => {
-                                let entry = acc
-                                    .entry((r.key.clone(), window.bucket_start(r.time)))
-                                    .or_insert_with(|| {
-                                        (r.time, r.time, Stats::with_features(features))
-                                    });
-                                entry.0 = entry.0.min(r.time);
-                                entry.1 = entry.1.max(r.time);
-                                entry.2.add_row(&r.z());
-                            }
-                            admission => {
-                                if admission == Admission::Late {
-                                    counts.late += 1;
-                                } else {
-                                    counts.too_far += 1;
-                                }
-                                aside.push(SetAside {
-                                    ts: r.time,
-                                    key: r.key,
-                                    x: r.x,
-                                    y: r.y,
-                                    reason: admission.reason().to_owned(),
-                                    watermark: watermark.current(),
-                                });
-                            }
-                        }
+                        z.clear();
+                        z.extend_from_slice(&r.x);
+                        z.push(r.y);
+                        combiner.record(RecordRef {
+                            time: r.time,
+                            key: &r.key,
+                            z: &z,
+                        });
                     }
                     let at = cap.delayed(&epoch);
                     let mut session = output.session(&at);
-                    for ((key, bucket), (first, last, stats)) in acc {
-                        let pane = if window.is_session() {
-                            Pane {
-                                start: first,
-                                end: last + 1,
-                            }
-                        } else {
-                            Pane {
-                                start: bucket,
-                                end: bucket + window.bucket(),
-                            }
-                        };
-                        session.give(PaneOut::Pane(((key, pane), epoch, stats)));
+                    for (pane, stats) in combiner.drain_panes() {
+                        session.give(PaneOut::Pane((pane, epoch, stats)));
                     }
-                    session.give_iterator(aside.into_iter().map(PaneOut::Aside));
+                    session.give_iterator(combiner.aside.drain(..).map(PaneOut::Aside));
                     session.give(PaneOut::Progress(Progress {
                         worker,
-                        max_seen: watermark.max_seen,
-                        counts,
+                        max_seen: combiner.watermark.max_seen,
+                        counts: std::mem::take(&mut combiner.counts),
                         checkpoint: false,
                     }));
                 }
