@@ -515,19 +515,17 @@ pub fn parse_body(
     schema: &Schema,
 ) -> Result<(RecordBatch, DataAnswer), String> {
     let mut parser = LineParser::new(format, schema);
-    let mut header = format == FileFormat::Jsonl;
     let mut batch = RecordBatch::default();
     let mut answer = DataAnswer::default();
     for (i, line) in body.split(|b| *b == b'\n').enumerate() {
         let number = i as u64 + 1;
-        if !header {
+        if parser.needs_header() {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
             parser
                 .header(line, &format!("line {number}"))
                 .map_err(|e| e.to_string())?;
-            header = true;
             continue;
         }
         match parser.parse(line) {

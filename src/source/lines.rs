@@ -76,6 +76,12 @@ impl LineParser {
         self.format
     }
 
+    /// Whether the next non-blank line must be a [`header`](Self::header): a CSV parser
+    /// that has not read one yet.
+    pub fn needs_header(&self) -> bool {
+        self.format == FileFormat::Csv && self.columns.is_empty()
+    }
+
     /// Reads a CSV header row: which column holds what. Every field of the schema must be
     /// present; `origin` names the input in the error (e.g. a file and line).
     pub fn header(&mut self, line: &[u8], origin: &str) -> Result<(), SourceError> {

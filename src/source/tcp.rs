@@ -148,7 +148,6 @@ fn read(stream: TcpStream, format: FileFormat, origin: &str, context: &TcpContex
     let _ = stream.set_read_timeout(Some(BATCH_WAIT));
     let mut reader = BufReader::with_capacity(1 << 16, stream);
     let mut parser = LineParser::new(format, &context.schema);
-    let mut header = format == FileFormat::Jsonl;
     let mut line = Vec::new();
     let mut number = 0u64;
     let mut reported = 0u64;
@@ -175,7 +174,7 @@ fn read(stream: TcpStream, format: FileFormat, origin: &str, context: &TcpContex
         if !line.is_empty() {
             number += 1;
             let text = line.strip_suffix(b"\n").unwrap_or(&line);
-            if !header {
+            if parser.needs_header() {
                 if text.iter().all(u8::is_ascii_whitespace) {
                     line.clear();
                     continue;
@@ -184,7 +183,6 @@ fn read(stream: TcpStream, format: FileFormat, origin: &str, context: &TcpContex
                     eprintln!("error: {e}; closing the connection");
                     break;
                 }
-                header = true;
             } else {
                 match parser.parse(text) {
                     Ok(Some(record)) => {
