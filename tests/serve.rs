@@ -812,10 +812,12 @@ fn resumed_epoch(server: &Server) -> u64 {
 /// holds exactly the batches after `E` (read again), numbered on from the last one.
 fn assert_replays_log_tail(server: &Server, sizes: &[usize], ctx: &str) {
     let epoch = resumed_epoch(server) as usize;
+    // Usually the post answered right before the kill is not covered by a checkpoint yet
+    // and is read again from the log; when a checkpoint came in between, the tail is
+    // empty. Either way the log must hold exactly the batches after the epoch.
     assert!(
-        epoch + 1 < sizes.len(),
-        "{ctx}: resumed from epoch {epoch}, but {} batches were posted: the last post, \
-         answered right before the kill, is not covered by a checkpoint yet",
+        epoch < sizes.len(),
+        "{ctx}: resumed from epoch {epoch}, but only {} batches were posted",
         sizes.len()
     );
     let h = server.get("/healthz");
@@ -1296,11 +1298,15 @@ fn errors_have_their_statuses_and_the_server_goes_on() {
 
     // Metrics: the documented names, and the counts of what was posted.
     let n = accepted.len() as f64;
-    let text = server.wait_for("records_total counts every accepted record", || {
+    // The per-worker tally comes from the progress reports, which the windows operator
+    // reads after the source counted the records: wait for both.
+    let text = server.wait_for("records counted, in total and per worker", || {
         let text = server.get("/metrics").body;
-        match metric_value(&text, "tributary_records_total") {
-            Some(v) if v == n => Ok(text),
-            v => Err(format!("tributary_records_total {v:?}, {n} accepted")),
+        let total = metric_value(&text, "tributary_records_total");
+        let worker = metric_value(&text, "tributary_worker_records_total{worker=\"0\"}");
+        match (total, worker) {
+            (Some(t), Some(w)) if t == n && w == n => Ok(text),
+            v => Err(format!("(records_total, worker 0) {v:?}, {n} accepted")),
         }
     });
     for name in [
