@@ -26,16 +26,8 @@ fn main() -> ExitCode {
             workers,
             dir,
             json,
-        }) => tributary::bench::checkpoint(rows, workers, &dir).map(|rows| {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&rows).expect("serializable")
-                );
-            } else {
-                print!("{}", tributary::bench::checkpoint_table(&rows));
-            }
-        }),
+        }) => tributary::bench::checkpoint(rows, workers, &dir)
+            .map(|rows| report(&rows, json, |r| tributary::bench::checkpoint_table(r))),
         Command::Bench(BenchCommand::Incremental {
             records,
             features,
@@ -43,14 +35,7 @@ fn main() -> ExitCode {
             json,
         }) => {
             let rows = tributary::bench::incremental(records, features, &batch);
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&rows).expect("serializable")
-                );
-            } else {
-                print!("{}", tributary::bench::incremental_table(&rows));
-            }
+            report(&rows, json, |r| tributary::bench::incremental_table(r));
             Ok(())
         }
         Command::Bench(BenchCommand::Memory {
@@ -67,16 +52,7 @@ fn main() -> ExitCode {
             &window,
             std::time::Duration::from_millis(every_ms),
         )
-        .map(|run| {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&run).expect("serializable")
-                );
-            } else {
-                print!("{}", tributary::bench::memory_table(&run));
-            }
-        }),
+        .map(|run| report(&run, json, tributary::bench::memory_table)),
         Command::Bench(BenchCommand::Throughput(args)) => {
             let settings = ThroughputSettings {
                 rows: args.rows,
@@ -88,16 +64,7 @@ fn main() -> ExitCode {
                 csv: !args.no_csv,
                 dir: args.dir,
             };
-            throughput(&settings).map(|rows| {
-                if args.json {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&rows).expect("serializable")
-                    );
-                } else {
-                    print!("{}", throughput_table(&rows));
-                }
-            })
+            throughput(&settings).map(|rows| report(&rows, args.json, |r| throughput_table(r)))
         }
     };
     match result {
@@ -106,6 +73,18 @@ fn main() -> ExitCode {
             eprintln!("error: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Prints a benchmark's result as pretty JSON, or as its human table.
+fn report<T: serde::Serialize + ?Sized>(value: &T, json: bool, table: impl FnOnce(&T) -> String) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).expect("serializable")
+        );
+    } else {
+        print!("{}", table(value));
     }
 }
 
