@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
-use super::SourceError;
+use super::{SourceError, decimal};
 use crate::record::{RecordRef, Schema};
 
 /// The line format of a source.
@@ -171,6 +171,12 @@ fn parse_number(bytes: &[u8]) -> Result<f64, String> {
     }
 }
 
+/// Whether a number `n` bytes long at the start of `rest` is the whole field.
+#[inline]
+fn at_field_end(rest: &[u8], n: usize) -> bool {
+    matches!(rest.get(n), None | Some(b','))
+}
+
 fn trim(bytes: &[u8]) -> &[u8] {
     bytes.trim_ascii()
 }
@@ -186,20 +192,63 @@ impl LineParser {
         self.names[i].clone()
     }
 
+    /// One pass over the line: each field is parsed where it starts, and numbers in the
+    /// common short form ([`decimal`]) find their own end, so most fields are never
+    /// scanned twice. Anything unusual in a field (spaces, long numbers, a bad value)
+    /// takes the general per-field path with its error messages; a quote anywhere sends
+    /// the whole line to the quoting-aware parser.
     fn parse_csv(&mut self, line: &[u8]) -> Result<(), LineError> {
-        if memchr::memchr(b'"', line).is_some() {
-            return self.parse_quoted_csv(line);
-        }
-        let mut count = 0;
         let expected = self.columns.len();
-        for field in line.split(|b| *b == b',') {
-            if count < expected {
-                self.field(self.columns[count], field)?;
+        let mut pos = 0;
+        for c in 0..expected {
+            if pos > line.len() {
+                if memchr::memchr(b'"', line).is_some() {
+                    return self.parse_quoted_csv(line);
+                }
+                return Err((None, format!("expected {expected} fields, found {c}")));
             }
-            count += 1;
+            let slot = self.columns[c];
+            let rest = &line[pos..];
+            let fast = match slot {
+                Slot::Z(i) => decimal::parse_f64_prefix(rest).and_then(|(v, n)| {
+                    at_field_end(rest, n).then(|| {
+                        self.z[i] = v;
+                        n
+                    })
+                }),
+                Slot::Time => decimal::parse_i64_prefix(rest).and_then(|(t, n)| {
+                    at_field_end(rest, n).then(|| {
+                        self.time = t;
+                        n
+                    })
+                }),
+                Slot::Key | Slot::Skip => None,
+            };
+            let end = match fast {
+                Some(n) => pos + n,
+                None => {
+                    // Fields are short: a byte loop beats a call to a vectorised search.
+                    let mut end = pos;
+                    while let Some(&b) = line.get(end)
+                        && b != b','
+                    {
+                        if b == b'"' {
+                            return self.parse_quoted_csv(line);
+                        }
+                        end += 1;
+                    }
+                    self.field(slot, &line[pos..end])?;
+                    end
+                }
+            };
+            pos = end + 1;
         }
-        if count != expected {
-            return Err((None, format!("expected {expected} fields, found {count}")));
+        if pos <= line.len() {
+            if memchr::memchr(b'"', line).is_some() {
+                return self.parse_quoted_csv(line);
+            }
+            let found = expected + 1 + memchr::memchr_iter(b',', &line[pos..]).count();
+            return Err((None, format!("expected {expected} fields, found {found}")));
         }
         Ok(())
     }
@@ -411,5 +460,76 @@ impl<'de> Visitor<'de> for KeyValue<'_> {
         self.0.clear();
         let _ = write!(self.0, "{v}");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parser() -> LineParser {
+        let schema = Schema {
+            time: "ts".into(),
+            key: "key".into(),
+            features: vec!["x0".into(), "x1".into()],
+            target: "y".into(),
+        };
+        let mut p = LineParser::new(FileFormat::Csv, &schema);
+        p.header(b"ts,key,x0,note,x1,y", "test").unwrap();
+        p
+    }
+
+    /// (time, key, z) of a line, or its error.
+    fn parse(line: &str) -> Result<Option<(i64, String, Vec<f64>)>, LineError> {
+        let mut p = parser();
+        p.parse(line.as_bytes())
+            .map(|r| r.map(|r| (r.time, r.key.to_owned(), r.z.to_vec())))
+    }
+
+    fn ok(line: &str) -> (i64, String, Vec<f64>) {
+        parse(line).unwrap().unwrap()
+    }
+
+    #[test]
+    fn fast_and_general_paths_agree() {
+        let short = ok("17,k1,-0.949412727,any text,2.5e-3,42");
+        assert_eq!(short, (17, "k1".into(), vec![-0.949412727, 2.5e-3, 42.0]));
+        // Long mantissas, padding and a float time take the general path per field.
+        let long = ok(" 17.0 ,k1, -0.94941272741255233 ,x,0.1234567890123456789,1e300\r");
+        assert_eq!(long.0, 17);
+        assert_eq!(
+            long.2,
+            vec![-0.94941272741255233, 0.1234567890123456789, 1e300]
+        );
+        // Quotes anywhere: the quoting-aware parser, commas inside quotes included.
+        let quoted = ok("17,\"k,1\",1.5,\"a, b\",2,3");
+        assert_eq!(quoted, (17, "k,1".into(), vec![1.5, 2.0, 3.0]));
+        assert_eq!(parse("  ").unwrap(), None);
+    }
+
+    #[test]
+    fn errors_name_the_field_or_count() {
+        let field = |line: &str| parse(line).unwrap_err().0;
+        assert_eq!(field("17,k,1.5,n,abc,3"), Some("x1".into()));
+        assert_eq!(field("17,k,1.5,n,2,"), Some("y".into()));
+        assert_eq!(field("1.5,k,1,n,2,3"), Some("ts".into()));
+        assert_eq!(field("17,k,inf,n,2,3"), Some("x0".into()));
+        let count = |line: &str| parse(line).unwrap_err();
+        assert_eq!(
+            count("17,k,1.5,n,2"),
+            (None, "expected 6 fields, found 5".into())
+        );
+        assert_eq!(
+            count("17,k,1.5,n,2,3,4,5"),
+            (None, "expected 6 fields, found 8".into())
+        );
+        assert_eq!(
+            count("17,k,1.5,n,2,3,"),
+            (None, "expected 6 fields, found 7".into())
+        );
+        assert_eq!(
+            count("17,k,\"1.5\",n,2"),
+            (None, "expected 6 fields, found 5".into())
+        );
     }
 }

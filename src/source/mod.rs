@@ -5,6 +5,7 @@
 //! by worker `k mod workers`, so every worker is busy. The batch number is also the timely
 //! epoch of its updates, and the next batch number is a worker's resumable position.
 
+mod decimal;
 pub mod file;
 pub mod generator;
 pub mod lines;
