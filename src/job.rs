@@ -267,7 +267,7 @@ impl Job {
     /// (not the worker count, which may change between runs).
     pub fn fingerprint(&self) -> String {
         let w = &self.windows;
-        serde_json::json!({
+        let mut print = serde_json::json!({
             "source": self.source.to_string(),
             "schema": self.schema,
             "window": w.window.to_string(),
@@ -275,8 +275,13 @@ impl Job {
             "max_jump_ms": w.max_jump,
             "ridge": w.solve.ridge,
             "features": w.features,
-        })
-        .to_string()
+        });
+        if matches!(self.source, SourceSpec::Csv(_) | SourceSpec::Jsonl(_)) {
+            // File batches are byte ranges: a checkpoint's batch number means nothing
+            // under another block size.
+            print["file_block_bytes"] = crate::source::BLOCK_BYTES.into();
+        }
+        print.to_string()
     }
 }
 
