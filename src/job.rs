@@ -130,7 +130,8 @@ impl JobSpec {
         let features = match (&self.features, &source) {
             (Some(f), _) => parse_features(f)?,
             (None, SourceSpec::Gen(g)) => Schema::generated(g.features).features,
-            (None, SourceSpec::Csv(path)) => {
+            (None, SourceSpec::Csv(file)) => {
+                let path = &file.path;
                 let header = csv_header(path)?;
                 let f: Vec<String> = header
                     .into_iter()
@@ -276,10 +277,10 @@ impl Job {
             "ridge": w.solve.ridge,
             "features": w.features,
         });
-        if matches!(self.source, SourceSpec::Csv(_) | SourceSpec::Jsonl(_)) {
+        if let SourceSpec::Csv(file) | SourceSpec::Jsonl(file) = &self.source {
             // File batches are byte ranges: a checkpoint's batch number means nothing
-            // under another block size.
-            print["file_block_bytes"] = crate::source::BLOCK_BYTES.into();
+            // under another block size (the default one included).
+            print["file_block_bytes"] = file.block.into();
         }
         print.to_string()
     }

@@ -153,6 +153,10 @@ fn late_within_lateness_revises_window() {
 
     let late_out = dir.path("late.jsonl");
     let mut cfg = RunCfg::csv(&csv, d, win);
+    // Batches of 64 KiB (~1 600 records), so the ~9 750 records between the window's
+    // end and the late record span several epochs (one 4 MiB batch would hold them all,
+    // and the window would first close with the late record in it).
+    cfg.source = format!("csv:{},block=64KiB", csv.display());
     cfg.lateness = "20s".into();
     cfg.extra = vec!["--late-out".into(), late_out.display().to_string()];
     let (run, text) = run_ok(&dir, &cfg, "out.jsonl");

@@ -1,6 +1,6 @@
 //! CSV and JSON-lines files, memory-mapped and split into line-aligned blocks.
 //!
-//! Block `k` starts at the first line that begins at or after byte `k · BLOCK_BYTES` of the
+//! Block `k` starts at the first line that begins at or after byte `k · block` of the
 //! data (after the CSV header), so every worker finds the same boundaries on its own and
 //! reads only its blocks. Lines are parsed in place by a [`LineParser`]; quoted fields
 //! must not contain newlines.
@@ -11,7 +11,7 @@ use std::path::Path;
 use memmap2::Mmap;
 
 use super::lines::{FileFormat, LineParser};
-use super::{BLOCK_BYTES, Malformed, RecordSink, SourceError};
+use super::{Malformed, RecordSink, SourceError};
 use crate::record::Schema;
 
 /// The most the kernel maps about a faulting page of a file mapping (Linux's default
@@ -30,12 +30,16 @@ pub struct FileReader {
     /// A known (byte, line number) pair, for numbering malformed lines.
     lines_before: (usize, u64),
     peers: u64,
+    /// Nominal block size in bytes.
+    block: usize,
 }
 
 impl FileReader {
-    /// Opens worker `index`'s share (of `peers`) of the file at `path`.
+    /// Opens worker `index`'s share (of `peers`) of the file at `path`, cut into blocks of
+    /// about `block` bytes.
     pub fn open(
         path: &Path,
+        block: usize,
         format: FileFormat,
         schema: &Schema,
         index: usize,
@@ -66,7 +70,8 @@ impl FileReader {
             data_start = end;
         }
         let data = bytes.len().saturating_sub(data_start);
-        let blocks = data.div_ceil(BLOCK_BYTES) as u64;
+        let block = block.max(1);
+        let blocks = data.div_ceil(block) as u64;
         Ok(FileReader {
             path: shown,
             map,
@@ -76,6 +81,7 @@ impl FileReader {
             blocks,
             lines_before: (0, 1),
             peers: peers as u64,
+            block,
         })
     }
 
@@ -92,11 +98,12 @@ impl FileReader {
     }
 
     /// The byte where block `k` starts: the first line start at or after its nominal start.
-    fn block_start(bytes: &[u8], data_start: usize, k: u64) -> usize {
+    fn block_start(&self, bytes: &[u8], k: u64) -> usize {
+        let data_start = self.data_start;
         if k == 0 {
             return data_start;
         }
-        let nominal = data_start + k as usize * BLOCK_BYTES;
+        let nominal = data_start + k as usize * self.block;
         if nominal >= bytes.len() {
             return bytes.len();
         }
@@ -123,10 +130,7 @@ impl FileReader {
         // fault-around mapped up to `FAULT_AROUND` bytes about each touched page: pages of
         // the neighbouring blocks, which other workers read through their own mappings.
         // They are dropped too (this mapping only), or they would stay for the whole run.
-        let (start, end) = (
-            Self::block_start(&map, self.data_start, k),
-            Self::block_start(&map, self.data_start, k + 1),
-        );
+        let (start, end) = (self.block_start(&map, k), self.block_start(&map, k + 1));
         let page = 4096;
         let from = start.saturating_sub(FAULT_AROUND + page) / page * page;
         let to = (end + FAULT_AROUND + page).min(map.len());
@@ -147,8 +151,8 @@ impl FileReader {
         k: u64,
         sink: &mut S,
     ) -> Result<(), SourceError> {
-        let start = Self::block_start(bytes, self.data_start, k);
-        let end = Self::block_start(bytes, self.data_start, k + 1);
+        let start = self.block_start(bytes, k);
+        let end = self.block_start(bytes, k + 1);
         let mut pos = start;
         while pos < end {
             let stop = memchr::memchr(b'\n', &bytes[pos..end]).map_or(end, |i| pos + i);

@@ -1,7 +1,7 @@
 //! Sources: where records come from, split across workers.
 //!
 //! Every source is cut into *batches* numbered `0, 1, 2, …` (file blocks of about
-//! [`BLOCK_BYTES`] ending on line boundaries, or generator chunks), and batch `k` is read
+//! [`FileSpec::block`] ending on line boundaries, or generator chunks), and batch `k` is read
 //! by worker `k mod workers`, so every worker is busy. The batch number is also the timely
 //! epoch of its updates, and the next batch number is a worker's resumable position.
 
@@ -26,27 +26,89 @@ pub use lines::{FileFormat, LineParser};
 pub use log::{IngestLog, LogReader, RecordBatch};
 pub use tcp::TcpSpec;
 
-/// Target size of one file batch.
+/// Default size of one file batch (`csv:PATH,block=SIZE` sets another).
 ///
 /// Every batch is a timely epoch, and an epoch costs the workers a round of progress
 /// coordination however few records it holds: at 1 MiB (about 9 000 records of d = 8) that
 /// overhead was 10–20 % of a CSV run, at 4 MiB it is a few per cent (benchmarks.md). Batch
 /// numbers are checkpoint positions, so the size is part of a file dataflow's fingerprint.
+/// Smaller blocks give the first models sooner; they matter little for a file read once.
 pub const BLOCK_BYTES: usize = 4 << 20;
 
 /// Where records come from (`--source`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum SourceSpec {
     /// A CSV file with a header row.
-    Csv(PathBuf),
+    Csv(FileSpec),
     /// A file of JSON objects, one per line.
-    Jsonl(PathBuf),
+    Jsonl(FileSpec),
     /// The deterministic generator.
     Gen(GenSpec),
     /// Records posted to `POST /data` (needs `--serve`), through the ingest log.
     Http,
     /// Lines read from a TCP socket, through the ingest log.
     Tcp(TcpSpec),
+}
+
+/// A file source: the file, and the size of its batches.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FileSpec {
+    /// The file.
+    pub path: PathBuf,
+    /// Nominal batch size in bytes (batches end on line boundaries); [`BLOCK_BYTES`]
+    /// unless the source says `,block=SIZE`.
+    pub block: usize,
+}
+
+impl FileSpec {
+    /// The file at `path`, in batches of the default size.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        FileSpec {
+            path: path.into(),
+            block: BLOCK_BYTES,
+        }
+    }
+
+    /// `PATH[,block=SIZE]`; SIZE in bytes, or with a suffix `KiB` / `MiB` (also `k`, `M`).
+    fn parse(arg: &str, text: &str) -> Result<Self, String> {
+        match arg.rsplit_once(',') {
+            Some((_, "follow")) => Err(format!(
+                "source {text:?}: `follow` is not supported yet; files are read once"
+            )),
+            Some((path, option)) if option.starts_with("block=") => {
+                let size = &option["block=".len()..];
+                let (digits, unit) = size
+                    .find(|c: char| !c.is_ascii_digit())
+                    .map_or((size, ""), |i| size.split_at(i));
+                let scale = match unit {
+                    "" => 1,
+                    "k" | "K" | "KiB" => 1 << 10,
+                    "M" | "MiB" => 1 << 20,
+                    _ => 0,
+                };
+                match digits.parse::<usize>() {
+                    Ok(n) if n > 0 && scale > 0 => Ok(FileSpec {
+                        path: PathBuf::from(path),
+                        block: n * scale,
+                    }),
+                    _ => Err(format!(
+                        "source {text:?}: block must be a positive size such as 65536, 64KiB or 4MiB"
+                    )),
+                }
+            }
+            _ => Ok(FileSpec::new(arg)),
+        }
+    }
+}
+
+impl fmt::Display for FileSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.path.display())?;
+        if self.block != BLOCK_BYTES {
+            write!(f, ",block={}", self.block)?;
+        }
+        Ok(())
+    }
 }
 
 impl SourceSpec {
@@ -68,17 +130,9 @@ impl FromStr for SourceSpec {
                 "source {text:?}: expected csv:PATH, jsonl:PATH, gen:..., tcp:HOST:PORT or http"
             )
         })?;
-        let file = |arg: &str| -> Result<PathBuf, String> {
-            match arg.rsplit_once(',') {
-                Some((_, "follow")) => Err(format!(
-                    "source {text:?}: `follow` is not supported yet; files are read once"
-                )),
-                _ => Ok(PathBuf::from(arg)),
-            }
-        };
         match kind {
-            "csv" => Ok(SourceSpec::Csv(file(arg)?)),
-            "jsonl" | "json" => Ok(SourceSpec::Jsonl(file(arg)?)),
+            "csv" => Ok(SourceSpec::Csv(FileSpec::parse(arg, text)?)),
+            "jsonl" | "json" => Ok(SourceSpec::Jsonl(FileSpec::parse(arg, text)?)),
             "gen" => Ok(SourceSpec::Gen(arg.parse()?)),
             "tcp" => Ok(SourceSpec::Tcp(arg.parse()?)),
             _ => Err(format!(
@@ -91,8 +145,8 @@ impl FromStr for SourceSpec {
 impl fmt::Display for SourceSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SourceSpec::Csv(p) => write!(f, "csv:{}", p.display()),
-            SourceSpec::Jsonl(p) => write!(f, "jsonl:{}", p.display()),
+            SourceSpec::Csv(file) => write!(f, "csv:{file}"),
+            SourceSpec::Jsonl(file) => write!(f, "jsonl:{file}"),
             SourceSpec::Gen(g) => write!(f, "gen:{g}"),
             SourceSpec::Http => write!(f, "http"),
             SourceSpec::Tcp(t) => write!(f, "tcp:{t}"),
@@ -169,15 +223,17 @@ impl SourceReader {
         peers: usize,
     ) -> Result<Self, SourceError> {
         Ok(match spec {
-            SourceSpec::Csv(path) => SourceReader::File(FileReader::open(
-                path,
+            SourceSpec::Csv(file) => SourceReader::File(FileReader::open(
+                &file.path,
+                file.block,
                 FileFormat::Csv,
                 schema,
                 index,
                 peers,
             )?),
-            SourceSpec::Jsonl(path) => SourceReader::File(FileReader::open(
-                path,
+            SourceSpec::Jsonl(file) => SourceReader::File(FileReader::open(
+                &file.path,
+                file.block,
                 FileFormat::Jsonl,
                 schema,
                 index,
@@ -235,6 +291,35 @@ impl SourceReader {
             SourceReader::File(r) => r.seek(batch),
             SourceReader::Gen(r) => r.seek(batch),
             SourceReader::Log(r) => r.seek(batch),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_sources_and_their_block_size() {
+        let spec: SourceSpec = "csv:data/in.csv".parse().unwrap();
+        assert_eq!(spec, SourceSpec::Csv(FileSpec::new("data/in.csv")));
+        assert_eq!(spec.to_string(), "csv:data/in.csv");
+        for (text, block) in [("64KiB", 64 << 10), ("4M", 4 << 20), ("1000", 1000)] {
+            let spec: SourceSpec = format!("jsonl:a,b.json,block={text}").parse().unwrap();
+            let want = FileSpec {
+                path: "a,b.json".into(),
+                block,
+            };
+            assert_eq!(spec, SourceSpec::Jsonl(want));
+            assert_eq!(spec.to_string().parse::<SourceSpec>().unwrap(), spec);
+        }
+        for bad in [
+            "csv:x,block=0",
+            "csv:x,block=4GB",
+            "csv:x,block=",
+            "csv:x,follow",
+        ] {
+            assert!(bad.parse::<SourceSpec>().is_err(), "{bad}");
         }
     }
 }
