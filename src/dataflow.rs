@@ -504,11 +504,7 @@ pub(crate) struct Combiner {
     reported: u64,
     keys: FxHashMap<Box<str>, u32>,
     names: Vec<String>,
-    /// The panes fed since the last drain, in the order first fed: (key id, bucket, sums).
-    panes: Vec<(u32, Time, PaneAcc)>,
-    /// Per key id, where its panes are in `panes`: few, since a batch spans few panes, so
-    /// a scan from the newest beats hashing. Cleared, not freed, at each drain.
-    of_key: Vec<Vec<u32>>,
+    panes: FxHashMap<(u32, Time), PaneAcc>,
     /// What the records fed since the last `take` held.
     pub(crate) counts: Counts,
     /// Records set aside since the last drain.
@@ -534,8 +530,7 @@ impl Combiner {
             reported: 0,
             keys: FxHashMap::default(),
             names: Vec::new(),
-            panes: Vec::new(),
-            of_key: Vec::new(),
+            panes: FxHashMap::default(),
             counts: Counts::default(),
             aside: Vec::new(),
         }
@@ -545,11 +540,7 @@ impl Combiner {
     pub(crate) fn drain_panes(&mut self) -> impl Iterator<Item = ((String, Pane), Stats)> + '_ {
         let names = &self.names;
         let window = self.window;
-        for (k, _, _) in &self.panes {
-            self.of_key[*k as usize].clear();
-        }
-        self.panes.drain(..).map(move |(k, bucket, acc)| {
-            let key = &names[k as usize];
+        self.panes.drain().map(move |((k, bucket), acc)| {
             let pane = if window.is_session() {
                 Pane {
                     start: acc.first,
@@ -561,7 +552,7 @@ impl Combiner {
                     end: bucket + window.bucket(),
                 }
             };
-            ((key.clone(), pane), acc.stats)
+            ((names[k as usize].clone(), pane), acc.stats)
         })
     }
 }
@@ -578,28 +569,16 @@ impl RecordSink for Combiner {
                         let k = self.names.len() as u32;
                         self.keys.insert(r.key.into(), k);
                         self.names.push(r.key.to_owned());
-                        self.of_key.push(Vec::new());
                         k
                     }
                 };
                 let bucket = self.window.bucket_start(r.time);
-                let of_key = &mut self.of_key[k as usize];
-                let panes = &mut self.panes;
-                let at = match of_key
-                    .iter()
-                    .rev()
-                    .find(|&&i| panes[i as usize].1 == bucket)
-                {
-                    Some(&at) => at as usize,
-                    None => {
-                        let stats = Stats::with_features(self.features);
-                        let (first, last) = (r.time, r.time);
-                        of_key.push(panes.len() as u32);
-                        panes.push((k, bucket, PaneAcc { first, last, stats }));
-                        panes.len() - 1
-                    }
-                };
-                let acc = &mut panes[at].2;
+                let features = self.features;
+                let acc = self.panes.entry((k, bucket)).or_insert_with(|| PaneAcc {
+                    first: r.time,
+                    last: r.time,
+                    stats: Stats::with_features(features),
+                });
                 acc.first = acc.first.min(r.time);
                 acc.last = acc.last.max(r.time);
                 acc.stats.add_row(r.z);
