@@ -115,7 +115,11 @@ pub fn parse_f64_prefix(s: &[u8]) -> Option<(f64, usize)> {
         if s.get(i).is_some_and(u8::is_ascii_digit) {
             return None;
         }
-        exponent = -((zeros + (i - before)) as i32);
+        let scale = zeros + (i - before);
+        if scale > 400 {
+            return None; // far outside the fast path's range (and i32's, eventually)
+        }
+        exponent = -(scale as i32);
         any_digit |= i > frac_start;
     }
     if !any_digit {
