@@ -6,7 +6,7 @@
 //!     ├──► progress (max event time, counts) ── broadcast ──┐                    ▼
 //!     └──► set aside (late, too far ahead) ─► late sink     │   arrange_by_key (exchange by key)
 //!                                                           ▼                    │
-//!                 retractions of expired panes (epoch + 1) ◄── windows ◄─────────┘
+//!             retractions of expired panes (epoch + delay) ◄── windows ◄─────────┘
 //!                                                              │ sums of panes, solve
 //!                                                              ▼
 //!                                                     models ─► sink (worker 0)
@@ -436,10 +436,15 @@ pub fn ingest<'scope>(
                         checkpoint: mark(done),
                     }));
                     drop(session);
-                    if done {
-                        cap = None;
-                    } else {
-                        activator.activate();
+                    match reader.next_batch() {
+                        // Release this batch's epoch at once: downstream can complete it
+                        // (and the other workers' sources see progress) without waiting
+                        // for this source's next activation and read.
+                        Some(next) if !done => {
+                            c.downgrade(&next.max(first));
+                            activator.activate();
+                        }
+                        _ => cap = None,
                     }
                 }
                 None => {
@@ -796,6 +801,8 @@ struct Windows {
     /// Whether this worker tallies every worker's records into the metrics (worker 0:
     /// it hears every worker's progress, so process 0's metrics cover the cluster).
     counts_workers: bool,
+    /// Epochs from a pane's expiry to its retraction ([`retraction_delay`]).
+    retraction_delay: Epoch,
 }
 
 struct KeyWindows {
@@ -835,6 +842,7 @@ impl Windows {
             estimates: context.estimates,
             open_windows: 0,
             counts_workers: worker == 0,
+            retraction_delay: retraction_delay(peers),
             checkpoint: context.checkpoint.clone().map(|c| Checkpointer {
                 context: c,
                 worker,
@@ -1067,9 +1075,16 @@ impl Windows {
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
             let mut panes = Vec::new();
+            // Only the panes this operator holds open: an expired pane's retraction
+            // reaches the trace `retraction_delay` epochs later.
+            let open = self.keys.get(key.as_str()).map(|s| &s.panes);
             cursor.seek_key(&storage, key);
             if cursor.get_key(&storage) == Some(key) {
                 while let Some(pane) = cursor.get_val(&storage) {
+                    if !open.is_some_and(|open| open.contains(pane)) {
+                        cursor.step_val(&storage);
+                        continue;
+                    }
                     let mut total = Stats::zero();
                     cursor.map_times(&storage, |t, diff| {
                         if *t <= epoch {
@@ -1160,7 +1175,7 @@ impl Windows {
                 retraction.negate();
                 emit(Emission::Retract((
                     (key.to_owned(), pane),
-                    epoch + 1,
+                    epoch + self.retraction_delay,
                     retraction,
                 )));
             }
@@ -1216,6 +1231,23 @@ fn windows_of(spec: WindowSpec, panes: &[(Pane, Stats)]) -> Vec<(Window, Vec<usi
     }
 }
 
+/// How many epochs after a pane expires its retraction enters the arrangement.
+///
+/// The retractions loop back into the arrangement's input, so the arrangement cannot seal
+/// epoch `e + delay` before the windows operator has finished epoch `e`. With a delay of
+/// one, the whole dataflow advanced about one epoch per round trip of that loop (three
+/// worker steps), far slower than the sources: the sources ran ahead until throttled, and
+/// the arrangement's batcher re-sorted the growing backlog at every step, so a long run
+/// slowed down as it went (a 120 M-record run on two workers fell to the speed of one).
+/// A delay of a few epochs per worker lets the loop keep up. Expired panes stay in the
+/// trace until then, invisible: the windows operator reads only panes it holds open.
+pub fn retraction_delay(peers: usize) -> Epoch {
+    RETRACTION_DELAY_PER_WORKER * peers as Epoch
+}
+
+/// See [`retraction_delay`].
+pub const RETRACTION_DELAY_PER_WORKER: Epoch = 16;
+
 /// Builds the windowed-regression dataflow on `panes`: the arrangement, the windows
 /// operator, and the loop that retracts expired panes. `control` carries the workers'
 /// progress (and, with checkpoints, commit notices). Returns the windows operator's
@@ -1228,7 +1260,7 @@ pub fn windowed_regression<'scope>(
     config: &WindowConfig,
     context: &RunContext,
 ) -> (WindowOutputs<'scope>, PaneTrace) {
-    let (handle, retractions) = scope.feedback(1);
+    let (handle, retractions) = scope.feedback(retraction_delay(scope.peers()));
     let arranged = panes
         .concat(retractions.as_collection())
         .arrange_by_key_named("PaneStats");
