@@ -2,8 +2,11 @@
 //! models; within the lateness it revises the window; an absurd future timestamp is set
 //! aside with --max-jump instead of making everything after it late.
 //!
-//! All runs use -w 1, where the watermark is the largest event time read so far minus the
-//! lateness, so which record is late is deterministic.
+//! The runs use -w 1, where the watermark is the largest event time read so far minus the
+//! lateness, so which record is late is deterministic; the last test, whose input has no
+//! late record under any schedule, runs -w 2 as well.
+
+use std::collections::BTreeMap;
 
 mod common;
 
@@ -291,4 +294,64 @@ fn absurd_future_timestamp_is_set_aside() {
 
     let got = keep_final(&parse_emissions(&text));
     assert_models_match(&got, &want, &ctx);
+}
+
+/// A key whose panes all expire and which comes back before their retractions reach the
+/// arrangement (they loop back `16 × workers` epochs later, and the 4 KiB batches here are
+/// ~100 records each). The expired panes are still in the trace then; the engine must
+/// neither emit their windows again nor retract them twice: every window is emitted final
+/// exactly once and equals the oracle, for one and two workers.
+#[test]
+fn key_returning_before_its_expired_panes_leave() {
+    let d = 1;
+    let mut rng = SplitMix64::new(17);
+    let mut rows = Vec::new();
+    for i in 0..6_000i64 {
+        let ts = T0 + i * 10; // k0: T0 .. T0 + 60 s, every 10 ms
+        let gap = (15_000..17_000).contains(&(i * 10)) || i * 10 >= 30_000;
+        for key in ["k0", "k1"] {
+            // k1: quiet from 15 s (its panes expire at 16 s) to 17 s, and after 30 s.
+            if key == "k1" && gap {
+                continue;
+            }
+            let x = rng.normal();
+            let y = if key == "k0" {
+                1.0 + 2.0 * x
+            } else {
+                -3.0 + 0.5 * x
+            } + 0.1 * rng.normal();
+            rows.push(Row {
+                ts,
+                key: key.into(),
+                x: vec![x],
+                y,
+            });
+        }
+    }
+    let dir = TempDir::new("key_returning");
+    let csv = dir.path("in.csv");
+    write_csv(&csv, &rows, d);
+    for win in [Win::Tumbling(5_000), Win::Sliding(5_000, 1_000)] {
+        let want = oracle(&rows, d, win, None);
+        for workers in [1, 2] {
+            let mut cfg = RunCfg::csv(&csv, d, win);
+            cfg.source = format!("csv:{},block=4KiB", csv.display());
+            cfg.lateness = "1s".into();
+            cfg.workers = workers;
+            let (run, text) = run_ok(&dir, &cfg, "out.jsonl");
+            let ctx = format!("{} ({})", win.arg(), run.cmdline);
+            assert_eq!(run.summary("late"), Some(0), "{ctx}: {}", run.stderr);
+            let ems = parse_emissions(&text);
+            let mut finals: BTreeMap<WinKey, usize> = BTreeMap::new();
+            for e in ems.iter().filter(|e| e.model.is_final) {
+                *finals.entry(e.key.clone()).or_default() += 1;
+            }
+            let twice: Vec<_> = finals.iter().filter(|(_, n)| **n > 1).collect();
+            assert!(
+                twice.is_empty(),
+                "{ctx}: windows emitted final more than once: {twice:?}"
+            );
+            assert_models_match(&keep_final(&ems), &want, &ctx);
+        }
+    }
 }
