@@ -291,7 +291,8 @@ impl Job {
 pub struct Summary {
     /// Final counters (of this process).
     pub metrics: Snapshot,
-    /// Wall-clock time of the run.
+    /// Wall-clock time from the first worker's start (after a cluster's processes have
+    /// connected) to the end of the run.
     pub elapsed: Duration,
 }
 
@@ -403,10 +404,14 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
         ..RunContext::new(job.on_error, Arc::clone(&metrics), fatal)
     };
     let log_readers = cluster.workers;
-    let started = Instant::now();
+    // The clock starts when the first worker does: after a cluster's processes have
+    // connected (timely retries connections for as long as a peer is not up yet).
+    let started: Arc<std::sync::OnceLock<Instant>> = Arc::default();
+    let started_at_worker = Arc::clone(&started);
     let process = cluster.process;
     let processes = cluster.processes;
     let guards = timely::execute(cluster.timely_config()?, move |worker| {
+        started_at_worker.get_or_init(Instant::now);
         let job = job.clone();
         let context = context.clone();
         let index = worker.index();
@@ -525,7 +530,7 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
     }
     Ok(Summary {
         metrics: metrics.snapshot(),
-        elapsed: started.elapsed(),
+        elapsed: started.get().map_or(Duration::ZERO, Instant::elapsed),
     })
 }
 
