@@ -86,10 +86,14 @@ impl FileSpec {
                     "M" | "MiB" => 1 << 20,
                     _ => 0,
                 };
-                match digits.parse::<usize>() {
-                    Ok(n) if n > 0 && scale > 0 => Ok(FileSpec {
+                match digits
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|n| n.checked_mul(scale))
+                {
+                    Some(block) if block > 0 => Ok(FileSpec {
                         path: PathBuf::from(path),
-                        block: n * scale,
+                        block,
                     }),
                     _ => Err(format!(
                         "source {text:?}: block must be a positive size such as 65536, 64KiB or 4MiB"
