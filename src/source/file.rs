@@ -70,7 +70,8 @@ impl FileReader {
             data_start = end;
         }
         let data = bytes.len().saturating_sub(data_start);
-        let block = block.max(1);
+        // A block larger than the data is the whole data (and keeps offsets in range).
+        let block = block.clamp(1, data.max(1));
         let blocks = data.div_ceil(block) as u64;
         Ok(FileReader {
             path: shown,
@@ -187,5 +188,57 @@ impl FileReader {
         line += memchr::memchr_iter(b'\n', &bytes[from..pos]).count() as u64;
         self.lines_before = (pos, line);
         line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::RecordRef;
+
+    struct Count(u64);
+
+    impl RecordSink for Count {
+        fn record(&mut self, _: RecordRef<'_>) {
+            self.0 += 1;
+        }
+        fn malformed(&mut self, error: Malformed) -> Result<(), SourceError> {
+            panic!("{error}")
+        }
+    }
+
+    /// Every record is read once, in blocks of any size (a byte, a line, the largest
+    /// size there is), by one worker or several.
+    #[test]
+    fn any_block_size_reads_every_line_once() {
+        let dir = std::env::temp_dir().join(format!("tributary-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("in.csv");
+        let mut text = String::from("ts,key,x0,y\n");
+        for i in 0..100 {
+            text.push_str(&format!("{i},k{},{}.5,{}\n", i % 3, i, i * 2));
+        }
+        std::fs::write(&path, text).unwrap();
+        let schema = Schema {
+            time: "ts".into(),
+            key: "key".into(),
+            features: vec!["x0".into()],
+            target: "y".into(),
+        };
+        for block in [1, 7, 4096, usize::MAX] {
+            for peers in [1, 3] {
+                let mut count = Count(0);
+                for index in 0..peers {
+                    let mut reader =
+                        FileReader::open(&path, block, FileFormat::Csv, &schema, index, peers)
+                            .unwrap();
+                    while reader.next_batch().is_some() {
+                        reader.read_batch(&mut count).unwrap();
+                    }
+                }
+                assert_eq!(count.0, 100, "block {block}, {peers} workers");
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

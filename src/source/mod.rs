@@ -71,10 +71,12 @@ impl FileSpec {
 
     /// `PATH[,block=SIZE]`; SIZE in bytes, or with a suffix `KiB` / `MiB` (also `k`, `M`).
     fn parse(arg: &str, text: &str) -> Result<Self, String> {
-        match arg.rsplit_once(',') {
-            Some((_, "follow")) => Err(format!(
+        if arg.split(',').skip(1).any(|option| option == "follow") {
+            return Err(format!(
                 "source {text:?}: `follow` is not supported yet; files are read once"
-            )),
+            ));
+        }
+        match arg.rsplit_once(',') {
             Some((path, option)) if option.starts_with("block=") => {
                 let size = &option["block=".len()..];
                 let (digits, unit) = size
