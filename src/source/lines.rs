@@ -202,9 +202,7 @@ impl LineParser {
         let mut pos = 0;
         for c in 0..expected {
             if pos > line.len() {
-                if memchr::memchr(b'"', line).is_some() {
-                    return self.parse_quoted_csv(line);
-                }
+                // Every field so far was scanned, and none had a quote.
                 return Err((None, format!("expected {expected} fields, found {c}")));
             }
             let slot = self.columns[c];
@@ -244,10 +242,12 @@ impl LineParser {
             pos = end + 1;
         }
         if pos <= line.len() {
-            if memchr::memchr(b'"', line).is_some() {
+            // Fields beyond the header's: unless quoting says otherwise.
+            let tail = &line[pos..];
+            if memchr::memchr(b'"', tail).is_some() {
                 return self.parse_quoted_csv(line);
             }
-            let found = expected + 1 + memchr::memchr_iter(b',', &line[pos..]).count();
+            let found = expected + 1 + memchr::memchr_iter(b',', tail).count();
             return Err((None, format!("expected {expected} fields, found {found}")));
         }
         Ok(())
