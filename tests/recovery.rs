@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_tributary");
 
 /// A generated stream long enough to be killed in the middle of.
-const SOURCE: &str = "gen:rows=1500000,keys=8,features=3,seed=5,disorder=200,batch=4096";
+const SOURCE: &str = "gen:rows=15000000,keys=8,features=3,seed=5,disorder=200,batch=4096";
 const WINDOW: &str = "sliding:20s/5s";
 
 struct TempDir(PathBuf);
