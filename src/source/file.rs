@@ -155,7 +155,14 @@ impl FileReader {
         let start = self.block_start(bytes, k);
         let end = self.block_start(bytes, k + 1);
         let mut pos = start;
+        // The block's own bytes: the fast path reads no further.
+        let block = &bytes[..end];
         while pos < end {
+            if let Some((record, next)) = self.parser.parse_csv_at(block, pos) {
+                sink.record(record);
+                pos = next;
+                continue;
+            }
             let stop = memchr::memchr(b'\n', &bytes[pos..end]).map_or(end, |i| pos + i);
             match self.parser.parse(&bytes[pos..stop]) {
                 Ok(Some(record)) => sink.record(record),

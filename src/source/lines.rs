@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
-use super::{SourceError, decimal};
+use super::{SourceError, decimal, fast_csv};
 use crate::record::{RecordRef, Schema};
 
 /// The line format of a source.
@@ -23,7 +23,7 @@ pub enum FileFormat {
 
 /// What a column or JSON field is used for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Slot {
+pub(super) enum Slot {
     Time,
     Key,
     /// Index into `z = [x, y]`.
@@ -44,7 +44,16 @@ pub struct LineParser {
     z: Vec<f64>,
     key: String,
     record: csv::ByteRecord,
+    /// Whether CSV lines may take the vectorised fast path ([`fast_csv`]).
+    fast: bool,
+    /// Lines the fast path declined in a row; past [`GIVE_UP`] it is tried only on one
+    /// line in 256, so data it never fits (long numbers) costs nearly nothing.
+    declined: u32,
+    tries: u8,
 }
+
+/// Declined lines in a row after which the fast path is tried only now and then.
+const GIVE_UP: u32 = 16;
 
 impl LineParser {
     /// A parser of `format` lines for `schema`. A CSV parser needs its
@@ -68,6 +77,9 @@ impl LineParser {
             z: vec![0.0; d + 1],
             key: String::new(),
             record: csv::ByteRecord::new(),
+            fast: format == FileFormat::Csv && fast_csv::available(),
+            declined: 0,
+            tries: 0,
         }
     }
 
@@ -129,6 +141,53 @@ impl LineParser {
             key: &self.key,
             z: &self.z,
         }))
+    }
+}
+
+impl LineParser {
+    /// Parses the CSV line that starts at byte `pos` of `bytes` on the vectorised fast
+    /// path, if it qualifies: the record, borrowed from the parser's scratch and `bytes`,
+    /// and where the next line starts. A line qualifies when its numbers are plain
+    /// decimals (`[-]digits[.digits]`) of at most 15 bytes, its key is printable ASCII
+    /// without spaces or quotes, no field is longer than 15 bytes or quoted, it ends in a
+    /// newline, and this CPU has SSSE3 and SSE4.1; the value read is the one
+    /// [`parse`](Self::parse) gives, to the bit. `None` leaves the line to `parse`, which
+    /// parses any line and reports errors. The fast path reads up to 64 bytes past the
+    /// line's start, never past `bytes`.
+    #[inline]
+    pub fn parse_csv_at<'a>(
+        &'a mut self,
+        bytes: &'a [u8],
+        pos: usize,
+    ) -> Option<(RecordRef<'a>, usize)> {
+        if !self.fast || self.columns.is_empty() {
+            return None;
+        }
+        if self.declined >= GIVE_UP {
+            self.tries = self.tries.wrapping_add(1);
+            if self.tries != 0 {
+                return None;
+            }
+        }
+        let mut key = 0..0;
+        let out = fast_csv::Scratch {
+            time: &mut self.time,
+            key: &mut key,
+            z: &mut self.z,
+        };
+        let Some(next) = fast_csv::line(bytes, pos, &self.columns, out) else {
+            self.declined = self.declined.saturating_add(1);
+            return None;
+        };
+        self.declined = 0;
+        // The fast path checked the key is printable ASCII.
+        let key = std::str::from_utf8(&bytes[key]).ok()?;
+        let record = RecordRef {
+            time: self.time,
+            key,
+            z: &self.z,
+        };
+        Some((record, next))
     }
 }
 
@@ -464,10 +523,11 @@ impl<'de> Visitor<'de> for KeyValue<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn parser() -> LineParser {
+    /// A CSV parser of columns `ts,key,x0,note,x1,y` (`note` is not in the schema).
+    pub(in crate::source) fn parser() -> LineParser {
         let schema = Schema {
             time: "ts".into(),
             key: "key".into(),

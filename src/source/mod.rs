@@ -6,6 +6,7 @@
 //! epoch of its updates, and the next batch number is a worker's resumable position.
 
 mod decimal;
+mod fast_csv;
 pub mod file;
 pub mod generator;
 pub mod lines;
