@@ -98,18 +98,17 @@ impl Stats {
             "row of another dimension"
         );
         self.n += 1;
-        let (sum, cross) = self.sums.split_at_mut(m);
-        for (s, zi) in sum.iter_mut().zip(z) {
-            *s += zi;
-        }
-        let mut row = cross;
-        for i in 0..m {
-            let zi = z[i];
-            let (this, rest) = row.split_at_mut(m - i);
-            for (c, zj) in this.iter_mut().zip(&z[i..]) {
-                *c += zi * zj;
-            }
-            row = rest;
+        // Up to eight features, a loop per dimension that the compiler unrolls flat.
+        match m {
+            2 => add_fixed::<2>(&mut self.sums, z),
+            3 => add_fixed::<3>(&mut self.sums, z),
+            4 => add_fixed::<4>(&mut self.sums, z),
+            5 => add_fixed::<5>(&mut self.sums, z),
+            6 => add_fixed::<6>(&mut self.sums, z),
+            7 => add_fixed::<7>(&mut self.sums, z),
+            8 => add_fixed::<8>(&mut self.sums, z),
+            9 => add_fixed::<9>(&mut self.sums, z),
+            _ => add(&mut self.sums, z),
         }
     }
 
@@ -201,6 +200,44 @@ impl Stats {
     fn canonicalize(&mut self) {
         if self.n == 0 {
             self.sums.clear();
+        }
+    }
+}
+
+/// `sums += [z, upper triangle of z zᵀ]`, for any length of `z`.
+#[inline]
+fn add(sums: &mut [f64], z: &[f64]) {
+    let m = z.len();
+    let (sum, cross) = sums.split_at_mut(m);
+    for (s, zi) in sum.iter_mut().zip(z) {
+        *s += zi;
+    }
+    let mut row = cross;
+    for i in 0..m {
+        let zi = z[i];
+        let (this, rest) = row.split_at_mut(m - i);
+        for (c, zj) in this.iter_mut().zip(&z[i..]) {
+            *c += zi * zj;
+        }
+        row = rest;
+    }
+}
+
+/// [`add`] for `z` of length `M`, known when compiling: no loop is left.
+#[inline]
+fn add_fixed<const M: usize>(sums: &mut [f64], z: &[f64]) {
+    let (Ok(z), Some((sum, cross))) = (<&[f64; M]>::try_from(z), sums.split_first_chunk_mut::<M>())
+    else {
+        return add(sums, z);
+    };
+    for i in 0..M {
+        sum[i] += z[i];
+    }
+    let mut k = 0;
+    for i in 0..M {
+        for j in i..M {
+            cross[k] += z[i] * z[j];
+            k += 1;
         }
     }
 }
