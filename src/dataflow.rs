@@ -507,13 +507,67 @@ pub(crate) struct Combiner {
     features: usize,
     on_error: OnError,
     reported: u64,
-    keys: FxHashMap<Box<str>, u32>,
-    names: Vec<String>,
+    keys: KeyNumbers,
     panes: FxHashMap<(u32, Time), PaneAcc>,
     /// What the records fed since the last `take` held.
     pub(crate) counts: Counts,
     /// Records set aside since the last drain.
     pub(crate) aside: Vec<SetAside>,
+}
+
+/// The keys of one batch's records, numbered in order of first sight (cleared with each
+/// drain, so a key that stops coming leaves no trace). A key of at most 15 bytes is looked
+/// up as one 128-bit integer (its bytes and its length): no string hashed or compared.
+#[derive(Default)]
+struct KeyNumbers {
+    short: FxHashMap<u128, u32>,
+    long: FxHashMap<Box<str>, u32>,
+    names: Vec<String>,
+}
+
+impl KeyNumbers {
+    /// The number of `key`, given one if it has none.
+    #[inline]
+    fn number(&mut self, key: &str) -> u32 {
+        let next = self.names.len() as u32;
+        let number = match pack(key.as_bytes()) {
+            Some(packed) => *self.short.entry(packed).or_insert(next),
+            None => match self.long.get(key) {
+                Some(&k) => k,
+                None => *self.long.entry(key.into()).or_insert(next),
+            },
+        };
+        if number == next {
+            self.names.push(key.to_owned());
+        }
+        number
+    }
+
+    fn clear(&mut self) {
+        self.short.clear();
+        self.long.clear();
+        self.names.clear();
+    }
+}
+
+/// Up to 15 bytes as one integer: the bytes from the lowest, and the length in the top
+/// byte (so `"a"` and `"a\0"` differ). Two loads that may overlap, not a copy loop.
+#[inline]
+fn pack(b: &[u8]) -> Option<u128> {
+    let n = b.len();
+    let word = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes")) as u128;
+    let half = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes")) as u128;
+    // Overlapping loads put equal bytes in the same places, so `|` keeps them as they are.
+    let bytes = match n {
+        16.. => return None,
+        8.. => word(0) | word(n - 8) << (8 * (n - 8)),
+        4.. => half(0) | half(n - 4) << (8 * (n - 4)),
+        1.. => {
+            b[0] as u128 | (b[n / 2] as u128) << (8 * (n / 2)) | (b[n - 1] as u128) << (8 * (n - 1))
+        }
+        0 => 0,
+    };
+    Some(bytes | (n as u128) << 120)
 }
 
 struct PaneAcc {
@@ -533,8 +587,7 @@ impl Combiner {
             features: config.features,
             on_error,
             reported: 0,
-            keys: FxHashMap::default(),
-            names: Vec::new(),
+            keys: KeyNumbers::default(),
             panes: FxHashMap::default(),
             counts: Counts::default(),
             aside: Vec::new(),
@@ -543,7 +596,8 @@ impl Combiner {
 
     /// The panes of the records fed since the last drain, with their statistics.
     pub(crate) fn drain_panes(&mut self) -> impl Iterator<Item = ((String, Pane), Stats)> + '_ {
-        let names = &self.names;
+        let names = std::mem::take(&mut self.keys.names);
+        self.keys.clear();
         let window = self.window;
         self.panes.drain().map(move |((k, bucket), acc)| {
             let pane = if window.is_session() {
@@ -568,15 +622,7 @@ impl RecordSink for Combiner {
         self.counts.records += 1;
         match self.watermark.admit(r.time, self.window.late_at(r.time)) {
             Admission::Admit => {
-                let k = match self.keys.get(r.key) {
-                    Some(&k) => k,
-                    None => {
-                        let k = self.names.len() as u32;
-                        self.keys.insert(r.key.into(), k);
-                        self.names.push(r.key.to_owned());
-                        k
-                    }
-                };
+                let k = self.keys.number(r.key);
                 let bucket = self.window.bucket_start(r.time);
                 let features = self.features;
                 let acc = self.panes.entry((k, bucket)).or_insert_with(|| PaneAcc {
@@ -1268,4 +1314,40 @@ pub fn windowed_regression<'scope>(
     let outputs = arranged.windowed_models(control, config, context);
     outputs.retractions.clone().connect_loop(handle);
     (outputs, trace)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::{KeyNumbers, pack};
+
+    proptest! {
+        /// Two short keys pack to the same integer exactly when they are equal.
+        #[test]
+        fn packed_keys_are_the_keys(a in proptest::collection::vec(0u8..4, 0..17),
+                                    b in proptest::collection::vec(0u8..4, 0..17)) {
+            match (pack(&a), pack(&b)) {
+                (Some(p), Some(q)) => prop_assert_eq!(p == q, a == b),
+                (p, q) => {
+                    prop_assert_eq!(p.is_none(), a.len() >= 16);
+                    prop_assert_eq!(q.is_none(), b.len() >= 16);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn keys_are_numbered_in_order_of_first_sight() {
+        let mut keys = KeyNumbers::default();
+        let long = "a key of more than fifteen bytes";
+        let seen: Vec<u32> = ["b", "a", long, "b", "", long, "a\0"]
+            .iter()
+            .map(|k| keys.number(k))
+            .collect();
+        assert_eq!(seen, [0, 1, 2, 0, 3, 2, 4]);
+        assert_eq!(keys.names, ["b", "a", long, "", "a\0"]);
+        keys.clear();
+        assert_eq!(keys.number("a"), 0);
+    }
 }
