@@ -4,8 +4,8 @@
 //! A line qualifies when every number in it is `[-]digits[.digits]` at most 15 bytes
 //! long (so at most 15 digits), every key is at most 15 printable ASCII bytes without quotes or spaces, every
 //! skipped field is at most 15 bytes without quotes, and the line ends in `\n` (or `\r\n`) with the header's number of fields.
-//! For such a line each field is found with one 16-byte load and a comparison mask, and a
-//! number's digits are moved into place by one shuffle (closing the gap of its decimal
+//! For such a line the fields are found from masks of its separators, 64 bytes at a
+//! time, and a number's digits are moved into place by one shuffle (closing the gap of its decimal
 //! point) and converted sixteen at a time by multiply-adds. With at most 15 digits the
 //! mantissa is below 2⁵³ and the scale at most 10¹⁵, so one division rounds correctly and
 //! the value is the one any correct parser gives (Clinger's fast path, as in
@@ -26,6 +26,8 @@ pub(super) struct Scratch<'a> {
     /// Where the key is in the bytes given to [`line`].
     pub key: &'a mut std::ops::Range<usize>,
     pub z: &'a mut [f64],
+    /// The power of ten each of `z` is to be divided by, as long as `z`.
+    pub scale: &'a mut [f64],
 }
 
 /// Whether this CPU has what [`line`] needs.
@@ -71,30 +73,34 @@ mod x86 {
         1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
     ];
 
-    /// Shuffles that close the gap of a decimal point in 16 bytes that end with a number:
-    /// entry `g` (the digits after the point) keeps the last `g` bytes where they are and
-    /// moves the bytes before the point up by one, over it. Entry 16 (no point) keeps all.
-    const CLOSE_POINT: [[u8; 16]; 17] = {
-        let mut table = [[0u8; 16]; 17];
-        let mut g = 0;
-        while g <= 16 {
-            let mut i = 0;
-            while i < 16 {
-                table[g][i] = if i + g > 15 {
-                    i as u8
-                } else if i == 0 {
-                    0x80 // zero
-                } else {
-                    (i - 1) as u8
-                };
-                i += 1;
+    /// Shuffles of the 16 bytes that end with a number into its digits, right-aligned, with
+    /// zeros before them: entry `[after][digits]` is for a number of `digits` digits of
+    /// which `after` follow a point (16: no point). The bytes after the point stay where
+    /// they are, the bytes before it move up by one, over the point, and the first
+    /// `16 - digits` bytes (a sign, the previous field) become zeros.
+    const DIGITS: [[[u8; 16]; 16]; 17] = {
+        let mut table = [[[0u8; 16]; 16]; 17];
+        let mut after = 0;
+        while after <= 16 {
+            let mut digits = 0;
+            while digits < 16 {
+                let mut i = 0;
+                while i < 16 {
+                    table[after][digits][i] = if i < 16 - digits {
+                        0x80 // zero
+                    } else if i + after > 15 {
+                        i as u8
+                    } else {
+                        (i - 1) as u8
+                    };
+                    i += 1;
+                }
+                digits += 1;
             }
-            g += 1;
+            after += 1;
         }
         table
     };
-
-    const IOTA: [u8; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
 
     #[target_feature(enable = "ssse3,sse4.1")]
     fn splat(b: u8) -> __m128i {
@@ -107,64 +113,54 @@ mod x86 {
         _mm_movemask_epi8(_mm_cmpeq_epi8(v, splat(b))) as u32
     }
 
-    /// Sixteen bytes of `bytes` from `at`, if there are sixteen.
-    #[target_feature(enable = "ssse3,sse4.1")]
-    fn load(bytes: &[u8], at: usize) -> Option<__m128i> {
-        let chunk = bytes.get(at..at.checked_add(16)?)?;
-        // SAFETY: `chunk` is sixteen readable bytes; the load is unaligned.
-        Some(unsafe { _mm_loadu_si128(chunk.as_ptr().cast()) })
-    }
-
-    /// Bit `i` set where byte `at + i` ends a field (a comma, `\n` or `\r`), for the 64
-    /// bytes from `at`, if there are 64. Fields are found from these masks, so no field's
-    /// position waits for the previous field to be read.
+    /// Bit `i` set where byte `at + i` of `bytes` ends a field (a comma, `\n` or `\r`),
+    /// for the 64 bytes from `at`, if there are 64. Fields are found from these masks, so
+    /// no field's position waits for the previous field to be read.
     #[target_feature(enable = "ssse3,sse4.1")]
     fn separators(bytes: &[u8], at: usize) -> Option<u64> {
-        bytes.get(at..at.checked_add(64)?)?;
+        let chunk = bytes.get(at..at.checked_add(64)?)?;
         let mut mask = 0;
         for i in 0..4 {
-            let v = load(bytes, at + 16 * i)?;
+            // SAFETY: sixteen of `chunk`'s 64 bytes; the load is unaligned.
+            let v = unsafe { _mm_loadu_si128(chunk.as_ptr().add(16 * i).cast()) };
             let ends = mask_eq(v, b',') | mask_eq(v, b'\n') | mask_eq(v, b'\r');
             mask |= (ends as u64) << (16 * i);
         }
         Some(mask)
     }
 
-    /// The field in the last `len` (< 16) bytes of `v`, read as `[-]digits[.digits]` with 1
-    /// to 15 digits: its digits as an integer (negated if it has a minus), and how many of
-    /// them follow the point (`None` without a point).
+    /// The number in the last `len` (< 16) bytes of `v`, taken as `[-]digits[.digits]`
+    /// with `negative` saying whether its first byte is the minus: its digits as an
+    /// integer and how many of them follow the point (`None` without a point). Bytes that
+    /// are not digits where digits should be are flagged in `bad`, for the caller to
+    /// decline the line once at its end; `None` when there are no digits at all.
     #[target_feature(enable = "ssse3,sse4.1")]
-    fn decimal(v: __m128i, len: usize) -> Option<(i64, Option<usize>)> {
-        let first = 16 - len;
-        let points = mask_eq(v, b'.') >> first;
+    fn decimal(
+        v: __m128i,
+        len: usize,
+        negative: bool,
+        bad: &mut __m128i,
+    ) -> Option<(u64, Option<usize>)> {
+        let points = mask_eq(v, b'.') >> (16 - len);
         let point = (points != 0).then(|| points.trailing_zeros() as usize);
         let after = point.map_or(16, |p| len - p - 1);
-        let negative = len > 0 && mask_eq(v, b'-') >> first & 1 == 1;
-        let digits = len
-            .checked_sub(negative as usize + point.is_some() as usize)
-            .filter(|&n| n > 0)?;
-        // SAFETY: `after` ≤ 16 indexes the table; the load reads sixteen bytes of it.
-        let shuffle = unsafe { _mm_loadu_si128(CLOSE_POINT[after].as_ptr().cast()) };
-        let v = _mm_sub_epi8(_mm_shuffle_epi8(v, shuffle), splat(b'0'));
-        // Keep the last `digits` bytes; the bytes before them (the sign, the previous
-        // field) become zeros, leading zeros of a 16-digit number.
-        // SAFETY: as above, for `IOTA`.
-        let iota = unsafe { _mm_loadu_si128(IOTA.as_ptr().cast()) };
-        let keep = _mm_cmpgt_epi8(iota, _mm_set1_epi8(15 - digits as i8));
-        let v = _mm_and_si128(v, keep);
-        // Every kept byte a digit (0..=9 after the subtraction, compared unsigned).
-        if mask_eq(_mm_max_epu8(v, splat(9)), 9) != 0xffff {
+        let digits = len - negative as usize - point.is_some() as usize;
+        if digits == 0 {
             return None;
         }
+        // SAFETY: `after` ≤ 16 and `digits` < 16 index the table; the load is unaligned.
+        let shuffle = unsafe { _mm_loadu_si128(DIGITS[after][digits].as_ptr().cast()) };
+        let v = _mm_shuffle_epi8(_mm_sub_epi8(v, splat(b'0')), shuffle);
+        // A digit is 0..=9 now: anything above (unsigned) was not a digit.
+        *bad = _mm_or_si128(*bad, _mm_subs_epu8(v, splat(9)));
         // Pairs, quadruples, octets: two 8-digit halves, the first the more significant.
         let v = _mm_maddubs_epi16(v, _mm_set1_epi16(0x010a)); // bytes (10, 1)
         let v = _mm_madd_epi16(v, _mm_set1_epi32(0x0001_0064)); // words (100, 1)
         let v = _mm_packus_epi32(v, v);
         let v = _mm_madd_epi16(v, _mm_set1_epi32(0x0001_2710)); // words (10000, 1)
-        let high = _mm_cvtsi128_si32(v) as i64;
-        let low = _mm_extract_epi32::<1>(v) as i64;
-        let m = high * 100_000_000 + low; // < 10¹⁵
-        Some((if negative { -m } else { m }, point.map(|_| after)))
+        let high = _mm_cvtsi128_si32(v) as u32 as u64;
+        let low = _mm_extract_epi32::<1>(v) as u32 as u64;
+        Some((high * 100_000_000 + low, point.map(|_| after)))
     }
 
     /// Bit `i` set where byte `i` of `v` is printable ASCII other than a space or a quote.
@@ -186,57 +182,67 @@ mod x86 {
         out: Scratch<'_>,
     ) -> Option<usize> {
         let last = columns.len().checked_sub(1)?;
-        let (mut c, mut start, mut chunk) = (0, pos, pos);
-        loop {
-            let mut ends = separators(bytes, chunk)?;
-            while ends != 0 {
-                let end = chunk + ends.trailing_zeros() as usize;
-                ends &= ends - 1;
-                let len = end - start;
-                // Commas between fields, the line's end after the last.
-                if len >= 16 || (bytes[end] == b',') != (c < last) {
-                    return None;
-                }
-                // The sixteen bytes that end with the field.
-                let v = load(bytes, end.checked_sub(16)?)?;
-                let field = !0u32 << (16 - len) & 0xffff;
-                match columns[c] {
-                    Slot::Z(i) => {
-                        let (m, after) = decimal(v, len)?;
-                        // |m| < 2⁵³ and the scale is exact: one correctly rounded division.
-                        // The sign is the text's, so `-0.0` stays negative zero.
-                        let value = (m.abs() as f64) / POW10[after.unwrap_or(0)];
-                        let sign = (bytes[start] == b'-') as u64;
-                        out.z[i] = f64::from_bits(value.to_bits() | sign << 63);
-                    }
-                    Slot::Time => match decimal(v, len)? {
-                        (m, None) => *out.time = m,
-                        _ => return None,
-                    },
-                    Slot::Key => {
-                        if plain(v) & field != field {
-                            return None;
-                        }
-                        *out.key = start..end;
-                    }
-                    Slot::Skip => {
-                        // Any text, as long as no quote can hide a comma.
-                        if mask_eq(v, b'"') & field != 0 {
-                            return None;
-                        }
-                    }
-                }
-                if c == last {
-                    return match bytes[end] {
-                        b'\n' => Some(end + 1),
-                        b'\r' if bytes.get(end + 1) == Some(&b'\n') => Some(end + 2),
-                        _ => None,
-                    };
-                }
-                c += 1;
-                start = end + 1;
+        // A field is read as the sixteen bytes that end with it: from `pos - 16` on.
+        if pos < 16 {
+            return None;
+        }
+        let (mut start, mut chunk) = (pos, pos);
+        let mut ends = separators(bytes, chunk)?;
+        // Non-digits where digits should be, and bad bytes of keys and skipped fields:
+        // gathered over the line and checked once, after its last field.
+        let mut bad = _mm_setzero_si128();
+        let mut bad_bytes = 0u32;
+        for (c, &slot) in columns.iter().enumerate() {
+            while ends == 0 {
+                chunk += 64;
+                ends = separators(bytes, chunk)?;
             }
-            chunk += 64;
+            let end = chunk + ends.trailing_zeros() as usize;
+            ends &= ends - 1;
+            let len = end - start;
+            // Commas between fields, the line's end after the last.
+            if len >= 16 || (bytes[end] == b',') != (c < last) {
+                return None;
+            }
+            // SAFETY: `pos ≥ 16` and `end ≥ pos`, and `end < chunk + 64 ≤ bytes.len()`
+            // (`separators` checked): the sixteen bytes before `end` are in `bytes`.
+            let v = unsafe { _mm_loadu_si128(bytes.as_ptr().add(end - 16).cast()) };
+            let field = !0u32 << (16 - len) & 0xffff;
+            let negative = bytes[start] == b'-';
+            match slot {
+                Slot::Z(i) => {
+                    let (m, after) = decimal(v, len, negative, &mut bad)?;
+                    // m < 10¹⁵ < 2⁵³ is exact; with the text's sign (`-0` too).
+                    let m = m as i64 as f64;
+                    out.z[i] = f64::from_bits(m.to_bits() | (negative as u64) << 63);
+                    out.scale[i] = POW10[after.unwrap_or(0)];
+                }
+                Slot::Time => match decimal(v, len, negative, &mut bad)? {
+                    (m, None) => *out.time = if negative { -(m as i64) } else { m as i64 },
+                    _ => return None,
+                },
+                Slot::Key => {
+                    bad_bytes |= field & !plain(v);
+                    *out.key = start..end;
+                }
+                // Any text, as long as no quote can hide a comma.
+                Slot::Skip => bad_bytes |= field & mask_eq(v, b'"'),
+            }
+            start = end + 1;
+        }
+        if _mm_testz_si128(bad, bad) == 0 || bad_bytes != 0 {
+            return None;
+        }
+        // The digits over an exact power of ten: one correctly rounded division each
+        // (Clinger's fast path), two to an instruction.
+        for (z, scale) in out.z.iter_mut().zip(out.scale.iter()) {
+            *z /= scale;
+        }
+        // `start` is past the last field's end: `\n`, or `\r\n`.
+        match bytes[start - 1] {
+            b'\n' => Some(start),
+            b'\r' if bytes.get(start) == Some(&b'\n') => Some(start + 1),
+            _ => None,
         }
     }
 }

@@ -42,6 +42,8 @@ pub struct LineParser {
     // Per-record scratch, reused.
     time: i64,
     z: Vec<f64>,
+    /// The fast path's powers of ten, one per `z`.
+    scale: Vec<f64>,
     key: String,
     record: csv::ByteRecord,
     /// Whether CSV lines may take the vectorised fast path ([`fast_csv`]).
@@ -75,6 +77,7 @@ impl LineParser {
             json_slots,
             time: 0,
             z: vec![0.0; d + 1],
+            scale: vec![1.0; d + 1],
             key: String::new(),
             record: csv::ByteRecord::new(),
             fast: format == FileFormat::Csv && fast_csv::available(),
@@ -174,6 +177,7 @@ impl LineParser {
             time: &mut self.time,
             key: &mut key,
             z: &mut self.z,
+            scale: &mut self.scale,
         };
         let Some(next) = fast_csv::line(bytes, pos, &self.columns, out) else {
             self.declined = self.declined.saturating_add(1);
