@@ -507,46 +507,54 @@ pub(crate) struct Combiner {
     features: usize,
     on_error: OnError,
     reported: u64,
-    keys: KeyNumbers,
-    panes: FxHashMap<(u32, Time), PaneAcc>,
+    keys: KeyCodes,
+    panes: FxHashMap<(u128, Time), PaneAcc>,
     /// What the records fed since the last `take` held.
     pub(crate) counts: Counts,
     /// Records set aside since the last drain.
     pub(crate) aside: Vec<SetAside>,
 }
 
-/// The keys of one batch's records, numbered in order of first sight (cleared with each
-/// drain, so a key that stops coming leaves no trace). A key of at most 15 bytes is looked
-/// up as one 128-bit integer (its bytes and its length): no string hashed or compared.
+/// A key as one 128-bit integer, so a record finds its pane with a single lookup of
+/// integers: a key of at most 15 bytes is its bytes and its length; a longer key is
+/// numbered in order of first sight, the number tagged apart from every short key. The
+/// numbers of long keys go with each drain, so keys that stop coming leave no trace.
 #[derive(Default)]
-struct KeyNumbers {
-    short: FxHashMap<u128, u32>,
+struct KeyCodes {
     long: FxHashMap<Box<str>, u32>,
     names: Vec<String>,
 }
 
-impl KeyNumbers {
-    /// The number of `key`, given one if it has none.
+/// The top byte of the code of a long key (a short key's is its length, at most 15).
+const LONG_KEY: u128 = 0xff << 120;
+
+impl KeyCodes {
+    /// The code of `key`.
     #[inline]
-    fn number(&mut self, key: &str) -> u32 {
-        let next = self.names.len() as u32;
-        let number = match pack(key.as_bytes()) {
-            Some(packed) => *self.short.entry(packed).or_insert(next),
-            None => match self.long.get(key) {
-                Some(&k) => k,
-                None => *self.long.entry(key.into()).or_insert(next),
-            },
-        };
-        if number == next {
-            self.names.push(key.to_owned());
+    fn code(&mut self, key: &str) -> u128 {
+        if let Some(packed) = pack(key.as_bytes()) {
+            return packed;
         }
-        number
+        let number = match self.long.get(key) {
+            Some(&k) => k,
+            None => {
+                let k = self.names.len() as u32;
+                self.long.insert(key.into(), k);
+                self.names.push(key.to_owned());
+                k
+            }
+        };
+        LONG_KEY | number as u128
     }
 
-    fn clear(&mut self) {
-        self.short.clear();
-        self.long.clear();
-        self.names.clear();
+    /// The key whose code is `code`.
+    fn key(&self, code: u128) -> String {
+        if code & LONG_KEY == LONG_KEY {
+            return self.names[code as u32 as usize].clone();
+        }
+        let len = (code >> 120) as usize;
+        let bytes = &code.to_le_bytes()[..len];
+        String::from_utf8(bytes.to_vec()).expect("packed from a str")
     }
 }
 
@@ -587,7 +595,7 @@ impl Combiner {
             features: config.features,
             on_error,
             reported: 0,
-            keys: KeyNumbers::default(),
+            keys: KeyCodes::default(),
             panes: FxHashMap::default(),
             counts: Counts::default(),
             aside: Vec::new(),
@@ -596,10 +604,9 @@ impl Combiner {
 
     /// The panes of the records fed since the last drain, with their statistics.
     pub(crate) fn drain_panes(&mut self) -> impl Iterator<Item = ((String, Pane), Stats)> + '_ {
-        let names = std::mem::take(&mut self.keys.names);
-        self.keys.clear();
+        let keys = std::mem::take(&mut self.keys);
         let window = self.window;
-        self.panes.drain().map(move |((k, bucket), acc)| {
+        self.panes.drain().map(move |((code, bucket), acc)| {
             let pane = if window.is_session() {
                 Pane {
                     start: acc.first,
@@ -611,7 +618,7 @@ impl Combiner {
                     end: bucket + window.bucket(),
                 }
             };
-            ((names[k as usize].clone(), pane), acc.stats)
+            ((keys.key(code), pane), acc.stats)
         })
     }
 }
@@ -622,7 +629,7 @@ impl RecordSink for Combiner {
         self.counts.records += 1;
         match self.watermark.admit(r.time, self.window.late_at(r.time)) {
             Admission::Admit => {
-                let k = self.keys.number(r.key);
+                let k = self.keys.code(r.key);
                 let bucket = self.window.bucket_start(r.time);
                 let features = self.features;
                 let acc = self.panes.entry((k, bucket)).or_insert_with(|| PaneAcc {
@@ -1320,7 +1327,7 @@ pub fn windowed_regression<'scope>(
 mod tests {
     use proptest::prelude::*;
 
-    use super::{KeyNumbers, pack};
+    use super::{KeyCodes, pack};
 
     proptest! {
         /// Two short keys pack to the same integer exactly when they are equal.
@@ -1338,16 +1345,27 @@ mod tests {
     }
 
     #[test]
-    fn keys_are_numbered_in_order_of_first_sight() {
-        let mut keys = KeyNumbers::default();
+    fn keys_come_back_from_their_codes() {
+        let mut keys = KeyCodes::default();
         let long = "a key of more than fifteen bytes";
-        let seen: Vec<u32> = ["b", "a", long, "b", "", long, "a\0"]
-            .iter()
-            .map(|k| keys.number(k))
-            .collect();
-        assert_eq!(seen, [0, 1, 2, 0, 3, 2, 4]);
-        assert_eq!(keys.names, ["b", "a", long, "", "a\0"]);
-        keys.clear();
-        assert_eq!(keys.number("a"), 0);
+        let all = [
+            "b",
+            "a",
+            long,
+            "",
+            "a\0",
+            "fifteen bytes!!",
+            "sixteen bytes!!!",
+            "ключ",
+        ];
+        let codes: Vec<u128> = all.iter().map(|k| keys.code(k)).collect();
+        for (key, &code) in all.iter().zip(&codes) {
+            assert_eq!(keys.key(code), *key);
+            assert_eq!(keys.code(key), code, "{key:?} coded twice alike");
+        }
+        let mut distinct = codes.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), all.len());
     }
 }
