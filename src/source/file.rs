@@ -1,37 +1,49 @@
-//! CSV and JSON-lines files, memory-mapped and split into line-aligned blocks.
+//! CSV and JSON-lines files, read in line-aligned blocks.
 //!
 //! Block `k` starts at the first line that begins at or after byte `k · block` of the
 //! data (after the CSV header), so every worker finds the same boundaries on its own and
-//! reads only its blocks. Lines are parsed in place by a [`LineParser`]; quoted fields
-//! must not contain newlines.
+//! reads only its blocks. A block is read with positioned reads (`pread`) into the
+//! worker's own buffer, a piece at a time, so it is parsed while it is in the cache, and
+//! memory does not grow with the file. (Mapping the file instead cost page faults, and
+//! dropping the pages read cost every other worker's core a TLB flush.) Lines are parsed
+//! in place by a [`LineParser`]; quoted fields must not contain newlines.
 
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
-
-use memmap2::Mmap;
 
 use super::lines::{FileFormat, LineParser};
 use super::{Malformed, RecordSink, SourceError};
 use crate::record::Schema;
 
-/// The most the kernel maps about a faulting page of a file mapping (Linux's default
-/// `fault_around_bytes`).
-const FAULT_AROUND: usize = 64 << 10;
+/// Bytes read from the file at a time.
+const PIECE: usize = 512 << 10;
+
+/// Lines that start this close to the end of what was read wait for the next piece,
+/// so the CSV fast path sees the bytes after them (it reads ahead of a line's start).
+const LOOKAHEAD: usize = 256;
+
+/// Bytes kept before the data in the buffer: the CSV fast path reads a field as the 16
+/// bytes that end with it, so the first field of a piece needs 16 bytes before it.
+const SLACK: usize = 16;
 
 /// One worker's share of a file.
 pub struct FileReader {
     path: String,
-    map: Option<Mmap>,
+    file: File,
+    len: u64,
     /// Byte where data lines start (after the CSV header).
-    data_start: usize,
+    data_start: u64,
     parser: LineParser,
     next: u64,
     blocks: u64,
     /// A known (byte, line number) pair, for numbering malformed lines.
-    lines_before: (usize, u64),
+    lines_before: (u64, u64),
     peers: u64,
     /// Nominal block size in bytes.
-    block: usize,
+    block: u64,
+    /// Read buffer: `SLACK` bytes, then data.
+    buf: Vec<u8>,
 }
 
 impl FileReader {
@@ -46,44 +58,34 @@ impl FileReader {
         peers: usize,
     ) -> Result<Self, SourceError> {
         let shown = path.display().to_string();
-        let io = |e: std::io::Error| SourceError::Io {
-            path: shown.clone(),
-            message: e.to_string(),
-        };
-        let file = File::open(path).map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
-        // SAFETY: the file is only read; a file truncated while mapped is the user's
-        // contract to avoid (documented), as with every reader of memory-mapped input.
-        let map = if len == 0 {
-            None
-        } else {
-            let map = unsafe { Mmap::map(&file) }.map_err(io)?;
-            let _ = map.advise(memmap2::Advice::Sequential);
-            Some(map)
-        };
-        let bytes: &[u8] = map.as_deref().unwrap_or(&[]);
-        let mut parser = LineParser::new(format, schema);
-        let mut data_start = 0;
-        if format == FileFormat::Csv && !bytes.is_empty() {
-            let end = memchr::memchr(b'\n', bytes).map_or(bytes.len(), |i| i + 1);
-            parser.header(&bytes[..end], &format!("{shown}: line 1"))?;
-            data_start = end;
-        }
-        let data = bytes.len().saturating_sub(data_start);
-        // A block larger than the data is the whole data (and keeps offsets in range).
-        let block = block.clamp(1, data.max(1));
-        let blocks = data.div_ceil(block) as u64;
-        Ok(FileReader {
+        let file = File::open(path).map_err(|e| io_error(&shown, e))?;
+        let len = file.metadata().map_err(|e| io_error(&shown, e))?.len();
+        let mut reader = FileReader {
             path: shown,
-            map,
-            data_start,
-            parser,
+            file,
+            len,
+            data_start: 0,
+            parser: LineParser::new(format, schema),
             next: index as u64,
-            blocks,
+            blocks: 0,
             lines_before: (0, 1),
             peers: peers as u64,
-            block,
-        })
+            block: 1,
+            buf: Vec::new(),
+        };
+        if format == FileFormat::Csv && len > 0 {
+            let end = reader.line_end(0)?;
+            let mut header = vec![0; end as usize];
+            reader.read_at(&mut header, 0)?;
+            let origin = format!("{}: line 1", reader.path);
+            reader.parser.header(&header, &origin)?;
+            reader.data_start = end;
+        }
+        let data = len - reader.data_start;
+        // A block larger than the data is the whole data (and keeps offsets in range).
+        reader.block = (block as u64).clamp(1, data.max(1));
+        reader.blocks = data.div_ceil(reader.block);
+        Ok(reader)
     }
 
     /// The next block this worker reads, or `None` when done.
@@ -98,21 +100,39 @@ impl FileReader {
         }
     }
 
-    /// The byte where block `k` starts: the first line start at or after its nominal start.
-    fn block_start(&self, bytes: &[u8], k: u64) -> usize {
-        let data_start = self.data_start;
-        if k == 0 {
-            return data_start;
+    /// Fills `buf` from byte `at` of the file.
+    fn read_at(&self, buf: &mut [u8], at: u64) -> Result<(), SourceError> {
+        self.file
+            .read_exact_at(buf, at)
+            .map_err(|e| io_error(&self.path, e))
+    }
+
+    /// The byte after the first newline at or after `at` (the file's length if none).
+    fn line_end(&self, at: u64) -> Result<u64, SourceError> {
+        let mut chunk = vec![0; 64 << 10];
+        let mut from = at;
+        while from < self.len {
+            let n = chunk.len().min((self.len - from) as usize);
+            self.read_at(&mut chunk[..n], from)?;
+            if let Some(i) = memchr::memchr(b'\n', &chunk[..n]) {
+                return Ok(from + i as u64 + 1);
+            }
+            from += n as u64;
         }
-        let nominal = data_start + k as usize * self.block;
-        if nominal >= bytes.len() {
-            return bytes.len();
+        Ok(self.len)
+    }
+
+    /// The byte where block `k` starts: the first line start at or after its nominal start.
+    fn block_start(&self, k: u64) -> Result<u64, SourceError> {
+        if k == 0 {
+            return Ok(self.data_start);
+        }
+        let nominal = self.data_start + k * self.block;
+        if nominal >= self.len {
+            return Ok(self.len);
         }
         // A line starts at `nominal` exactly when the byte before it is a newline.
-        match memchr::memchr(b'\n', &bytes[nominal - 1..]) {
-            Some(i) => nominal + i,
-            None => bytes.len(),
-        }
+        self.line_end(nominal - 1)
     }
 
     /// Reads the next block into `sink`.
@@ -121,80 +141,105 @@ impl FileReader {
             return Ok(());
         };
         self.next += self.peers;
-        let Some(map) = self.map.take() else {
-            return Ok(());
-        };
-        let result = self.read_block(&map, k, sink);
-        // The block's pages are not needed again: drop them from this worker's mapping
-        // (they stay in the page cache), so memory does not grow with the file. Finding
-        // the block's bounds touched a page on each side of it, and the kernel's
-        // fault-around mapped up to `FAULT_AROUND` bytes about each touched page: pages of
-        // the neighbouring blocks, which other workers read through their own mappings.
-        // They are dropped too (this mapping only), or they would stay for the whole run.
-        let (start, end) = (self.block_start(&map, k), self.block_start(&map, k + 1));
-        let page = 4096;
-        let from = start.saturating_sub(FAULT_AROUND + page) / page * page;
-        let to = (end + FAULT_AROUND + page).min(map.len());
-        if to > from {
-            // SAFETY: the mapping is private and read-only; dropped pages of a file
-            // mapping are read back from the file if touched again.
-            let _ = unsafe {
-                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from)
-            };
-        }
-        self.map = Some(map);
+        let (start, end) = (self.block_start(k)?, self.block_start(k + 1)?);
+        let mut buf = std::mem::take(&mut self.buf);
+        let result = self.read_block(&mut buf, start, end, sink);
+        self.buf = buf;
         result
     }
 
+    /// Parses the lines in bytes `start..end` of the file, reading a piece at a time: the
+    /// unparsed end of a piece (a part of a line) moves to the front of the buffer and the
+    /// next piece is read after it.
     fn read_block<S: RecordSink>(
         &mut self,
-        bytes: &[u8],
-        k: u64,
+        buf: &mut Vec<u8>,
+        start: u64,
+        end: u64,
         sink: &mut S,
     ) -> Result<(), SourceError> {
-        let start = self.block_start(bytes, k);
-        let end = self.block_start(bytes, k + 1);
-        let mut pos = start;
-        // The block's own bytes: the fast path reads no further.
-        let block = &bytes[..end];
-        while pos < end {
-            if let Some((record, next)) = self.parser.parse_csv_at(block, pos) {
-                sink.record(record);
-                pos = next;
-                continue;
-            }
-            let stop = memchr::memchr(b'\n', &bytes[pos..end]).map_or(end, |i| pos + i);
-            match self.parser.parse(&bytes[pos..stop]) {
-                Ok(Some(record)) => sink.record(record),
-                Ok(None) => {}
-                Err((field, message)) => {
-                    let line = self.line_number(bytes, pos);
-                    sink.malformed(Malformed {
-                        file: self.path.clone(),
-                        line,
-                        field,
-                        message,
-                    })?;
-                }
-            }
-            pos = stop + 1;
+        // `buf[SLACK..filled]` holds the file's bytes from `at`; lines from `pos` on are
+        // not parsed yet.
+        let (mut at, mut filled, mut pos) = (start, SLACK, SLACK);
+        if buf.len() < SLACK {
+            buf.resize(SLACK, 0);
         }
-        Ok(())
+        loop {
+            buf.copy_within(pos..filled, SLACK);
+            at += (pos - SLACK) as u64;
+            filled -= pos - SLACK;
+            pos = SLACK;
+            let want = PIECE.min((end - at) as usize - (filled - SLACK));
+            if buf.len() < filled + want {
+                buf.resize(filled + want, 0);
+            }
+            self.read_at(
+                &mut buf[filled..filled + want],
+                at + (filled - SLACK) as u64,
+            )?;
+            filled += want;
+            let last = at + (filled - SLACK) as u64 == end;
+            let bytes = &buf[..filled];
+            while pos < filled {
+                if !last && filled - pos < LOOKAHEAD {
+                    break;
+                }
+                if let Some((record, next)) = self.parser.parse_csv_at(bytes, pos) {
+                    sink.record(record);
+                    pos = next;
+                    continue;
+                }
+                let stop = match memchr::memchr(b'\n', &bytes[pos..]) {
+                    Some(i) => pos + i,
+                    None if last => filled,
+                    None => break, // the rest of the line is in the next piece
+                };
+                match self.parser.parse(&bytes[pos..stop]) {
+                    Ok(Some(record)) => sink.record(record),
+                    Ok(None) => {}
+                    Err((field, message)) => {
+                        let offset = at + (pos - SLACK) as u64;
+                        let line = self.line_number(offset)?;
+                        sink.malformed(Malformed {
+                            file: self.path.clone(),
+                            line,
+                            field,
+                            message,
+                        })?;
+                    }
+                }
+                pos = stop + 1;
+            }
+            if last && pos >= filled {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The 1-based line number of the line starting at byte `offset`, counted from the
+    /// last position asked for (errors come in increasing order within a worker), so many
+    /// malformed lines cost one pass over the file, not one each.
+    fn line_number(&mut self, offset: u64) -> Result<u64, SourceError> {
+        let (mut from, mut line) = match self.lines_before {
+            (at, count) if at <= offset => (at, count),
+            _ => (0, 1),
+        };
+        let mut chunk = vec![0; 64 << 10];
+        while from < offset {
+            let n = chunk.len().min((offset - from) as usize);
+            self.read_at(&mut chunk[..n], from)?;
+            line += memchr::memchr_iter(b'\n', &chunk[..n]).count() as u64;
+            from += n as u64;
+        }
+        self.lines_before = (offset, line);
+        Ok(line)
     }
 }
 
-impl FileReader {
-    /// The 1-based line number of the line starting at byte `pos`, counted from the last
-    /// position asked for (errors come in increasing order within a worker), so many
-    /// malformed lines cost one pass over the file, not one each.
-    fn line_number(&mut self, bytes: &[u8], pos: usize) -> u64 {
-        let (from, mut line) = match self.lines_before {
-            (at, count) if at <= pos => (at, count),
-            _ => (0, 1),
-        };
-        line += memchr::memchr_iter(b'\n', &bytes[from..pos]).count() as u64;
-        self.lines_before = (pos, line);
-        line
+fn io_error(path: &str, e: std::io::Error) -> SourceError {
+    SourceError::Io {
+        path: path.to_owned(),
+        message: e.to_string(),
     }
 }
 
@@ -245,6 +290,93 @@ mod tests {
                 }
                 assert_eq!(count.0, 100, "block {block}, {peers} workers");
             }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Records and malformed lines (their numbers), as read.
+    #[derive(Default)]
+    struct Collect {
+        records: Vec<(i64, String, Vec<f64>)>,
+        malformed: Vec<u64>,
+    }
+
+    impl RecordSink for Collect {
+        fn record(&mut self, r: RecordRef<'_>) {
+            self.records.push((r.time, r.key.to_owned(), r.z.to_vec()));
+        }
+        fn malformed(&mut self, error: Malformed) -> Result<(), SourceError> {
+            self.malformed.push(error.line);
+            Ok(())
+        }
+    }
+
+    /// A file of several pieces, with lines across the pieces' ends, a line longer than a
+    /// piece, short and long numbers (fast path and not), blank lines, malformed lines and
+    /// no newline at the end: every record is read once with its values, and every
+    /// malformed line is reported with its number, by one worker or three.
+    #[test]
+    fn pieces_lose_and_repeat_nothing() {
+        let dir = std::env::temp_dir().join(format!("tributary-pieces-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("in.csv");
+        let mut text = String::from("ts,key,note,x0,y\n");
+        let (mut expected, mut bad) = (Vec::new(), Vec::new());
+        let mut line = 1;
+        for i in 0..60_000i64 {
+            line += 1;
+            let x = match i % 4 {
+                0 => format!("{}.25", i),
+                1 => format!("-0.{:09}", i),
+                2 => format!("{}", (i as f64) / 7.0), // 17 digits: the general parser
+                _ => format!("{i}e-3"),
+            };
+            let note = match i {
+                12_345 => "n".repeat(PIECE + 1000),
+                _ => "n".repeat((i % 40) as usize),
+            };
+            if i % 9_999 == 0 {
+                text.push_str(&format!("{i},k,{note},oops,1\n"));
+                bad.push(line);
+                continue;
+            }
+            if i % 7_777 == 0 {
+                text.push('\n');
+                line += 1;
+            }
+            text.push_str(&format!("{i},k{},{note},{x},{}\n", i % 5, i % 11));
+            expected.push((
+                i,
+                format!("k{}", i % 5),
+                vec![x.parse::<f64>().unwrap(), (i % 11) as f64],
+            ));
+        }
+        text.pop(); // the last line has no newline
+        std::fs::write(&path, &text).unwrap();
+        let schema = Schema {
+            time: "ts".into(),
+            key: "key".into(),
+            features: vec!["x0".into()],
+            target: "y".into(),
+        };
+        for (block, peers) in [(4 << 20, 1), (300_000, 3), (usize::MAX, 1)] {
+            let mut got = Collect::default();
+            for index in 0..peers {
+                let mut reader =
+                    FileReader::open(&path, block, FileFormat::Csv, &schema, index, peers).unwrap();
+                while reader.next_batch().is_some() {
+                    reader.read_batch(&mut got).unwrap();
+                }
+            }
+            got.records.sort_by_key(|r| r.0);
+            got.malformed.sort();
+            assert_eq!(
+                got.records.len(),
+                expected.len(),
+                "block {block}, {peers} workers"
+            );
+            assert!(got.records == expected, "block {block}, {peers} workers");
+            assert_eq!(got.malformed, bad, "block {block}, {peers} workers");
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
