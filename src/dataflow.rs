@@ -509,6 +509,8 @@ pub(crate) struct Combiner {
     reported: u64,
     keys: KeyCodes,
     panes: FxHashMap<(u128, Time), PaneAcc>,
+    /// The bounds of the last record's bucket.
+    bucket: (Time, Time),
     /// What the records fed since the last `take` held.
     pub(crate) counts: Counts,
     /// Records set aside since the last drain.
@@ -597,6 +599,7 @@ impl Combiner {
             reported: 0,
             keys: KeyCodes::default(),
             panes: FxHashMap::default(),
+            bucket: (0, 0),
             counts: Counts::default(),
             aside: Vec::new(),
         }
@@ -627,10 +630,21 @@ impl RecordSink for Combiner {
     #[inline]
     fn record(&mut self, r: crate::record::RecordRef<'_>) {
         self.counts.records += 1;
-        match self.watermark.admit(r.time, self.window.late_at(r.time)) {
+        // Records mostly fall in the bucket of the one before: no division for them.
+        let (start, end) = self.bucket;
+        let bucket = if start <= r.time && r.time < end {
+            start
+        } else {
+            let start = self.window.bucket_start(r.time);
+            self.bucket = (start, start.saturating_add(self.window.bucket()));
+            start
+        };
+        match self
+            .watermark
+            .admit(r.time, self.window.late_at_in(r.time, bucket))
+        {
             Admission::Admit => {
                 let k = self.keys.code(r.key);
-                let bucket = self.window.bucket_start(r.time);
                 let features = self.features;
                 let acc = self.panes.entry((k, bucket)).or_insert_with(|| PaneAcc {
                     first: r.time,

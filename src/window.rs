@@ -206,9 +206,15 @@ impl WindowSpec {
     /// all of its windows or set aside as late, never in some of them only.
     #[inline]
     pub fn late_at(&self, t: Time) -> Time {
+        self.late_at_in(t, self.bucket_start(t))
+    }
+
+    /// [`late_at`](Self::late_at), given the start of `t`'s bucket.
+    #[inline]
+    pub fn late_at_in(&self, t: Time, bucket_start: Time) -> Time {
         match *self {
-            WindowSpec::Tumbling { length } => self.bucket_start(t) + length,
-            WindowSpec::Sliding { slide, .. } => self.bucket_start(t) + slide,
+            WindowSpec::Tumbling { length } => bucket_start + length,
+            WindowSpec::Sliding { slide, .. } => bucket_start + slide,
             WindowSpec::Session { .. } => t.saturating_add(1),
         }
     }
