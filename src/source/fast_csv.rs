@@ -45,21 +45,38 @@ pub(super) fn available() -> bool {
 
 /// Parses the CSV line that starts at byte `pos` of `bytes` into `out`, field by field in
 /// `columns`' order, and returns the position after its newline; `None` if the line does
-/// not qualify for the fast path (see the module's documentation). `out` may be partly
+/// not qualify for the fast path (see the module's documentation). `in_order` says that
+/// the columns are exactly `time, key, z₀ … z_d` (see [`in_order`]). `out` may be partly
 /// written then. Must only be called when [`available`] says so.
 #[inline]
-pub(super) fn line(bytes: &[u8], pos: usize, columns: &[Slot], out: Scratch<'_>) -> Option<usize> {
+pub(super) fn line(
+    bytes: &[u8],
+    pos: usize,
+    columns: &[Slot],
+    in_order: bool,
+    out: Scratch<'_>,
+) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
     {
         debug_assert!(available());
+        debug_assert_eq!(in_order, self::in_order(columns, out.z.len()));
         // SAFETY: the caller checked the CPU features with `available`.
-        unsafe { x86::line(bytes, pos, columns, out) }
+        unsafe { x86::line(bytes, pos, columns, in_order, out) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (bytes, pos, columns, out);
+        let _ = (bytes, pos, columns, in_order, out);
         None
     }
+}
+
+/// Whether `columns` are exactly the time, the key and the `z` values in order (no other
+/// column): such lines are read without looking up each field's slot.
+pub(super) fn in_order(columns: &[Slot], z: usize) -> bool {
+    let order = [Slot::Time, Slot::Key]
+        .into_iter()
+        .chain((0..z).map(Slot::Z));
+    columns.iter().copied().eq(order)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -173,77 +190,162 @@ mod x86 {
         _mm_movemask_epi8(printable) as u32 & !mask_eq(v, b'"')
     }
 
+    /// A line being read: where its next field starts, the separators not used yet, and
+    /// what is wrong with the fields so far (checked once, at the end).
+    struct Line<'b> {
+        bytes: &'b [u8],
+        start: usize,
+        /// The separators of the 64 bytes from `chunk` not used yet.
+        chunk: usize,
+        ends: u64,
+        /// Non-digits where digits should be, over the line.
+        bad: __m128i,
+        /// Bad bytes of keys and skipped fields, over the line.
+        bad_bytes: u32,
+    }
+
+    /// A field: where it starts, its length (< 16), and the sixteen bytes ending with it.
+    struct Field {
+        start: usize,
+        len: usize,
+        v: __m128i,
+    }
+
+    impl Line<'_> {
+        #[target_feature(enable = "ssse3,sse4.1")]
+        fn new(bytes: &[u8], pos: usize) -> Option<Line<'_>> {
+            // A field is read as the sixteen bytes that end with it: from `pos - 16` on.
+            if pos < 16 {
+                return None;
+            }
+            Some(Line {
+                bytes,
+                start: pos,
+                chunk: pos,
+                ends: separators(bytes, pos)?,
+                bad: _mm_setzero_si128(),
+                bad_bytes: 0,
+            })
+        }
+
+        /// The next field: ended by a comma, or by the line's end if it is the `last`.
+        #[target_feature(enable = "ssse3,sse4.1")]
+        fn field(&mut self, last: bool) -> Option<Field> {
+            while self.ends == 0 {
+                self.chunk += 64;
+                self.ends = separators(self.bytes, self.chunk)?;
+            }
+            let end = self.chunk + self.ends.trailing_zeros() as usize;
+            self.ends &= self.ends - 1;
+            let start = self.start;
+            let len = end - start;
+            if len >= 16 || (self.bytes[end] == b',') == last {
+                return None;
+            }
+            self.start = end + 1;
+            // SAFETY: `start ≥ 16` (`new`) and `end ≥ start`, and `end < chunk + 64 ≤
+            // bytes.len()` (`separators` checked): the sixteen bytes before `end` are in
+            // `bytes`.
+            let v = unsafe { _mm_loadu_si128(self.bytes.as_ptr().add(end - 16).cast()) };
+            Some(Field { start, len, v })
+        }
+
+        /// The field as a number: its digits as an exact `f64` with the text's sign (`-0`
+        /// too), and the power of ten to divide them by.
+        #[target_feature(enable = "ssse3,sse4.1")]
+        fn number(&mut self, f: &Field) -> Option<(f64, f64)> {
+            let negative = self.bytes[f.start] == b'-';
+            let (m, after) = decimal(f.v, f.len, negative, &mut self.bad)?;
+            let m = m as i64 as f64; // < 10¹⁵ < 2⁵³: exact
+            let signed = f64::from_bits(m.to_bits() | (negative as u64) << 63);
+            Some((signed, POW10[after.unwrap_or(0)]))
+        }
+
+        /// The field as an integer time.
+        #[target_feature(enable = "ssse3,sse4.1")]
+        fn time(&mut self, f: &Field) -> Option<i64> {
+            let negative = self.bytes[f.start] == b'-';
+            match decimal(f.v, f.len, negative, &mut self.bad)? {
+                (m, None) => Some(if negative { -(m as i64) } else { m as i64 }),
+                _ => None,
+            }
+        }
+
+        /// The field as a key: where it is in the bytes.
+        #[target_feature(enable = "ssse3,sse4.1")]
+        fn key(&mut self, f: &Field) -> std::ops::Range<usize> {
+            self.bad_bytes |= f.mask() & !plain(f.v);
+            f.start..f.start + f.len
+        }
+
+        /// A field not in the schema: any text, as long as no quote can hide a comma.
+        #[target_feature(enable = "ssse3,sse4.1")]
+        fn skip(&mut self, f: &Field) {
+            self.bad_bytes |= f.mask() & mask_eq(f.v, b'"');
+        }
+
+        /// Where the next line starts, if every field was good and the line ends here.
+        #[target_feature(enable = "ssse3,sse4.1")]
+        fn finish(self) -> Option<usize> {
+            if _mm_testz_si128(self.bad, self.bad) == 0 || self.bad_bytes != 0 {
+                return None;
+            }
+            // `start` is past the last field's end: `\n`, or `\r\n`.
+            match self.bytes[self.start - 1] {
+                b'\n' => Some(self.start),
+                b'\r' if self.bytes.get(self.start) == Some(&b'\n') => Some(self.start + 1),
+                _ => None,
+            }
+        }
+    }
+
+    impl Field {
+        /// Bit `i` set where byte `i` of `v` is in the field.
+        fn mask(&self) -> u32 {
+            !0u32 << (16 - self.len) & 0xffff
+        }
+    }
+
     /// See [`super::line`].
     #[target_feature(enable = "ssse3,sse4.1")]
     pub(super) fn line(
         bytes: &[u8],
         pos: usize,
         columns: &[Slot],
+        in_order: bool,
         out: Scratch<'_>,
     ) -> Option<usize> {
+        let mut line = Line::new(bytes, pos)?;
         let last = columns.len().checked_sub(1)?;
-        // A field is read as the sixteen bytes that end with it: from `pos - 16` on.
-        if pos < 16 {
-            return None;
-        }
-        let (mut start, mut chunk) = (pos, pos);
-        let mut ends = separators(bytes, chunk)?;
-        // Non-digits where digits should be, and bad bytes of keys and skipped fields:
-        // gathered over the line and checked once, after its last field.
-        let mut bad = _mm_setzero_si128();
-        let mut bad_bytes = 0u32;
-        for (c, &slot) in columns.iter().enumerate() {
-            while ends == 0 {
-                chunk += 64;
-                ends = separators(bytes, chunk)?;
+        let z = out.z.len();
+        if in_order {
+            // No dispatch per field.
+            let f = line.field(false)?;
+            *out.time = line.time(&f)?;
+            let f = line.field(false)?;
+            *out.key = line.key(&f);
+            for i in 0..z {
+                let f = line.field(i + 1 == z)?;
+                (out.z[i], out.scale[i]) = line.number(&f)?;
             }
-            let end = chunk + ends.trailing_zeros() as usize;
-            ends &= ends - 1;
-            let len = end - start;
-            // Commas between fields, the line's end after the last.
-            if len >= 16 || (bytes[end] == b',') != (c < last) {
-                return None;
-            }
-            // SAFETY: `pos ≥ 16` and `end ≥ pos`, and `end < chunk + 64 ≤ bytes.len()`
-            // (`separators` checked): the sixteen bytes before `end` are in `bytes`.
-            let v = unsafe { _mm_loadu_si128(bytes.as_ptr().add(end - 16).cast()) };
-            let field = !0u32 << (16 - len) & 0xffff;
-            let negative = bytes[start] == b'-';
-            match slot {
-                Slot::Z(i) => {
-                    let (m, after) = decimal(v, len, negative, &mut bad)?;
-                    // m < 10¹⁵ < 2⁵³ is exact; with the text's sign (`-0` too).
-                    let m = m as i64 as f64;
-                    out.z[i] = f64::from_bits(m.to_bits() | (negative as u64) << 63);
-                    out.scale[i] = POW10[after.unwrap_or(0)];
+        } else {
+            for (c, &slot) in columns.iter().enumerate() {
+                let f = line.field(c == last)?;
+                match slot {
+                    Slot::Z(i) => (out.z[i], out.scale[i]) = line.number(&f)?,
+                    Slot::Time => *out.time = line.time(&f)?,
+                    Slot::Key => *out.key = line.key(&f),
+                    Slot::Skip => line.skip(&f),
                 }
-                Slot::Time => match decimal(v, len, negative, &mut bad)? {
-                    (m, None) => *out.time = if negative { -(m as i64) } else { m as i64 },
-                    _ => return None,
-                },
-                Slot::Key => {
-                    bad_bytes |= field & !plain(v);
-                    *out.key = start..end;
-                }
-                // Any text, as long as no quote can hide a comma.
-                Slot::Skip => bad_bytes |= field & mask_eq(v, b'"'),
             }
-            start = end + 1;
         }
-        if _mm_testz_si128(bad, bad) == 0 || bad_bytes != 0 {
-            return None;
-        }
+        let next = line.finish()?;
         // The digits over an exact power of ten: one correctly rounded division each
         // (Clinger's fast path), two to an instruction.
         for (z, scale) in out.z.iter_mut().zip(out.scale.iter()) {
             *z /= scale;
         }
-        // `start` is past the last field's end: `\n`, or `\r\n`.
-        match bytes[start - 1] {
-            b'\n' => Some(start),
-            b'\r' if bytes.get(start) == Some(&b'\n') => Some(start + 1),
-            _ => None,
-        }
+        Some(next)
     }
 }
 
@@ -251,13 +353,15 @@ mod x86 {
 mod tests {
     use proptest::prelude::*;
 
+    use crate::source::LineParser;
     use crate::source::lines::tests::parser;
 
     /// The fast path on `line` preceded and followed by other text (so that its loads
     /// reach past the line, as in a file), checked against the general parser: whatever
     /// it accepts, it reads as [`LineParser::parse`] does, to the bit, and it resumes
-    /// after the line's newline. Returns whether it accepted.
-    fn check(line: &str) -> bool {
+    /// after the line's newline. Returns whether it accepted. `parser` gives a parser with
+    /// the header read.
+    fn check_with(parser: fn() -> LineParser, line: &str) -> bool {
         let before = "0,k,1,n,2,3\n".repeat(2);
         let bytes = format!("{before}{line}{}", "9,k,1,n,2,3\n".repeat(12));
         let mut fast = parser();
@@ -278,6 +382,28 @@ mod tests {
         true
     }
 
+    /// Columns `ts,key,x0,x1,y`: the schema's order, read without dispatch per field.
+    fn in_order_parser() -> LineParser {
+        let mut parser = parser();
+        parser.header(b"ts,key,x0,x1,y\n", "test").unwrap();
+        parser
+    }
+
+    /// [`check_with`] on a line of columns `ts,key,x0,note,x1,y`; and on the line without
+    /// its `note`, with the columns in the schema's order. Returns whether the fast path
+    /// took each.
+    fn check(line: &str) -> (bool, bool) {
+        let mut fields: Vec<&str> = line.split(',').collect();
+        if fields.len() > 3 {
+            fields.remove(3);
+        }
+        let in_order = fields.join(",");
+        (
+            check_with(parser, line),
+            check_with(in_order_parser, &in_order),
+        )
+    }
+
     #[test]
     fn takes_short_decimals() {
         if !super::available() {
@@ -289,7 +415,7 @@ mod tests {
             "-42,a_b,5.,note w spaces,123456789012345,0.0000000000001\r\n",
             "7,K,999999999999999,x,-1,-99999999999999\n",
         ] {
-            assert!(check(line), "declined {line:?}");
+            assert_eq!(check(line), (true, true), "declined {line:?}");
         }
     }
 
@@ -313,8 +439,20 @@ mod tests {
             "1,k,1,n,2,3\r5\n",                    // stray carriage return
             "1,k,1,a very long note indeed,2,3\n", // skipped field of 16+ bytes
         ] {
-            assert!(!check(line), "accepted {line:?}");
+            assert!(!check(line).0, "accepted {line:?}");
         }
+    }
+
+    #[test]
+    fn in_order_is_exactly_time_key_z() {
+        use super::in_order;
+        use crate::source::lines::Slot::{Key, Skip, Time, Z};
+        assert!(in_order(&[Time, Key, Z(0), Z(1)], 2));
+        assert!(!in_order(&[Time, Key, Z(1), Z(0)], 2));
+        assert!(!in_order(&[Key, Time, Z(0), Z(1)], 2));
+        assert!(!in_order(&[Time, Key, Z(0), Skip, Z(1)], 2));
+        assert!(!in_order(&[Time, Key, Z(0)], 2));
+        assert!(!in_order(&[Time, Key, Z(0), Z(1), Skip], 2));
     }
 
     #[test]
@@ -362,7 +500,7 @@ mod tests {
                 p => format!("{sign}{}.{}", &digits[..p], &digits[p..]),
             };
             let line = format!("{ts},{key},{x},n,{x},{x}\n");
-            prop_assert!(check(&line), "declined {:?}", line);
+            prop_assert_eq!(check(&line), (true, true), "declined {:?}", line);
         }
     }
 }

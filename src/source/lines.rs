@@ -48,6 +48,8 @@ pub struct LineParser {
     record: csv::ByteRecord,
     /// Whether CSV lines may take the vectorised fast path ([`fast_csv`]).
     fast: bool,
+    /// Whether the columns are exactly time, key, z… (set with the header).
+    in_order: bool,
     /// Lines the fast path declined in a row; past [`GIVE_UP`] it is tried only on one
     /// line in 256, so data it never fits (long numbers) costs nearly nothing.
     declined: u32,
@@ -81,6 +83,7 @@ impl LineParser {
             key: String::new(),
             record: csv::ByteRecord::new(),
             fast: format == FileFormat::Csv && fast_csv::available(),
+            in_order: false,
             declined: 0,
             tries: 0,
         }
@@ -116,6 +119,7 @@ impl LineParser {
                 )));
             }
         }
+        self.in_order = fast_csv::in_order(&columns, self.z.len());
         self.columns = columns;
         Ok(())
     }
@@ -179,7 +183,7 @@ impl LineParser {
             z: &mut self.z,
             scale: &mut self.scale,
         };
-        let Some(next) = fast_csv::line(bytes, pos, &self.columns, out) else {
+        let Some(next) = fast_csv::line(bytes, pos, &self.columns, self.in_order, out) else {
             self.declined = self.declined.saturating_add(1);
             return None;
         };
