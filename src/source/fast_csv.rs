@@ -85,10 +85,23 @@ mod x86 {
 
     use super::{Scratch, Slot};
 
-    /// Powers of ten that are exact in `f64` (the scale of a number of at most 15 digits).
-    const POW10: [f64; 17] = [
-        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
-    ];
+    /// Powers of ten that are exact in `f64` (the scale of a number of at most 15 digits),
+    /// positive and negative: dividing by `-10ᵏ` rounds as dividing by `10ᵏ` does, and
+    /// gives the sign.
+    const SCALE: [[f64; 16]; 2] = {
+        let mut table = [[1.0; 16]; 2];
+        let mut k = 1;
+        while k < 16 {
+            table[0][k] = table[0][k - 1] * 10.0; // exact up to 10²²
+            k += 1;
+        }
+        k = 0;
+        while k < 16 {
+            table[1][k] = -table[0][k];
+            k += 1;
+        }
+        table
+    };
 
     /// Shuffles of the 16 bytes that end with a number into its digits, right-aligned, with
     /// zeros before them: entry `[after][digits]` is for a number of `digits` digits of
@@ -250,15 +263,14 @@ mod x86 {
             Some(Field { start, len, v })
         }
 
-        /// The field as a number: its digits as an exact `f64` with the text's sign (`-0`
-        /// too), and the power of ten to divide them by.
+        /// The field as a number: its digits as an exact `f64`, and the power of ten to
+        /// divide them by, with the text's sign (so `-0` is negative zero: `0 / -1`).
         #[target_feature(enable = "ssse3,sse4.1")]
         fn number(&mut self, f: &Field) -> Option<(f64, f64)> {
             let negative = self.bytes[f.start] == b'-';
             let (m, after) = decimal(f.v, f.len, negative, &mut self.bad)?;
             let m = m as i64 as f64; // < 10¹⁵ < 2⁵³: exact
-            let signed = f64::from_bits(m.to_bits() | (negative as u64) << 63);
-            Some((signed, POW10[after.unwrap_or(0)]))
+            Some((m, SCALE[negative as usize][after.unwrap_or(0)]))
         }
 
         /// The field as an integer time.
