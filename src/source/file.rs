@@ -104,7 +104,19 @@ impl FileReader {
     fn read_at(&self, buf: &mut [u8], at: u64) -> Result<(), SourceError> {
         self.file
             .read_exact_at(buf, at)
-            .map_err(|e| io_error(&self.path, e))
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => SourceError::Io {
+                    path: self.path.clone(),
+                    message: format!(
+                        "the file is shorter than when it was opened ({} bytes; bytes {}..{} \
+                     are gone): it was truncated or rewritten while being read",
+                        self.len,
+                        at,
+                        at + buf.len() as u64
+                    ),
+                },
+                _ => io_error(&self.path, e),
+            })
     }
 
     /// The byte after the first newline at or after `at` (the file's length if none).
@@ -259,24 +271,35 @@ mod tests {
         }
     }
 
+    /// The schema of the test files: `ts`, `key`, one feature `x0`, target `y`.
+    fn schema() -> Schema {
+        Schema {
+            time: "ts".into(),
+            key: "key".into(),
+            features: vec!["x0".into()],
+            target: "y".into(),
+        }
+    }
+
+    /// A fresh directory for a test, and the path of its `in.csv`.
+    fn temp_file(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("in.csv");
+        (dir, path)
+    }
+
     /// Every record is read once, in blocks of any size (a byte, a line, the largest
     /// size there is), by one worker or several.
     #[test]
     fn any_block_size_reads_every_line_once() {
-        let dir = std::env::temp_dir().join(format!("tributary-file-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("in.csv");
+        let (dir, path) = temp_file("tributary-file");
         let mut text = String::from("ts,key,x0,y\n");
         for i in 0..100 {
             text.push_str(&format!("{i},k{},{}.5,{}\n", i % 3, i, i * 2));
         }
         std::fs::write(&path, text).unwrap();
-        let schema = Schema {
-            time: "ts".into(),
-            key: "key".into(),
-            features: vec!["x0".into()],
-            target: "y".into(),
-        };
+        let schema = schema();
         for block in [1, 7, 4096, usize::MAX] {
             for peers in [1, 3] {
                 let mut count = Count(0);
@@ -317,9 +340,7 @@ mod tests {
     /// malformed line is reported with its number, by one worker or three.
     #[test]
     fn pieces_lose_and_repeat_nothing() {
-        let dir = std::env::temp_dir().join(format!("tributary-pieces-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("in.csv");
+        let (dir, path) = temp_file("tributary-pieces");
         let mut text = String::from("ts,key,note,x0,y\n");
         let (mut expected, mut bad) = (Vec::new(), Vec::new());
         let mut line = 1;
@@ -353,12 +374,7 @@ mod tests {
         }
         text.pop(); // the last line has no newline
         std::fs::write(&path, &text).unwrap();
-        let schema = Schema {
-            time: "ts".into(),
-            key: "key".into(),
-            features: vec!["x0".into()],
-            target: "y".into(),
-        };
+        let schema = schema();
         for (block, peers) in [(4 << 20, 1), (300_000, 3), (usize::MAX, 1)] {
             let mut got = Collect::default();
             for index in 0..peers {
@@ -378,6 +394,35 @@ mod tests {
             assert!(got.records == expected, "block {block}, {peers} workers");
             assert_eq!(got.malformed, bad, "block {block}, {peers} workers");
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A file cut short while it is read is an error naming it, not records lost quietly.
+    #[test]
+    fn a_file_truncated_while_read_is_an_error() {
+        let (dir, path) = temp_file("tributary-cut");
+        let mut text = String::from("ts,key,x0,y\n");
+        for i in 0..1000 {
+            text.push_str(&format!("{i},k,{i}.5,1\n"));
+        }
+        std::fs::write(&path, &text).unwrap();
+        let schema = schema();
+        let mut reader = FileReader::open(&path, 4096, FileFormat::Csv, &schema, 0, 1).unwrap();
+        reader.read_batch(&mut Count(0)).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(5000)
+            .unwrap();
+        let error = (0..3)
+            .find_map(|_| reader.read_batch(&mut Count(0)).err())
+            .expect("an error");
+        let message = error.to_string();
+        assert!(
+            message.contains("in.csv") && message.contains("truncated"),
+            "{message}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
