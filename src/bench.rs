@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 /// One measured configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ThroughputRow {
-    /// `gen` or `csv`.
+    /// `gen`, `csv` (numbers of up to 17 digits) or `csv9` (9 significant digits).
     pub source: String,
     /// Processes.
     pub processes: usize,
@@ -50,7 +50,7 @@ pub struct ThroughputSettings {
     pub workers: Vec<usize>,
     /// Also run a 2-process × 1-worker cluster on loopback.
     pub cluster: bool,
-    /// Measure the CSV source too.
+    /// Measure the CSV sources too (numbers of up to 17 digits, and of 9).
     pub csv: bool,
     /// Directory for the CSV file.
     pub dir: PathBuf,
@@ -66,31 +66,31 @@ pub fn throughput(s: &ThroughputSettings) -> Result<Vec<ThroughputRow>, String> 
     let mut sources = vec![("gen".to_owned(), gen_source)];
     if s.csv {
         std::fs::create_dir_all(&s.dir).map_err(|e| e.to_string())?;
-        let csv = s
-            .dir
-            .join(format!("bench-{}-{}-{}.csv", s.rows, s.keys, s.features));
-        let status = Command::new(&exe)
-            .args([
-                "gen",
-                "--rows",
-                &s.rows.to_string(),
-                "--keys",
-                &s.keys.to_string(),
-            ])
-            .args([
-                "--features",
-                &s.features.to_string(),
-                "--seed",
-                "42",
-                "--out",
-            ])
-            .arg(&csv)
-            .status()
-            .map_err(|e| e.to_string())?;
-        if !status.success() {
-            return Err("tributary gen failed".into());
+        // Numbers as `tributary gen` writes them (up to 17 digits: the general parser),
+        // and with 9 significant digits as the peers' data (the vectorised fast path).
+        for (name, digits) in [("csv", None), ("csv9", Some(9))] {
+            let csv = s.dir.join(format!(
+                "bench-{}-{}-{}-{name}.csv",
+                s.rows, s.keys, s.features
+            ));
+            let mut command = Command::new(&exe);
+            command
+                .args(["gen", "--rows", &s.rows.to_string()])
+                .args(["--keys", &s.keys.to_string()])
+                .args(["--features", &s.features.to_string(), "--seed", "42"]);
+            if let Some(digits) = digits {
+                command.args(["--digits", &digits.to_string()]);
+            }
+            let status = command
+                .arg("--out")
+                .arg(&csv)
+                .status()
+                .map_err(|e| e.to_string())?;
+            if !status.success() {
+                return Err("tributary gen failed".into());
+            }
+            sources.push((name.to_owned(), format!("csv:{}", csv.display())));
         }
-        sources.push(("csv".to_owned(), format!("csv:{}", csv.display())));
     }
     let mut rows = Vec::new();
     for (name, source) in &sources {

@@ -136,7 +136,7 @@ pub struct ThroughputArgs {
     /// Skip the 2-process loopback cluster.
     #[arg(long)]
     pub no_cluster: bool,
-    /// Skip the CSV source.
+    /// Skip the CSV sources.
     #[arg(long)]
     pub no_csv: bool,
     /// Directory for the generated CSV file.
@@ -283,6 +283,11 @@ pub struct GenArgs {
     /// Time of the first record (ms since the epoch).
     #[arg(long, default_value_t = 1_700_000_000_000)]
     pub start: i64,
+    /// Significant digits of the numbers written (1–17), in plain decimal form like
+    /// `%.9g` data (a number with more digits before its point keeps them); by default
+    /// each number's shortest exact form (up to 17 digits).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=17))]
+    pub digits: Option<u32>,
     /// Output CSV file; `-` is stdout.
     #[arg(long, default_value = "-")]
     pub out: PathBuf,

@@ -141,8 +141,15 @@ fn gen_command(args: GenArgs) -> Result<(), String> {
         use std::fmt::Write as _;
         line.clear();
         let _ = write!(line, "{},{}", r.time, r.key);
-        for v in r.z {
-            let _ = write!(line, ",{v}");
+        for &v in r.z {
+            match args.digits {
+                Some(digits) => {
+                    let _ = write!(line, ",{}", significant(v, digits));
+                }
+                None => {
+                    let _ = write!(line, ",{v}");
+                }
+            }
         }
         line.push('\n');
         result = out.write_all(line.as_bytes());
@@ -150,4 +157,38 @@ fn gen_command(args: GenArgs) -> Result<(), String> {
     result
         .and_then(|()| out.flush())
         .map_err(|e| format!("{}: {e}", args.out.display()))
+}
+
+/// `v` rounded to `digits` significant digits, written as a plain decimal (no exponent).
+fn significant(v: f64, digits: u32) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    // Digits before the point: floor(log10 |v|) + 1, which may be zero or negative.
+    let before = v.abs().log10().floor() as i32 + 1;
+    let after = (digits as i32 - before).max(0) as usize;
+    format!("{v:.after$}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::significant;
+
+    #[test]
+    fn significant_digits_in_plain_decimals() {
+        assert_eq!(significant(-1.086171107, 9), "-1.08617111");
+        assert_eq!(significant(0.04294550331, 9), "0.0429455033");
+        assert_eq!(significant(0.000123456, 3), "0.000123");
+        assert_eq!(significant(12.5, 2), "12");
+        assert_eq!(significant(123456.7, 3), "123457");
+        assert_eq!(significant(0.0, 9), "0");
+        for (v, digits) in [(2.71, 4), (-2.5e-7, 9), (9.99999, 2)] {
+            let text = significant(v, digits);
+            let back: f64 = text.parse().unwrap();
+            assert!(
+                (back - v).abs() <= v.abs() * 10f64.powi(1 - digits as i32),
+                "{text}"
+            );
+        }
+    }
 }

@@ -67,7 +67,13 @@ fn bench_throughput_runs_the_engine() {
         dir.to_str().unwrap(),
     ]);
     let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(rows.len(), 4, "gen and csv on 1 and 2 workers: {rows:?}");
+    assert_eq!(
+        rows.len(),
+        6,
+        "gen, csv and csv9 on 1 and 2 workers: {rows:?}"
+    );
+    let sources: Vec<&str> = rows.iter().map(|r| r["source"].as_str().unwrap()).collect();
+    assert_eq!(sources, ["gen", "gen", "csv", "csv", "csv9", "csv9"]);
     for r in &rows {
         assert_eq!(r["records"], 50000, "{r}");
         // 50 000 records 1 ms apart: 5 ten-second windows of each of 4 keys.

@@ -405,7 +405,18 @@ fn collinear_features_ill_conditioned() {
 /// `tributary gen` writes a CSV the oracle reads itself; the engine's models on it match.
 #[test]
 fn gen_csv_models_match_oracle() {
-    let dir = TempDir::new("gen_csv");
+    gen_csv_matches_oracle("gen_csv", &[]);
+}
+
+/// The same with numbers of 6 significant digits (`gen --digits 6`), short enough for the
+/// vectorised CSV path: its records give the oracle's models too.
+#[test]
+fn short_decimal_csv_models_match_oracle() {
+    gen_csv_matches_oracle("gen_csv_short", &["--digits", "6"]);
+}
+
+fn gen_csv_matches_oracle(name: &str, extra: &[&str]) {
+    let dir = TempDir::new(name);
     let csv = dir.path("gen.csv");
     let d = 3;
     let g = run_engine(
@@ -422,9 +433,10 @@ fn gen_csv_models_match_oracle() {
             "7",
             "--disorder",
             "1000",
-            "--out",
         ]
         .iter()
+        .chain(extra)
+        .chain(&["--out"])
         .map(|s| s.to_string())
         .chain([csv.display().to_string()])
         .collect::<Vec<_>>(),
@@ -442,7 +454,7 @@ fn gen_csv_models_match_oracle() {
             let (run, out) = run_ok(&dir, &cfg, &format!("out-{w}.jsonl"));
             assert_eq!(run.summary("late"), Some(0), "{}", run.stderr);
             let got = keep_final(&parse_emissions(&out));
-            assert_models_match(&got, &want, &format!("gen data -w {w} ({})", run.cmdline));
+            assert_models_match(&got, &want, &format!("{name} -w {w} ({})", run.cmdline));
         }
     }
 }
