@@ -275,12 +275,20 @@ mod x86 {
             Some(Field { start, len, v })
         }
 
+        /// The field as `[-]digits[.digits]`: whether it has the minus, and [`decimal`]'s
+        /// digits and digits after the point (its bad bytes go to the line's).
+        #[target_feature(enable = "ssse3,sse4.1")]
+        fn decimal(&mut self, f: &Field) -> Option<(bool, u64, Option<usize>)> {
+            let negative = self.bytes[f.start] == b'-';
+            let (m, after) = decimal(f.v, f.len, negative, &mut self.bad)?;
+            Some((negative, m, after))
+        }
+
         /// The field as a number: its digits as an exact `f64`, and the power of ten to
         /// divide them by, with the text's sign (so `-0` is negative zero: `0 / -1`).
         #[target_feature(enable = "ssse3,sse4.1")]
         fn number(&mut self, f: &Field) -> Option<(f64, f64)> {
-            let negative = self.bytes[f.start] == b'-';
-            let (m, after) = decimal(f.v, f.len, negative, &mut self.bad)?;
+            let (negative, m, after) = self.decimal(f)?;
             let m = m as i64 as f64; // < 10¹⁵ < 2⁵³: exact
             Some((m, SCALE[negative as usize][after.unwrap_or(0)]))
         }
@@ -288,9 +296,8 @@ mod x86 {
         /// The field as an integer time.
         #[target_feature(enable = "ssse3,sse4.1")]
         fn time(&mut self, f: &Field) -> Option<i64> {
-            let negative = self.bytes[f.start] == b'-';
-            match decimal(f.v, f.len, negative, &mut self.bad)? {
-                (m, None) => Some(if negative { -(m as i64) } else { m as i64 }),
+            match self.decimal(f)? {
+                (negative, m, None) => Some(if negative { -(m as i64) } else { m as i64 }),
                 _ => None,
             }
         }

@@ -119,19 +119,36 @@ impl FileReader {
             })
     }
 
-    /// The byte after the first newline at or after `at` (the file's length if none).
-    fn line_end(&self, at: u64) -> Result<u64, SourceError> {
-        let mut chunk = vec![0; 64 << 10];
-        let mut from = at;
-        while from < self.len {
-            let n = chunk.len().min((self.len - from) as usize);
+    /// Reads bytes `from..to` of the file a chunk at a time, handing each chunk and its
+    /// offset to `visit` until it returns a value. Chunks start at 4 KiB (a line end is
+    /// usually near) and grow to 64 KiB.
+    fn scan<T>(
+        &self,
+        mut from: u64,
+        to: u64,
+        mut visit: impl FnMut(u64, &[u8]) -> Option<T>,
+    ) -> Result<Option<T>, SourceError> {
+        let mut chunk = vec![0; 4 << 10];
+        while from < to {
+            let n = chunk.len().min((to - from) as usize);
             self.read_at(&mut chunk[..n], from)?;
-            if let Some(i) = memchr::memchr(b'\n', &chunk[..n]) {
-                return Ok(from + i as u64 + 1);
+            if let Some(found) = visit(from, &chunk[..n]) {
+                return Ok(Some(found));
             }
             from += n as u64;
+            if chunk.len() < 64 << 10 {
+                chunk.resize(chunk.len() * 2, 0);
+            }
         }
-        Ok(self.len)
+        Ok(None)
+    }
+
+    /// The byte after the first newline at or after `at` (the file's length if none).
+    fn line_end(&self, at: u64) -> Result<u64, SourceError> {
+        let found = self.scan(at, self.len, |from, chunk| {
+            memchr::memchr(b'\n', chunk).map(|i| from + i as u64 + 1)
+        })?;
+        Ok(found.unwrap_or(self.len))
     }
 
     /// The byte where block `k` starts: the first line start at or after its nominal start.
@@ -232,17 +249,14 @@ impl FileReader {
     /// last position asked for (errors come in increasing order within a worker), so many
     /// malformed lines cost one pass over the file, not one each.
     fn line_number(&mut self, offset: u64) -> Result<u64, SourceError> {
-        let (mut from, mut line) = match self.lines_before {
+        let (from, mut line) = match self.lines_before {
             (at, count) if at <= offset => (at, count),
             _ => (0, 1),
         };
-        let mut chunk = vec![0; 64 << 10];
-        while from < offset {
-            let n = chunk.len().min((offset - from) as usize);
-            self.read_at(&mut chunk[..n], from)?;
-            line += memchr::memchr_iter(b'\n', &chunk[..n]).count() as u64;
-            from += n as u64;
-        }
+        self.scan(from, offset, |_, chunk| {
+            line += memchr::memchr_iter(b'\n', chunk).count() as u64;
+            None::<()>
+        })?;
         self.lines_before = (offset, line);
         Ok(line)
     }
