@@ -152,7 +152,8 @@ pub struct ThroughputArgs {
 pub struct RunArgs {
     /// A dataflow spec (TOML); flags override it.
     pub spec: Option<PathBuf>,
-    /// `csv:PATH[,block=SIZE]`, `jsonl:PATH[,block=SIZE]`, `gen:rows=N,keys=K,features=D,seed=S[,disorder=MS][,step=MS]`,
+    /// `csv:PATH[,block=SIZE]`, `jsonl:PATH[,block=SIZE]`, `csv:PATH,follow` (a growing file),
+    /// `gen:rows=N,keys=K,features=D,seed=S[,disorder=MS][,step=MS]`,
     /// `tcp:HOST:PORT[,listen][,format=jsonl]` or `http` (with --serve)
     #[arg(long)]
     pub source: Option<String>,

@@ -28,8 +28,9 @@ use crate::model::SolveOptions;
 use crate::record::{Schema, parse_features};
 use crate::serve::{self, ModelStore, ServeContext};
 use crate::sink::{Ledger, WriteLines, open_output};
-use crate::source::tcp::{self, TcpContext};
-use crate::source::{IngestLog, LogReader, SourceError, SourceReader, SourceSpec};
+use crate::source::feed::FeedContext;
+use crate::source::{FileFormat, IngestLog, LogReader, SourceError, SourceReader, SourceSpec};
+use crate::source::{follow, tcp};
 use crate::window::{Time, WindowSpec, parse_duration};
 
 /// The settings of a job as written in a SPEC.toml file; every field is optional there
@@ -37,7 +38,8 @@ use crate::window::{Time, WindowSpec, parse_duration};
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
-    /// `csv:PATH`, `jsonl:PATH` or `gen:...` (relative paths are relative to the spec file).
+    /// `csv:PATH[,follow]`, `jsonl:PATH[,follow]`, `gen:...`, `tcp:...` or `http` (relative
+    /// paths are relative to the spec file).
     pub source: Option<String>,
     /// Time field (default `ts`).
     pub time: Option<String>,
@@ -343,7 +345,8 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
         None => None,
     };
     let store = checkpoint.as_ref().map(|c| Arc::clone(&c.store));
-    // HTTP and TCP records go through the ingest log of process 0 (durable with a store).
+    // HTTP, TCP and followed-file records go through the ingest log of process 0 (durable
+    // with a store).
     let log = match &job.source {
         source if source.is_logged() => {
             let (store, resume_after) = match &checkpoint {
@@ -357,16 +360,29 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
         }
         _ => None,
     };
-    if let (SourceSpec::Tcp(tcp), Some(log), 0) = (&job.source, &log, cluster.process) {
-        tcp::start(
-            tcp,
-            TcpContext {
-                schema: job.schema.clone(),
-                log: Arc::clone(log),
-                metrics: Arc::clone(&metrics),
-                on_error: job.on_error,
-            },
-        )?;
+    if let (Some(log), 0) = (&log, cluster.process) {
+        let feed = FeedContext {
+            schema: job.schema.clone(),
+            log: Arc::clone(log),
+            metrics: Arc::clone(&metrics),
+            on_error: job.on_error,
+        };
+        match &job.source {
+            SourceSpec::Tcp(spec) => tcp::start(spec, feed)?,
+            SourceSpec::Csv(file) | SourceSpec::Jsonl(file) if file.follow => {
+                let format = match &job.source {
+                    SourceSpec::Csv(_) => FileFormat::Csv,
+                    _ => FileFormat::Jsonl,
+                };
+                // Where the previous run stopped reading, written with its newest batch.
+                let resume = match &store {
+                    Some(store) => store.source_position().map_err(|e| e.to_string())?,
+                    None => None,
+                };
+                follow::start(&file.path, format, resume, feed)?;
+            }
+            _ => {}
+        }
     }
     // The HTTP server of process 0, and the models it serves.
     let models = match (job.serve, cluster.process) {
@@ -376,7 +392,8 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
                 address,
                 ServeContext {
                     models: Arc::clone(&models),
-                    log: log.clone().filter(|_| job.source == SourceSpec::Http),
+                    log: log.clone(),
+                    accepts_posts: job.source == SourceSpec::Http,
                     source: job.source.to_string(),
                     schema: job.schema.clone(),
                     metrics: Arc::clone(&metrics),

@@ -161,8 +161,11 @@ impl ModelStore {
 pub struct ServeContext {
     /// Models.
     pub models: Arc<ModelStore>,
-    /// The ingest log, when the source is `http` (else `POST /data` is refused).
+    /// The ingest log, when the source has one (`http`, `tcp`, a followed file): its
+    /// counters are in `/healthz` and `/metrics`.
     pub log: Option<Arc<IngestLog>>,
+    /// Whether the source is `http`, which `POST /data` appends to (else it is refused).
+    pub accepts_posts: bool,
     /// The source, as configured (for messages).
     pub source: String,
     /// Field names of posted records.
@@ -549,7 +552,7 @@ pub fn parse_body(
 
 async fn data(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
     let context = &app.context;
-    let Some(log) = context.log.clone() else {
+    let Some(log) = context.log.clone().filter(|_| context.accepts_posts) else {
         return error(
             StatusCode::CONFLICT,
             format!(

@@ -3,7 +3,8 @@
 //! estimates of open windows; `kill -9` after an answer loses nothing and counts nothing
 //! twice; errors have the documented statuses and JSON bodies; backpressure answers 503
 //! with `Retry-After` and refused records are not counted; a bounded load test; the TCP
-//! line source. Everything on 127.0.0.1, bounded in time, processes killed on drop.
+//! line source; a followed file across kill -9. Everything on 127.0.0.1, bounded in time,
+//! processes killed on drop.
 
 mod common;
 
@@ -1782,4 +1783,218 @@ fn tcp_listen_source_reads_every_connection() {
             &format!("tcp listen: /models final of {key}"),
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. A followed file (`csv:PATH,follow`)
+// ---------------------------------------------------------------------------------------
+
+/// Appends `text` to the file at `path`.
+fn append(path: &Path, text: &str) {
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+fn csv_lines(rows: &[Row]) -> String {
+    rows.iter().map(|r| csv_line(r) + "\n").collect()
+}
+
+/// Waits until `/healthz` says `n` records were read since the process started.
+fn wait_for_records(server: &Server, n: usize, what: &str) {
+    server.wait_for(what, || {
+        let v = server.get("/healthz").json();
+        (v["records"] == n).then_some(()).ok_or(v.to_string())
+    });
+}
+
+/// `--source csv:PATH,follow` with `--checkpoint`: the file grows in pieces (one of them
+/// ending half-way through a line, which waits for its newline) and the engine is killed
+/// (-9) twice: once after a checkpoint covered what it read (the restart goes on from the
+/// stored file position), once with checkpoints an hour apart, so that what it read is
+/// only in the ingest log (the restart replays it, and reads on after it). A malformed line
+/// comes after the first restart. The final models equal the oracle's over every line
+/// (exactly once across both kills: the counts n), are written once, and the malformed
+/// line's warning names its true line number.
+#[test]
+fn followed_file_is_read_as_it_grows_exactly_once_across_kill_9() {
+    let d = 2;
+    let workers = 2;
+    let win = Win::Tumbling(5_000);
+    let lateness = 1000;
+    let mut spec = GenSpec::new(9_000, 3, d, 71);
+    spec.disorder = 300;
+    let rows = generate(&spec);
+    let want = oracle(&rows, d, win, None);
+    let dir = TempDir::new("follow");
+    let data = dir.path("data.csv");
+    let out = dir.path("models.jsonl");
+    let ckpt = dir.path("ckpt");
+    let args = |every: &str| {
+        let mut args = with(
+            http_args(&out, d, win, lateness, workers),
+            &[
+                "--checkpoint",
+                ckpt.to_str().unwrap(),
+                "--checkpoint-every",
+                every,
+            ],
+        );
+        args[3] = format!("csv:{},follow", data.display());
+        args
+    };
+    let (first, rest) = rows.split_at(3_000);
+    let (second, third) = rest.split_at(3_000);
+    let (before, after) = third.split_at(1_000);
+
+    // Run 1: the header and the first third, then half of the next line.
+    let next = csv_line(&second[0]);
+    let (half, other_half) = next.split_at(next.len() / 2);
+    append(&data, &(csv_header(d) + "\n" + &csv_lines(first) + half));
+    let mut server = Server::start(&dir, &args("50ms"));
+    wait_for_records(&server, first.len(), "the first third, not the half line");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        server.get("/healthz").json()["records"],
+        first.len(),
+        "a line without its newline is not read"
+    );
+    append(
+        &data,
+        &(other_half.to_owned() + "\n" + &csv_lines(&second[1..])),
+    );
+    wait_for_records(&server, first.len() + second.len(), "the second third");
+    server.wait_for("a checkpoint covering every batch read", || {
+        let v = server.get("/healthz").json();
+        let batches = v["ingest"]["next_batch"].as_u64().unwrap_or(0);
+        (v["checkpoint_epoch"].as_u64().map(|e| e + 1) == Some(batches))
+            .then_some(())
+            .ok_or(v.to_string())
+    });
+    server.kill();
+    drop(server);
+
+    // Run 2, no checkpoint within the run: a malformed line among new ones. Line 1 is the
+    // header, so the malformed line is line 2 + the rows before it.
+    let mut server = Server::start(&dir, &args("1h"));
+    let bad_line = 2 + first.len() + second.len() + before.len();
+    append(
+        &data,
+        &(csv_lines(before) + &format!("{},k0,1.0,oops,2.0\n", before[999].ts)),
+    );
+    wait_for_records(&server, before.len(), "the new lines");
+    let warning = format!("{}: line {bad_line}, field \"x1\"", data.display());
+    server.wait_for("the malformed line's warning", || {
+        let text = server.stderr_text();
+        text.contains(&warning).then_some(()).ok_or(text)
+    });
+    server.kill();
+    drop(server);
+
+    // Run 3 replays the log's batches of run 2 and reads on after them.
+    let server = Server::start(&dir, &args("50ms"));
+    let v = server.get("/healthz").json();
+    assert_eq!(
+        v["ingest"]["appended"],
+        before.len(),
+        "the restart replays the lines read after the last checkpoint: {v}"
+    );
+    append(&data, &csv_lines(after));
+    // One sentinel per worker, in batches of their own (the log's batches go round the
+    // workers): every worker's watermark passes every window.
+    let closing = closing_time(&want, lateness);
+    for _ in 0..workers {
+        append(&data, &csv_lines(&[sentinel(closing, d)]));
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let got = wait_for_out(&server, &out, &want);
+    assert_models_match(
+        &got,
+        &want,
+        "followed file: --out across kill -9 (n: exactly once)",
+    );
+    assert_written_once(&out);
+    let total: usize = got.values().map(|m| m.n).sum();
+    assert_eq!(total, rows.len(), "records over the final windows");
+    assert!(
+        !server.stderr_text().contains("malformed"),
+        "the malformed line, read before the kill, is not read again"
+    );
+}
+
+/// A restart on a file that is not the one the checkpoint followed (shorter than what was
+/// read, or beginning differently) is refused with a message naming the file; a file
+/// that shrinks while followed stops the run with an error naming it.
+#[test]
+fn followed_file_replaced_or_truncated_is_an_error() {
+    let d = 2;
+    let rows = generate(&GenSpec::new(500, 2, d, 73));
+    let dir = TempDir::new("follow-replaced");
+    let data = dir.path("data.csv");
+    let out = dir.path("models.jsonl");
+    let ckpt = dir.path("ckpt");
+    let mut args = with(
+        http_args(&out, d, Win::Tumbling(5_000), 1000, 1),
+        &["--checkpoint", ckpt.to_str().unwrap()],
+    );
+    args[3] = format!("csv:{},follow", data.display());
+    let text = csv_header(d) + "\n" + &csv_lines(&rows);
+    append(&data, &text);
+    let mut server = Server::start(&dir, &args);
+    wait_for_records(&server, rows.len(), "the whole file");
+    server.kill();
+    drop(server);
+    let exits = |child: &mut Child, what: &str| {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{what}: still running after {WAIT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let refused = |what: &str| {
+        let stderr = dir.path("refused.stderr");
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let status = exits(&mut child, what);
+        let stderr = std::fs::read_to_string(&stderr).unwrap();
+        assert!(!status.success(), "{what}: the restart is refused");
+        assert!(
+            stderr.contains(&data.display().to_string()) && stderr.contains("checkpoint"),
+            "{what}: the error names the file and the checkpoint: {stderr}"
+        );
+    };
+    // Shorter than what the checkpoint read.
+    std::fs::write(&data, &text[..text.len() / 2]).unwrap();
+    refused("a truncated file");
+    // As long, but with other first bytes.
+    std::fs::write(&data, text.replacen("ts,key", "ts,kez", 1)).unwrap();
+    refused("another file");
+
+    // Shrinking while followed (from a fresh checkpoint).
+    let _ = std::fs::remove_dir_all(&ckpt);
+    std::fs::write(&data, &text).unwrap();
+    let mut server = Server::start(&dir, &args);
+    wait_for_records(&server, rows.len(), "the whole file again");
+    std::fs::write(&data, csv_header(d) + "\n").unwrap();
+    let status = exits(server.child.as_mut().unwrap(), "a file that shrank");
+    assert!(!status.success());
+    let stderr = server.stderr_text();
+    assert!(
+        stderr.contains(&data.display().to_string()) && stderr.contains("shrank"),
+        "the error names the file: {stderr}"
+    );
 }

@@ -100,6 +100,20 @@ pub struct Commit {
     pub unix_ms: u64,
 }
 
+/// Where a followed file's reader stands after the newest ingest batch (`S`), written
+/// with that batch: a restart reads on from here while the log replays the batches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourcePosition {
+    /// Byte offset after the last line read.
+    pub offset: u64,
+    /// Number of that line (1-based; 0 before any).
+    pub line: u64,
+    /// How many of the file's first bytes `head_crc` covers (at most 4 KiB).
+    pub head_len: u32,
+    /// CRC-32 of those bytes: a restart on another file is refused.
+    pub head_crc: u32,
+}
+
 /// A worker's part of a checkpoint epoch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Part {
@@ -136,6 +150,7 @@ mod keys {
     use super::*;
 
     pub const META: &[u8] = b"M";
+    pub const SOURCE: &[u8] = b"S";
 
     fn time(t: Time) -> [u8; 8] {
         ((t as u64) ^ (1 << 63)).to_be_bytes()
@@ -488,9 +503,25 @@ impl Store {
         &self.path
     }
 
-    /// Writes batch `seq` of the ingest log (encoded), synced: durable on return.
-    pub fn append_ingest(&self, seq: u64, batch: &[u8]) -> Result<(), CheckpointError> {
-        self.put_sync(&keys::ingest(seq), batch)
+    /// Writes batch `seq` of the ingest log (encoded), and the position of its source
+    /// after it if given (encoded), in one synced write: durable on return.
+    pub fn append_ingest(
+        &self,
+        seq: u64,
+        batch: &[u8],
+        position: Option<&SourcePosition>,
+    ) -> Result<(), CheckpointError> {
+        let mut write = WriteBatch::default();
+        write.put(keys::ingest(seq), batch);
+        if let Some(position) = position {
+            write.put(keys::SOURCE, codec::encode(position));
+        }
+        self.write(write)
+    }
+
+    /// Where a followed file's reader stood after the newest ingest batch written.
+    pub fn source_position(&self) -> Result<Option<SourcePosition>, CheckpointError> {
+        self.get(keys::SOURCE)
     }
 
     /// The ingest log's batches numbered `from` and later, in order (encoded).
@@ -654,6 +685,22 @@ impl Store {
             deltas.len(),
             size(&deltas)
         );
+        let ingest = self.scan(b"I")?;
+        if !ingest.is_empty() {
+            let _ = writeln!(
+                out,
+                "  ingest log: {} batches after the newest commit ({} bytes)",
+                ingest.len(),
+                size(&ingest)
+            );
+        }
+        if let Some(p) = self.source_position()? {
+            let _ = writeln!(
+                out,
+                "  followed file: read through byte {} (line {})",
+                p.offset, p.line
+            );
+        }
         if let Ok(Some(sst)) = self.db.property_int_value("rocksdb.total-sst-files-size") {
             let _ = writeln!(out, "  sst files: {sst} bytes");
         }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use timely::scheduling::SyncActivator;
 
 use super::{RecordSink, SourceError};
-use crate::checkpoint::{CheckpointError, Store, codec};
+use crate::checkpoint::{CheckpointError, SourcePosition, Store, codec};
 use crate::record::RecordRef;
 use crate::window::Time;
 
@@ -170,6 +170,17 @@ impl IngestLog {
     /// Refuses when the dataflow is more than `max_pending` records behind.
     /// The batch is shared, so that a caller refused for backpressure can retry it.
     pub fn append(&self, batch: Arc<RecordBatch>) -> Result<u64, AppendError> {
+        self.append_at(batch, None)
+    }
+
+    /// [`append`](Self::append), and with a store, `position` (where a followed file's
+    /// reader stands after the batch) is written in the same synced write: after a crash,
+    /// [`Store::source_position`] and the batches in the store agree.
+    pub fn append_at(
+        &self,
+        batch: Arc<RecordBatch>,
+        position: Option<&SourcePosition>,
+    ) -> Result<u64, AppendError> {
         let seq = {
             let mut state = self.state();
             if state.closed_at.is_some() {
@@ -191,7 +202,7 @@ impl IngestLog {
         // The durable write happens outside the lock: concurrent appends are written
         // together by RocksDB's group commit.
         let written = match &self.store {
-            Some(store) => store.append_ingest(seq, &codec::encode(&*batch)),
+            Some(store) => store.append_ingest(seq, &codec::encode(&*batch), position),
             None => Ok(()),
         };
         let mut state = self.state();
@@ -235,6 +246,11 @@ impl IngestLog {
     /// The log's counters.
     pub fn stats(&self) -> LogStats {
         self.state().stats
+    }
+
+    /// Whether appended batches are written to a checkpoint store.
+    pub fn is_durable(&self) -> bool {
+        self.store.is_some()
     }
 
     /// The limit on records appended and not yet read.

@@ -7,7 +7,9 @@
 
 mod decimal;
 mod fast_csv;
+pub mod feed;
 pub mod file;
+pub mod follow;
 pub mod generator;
 pub mod lines;
 pub mod log;
@@ -51,7 +53,7 @@ pub enum SourceSpec {
     Tcp(TcpSpec),
 }
 
-/// A file source: the file, and the size of its batches.
+/// A file source: the file, the size of its batches, and whether it is followed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FileSpec {
     /// The file.
@@ -59,53 +61,69 @@ pub struct FileSpec {
     /// Nominal batch size in bytes (batches end on line boundaries); [`BLOCK_BYTES`]
     /// unless the source says `,block=SIZE`.
     pub block: usize,
+    /// `,follow`: read lines as they are appended, through the ingest log (see
+    /// [`follow`]); the source never ends.
+    pub follow: bool,
 }
 
 impl FileSpec {
-    /// The file at `path`, in batches of the default size.
+    /// The file at `path`, read once, in batches of the default size.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         FileSpec {
             path: path.into(),
             block: BLOCK_BYTES,
+            follow: false,
         }
     }
 
-    /// `PATH[,block=SIZE]`; SIZE in bytes, or with a suffix `KiB` / `MiB` (also `k`, `M`).
+    /// `PATH[,block=SIZE][,follow]`; SIZE in bytes, or with a suffix `KiB` / `MiB` (also
+    /// `k`, `M`). Options are taken from the end, so a path may hold commas.
     fn parse(arg: &str, text: &str) -> Result<Self, String> {
-        if arg.split(',').skip(1).any(|option| option == "follow") {
-            return Err(format!(
-                "source {text:?}: `follow` is not supported yet; files are read once"
-            ));
-        }
-        match arg.rsplit_once(',') {
-            Some((path, option)) if option.starts_with("block=") => {
-                let size = &option["block=".len()..];
-                let (digits, unit) = size
-                    .find(|c: char| !c.is_ascii_digit())
-                    .map_or((size, ""), |i| size.split_at(i));
-                let scale = match unit {
-                    "" => 1,
-                    "k" | "K" | "KiB" => 1 << 10,
-                    "M" | "MiB" => 1 << 20,
-                    _ => 0,
-                };
-                match digits
-                    .parse::<usize>()
-                    .ok()
-                    .and_then(|n| n.checked_mul(scale))
-                {
-                    Some(block) if block > 0 => Ok(FileSpec {
-                        path: PathBuf::from(path),
-                        block,
-                    }),
-                    _ => Err(format!(
+        let mut spec = FileSpec::new(arg);
+        let mut path = arg;
+        let mut block = None;
+        while let Some((rest, option)) = path.rsplit_once(',') {
+            if option == "follow" {
+                spec.follow = true;
+            } else if let Some(size) = option.strip_prefix("block=") {
+                block = Some(parse_size(size).ok_or_else(|| {
+                    format!(
                         "source {text:?}: block must be a positive size such as 65536, 64KiB or 4MiB"
-                    )),
-                }
+                    )
+                })?);
+            } else {
+                break;
             }
-            _ => Ok(FileSpec::new(arg)),
+            path = rest;
+        }
+        spec.path = PathBuf::from(path);
+        match block {
+            Some(_) if spec.follow => Err(format!(
+                "source {text:?}: a followed file is read in batches of what arrived, not in \
+                 blocks: drop `block=`"
+            )),
+            Some(block) => Ok(FileSpec { block, ..spec }),
+            None => Ok(spec),
         }
     }
+}
+
+/// A positive size in bytes: digits, optionally followed by `k`/`K`/`KiB` or `M`/`MiB`.
+fn parse_size(size: &str) -> Option<usize> {
+    let (digits, unit) = size
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((size, ""), |i| size.split_at(i));
+    let scale = match unit {
+        "" => 1,
+        "k" | "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        _ => return None,
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .filter(|&n| n > 0)
 }
 
 impl fmt::Display for FileSpec {
@@ -114,15 +132,22 @@ impl fmt::Display for FileSpec {
         if self.block != BLOCK_BYTES {
             write!(f, ",block={}", self.block)?;
         }
+        if self.follow {
+            write!(f, ",follow")?;
+        }
         Ok(())
     }
 }
 
 impl SourceSpec {
-    /// Whether records reach the dataflow through the [`IngestLog`] of process 0 (HTTP
-    /// and TCP sources) rather than being read by every worker from the source itself.
+    /// Whether records reach the dataflow through the [`IngestLog`] of process 0 (HTTP,
+    /// TCP and followed files) rather than being read by every worker from the source.
     pub fn is_logged(&self) -> bool {
-        matches!(self, SourceSpec::Http | SourceSpec::Tcp(_))
+        match self {
+            SourceSpec::Http | SourceSpec::Tcp(_) => true,
+            SourceSpec::Csv(file) | SourceSpec::Jsonl(file) => file.follow,
+            SourceSpec::Gen(_) => false,
+        }
     }
 }
 
@@ -217,7 +242,7 @@ pub enum SourceReader {
     File(FileReader),
     /// Generator.
     Gen(GenReader),
-    /// The ingest log (HTTP and TCP sources).
+    /// The ingest log (HTTP, TCP and followed files).
     Log(LogReader),
 }
 
@@ -230,7 +255,7 @@ impl SourceReader {
         peers: usize,
     ) -> Result<Self, SourceError> {
         Ok(match spec {
-            SourceSpec::Csv(file) => SourceReader::File(FileReader::open(
+            SourceSpec::Csv(file) if !file.follow => SourceReader::File(FileReader::open(
                 &file.path,
                 file.block,
                 FileFormat::Csv,
@@ -238,7 +263,7 @@ impl SourceReader {
                 index,
                 peers,
             )?),
-            SourceSpec::Jsonl(file) => SourceReader::File(FileReader::open(
+            SourceSpec::Jsonl(file) if !file.follow => SourceReader::File(FileReader::open(
                 &file.path,
                 file.block,
                 FileFormat::Jsonl,
@@ -247,7 +272,7 @@ impl SourceReader {
                 peers,
             )?),
             SourceSpec::Gen(g) => SourceReader::Gen(GenReader::new(g, index, peers)),
-            SourceSpec::Http | SourceSpec::Tcp(_) => {
+            SourceSpec::Csv(_) | SourceSpec::Jsonl(_) | SourceSpec::Http | SourceSpec::Tcp(_) => {
                 return Err(SourceError::Schema(format!(
                     "source {spec} is read through the ingest log (LogReader), not opened per worker"
                 )));
@@ -307,7 +332,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn file_sources_and_their_block_size() {
+    fn file_sources_their_block_size_and_follow() {
         let spec: SourceSpec = "csv:data/in.csv".parse().unwrap();
         assert_eq!(spec, SourceSpec::Csv(FileSpec::new("data/in.csv")));
         assert_eq!(spec.to_string(), "csv:data/in.csv");
@@ -316,15 +341,26 @@ mod tests {
             let want = FileSpec {
                 path: "a,b.json".into(),
                 block,
+                follow: false,
             };
             assert_eq!(spec, SourceSpec::Jsonl(want));
             assert_eq!(spec.to_string().parse::<SourceSpec>().unwrap(), spec);
         }
+        let spec: SourceSpec = "csv:logs/a,b.csv,follow".parse().unwrap();
+        let want = FileSpec {
+            path: "logs/a,b.csv".into(),
+            block: BLOCK_BYTES,
+            follow: true,
+        };
+        assert_eq!(spec, SourceSpec::Csv(want));
+        assert!(spec.is_logged());
+        assert_eq!(spec.to_string(), "csv:logs/a,b.csv,follow");
         for bad in [
             "csv:x,block=0",
             "csv:x,block=4GB",
             "csv:x,block=",
-            "csv:x,follow",
+            "csv:x,block=1M,follow",
+            "csv:x,follow,block=1M",
         ] {
             assert!(bad.parse::<SourceSpec>().is_err(), "{bad}");
         }

@@ -5,8 +5,9 @@
 //! and reads every connection that comes, until the process stops. `,format=jsonl` reads
 //! JSON lines; the default, CSV, takes the first line of each connection as its header.
 //!
-//! Lines are parsed as they arrive and appended to the [`IngestLog`] in batches (at most
-//! [`BATCH_RECORDS`] records, or what arrived within [`BATCH_WAIT`]). Delivery: a record is
+//! Lines are parsed as they arrive and appended to the [`IngestLog`](super::IngestLog) in
+//! batches by a [`Feed`] (at most [`BATCH_RECORDS`](super::feed::BATCH_RECORDS) records,
+//! or what arrived within [`BATCH_WAIT`]). Delivery: a record is
 //! safe once its batch is in the log — durable with `--checkpoint` — and from there it is
 //! counted exactly once across crashes. TCP has no acknowledgement to the sender, so lines
 //! received but not yet appended when the process dies are lost: the socket itself is
@@ -17,25 +18,11 @@ use std::fmt;
 use std::io::{BufRead, BufReader, ErrorKind};
 use std::net::{TcpListener, TcpStream};
 use std::str::FromStr;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::log::{AppendError, IngestLog, RecordBatch};
-use super::{FileFormat, LineParser, Malformed};
-use crate::dataflow::OnError;
-use crate::metrics::Metrics;
-use crate::record::Schema;
-
-/// Largest batch appended to the log at once.
-pub const BATCH_RECORDS: usize = 8192;
-
-/// Longest a received record waits before its batch is appended.
-pub const BATCH_WAIT: Duration = Duration::from_millis(20);
-
-/// Malformed lines reported on stderr per connection (all are counted).
-const REPORT_MALFORMED: u64 = 10;
+use super::FileFormat;
+use super::feed::{BATCH_WAIT, Feed, FeedContext};
 
 /// `tcp:HOST:PORT[,listen][,format=csv|jsonl]`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,22 +77,9 @@ impl fmt::Display for TcpSpec {
     }
 }
 
-/// What the reading threads need.
-#[derive(Clone)]
-pub struct TcpContext {
-    /// Field names.
-    pub schema: Schema,
-    /// Where batches go.
-    pub log: Arc<IngestLog>,
-    /// Counters (malformed lines).
-    pub metrics: Arc<Metrics>,
-    /// Malformed-line policy: `fail` stops the process with the line's error.
-    pub on_error: OnError,
-}
-
 /// Starts reading `spec` into the log on background threads. Connecting (or binding) is
 /// done here, so that an unreachable address is an error at once.
-pub fn start(spec: &TcpSpec, context: TcpContext) -> Result<(), String> {
+pub fn start(spec: &TcpSpec, context: FeedContext) -> Result<(), String> {
     let shown = format!("tcp:{}", spec.address);
     let format = spec.format;
     if spec.listen {
@@ -144,24 +118,19 @@ pub fn start(spec: &TcpSpec, context: TcpContext) -> Result<(), String> {
 }
 
 /// Reads one connection to its end.
-fn read(stream: TcpStream, format: FileFormat, origin: &str, context: &TcpContext) {
+fn read(stream: TcpStream, format: FileFormat, origin: &str, context: &FeedContext) {
     let _ = stream.set_read_timeout(Some(BATCH_WAIT));
     let mut reader = BufReader::with_capacity(1 << 16, stream);
-    let mut parser = LineParser::new(format, &context.schema);
+    let mut feed = Feed::new(format, origin.to_owned(), 0, context);
     let mut line = Vec::new();
-    let mut number = 0u64;
-    let mut reported = 0u64;
-    let mut batch = RecordBatch::default();
-    let mut oldest: Option<Instant> = None;
     loop {
         let eof = match reader.read_until(b'\n', &mut line) {
             Ok(0) => true,
             Ok(_) if line.last() == Some(&b'\n') => false,
             Ok(_) => true,
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                if oldest.is_some_and(|t| t.elapsed() >= BATCH_WAIT) {
-                    append(&mut batch, context);
-                    oldest = None;
+                if feed.due() {
+                    feed.flush(None);
                 }
                 continue;
             }
@@ -172,75 +141,19 @@ fn read(stream: TcpStream, format: FileFormat, origin: &str, context: &TcpContex
             }
         };
         if !line.is_empty() {
-            number += 1;
             let text = line.strip_suffix(b"\n").unwrap_or(&line);
-            if parser.needs_header() {
-                if text.iter().all(u8::is_ascii_whitespace) {
-                    line.clear();
-                    continue;
-                }
-                if let Err(e) = parser.header(text, &format!("{origin}: line {number}")) {
-                    eprintln!("error: {e}; closing the connection");
-                    break;
-                }
-            } else {
-                match parser.parse(text) {
-                    Ok(Some(record)) => {
-                        batch.push(record);
-                        oldest.get_or_insert_with(Instant::now);
-                    }
-                    Ok(None) => {}
-                    Err((field, message)) => {
-                        let error = Malformed {
-                            file: origin.to_owned(),
-                            line: number,
-                            field,
-                            message,
-                        };
-                        context
-                            .metrics
-                            .malformed
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if context.on_error == OnError::Fail {
-                            eprintln!("error: malformed input: {error}");
-                            std::process::exit(2);
-                        }
-                        if reported < REPORT_MALFORMED {
-                            reported += 1;
-                            eprintln!("warning: skipping malformed line: {error}");
-                        }
-                    }
-                }
+            if let Err(e) = feed.line(text) {
+                eprintln!("error: {e}; closing the connection");
+                break;
             }
             line.clear();
         }
-        if batch.len() >= BATCH_RECORDS || (eof && !batch.is_empty()) {
-            append(&mut batch, context);
-            oldest = None;
+        if feed.full() || eof {
+            feed.flush(None);
         }
         if eof {
             break;
         }
     }
-    if !batch.is_empty() {
-        append(&mut batch, context);
-    }
-}
-
-/// Appends `batch` to the log, waiting while the dataflow is behind.
-fn append(batch: &mut RecordBatch, context: &TcpContext) {
-    if batch.is_empty() {
-        return;
-    }
-    let batch = Arc::new(std::mem::take(batch));
-    loop {
-        match context.log.append(Arc::clone(&batch)) {
-            Ok(_) => return,
-            Err(AppendError::Backpressure { .. }) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => {
-                eprintln!("error: tcp source: {e}");
-                std::process::exit(3);
-            }
-        }
-    }
+    feed.flush(None);
 }

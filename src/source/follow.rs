@@ -1,0 +1,239 @@
+//! A followed file (`csv:PATH,follow`, `jsonl:PATH,follow`): lines appended to the file
+//! are read as they arrive, like `tail -f`, into the ingest log.
+//!
+//! One thread of process 0 reads the file from where it stopped and hands complete lines
+//! to a [`Feed`], which appends them to the [`IngestLog`](super::IngestLog) in batches. A
+//! last line without its newline waits for it: a writer may be half-way through it. At
+//! the end of the file the thread looks for growth every [`POLL`]. The source never ends;
+//! the run goes on until the process is stopped.
+//!
+//! Exactly once: with `--checkpoint`, every batch is written to the store together with
+//! the [`SourcePosition`] after its last line, in one synced write. On restart the log
+//! replays its batches after the last commit, and reading goes on from the stored
+//! position, so every line is in exactly one batch. The position carries a checksum of
+//! the file's first bytes: a restart on a file that is shorter than the position or
+//! begins differently (replaced, rewritten) is refused. A file that shrinks while it is
+//! followed stops the process with an error, since its lines may already be counted.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::Duration;
+
+use super::FileFormat;
+use super::feed::{Feed, FeedContext};
+use crate::checkpoint::SourcePosition;
+
+/// How often the end of the file is looked at for new lines.
+pub const POLL: Duration = Duration::from_millis(10);
+
+/// Bytes read at a time.
+const CHUNK: usize = 256 << 10;
+
+/// Longest line accepted; a longer one is taken for a file that is not line-oriented.
+const MAX_LINE: usize = 64 << 20;
+
+/// At most this many of the file's first bytes identify it.
+const HEAD: usize = 4 << 10;
+
+/// The file being followed.
+struct Followed {
+    path: String,
+    file: File,
+    format: FileFormat,
+    /// The position after the last line read.
+    position: SourcePosition,
+    /// The file's first bytes (up to [`HEAD`]), as read.
+    head: Vec<u8>,
+}
+
+/// Opens `path` and checks it against `resume` (the position stored with the newest
+/// batch of the log, when restarting), then follows it on a new thread. Errors here
+/// (missing file, another file than the checkpoint's) stop the run before it starts.
+pub fn start(
+    path: &Path,
+    format: FileFormat,
+    resume: Option<SourcePosition>,
+    context: FeedContext,
+) -> Result<(), String> {
+    let shown = path.display().to_string();
+    let file = File::open(path).map_err(|e| format!("{shown}: cannot open: {e}"))?;
+    let start = resume.unwrap_or(SourcePosition {
+        offset: 0,
+        line: 0,
+        head_len: 0,
+        head_crc: crc32fast::hash(&[]),
+    });
+    let mut followed = Followed {
+        path: shown,
+        file,
+        format,
+        position: start,
+        head: Vec::new(),
+    };
+    followed.check_resume()?;
+    std::thread::Builder::new()
+        .name("follow".into())
+        .spawn(move || {
+            if let Err(e) = followed.follow(&context) {
+                eprintln!("error: {e}");
+                std::process::exit(3);
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+impl Followed {
+    /// Refuses a file that is not the one the stored position was taken on: shorter than
+    /// the position, or with other first bytes.
+    fn check_resume(&mut self) -> Result<(), String> {
+        let p = self.position;
+        let len = self.len()?;
+        if len < p.offset {
+            return Err(format!(
+                "{}: the file has {len} bytes, but the checkpoint has read {} of it: it was \
+                 truncated or replaced (remove the checkpoint directory to start over)",
+                self.path, p.offset
+            ));
+        }
+        let mut head = vec![0; HEAD.max(p.head_len as usize)];
+        let n = self.read_at(&mut head, 0)?;
+        head.truncate(n);
+        if crc32fast::hash(&head[..(p.head_len as usize).min(n)]) != p.head_crc {
+            return Err(format!(
+                "{}: the file's first {} bytes differ from those of the file the checkpoint \
+                 read: it is another file (remove the checkpoint directory to start over)",
+                self.path, p.head_len
+            ));
+        }
+        head.truncate(HEAD);
+        self.head = Vec::with_capacity(HEAD);
+        self.note_head(&head, 0);
+        Ok(())
+    }
+
+    fn len(&self) -> Result<u64, String> {
+        self.file
+            .metadata()
+            .map(|m| m.len())
+            .map_err(|e| format!("{}: {e}", self.path))
+    }
+
+    /// Fills as much of `buf` as the file has from byte `at`; returns how much.
+    fn read_at(&self, buf: &mut [u8], at: u64) -> Result<usize, String> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match self.file.read_at(&mut buf[filled..], at + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("{}: {e}", self.path)),
+            }
+        }
+        Ok(filled)
+    }
+
+    /// The CSV header of a resumed feed: the file's first non-blank line.
+    fn header(&self, feed: &mut Feed) -> Result<(), String> {
+        let mut at = 0;
+        let mut number = 0;
+        let mut line = Vec::new();
+        let mut chunk = vec![0; 4 << 10];
+        while at < self.position.offset {
+            let n = self.read_at(&mut chunk, at)?;
+            let mut rest = &chunk[..n];
+            while let Some(i) = memchr::memchr(b'\n', rest) {
+                line.extend_from_slice(&rest[..i]);
+                number += 1;
+                if !line.iter().all(u8::is_ascii_whitespace) {
+                    return feed.header(&line, number);
+                }
+                line.clear();
+                rest = &rest[i + 1..];
+            }
+            line.extend_from_slice(rest);
+            at += n as u64;
+        }
+        Err(format!(
+            "{}: no header line before byte {}",
+            self.path, self.position.offset
+        ))
+    }
+
+    /// Takes the file's bytes `bytes`, read from byte `at`, into the head if they extend
+    /// it, and the position's checksum with them.
+    fn note_head(&mut self, bytes: &[u8], at: u64) {
+        let have = self.head.len() as u64;
+        if have < HEAD as u64 && at <= have && at + bytes.len() as u64 > have {
+            let from = (have - at) as usize;
+            let take = (HEAD - self.head.len()).min(bytes.len() - from);
+            self.head.extend_from_slice(&bytes[from..from + take]);
+            self.position.head_len = self.head.len() as u32;
+            self.position.head_crc = crc32fast::hash(&self.head);
+        }
+    }
+
+    /// Reads lines as they are appended, forever; returns only with an error.
+    fn follow(&mut self, context: &FeedContext) -> Result<(), String> {
+        let mut feed = Feed::new(self.format, self.path.clone(), self.position.line, context);
+        if feed.needs_header() && self.position.offset > 0 {
+            self.header(&mut feed)?;
+        }
+        let durable = context.log.is_durable();
+        // `buf` holds the file's bytes from `position.offset` on: the start of a line
+        // whose newline has not been read yet.
+        let mut buf: Vec<u8> = Vec::new();
+        loop {
+            let base = self.position.offset;
+            let filled = buf.len();
+            let read_from = base + filled as u64;
+            buf.resize(filled + CHUNK, 0);
+            let n = self.read_at(&mut buf[filled..], read_from)?;
+            buf.truncate(filled + n);
+            if n == 0 {
+                let len = self.len()?;
+                if len < read_from {
+                    return Err(format!(
+                        "{}: the file shrank from {read_from} to {len} bytes while followed \
+                         (truncated or rewritten); its lines are counted and cannot be taken \
+                         back, so following stops",
+                        self.path
+                    ));
+                }
+                if feed.due() {
+                    feed.flush(durable.then_some(&self.position));
+                }
+                std::thread::sleep(POLL);
+                continue;
+            }
+            self.note_head(&buf[filled..], read_from);
+            // The bytes before `filled` hold no newline: they were searched before.
+            let (mut line_start, mut search) = (0, filled);
+            while let Some(i) = memchr::memchr(b'\n', &buf[search..]) {
+                let end = search + i;
+                feed.line(&buf[line_start..end])
+                    .map_err(|e| format!("{e}; following stops"))?;
+                line_start = end + 1;
+                search = line_start;
+                self.position.offset = base + line_start as u64;
+                self.position.line = feed.line_number();
+                if feed.full() {
+                    feed.flush(durable.then_some(&self.position));
+                }
+            }
+            buf.drain(..line_start);
+            if buf.len() > MAX_LINE {
+                return Err(format!(
+                    "{}: line {} is longer than {} MiB: not a file of lines",
+                    self.path,
+                    feed.line_number() + 1,
+                    MAX_LINE >> 20
+                ));
+            }
+            if feed.due() {
+                feed.flush(durable.then_some(&self.position));
+            }
+        }
+    }
+}
