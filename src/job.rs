@@ -279,9 +279,12 @@ impl Job {
             "ridge": w.solve.ridge,
             "features": w.features,
         });
-        if let SourceSpec::Csv(file) | SourceSpec::Jsonl(file) = &self.source {
+        if let SourceSpec::Csv(file) | SourceSpec::Jsonl(file) = &self.source
+            && !file.follow
+        {
             // File batches are byte ranges: a checkpoint's batch number means nothing
-            // under another block size (the default one included).
+            // under another block size (the default one included). A followed file's
+            // batches are the ingest log's.
             print["file_block_bytes"] = file.block.into();
         }
         print.to_string()

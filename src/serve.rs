@@ -267,7 +267,7 @@ impl Instruments {
             (
                 counter(
                     "ingest_records_total",
-                    "Records appended to the ingest log (POST /data, TCP)",
+                    "Records appended to the ingest log (POST /data, TCP, a followed file)",
                 )?,
                 |s| s.log.appended,
             ),

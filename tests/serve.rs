@@ -1375,15 +1375,19 @@ fn posting_to_a_run_that_reads_another_source_is_409() {
     let d = 3;
     let dir = TempDir::new("409");
     let body = csv_text(&[row(T0, "a", &[1.0, 2.0, 3.0], 4.0)], d);
-    // A TCP listener source (never ends by itself) and a generator (long enough to be
-    // running when the post arrives; the post comes right after the server is ready).
+    // A TCP listener source and a followed file (neither ends by itself), and a generator
+    // (long enough to be running when the post arrives; the post comes right after the
+    // server is ready).
     let port = {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
+    let followed = dir.path("followed.csv");
+    std::fs::write(&followed, csv_header(d) + "\n").unwrap();
     for source in [
         format!("tcp:127.0.0.1:{port},listen"),
         "gen:rows=50000000,keys=2,features=3,seed=1".to_string(),
+        format!("csv:{},follow", followed.display()),
     ] {
         let mut args = http_args(&dir.path("out.jsonl"), d, Win::Tumbling(10_000), 0, 1);
         args[3] = source.clone();
@@ -1816,9 +1820,9 @@ fn wait_for_records(server: &Server, n: usize, what: &str) {
 /// (-9) twice: once after a checkpoint covered what it read (the restart goes on from the
 /// stored file position), once with checkpoints an hour apart, so that what it read is
 /// only in the ingest log (the restart replays it, and reads on after it). A malformed line
-/// comes after the first restart. The final models equal the oracle's over every line
-/// (exactly once across both kills: the counts n), are written once, and the malformed
-/// line's warning names its true line number.
+/// comes after the first restart: its warning names its true line number, and it is not
+/// read again after the second. The final models equal the oracle's over every line
+/// (exactly once across both kills: the counts n) and are written once.
 #[test]
 fn followed_file_is_read_as_it_grows_exactly_once_across_kill_9() {
     let d = 2;
@@ -1877,19 +1881,29 @@ fn followed_file_is_read_as_it_grows_exactly_once_across_kill_9() {
     server.kill();
     drop(server);
 
-    // Run 2, no checkpoint within the run: a malformed line among new ones. Line 1 is the
-    // header, so the malformed line is line 2 + the rows before it.
+    // Run 2, no checkpoint within the run: new lines, then a malformed line on its own
+    // (it moves the stored position alone). Line 1 is the header, so the malformed line
+    // is line 2 + the rows before it.
     let mut server = Server::start(&dir, &args("1h"));
-    let bad_line = 2 + first.len() + second.len() + before.len();
-    append(
-        &data,
-        &(csv_lines(before) + &format!("{},k0,1.0,oops,2.0\n", before[999].ts)),
-    );
+    append(&data, &csv_lines(before));
     wait_for_records(&server, before.len(), "the new lines");
+    let bad_line = 2 + first.len() + second.len() + before.len();
+    append(&data, &format!("{},k0,1.0,oops,2.0\n", before[999].ts));
     let warning = format!("{}: line {bad_line}, field \"x1\"", data.display());
     server.wait_for("the malformed line's warning", || {
         let text = server.stderr_text();
         text.contains(&warning).then_some(()).ok_or(text)
+    });
+    let stored = format!("followed file: read through byte {} (line {bad_line})", {
+        std::fs::metadata(&data).unwrap().len()
+    });
+    server.wait_for("the position past the malformed line, stored", || {
+        let o = Command::new(BIN)
+            .args(["checkpoint", "inspect", ckpt.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        text.contains(&stored).then_some(()).ok_or(text)
     });
     server.kill();
     drop(server);
@@ -1903,12 +1917,22 @@ fn followed_file_is_read_as_it_grows_exactly_once_across_kill_9() {
         "the restart replays the lines read after the last checkpoint: {v}"
     );
     append(&data, &csv_lines(after));
-    // One sentinel per worker, in batches of their own (the log's batches go round the
-    // workers): every worker's watermark passes every window.
+    wait_for_records(
+        &server,
+        before.len() + after.len(),
+        "the replayed and the last lines",
+    );
+    // One sentinel per worker, each in a batch of its own (the log's batches go round
+    // the workers): every worker's watermark passes every window.
     let closing = closing_time(&want, lateness);
+    let batches = || server.get("/healthz").json()["ingest"]["next_batch"].as_u64();
     for _ in 0..workers {
+        let before = batches();
         append(&data, &csv_lines(&[sentinel(closing, d)]));
-        std::thread::sleep(Duration::from_millis(150));
+        server.wait_for("the sentinel's batch", || {
+            let now = batches();
+            (now > before).then_some(()).ok_or(format!("{now:?}"))
+        });
     }
     let got = wait_for_out(&server, &out, &want);
     assert_models_match(
@@ -1926,8 +1950,9 @@ fn followed_file_is_read_as_it_grows_exactly_once_across_kill_9() {
 }
 
 /// A restart on a file that is not the one the checkpoint followed (shorter than what was
-/// read, or beginning differently) is refused with a message naming the file; a file
-/// that shrinks while followed stops the run with an error naming it.
+/// read, beginning differently, or differing before the position) is refused with a
+/// message naming the file; a file that shrinks, or is rotated, while followed stops the
+/// run with an error naming it.
 #[test]
 fn followed_file_replaced_or_truncated_is_an_error() {
     let d = 2;
@@ -1983,18 +2008,41 @@ fn followed_file_replaced_or_truncated_is_an_error() {
     // As long, but with other first bytes.
     std::fs::write(&data, text.replacen("ts,key", "ts,kez", 1)).unwrap();
     refused("another file");
+    // As long, the same first bytes, another last line.
+    let mut other = text.clone().into_bytes();
+    let last_digit = other.iter().rposition(u8::is_ascii_digit).unwrap();
+    other[last_digit] = if other[last_digit] == b'1' {
+        b'2'
+    } else {
+        b'1'
+    };
+    std::fs::write(&data, &other).unwrap();
+    refused("a file that differs before the position");
 
-    // Shrinking while followed (from a fresh checkpoint).
-    let _ = std::fs::remove_dir_all(&ckpt);
-    std::fs::write(&data, &text).unwrap();
-    let mut server = Server::start(&dir, &args);
-    wait_for_records(&server, rows.len(), "the whole file again");
-    std::fs::write(&data, csv_header(d) + "\n").unwrap();
-    let status = exits(server.child.as_mut().unwrap(), "a file that shrank");
-    assert!(!status.success());
-    let stderr = server.stderr_text();
-    assert!(
-        stderr.contains(&data.display().to_string()) && stderr.contains("shrank"),
-        "the error names the file: {stderr}"
-    );
+    // While followed (from a fresh checkpoint each time): shrunk, then rotated (renamed,
+    // a new file at the path).
+    let shrink = |data: &Path| std::fs::write(data, csv_header(d) + "\n").unwrap();
+    let rotate = |data: &Path| {
+        std::fs::rename(data, dir.path("data.csv.1")).unwrap();
+        std::fs::write(data, &text).unwrap();
+    };
+    type Change<'a> = &'a dyn Fn(&Path);
+    let changes: [(&str, Change, &str); 2] = [
+        ("a file that shrank", &shrink, "shrank"),
+        ("a rotated file", &rotate, "another file"),
+    ];
+    for (what, change, says) in changes {
+        let _ = std::fs::remove_dir_all(&ckpt);
+        std::fs::write(&data, &text).unwrap();
+        let mut server = Server::start(&dir, &args);
+        wait_for_records(&server, rows.len(), what);
+        change(&data);
+        let status = exits(server.child.as_mut().unwrap(), what);
+        assert!(!status.success(), "{what}: the run stops");
+        let stderr = server.stderr_text();
+        assert!(
+            stderr.contains(&data.display().to_string()) && stderr.contains(says),
+            "{what}: the error names the file and says {says:?}: {stderr}"
+        );
+    }
 }

@@ -101,7 +101,8 @@ pub struct Commit {
 }
 
 /// Where a followed file's reader stands after the newest ingest batch (`S`), written
-/// with that batch: a restart reads on from here while the log replays the batches.
+/// with that batch (or alone, past lines that gave no record): a restart reads on from
+/// here while the log replays the batches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourcePosition {
     /// Byte offset after the last line read.
@@ -112,6 +113,10 @@ pub struct SourcePosition {
     pub head_len: u32,
     /// CRC-32 of those bytes: a restart on another file is refused.
     pub head_crc: u32,
+    /// How many bytes before `offset` `tail_crc` covers (at most 4 KiB).
+    pub tail_len: u32,
+    /// CRC-32 of those bytes: a restart on a file that differs there is refused.
+    pub tail_crc: u32,
 }
 
 /// A worker's part of a checkpoint epoch.
@@ -517,6 +522,11 @@ impl Store {
             write.put(keys::SOURCE, codec::encode(position));
         }
         self.write(write)
+    }
+
+    /// Writes where a followed file's reader stands (synced), with no batch.
+    pub fn put_source_position(&self, position: &SourcePosition) -> Result<(), CheckpointError> {
+        self.put_sync(keys::SOURCE, &codec::encode(position))
     }
 
     /// Where a followed file's reader stood after the newest ingest batch written.

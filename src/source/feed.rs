@@ -122,6 +122,11 @@ impl<'a> Feed<'a> {
         Ok(())
     }
 
+    /// Whether no record waits in the batch.
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+
     /// Whether the batch is full.
     pub fn full(&self) -> bool {
         self.batch.len() >= BATCH_RECORDS

@@ -8,20 +8,26 @@
 //! the run goes on until the process is stopped.
 //!
 //! Exactly once: with `--checkpoint`, every batch is written to the store together with
-//! the [`SourcePosition`] after its last line, in one synced write. On restart the log
+//! the [`SourcePosition`] after its last line, in one synced write (lines that give no
+//! record, blank or malformed, move the stored position alone). On restart the log
 //! replays its batches after the last commit, and reading goes on from the stored
-//! position, so every line is in exactly one batch. The position carries a checksum of
-//! the file's first bytes: a restart on a file that is shorter than the position or
-//! begins differently (replaced, rewritten) is refused. A file that shrinks while it is
-//! followed stops the process with an error, since its lines may already be counted.
+//! position, so every line is in exactly one batch.
+//!
+//! The position carries checksums of the file's first bytes and of the bytes before the
+//! position: a restart on a file shorter than the position or differing in either is
+//! refused. While following, at every look for growth, the file must still be the one
+//! opened (the path names the same inode), as long as before, with the same first bytes
+//! and a newline before the position; if not (truncated, rewritten, rotated), the process
+//! stops with an error, since lines already counted cannot be taken back.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::FileFormat;
 use super::feed::{Feed, FeedContext};
+use super::log::IngestLog;
 use crate::checkpoint::SourcePosition;
 
 /// How often the end of the file is looked at for new lines.
@@ -33,16 +39,22 @@ const CHUNK: usize = 256 << 10;
 /// Longest line accepted; a longer one is taken for a file that is not line-oriented.
 const MAX_LINE: usize = 64 << 20;
 
-/// At most this many of the file's first bytes identify it.
+/// At most this many of the file's first bytes, and of the bytes before the position,
+/// identify it.
 const HEAD: usize = 4 << 10;
 
 /// The file being followed.
 struct Followed {
+    /// The path, as given.
+    name: PathBuf,
+    /// The path, for messages.
     path: String,
     file: File,
     format: FileFormat,
     /// The position after the last line read.
     position: SourcePosition,
+    /// The position last written to the store.
+    saved: SourcePosition,
     /// The file's first bytes (up to [`HEAD`]), as read.
     head: Vec<u8>,
 }
@@ -58,17 +70,22 @@ pub fn start(
 ) -> Result<(), String> {
     let shown = path.display().to_string();
     let file = File::open(path).map_err(|e| format!("{shown}: cannot open: {e}"))?;
+    let empty = crc32fast::hash(&[]);
     let start = resume.unwrap_or(SourcePosition {
         offset: 0,
         line: 0,
         head_len: 0,
-        head_crc: crc32fast::hash(&[]),
+        head_crc: empty,
+        tail_len: 0,
+        tail_crc: empty,
     });
     let mut followed = Followed {
+        name: path.to_owned(),
         path: shown,
         file,
         format,
         position: start,
+        saved: start,
         head: Vec::new(),
     };
     followed.check_resume()?;
@@ -100,16 +117,93 @@ impl Followed {
         let mut head = vec![0; HEAD.max(p.head_len as usize)];
         let n = self.read_at(&mut head, 0)?;
         head.truncate(n);
-        if crc32fast::hash(&head[..(p.head_len as usize).min(n)]) != p.head_crc {
+        let head_crc = crc32fast::hash(&head[..(p.head_len as usize).min(n)]);
+        let differ = if head_crc != p.head_crc {
+            Some(format!("its first {} bytes", p.head_len))
+        } else if self.tail_crc(p.offset, p.tail_len)? != p.tail_crc {
+            Some(format!("the {} bytes before byte {}", p.tail_len, p.offset))
+        } else {
+            None
+        };
+        if let Some(what) = differ {
             return Err(format!(
-                "{}: the file's first {} bytes differ from those of the file the checkpoint \
-                 read: it is another file (remove the checkpoint directory to start over)",
-                self.path, p.head_len
+                "{}: {what} differ from those of the file the checkpoint read: it is another \
+                 file (remove the checkpoint directory to start over)",
+                self.path
             ));
         }
         head.truncate(HEAD);
         self.head = Vec::with_capacity(HEAD);
         self.note_head(&head, 0);
+        Ok(())
+    }
+
+    /// CRC-32 of the `len` bytes before byte `offset`.
+    fn tail_crc(&self, offset: u64, len: u32) -> Result<u32, String> {
+        let mut tail = vec![0; len as usize];
+        let n = self.read_at(&mut tail, offset.saturating_sub(len as u64))?;
+        Ok(crc32fast::hash(&tail[..n]))
+    }
+
+    /// Stops following a file that is not the one read any more: the path names another
+    /// file (rotated), or the file is shorter than what was read, or its first bytes or the
+    /// byte before the position changed (truncated, rewritten).
+    fn check_unchanged(&self, read_to: u64) -> Result<(), String> {
+        let stop = |what: String| {
+            Err(format!(
+                "{}: {what} while followed; its lines are counted and cannot be taken back, \
+                 so following stops",
+                self.path
+            ))
+        };
+        let open = self
+            .file
+            .metadata()
+            .map_err(|e| format!("{}: {e}", self.path))?;
+        match std::fs::metadata(&self.name) {
+            Ok(now) if (now.dev(), now.ino()) == (open.dev(), open.ino()) => {}
+            Ok(_) => return stop("the path names another file (rotated or replaced)".into()),
+            Err(e) => return stop(format!("the path is gone ({e})")),
+        }
+        if open.len() < read_to {
+            return stop(format!(
+                "the file shrank from {read_to} to {} bytes (truncated or rewritten)",
+                open.len()
+            ));
+        }
+        let mut head = vec![0; self.head.len()];
+        let n = self.read_at(&mut head, 0)?;
+        let mut before = [b'\n'];
+        if self.position.offset > 0 {
+            self.read_at(&mut before, self.position.offset - 1)?;
+        }
+        if head[..n] != self.head[..] || before != [b'\n'] {
+            return stop("the file was rewritten (its bytes already read changed)".into());
+        }
+        Ok(())
+    }
+
+    /// Appends the feed's batch to the log with the position after its last line; with no
+    /// record waiting, writes a position that moved (past lines that gave no record)
+    /// alone, so that a restart does not read those lines again.
+    fn flush(&mut self, feed: &mut Feed, log: &IngestLog) -> Result<(), String> {
+        if !log.is_durable() {
+            feed.flush(None);
+            return Ok(());
+        }
+        if self.position.offset == self.saved.offset {
+            return Ok(());
+        }
+        let len = (self.position.offset.min(HEAD as u64)) as u32;
+        self.position.tail_len = len;
+        self.position.tail_crc = self.tail_crc(self.position.offset, len)?;
+        if feed.is_empty() {
+            log.save_position(&self.position)
+                .map_err(|e| format!("{}: {e}", self.path))?;
+        } else {
+            feed.flush(Some(&self.position));
+        }
+        self.saved = self.position;
         Ok(())
     }
 
@@ -142,6 +236,9 @@ impl Followed {
         let mut chunk = vec![0; 4 << 10];
         while at < self.position.offset {
             let n = self.read_at(&mut chunk, at)?;
+            if n == 0 {
+                break;
+            }
             let mut rest = &chunk[..n];
             while let Some(i) = memchr::memchr(b'\n', rest) {
                 line.extend_from_slice(&rest[..i]);
@@ -180,7 +277,7 @@ impl Followed {
         if feed.needs_header() && self.position.offset > 0 {
             self.header(&mut feed)?;
         }
-        let durable = context.log.is_durable();
+        let log = &*context.log;
         // `buf` holds the file's bytes from `position.offset` on: the start of a line
         // whose newline has not been read yet.
         let mut buf: Vec<u8> = Vec::new();
@@ -192,17 +289,9 @@ impl Followed {
             let n = self.read_at(&mut buf[filled..], read_from)?;
             buf.truncate(filled + n);
             if n == 0 {
-                let len = self.len()?;
-                if len < read_from {
-                    return Err(format!(
-                        "{}: the file shrank from {read_from} to {len} bytes while followed \
-                         (truncated or rewritten); its lines are counted and cannot be taken \
-                         back, so following stops",
-                        self.path
-                    ));
-                }
-                if feed.due() {
-                    feed.flush(durable.then_some(&self.position));
+                self.check_unchanged(read_from)?;
+                if feed.due() || feed.is_empty() {
+                    self.flush(&mut feed, log)?;
                 }
                 std::thread::sleep(POLL);
                 continue;
@@ -219,7 +308,7 @@ impl Followed {
                 self.position.offset = base + line_start as u64;
                 self.position.line = feed.line_number();
                 if feed.full() {
-                    feed.flush(durable.then_some(&self.position));
+                    self.flush(&mut feed, log)?;
                 }
             }
             buf.drain(..line_start);
@@ -232,7 +321,7 @@ impl Followed {
                 ));
             }
             if feed.due() {
-                feed.flush(durable.then_some(&self.position));
+                self.flush(&mut feed, log)?;
             }
         }
     }

@@ -248,6 +248,15 @@ impl IngestLog {
         self.state().stats
     }
 
+    /// Writes where a followed file's reader stands (synced) without a batch: it moved
+    /// past lines that gave no record. Without a store, nothing to do.
+    pub fn save_position(&self, position: &SourcePosition) -> Result<(), CheckpointError> {
+        match &self.store {
+            Some(store) => store.put_source_position(position),
+            None => Ok(()),
+        }
+    }
+
     /// Whether appended batches are written to a checkpoint store.
     pub fn is_durable(&self) -> bool {
         self.store.is_some()
