@@ -2,10 +2,10 @@
 //! are read as they arrive, like `tail -f`, into the ingest log.
 //!
 //! One thread of process 0 reads the file from where it stopped and hands complete lines
-//! to a [`Feed`], which appends them to the [`IngestLog`](super::IngestLog) in batches. A
-//! last line without its newline waits for it: a writer may be half-way through it. At
-//! the end of the file the thread looks for growth every [`POLL`]. The source never ends;
-//! the run goes on until the process is stopped.
+//! to a [`Feed`], which appends them to the [`IngestLog`] in batches. A last line without
+//! its newline waits for it: a writer may be half-way through it. At the end of the file
+//! the thread looks for growth every [`POLL`]. The source never ends; the run goes on
+//! until the process is stopped.
 //!
 //! Exactly once: with `--checkpoint`, every batch is written to the store together with
 //! the [`SourcePosition`] after its last line, in one synced write (lines that give no
