@@ -45,7 +45,7 @@ use differential_dataflow::Hashable;
 use crate::checkpoint::{Commit, Part, Recovered, Store};
 use crate::metrics::Metrics;
 use crate::model::{Fit, SolveOptions, Status, solve};
-use crate::record::Record;
+use crate::record::{Record, check_time};
 use crate::source::{Malformed, RecordSink, SourceError, SourceReader};
 use crate::stats::Stats;
 use crate::window::{Admission, Pane, Time, Watermark, Window, WindowSpec};
@@ -605,6 +605,19 @@ impl Combiner {
         }
     }
 
+    /// Keeps `r` for the late output, with `reason`.
+    fn set_aside(&mut self, r: crate::record::RecordRef<'_>, reason: &str) {
+        let Record { time, key, x, y } = r.to_owned();
+        self.aside.push(SetAside {
+            ts: time,
+            key,
+            x,
+            y,
+            reason: reason.to_owned(),
+            watermark: self.watermark.current(),
+        });
+    }
+
     /// The panes of the records fed since the last drain, with their statistics.
     pub(crate) fn drain_panes(&mut self) -> impl Iterator<Item = ((String, Pane), Stats)> + '_ {
         let keys = std::mem::take(&mut self.keys);
@@ -635,6 +648,13 @@ impl RecordSink for Combiner {
         let bucket = if start <= r.time && r.time < end {
             start
         } else {
+            if check_time(r.time).is_err() {
+                // Only records that come from no source (user dataflows) get here: the
+                // sources refuse such times as malformed.
+                self.counts.malformed += 1;
+                self.set_aside(r, "time_out_of_range");
+                return;
+            }
             let start = self.window.bucket_start(r.time);
             self.bucket = (start, start.saturating_add(self.window.bucket()));
             start
@@ -661,15 +681,7 @@ impl RecordSink for Combiner {
                 } else {
                     self.counts.too_far += 1;
                 }
-                let Record { time, key, x, y } = r.to_owned();
-                self.aside.push(SetAside {
-                    ts: time,
-                    key,
-                    x,
-                    y,
-                    reason: admission.reason().to_owned(),
-                    watermark: self.watermark.current(),
-                });
+                self.set_aside(r, admission.reason());
             }
         }
     }
@@ -1341,7 +1353,10 @@ pub fn windowed_regression<'scope>(
 mod tests {
     use proptest::prelude::*;
 
-    use super::{KeyCodes, pack};
+    use super::{Combiner, KeyCodes, OnError, RecordSink, WindowConfig, pack};
+    use crate::model::SolveOptions;
+    use crate::record::{RecordRef, TIME_LIMIT};
+    use crate::window::WindowSpec;
 
     proptest! {
         /// Two short keys pack to the same integer exactly when they are equal.
@@ -1356,6 +1371,53 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Times beyond ±2⁶² (which no source lets through, but a user dataflow can feed)
+    /// are set aside, not folded into a pane whose bounds would overflow.
+    #[test]
+    fn times_out_of_range_are_set_aside() {
+        let config = WindowConfig {
+            window: "sliding:60s/10s".parse::<WindowSpec>().unwrap(),
+            lateness: 0,
+            max_jump: i64::MAX,
+            solve: SolveOptions::default(),
+            features: 1,
+        };
+        let mut combiner = Combiner::new(&config, OnError::Skip);
+        let times = [
+            i64::MIN,
+            -TIME_LIMIT - 1,
+            -TIME_LIMIT,
+            0,
+            TIME_LIMIT,
+            i64::MAX,
+        ];
+        for time in times {
+            let z = [1.0, 2.0];
+            combiner.record(RecordRef {
+                time,
+                key: "k",
+                z: &z,
+            });
+        }
+        let reasons: Vec<(i64, &str)> = combiner
+            .aside
+            .iter()
+            .map(|a| (a.ts, a.reason.as_str()))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                (i64::MIN, "time_out_of_range"),
+                (-TIME_LIMIT - 1, "time_out_of_range"),
+                (i64::MAX, "time_out_of_range")
+            ]
+        );
+        assert_eq!(combiner.counts.malformed, 3);
+        let panes: Vec<_> = combiner.drain_panes().map(|((_, pane), _)| pane).collect();
+        assert_eq!(panes.len(), 3, "the three times in range have their panes");
+        assert!(panes.iter().all(|p| p.start < p.end));
     }
 
     #[test]

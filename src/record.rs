@@ -4,6 +4,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::window::Time;
 
+/// The largest magnitude of an event time (ms): 2⁶², about 146 million years either side
+/// of 1970. Every source refuses times beyond it, as malformed. The room left keeps window
+/// arithmetic (a time plus a duration of at most 10¹⁵ ms) from overflowing and clear of
+/// the engine's own markers `Time::MIN` and `Time::MAX`.
+pub const TIME_LIMIT: Time = 1 << 62;
+
+/// `t` if it is an event time the engine takes (`|t| ≤` [`TIME_LIMIT`]), else why not.
+pub fn check_time(t: Time) -> Result<Time, String> {
+    if (-TIME_LIMIT..=TIME_LIMIT).contains(&t) {
+        Ok(t)
+    } else {
+        Err(format!("time {t} is out of range (at most ±2^62 ms)"))
+    }
+}
+
 /// A record borrowed from a source's buffer: nothing is allocated per record.
 ///
 /// `z` is `[x₁ … x_d, y]`: the features followed by the target, the layout

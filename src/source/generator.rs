@@ -16,7 +16,7 @@ use rand_pcg::Pcg64Mcg;
 use serde::{Deserialize, Serialize};
 
 use super::RecordSink;
-use crate::record::RecordRef;
+use crate::record::{RecordRef, TIME_LIMIT};
 use crate::window::{Time, parse_duration};
 
 /// Records per independently seeded block.
@@ -78,7 +78,10 @@ impl FromStr for GenSpec {
                 "seed" => spec.seed = int(value)?,
                 "disorder" => spec.disorder = parse_duration(value)?,
                 "step" => spec.step = parse_duration(value)?,
-                "start" => spec.start = int(value)? as Time,
+                "start" => {
+                    spec.start = Time::try_from(int(value)?)
+                        .map_err(|_| format!("gen: start={value} is out of range"))?
+                }
                 "batch" => spec.batch = int(value)?,
                 _ => return Err(format!("gen: unknown parameter {name:?}")),
             }
@@ -114,6 +117,16 @@ impl GenSpec {
         if self.batch == 0 || !self.batch.is_multiple_of(GEN_BLOCK) {
             return Err(format!(
                 "gen: batch must be a positive multiple of {GEN_BLOCK}"
+            ));
+        }
+        // The last record's time, at most: start + (rows - 1)·step + disorder.
+        let last = (self.rows.saturating_sub(1) as i128) * self.step as i128
+            + self.start as i128
+            + self.disorder as i128;
+        if last > TIME_LIMIT as i128 || self.start < -TIME_LIMIT {
+            return Err(format!(
+                "gen: times would pass {TIME_LIMIT} ms (start + rows·step + disorder), the \
+                 largest event time"
             ));
         }
         Ok(())
@@ -247,6 +260,16 @@ mod tests {
         }
         out.0.sort_by(|a, b| a.partial_cmp(b).unwrap());
         out.0
+    }
+
+    #[test]
+    fn times_stay_in_range() {
+        let last = |spec: &str| spec.parse::<GenSpec>().map(|_| ());
+        assert!(last("rows=1000,step=1000,start=4611686018427386000").is_err());
+        assert!(last("rows=1,start=4611686018427387904").is_ok());
+        assert!(last("rows=1,start=4611686018427387905").is_err());
+        assert!(last("rows=2,start=9223372036854775808").is_err());
+        assert!(last("rows=1000000,step=1000,start=1700000000000,disorder=5s").is_ok());
     }
 
     #[test]

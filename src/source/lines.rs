@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
 use super::{SourceError, decimal, fast_csv};
-use crate::record::{RecordRef, Schema};
+use crate::record::{RecordRef, Schema, check_time};
 
 /// The line format of a source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -214,7 +214,7 @@ pub type LineError = (Option<String>, String);
 
 fn parse_time(bytes: &[u8]) -> Result<i64, String> {
     let text = trim(bytes);
-    lexical_core::parse::<i64>(text)
+    let t = lexical_core::parse::<i64>(text)
         .ok()
         .or_else(|| {
             // Integral floats such as `1700000000000.0` are accepted too.
@@ -226,7 +226,8 @@ fn parse_time(bytes: &[u8]) -> Result<i64, String> {
                 "not an integer time in ms: {:?}",
                 String::from_utf8_lossy(text)
             )
-        })
+        })?;
+    check_time(t)
 }
 
 fn parse_number(bytes: &[u8]) -> Result<f64, String> {
@@ -476,10 +477,13 @@ impl<'de> Visitor<'de> for TimeValue {
         f.write_str("an integer time in ms")
     }
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<i64, E> {
-        Ok(v)
+        check_time(v).map_err(E::custom)
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<i64, E> {
-        i64::try_from(v).map_err(|_| E::custom("time out of range"))
+        i64::try_from(v)
+            .map_err(|_| format!("time {v} is out of range (at most ±2^62 ms)"))
+            .and_then(check_time)
+            .map_err(E::custom)
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<i64, E> {
         if v.fract() == 0.0 && v.abs() < 9e15 {
@@ -537,15 +541,19 @@ impl<'de> Visitor<'de> for KeyValue<'_> {
 pub(super) mod tests {
     use super::*;
 
-    /// A CSV parser of columns `ts,key,x0,note,x1,y` (`note` is not in the schema).
-    pub(in crate::source) fn parser() -> LineParser {
-        let schema = Schema {
+    /// Fields `ts`, `key`, `x0`, `x1`, `y`.
+    fn schema() -> Schema {
+        Schema {
             time: "ts".into(),
             key: "key".into(),
             features: vec!["x0".into(), "x1".into()],
             target: "y".into(),
-        };
-        let mut p = LineParser::new(FileFormat::Csv, &schema);
+        }
+    }
+
+    /// A CSV parser of columns `ts,key,x0,note,x1,y` (`note` is not in the schema).
+    pub(in crate::source) fn parser() -> LineParser {
+        let mut p = LineParser::new(FileFormat::Csv, &schema());
         p.header(b"ts,key,x0,note,x1,y", "test").unwrap();
         p
     }
@@ -586,6 +594,22 @@ pub(super) mod tests {
         assert_eq!(field("17,k,1.5,n,2,"), Some("y".into()));
         assert_eq!(field("1.5,k,1,n,2,3"), Some("ts".into()));
         assert_eq!(field("17,k,inf,n,2,3"), Some("x0".into()));
+        // Event times up to ±2^62 ms, no further.
+        let limit = crate::record::TIME_LIMIT;
+        assert_eq!(ok(&format!("{limit},k,1,n,2,3")).0, limit);
+        assert_eq!(ok(&format!("-{limit},k,1,n,2,3")).0, -limit);
+        for t in [limit + 1, i64::MIN, i64::MAX] {
+            let (field, message) = parse(&format!("{t},k,1,n,2,3")).unwrap_err();
+            assert_eq!(field, Some("ts".into()));
+            assert!(message.contains("out of range"), "{message}");
+        }
+        let mut json = LineParser::new(FileFormat::Jsonl, &schema());
+        for t in [format!("{}", limit + 1), u64::MAX.to_string()] {
+            let line = format!(r#"{{"ts":{t},"key":"k","x0":1,"x1":2,"y":3}}"#);
+            let (field, message) = json.parse(line.as_bytes()).unwrap_err();
+            assert_eq!(field, Some("ts".into()), "{line}");
+            assert!(message.contains("out of range"), "{line}: {message}");
+        }
         let count = |line: &str| parse(line).unwrap_err();
         assert_eq!(
             count("17,k,1.5,n,2"),
