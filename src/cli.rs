@@ -157,7 +157,7 @@ pub struct RunArgs {
     /// `tcp:HOST:PORT[,listen][,format=jsonl]` or `http` (with --serve)
     #[arg(long)]
     pub source: Option<String>,
-    /// Time field (integer ms since the epoch) [default: ts].
+    /// Time field (integer ms since the epoch, or an RFC 3339 date-time) [default: ts].
     #[arg(long)]
     pub time: Option<String>,
     /// Key field [default: key].

@@ -415,6 +415,42 @@ fn short_decimal_csv_models_match_oracle() {
     gen_csv_matches_oracle("gen_csv_short", &["--digits", "6"]);
 }
 
+/// Times written as date-times (RFC 3339 with `Z` or an offset, and without an offset,
+/// taken as UTC) give the same models as the ms they stand for.
+#[test]
+fn date_time_stamps_match_oracle() {
+    use chrono::{DateTime, FixedOffset, SecondsFormat};
+    let d = 2;
+    let mut spec = GenSpec::new(3000, 3, d, 17);
+    spec.disorder = 700;
+    let rows = generate(&spec);
+    let dir = TempDir::new("datetimes");
+    let csv = dir.path("datetimes.csv");
+    let plus2 = FixedOffset::east_opt(2 * 3600).unwrap();
+    let mut text = csv_header(d) + "\n";
+    for (i, r) in rows.iter().enumerate() {
+        let t = DateTime::from_timestamp_millis(r.ts).unwrap();
+        let stamp = match i % 3 {
+            0 => t.to_rfc3339_opts(SecondsFormat::Millis, true),
+            1 => t
+                .with_timezone(&plus2)
+                .to_rfc3339_opts(SecondsFormat::Millis, false),
+            _ => t.naive_utc().format("%Y-%m-%d %H:%M:%S%.3f").to_string(),
+        };
+        let line = csv_line(r);
+        let (_, rest) = line.split_once(',').unwrap();
+        text.push_str(&format!("{stamp},{rest}\n"));
+    }
+    std::fs::write(&csv, &text).unwrap();
+    let win = SLIDING;
+    let want = oracle(&rows, d, win, None);
+    let cfg = RunCfg::csv(&csv, d, win);
+    let (run, out) = run_ok(&dir, &cfg, "out.jsonl");
+    assert_eq!(run.summary("malformed"), Some(0), "{}", run.stderr);
+    let got = keep_final(&parse_emissions(&out));
+    assert_models_match(&got, &want, &format!("date-time stamps ({})", run.cmdline));
+}
+
 fn gen_csv_matches_oracle(name: &str, extra: &[&str]) {
     let dir = TempDir::new(name);
     let csv = dir.path("gen.csv");

@@ -212,22 +212,41 @@ fn all_slots(d: usize) -> impl Iterator<Item = Slot> {
 /// A line that did not parse: the field at fault (if one is) and what is wrong.
 pub type LineError = (Option<String>, String);
 
+/// An event time: integer ms since the Unix epoch (an integral float such as
+/// `1700000000000.0` too), or a date-time (see [`parse_datetime`]).
 fn parse_time(bytes: &[u8]) -> Result<i64, String> {
     let text = trim(bytes);
     let t = lexical_core::parse::<i64>(text)
         .ok()
         .or_else(|| {
-            // Integral floats such as `1700000000000.0` are accepted too.
             let f = lexical_core::parse::<f64>(text).ok()?;
             (f.fract() == 0.0 && f.abs() < 9e15).then_some(f as i64)
         })
+        .or_else(|| parse_datetime(std::str::from_utf8(text).ok()?))
         .ok_or_else(|| {
             format!(
-                "not an integer time in ms: {:?}",
+                "not a time (integer ms since the epoch, or a date-time such as \
+                 2024-05-01T12:00:00Z): {:?}",
                 String::from_utf8_lossy(text)
             )
         })?;
     check_time(t)
+}
+
+/// An RFC 3339 date-time (`2024-05-01T12:00:00.250Z`, `2024-05-01 14:00:00+02:00`), or
+/// one without an offset (`2024-05-01T12:00:00`, `2024-05-01 12:00:00.5`), taken as UTC:
+/// ms since the epoch; digits finer than a millisecond are dropped (towards the past).
+fn parse_datetime(text: &str) -> Option<i64> {
+    if text.len() < 19 || text.as_bytes()[4] != b'-' {
+        return None;
+    }
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Some(t.timestamp_millis());
+    }
+    ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
+        .iter()
+        .find_map(|format| chrono::NaiveDateTime::parse_from_str(text, format).ok())
+        .map(|t| t.and_utc().timestamp_millis())
 }
 
 fn parse_number(bytes: &[u8]) -> Result<f64, String> {
@@ -594,6 +613,23 @@ pub(super) mod tests {
         assert_eq!(field("17,k,1.5,n,2,"), Some("y".into()));
         assert_eq!(field("1.5,k,1,n,2,3"), Some("ts".into()));
         assert_eq!(field("17,k,inf,n,2,3"), Some("x0".into()));
+        // Date-times, with an offset or taken as UTC.
+        let t = |text: &str| ok(&format!("{text},k,1,n,2,3")).0;
+        assert_eq!(t("2023-11-14T22:13:20Z"), 1_700_000_000_000);
+        assert_eq!(t("2023-11-14T22:13:20.250Z"), 1_700_000_000_250);
+        assert_eq!(t("2023-11-15 00:13:20.250+02:00"), 1_700_000_000_250);
+        assert_eq!(t("2023-11-14T22:13:20"), 1_700_000_000_000);
+        assert_eq!(t("2023-11-14 22:13:20.5"), 1_700_000_000_500);
+        assert_eq!(t("1969-12-31T23:59:59.9995Z"), -1, "sub-ms digits floor");
+        for bad in [
+            "2023-11-14",
+            "2023-13-14T22:13:20Z",
+            "2023-11-14T22:13:20+25:00",
+        ] {
+            let (field, message) = parse(&format!("{bad},k,1,n,2,3")).unwrap_err();
+            assert_eq!(field, Some("ts".into()), "{bad}");
+            assert!(message.contains("not a time"), "{bad}: {message}");
+        }
         // Event times up to ±2^62 ms, no further.
         let limit = crate::record::TIME_LIMIT;
         assert_eq!(ok(&format!("{limit},k,1,n,2,3")).0, limit);
@@ -604,6 +640,9 @@ pub(super) mod tests {
             assert!(message.contains("out of range"), "{message}");
         }
         let mut json = LineParser::new(FileFormat::Jsonl, &schema());
+        let line = r#"{"ts":"2023-11-14T22:13:20.250Z","key":"k","x0":1,"x1":2,"y":3}"#;
+        let record = json.parse(line.as_bytes()).unwrap().unwrap();
+        assert_eq!(record.time, 1_700_000_000_250, "a JSON string date-time");
         for t in [format!("{}", limit + 1), u64::MAX.to_string()] {
             let line = format!(r#"{{"ts":{t},"key":"k","x0":1,"x1":2,"y":3}}"#);
             let (field, message) = json.parse(line.as_bytes()).unwrap_err();
