@@ -434,7 +434,7 @@ fn oracle_one(rows: &[Row], key: &WinKey, d: usize, win: Win) -> BTreeMap<WinKey
 fn assert_written_once(out: &Path) {
     let text = std::fs::read_to_string(out).unwrap_or_default();
     let mut seen: BTreeMap<(WinKey, u64), usize> = BTreeMap::new();
-    for e in parse_emissions(&text) {
+    for e in parse_emissions(complete_lines(&text)) {
         if e.model.is_final {
             *seen.entry((e.key.clone(), e.model.revision)).or_default() += 1;
         }

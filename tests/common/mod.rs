@@ -548,9 +548,16 @@ pub fn keep_final(ems: &[Emission]) -> BTreeMap<WinKey, Model> {
     out
 }
 
+/// The complete lines of a file that may be being written: a last line without its
+/// newline is not whole yet.
+pub fn complete_lines(text: &str) -> &str {
+    text.rfind('\n').map_or("", |end| &text[..=end])
+}
+
+/// The final models of an output file (of its complete lines: it may be being written).
 pub fn read_models(path: &Path) -> BTreeMap<WinKey, Model> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    keep_final(&parse_emissions(&text))
+    keep_final(&parse_emissions(complete_lines(&text)))
 }
 
 /// Normwise relative error max|b - b_ref| / max(max|b_ref|, 1).
