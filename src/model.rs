@@ -10,6 +10,12 @@
 //! condition of that scaled matrix. Above [`ILL_CONDITIONED`] the status is
 //! `ill_conditioned`: coefficients are still given (from an SVD pseudo-inverse when
 //! Cholesky fails) but should not be trusted.
+//!
+//! The sums are not shifted, so centering cancels digits when a feature's mean is large
+//! against its spread: `Sxx_jj` keeps about `1 / c_j` of the precision of `Σx_j²`, with
+//! `c_j = Σx_j² / Sxx_jj`. The status is also `ill_conditioned` when the condition number
+//! times the largest `c_j` exceeds [`ILL_CONDITIONED`], so digits lost that way are not
+//! reported `ok`.
 
 use nalgebra::{DMatrix, DVector};
 use serde::{Deserialize, Serialize};
@@ -109,6 +115,13 @@ pub fn solve(stats: &Stats, options: SolveOptions) -> Fit {
 
     let cond = condition(&scaled);
     let ill = cond.is_nan() || cond > ILL_CONDITIONED;
+    // Precision lost by centering the raw sums (see the module documentation); features
+    // without spread are the condition number's business.
+    let cancellation = (0..d)
+        .filter(|&j| sxx[(j, j)] > 0.0)
+        .map(|j| stats.cross(j, j) / sxx[(j, j)])
+        .fold(1.0, f64::max);
+    let imprecise = cond * cancellation > ILL_CONDITIONED;
     let solution = (!ill)
         .then(|| scaled.clone().cholesky().map(|c| c.solve(&rhs)))
         .flatten()
@@ -128,7 +141,7 @@ pub fn solve(stats: &Stats, options: SolveOptions) -> Fit {
         r2: r2.filter(|v| v.is_finite()),
         rmse: Some((sse / n).sqrt()).filter(|v| v.is_finite()),
         cond: Some(cond).filter(|c| c.is_finite()),
-        status: if ill || !finite {
+        status: if ill || imprecise || !finite {
             Status::IllConditioned
         } else {
             Status::Ok
@@ -178,6 +191,31 @@ mod tests {
             s.plus_equals(&Stats::of_row(&z));
         }
         s
+    }
+
+    /// A feature whose mean dwarfs its spread loses its digits to centering: such a
+    /// window is not reported `ok`; the same spread near zero is.
+    #[test]
+    fn digits_lost_to_centering_are_not_ok() {
+        let rows = |offset: f64| -> Vec<(Vec<f64>, f64)> {
+            (0..50)
+                .map(|i| {
+                    let x = offset + 1e-3 * ((i * 37) % 11) as f64;
+                    (vec![x], 2.0 * (x - offset) + 0.01 * ((i * 13) % 7) as f64)
+                })
+                .collect()
+        };
+        let near_zero = solve(&stats_of(&rows(0.0)), SolveOptions::default());
+        assert_eq!(near_zero.status, Status::Ok);
+        let far = solve(&stats_of(&rows(1e6)), SolveOptions::default());
+        assert_eq!(far.status, Status::IllConditioned, "{far:?}");
+        // A moderate offset keeps enough digits (c ≈ 1e8 · cond 1 < 1e10).
+        let moderate_rows: Vec<_> = rows(0.0)
+            .into_iter()
+            .map(|(x, y)| (vec![x[0] * 1e3 + 1e4], y))
+            .collect();
+        let moderate = solve(&stats_of(&moderate_rows), SolveOptions::default());
+        assert_eq!(moderate.status, Status::Ok, "{moderate:?}");
     }
 
     #[test]
