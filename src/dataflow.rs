@@ -45,7 +45,7 @@ use differential_dataflow::Hashable;
 use crate::checkpoint::{Commit, Part, Recovered, Store};
 use crate::metrics::Metrics;
 use crate::model::{Fit, SolveOptions, Status, solve};
-use crate::record::{Record, check_time};
+use crate::record::{Record, TIME_LIMIT, check_time};
 use crate::source::{Malformed, RecordSink, SourceError, SourceReader};
 use crate::stats::Stats;
 use crate::window::{Admission, Pane, Time, Watermark, Window, WindowSpec};
@@ -642,8 +642,8 @@ impl Combiner {
 impl RecordSink for Combiner {
     #[inline]
     fn record(&mut self, r: crate::record::RecordRef<'_>) {
-        self.counts.records += 1;
-        // Records mostly fall in the bucket of the one before: no division for them.
+        // Records mostly fall in the bucket of the one before: no division for them. The
+        // cached bounds stop at the time limit, so a time beyond it never hits the cache.
         let (start, end) = self.bucket;
         let bucket = if start <= r.time && r.time < end {
             start
@@ -656,9 +656,11 @@ impl RecordSink for Combiner {
                 return;
             }
             let start = self.window.bucket_start(r.time);
-            self.bucket = (start, start.saturating_add(self.window.bucket()));
+            let end = start.saturating_add(self.window.bucket());
+            self.bucket = (start.max(-TIME_LIMIT), end.min(TIME_LIMIT + 1));
             start
         };
+        self.counts.records += 1;
         match self
             .watermark
             .admit(r.time, self.window.late_at_in(r.time, bucket))
@@ -1385,12 +1387,15 @@ mod tests {
             features: 1,
         };
         let mut combiner = Combiner::new(&config, OnError::Skip);
+        // Each time beyond the limit comes right after one in range in the same bucket,
+        // so that the bucket cache cannot let it through.
         let times = [
-            i64::MIN,
-            -TIME_LIMIT - 1,
             -TIME_LIMIT,
+            -TIME_LIMIT - 1,
+            i64::MIN,
             0,
             TIME_LIMIT,
+            TIME_LIMIT + 1,
             i64::MAX,
         ];
         for time in times {
@@ -1409,12 +1414,17 @@ mod tests {
         assert_eq!(
             reasons,
             [
-                (i64::MIN, "time_out_of_range"),
                 (-TIME_LIMIT - 1, "time_out_of_range"),
+                (i64::MIN, "time_out_of_range"),
+                (TIME_LIMIT + 1, "time_out_of_range"),
                 (i64::MAX, "time_out_of_range")
             ]
         );
-        assert_eq!(combiner.counts.malformed, 3);
+        assert_eq!(combiner.counts.malformed, 4);
+        assert_eq!(
+            combiner.counts.records, 3,
+            "set-aside times are not records"
+        );
         let panes: Vec<_> = combiner.drain_panes().map(|((_, pane), _)| pane).collect();
         assert_eq!(panes.len(), 3, "the three times in range have their panes");
         assert!(panes.iter().all(|p| p.start < p.end));

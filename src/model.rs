@@ -13,9 +13,11 @@
 //!
 //! The sums are not shifted, so centering cancels digits when a feature's mean is large
 //! against its spread: `Sxx_jj` keeps about `1 / c_j` of the precision of `Σx_j²`, with
-//! `c_j = Σx_j² / Sxx_jj`. The status is also `ill_conditioned` when the condition number
-//! times the largest `c_j` exceeds [`ILL_CONDITIONED`], so digits lost that way are not
-//! reported `ok`.
+//! `c_j = Σx_j² / (Sxx_jj + λ)`, and `Sxy_j` about `1 / √(c_j c_y)`, with
+//! `c_y = Σy² / Syy`. The status is also `ill_conditioned` when the condition number times
+//! `max(c, √(c c_y))` (`c` the largest `c_j`) exceeds [`ILL_CONDITIONED`], so digits lost
+//! that way are not reported `ok`; so is a window whose target has no spread left
+//! (`Syy ≤ 0`: a constant target, or one whose spread the sums could not hold).
 
 use nalgebra::{DMatrix, DVector};
 use serde::{Deserialize, Serialize};
@@ -40,7 +42,8 @@ pub struct SolveOptions {
 pub enum Status {
     /// Well determined.
     Ok,
-    /// Solved, but the condition number exceeds [`ILL_CONDITIONED`].
+    /// Solved, but the condition number exceeds [`ILL_CONDITIONED`], or centering the
+    /// sums cancelled too many digits (see the module documentation).
     IllConditioned,
     /// `n ≤ d`: not enough rows; no coefficients.
     Underdetermined,
@@ -115,13 +118,20 @@ pub fn solve(stats: &Stats, options: SolveOptions) -> Fit {
 
     let cond = condition(&scaled);
     let ill = cond.is_nan() || cond > ILL_CONDITIONED;
-    // Precision lost by centering the raw sums (see the module documentation); features
-    // without spread are the condition number's business.
-    let cancellation = (0..d)
-        .filter(|&j| sxx[(j, j)] > 0.0)
-        .map(|j| stats.cross(j, j) / sxx[(j, j)])
+    // Precision lost by centering the raw sums (see the module documentation), against
+    // the diagonal actually solved (the ridge included); a diagonal that is not positive
+    // is the condition number's business.
+    let cx = (0..d)
+        .filter(|&j| a[(j, j)] > 0.0)
+        .map(|j| stats.cross(j, j) / a[(j, j)])
         .fold(1.0, f64::max);
-    let imprecise = cond * cancellation > ILL_CONDITIONED;
+    // A target without spread left (Syy ≤ 0) determines no slope: as bad as it gets.
+    let cy = if syy > 0.0 {
+        stats.cross(d, d) / syy
+    } else {
+        f64::INFINITY
+    };
+    let imprecise = cond * cx.max((cx * cy).sqrt()) > ILL_CONDITIONED;
     let solution = (!ill)
         .then(|| scaled.clone().cholesky().map(|c| c.solve(&rhs)))
         .flatten()
@@ -216,6 +226,25 @@ mod tests {
             .collect();
         let moderate = solve(&stats_of(&moderate_rows), SolveOptions::default());
         assert_eq!(moderate.status, Status::Ok, "{moderate:?}");
+        // The target's digits: y = 1e8 + 1e-4·x.
+        let far_y: Vec<_> = rows(0.0)
+            .into_iter()
+            .map(|(x, _)| (vec![x[0] * 1e3], 1e8 + 1e-4 * x[0] * 1e3))
+            .collect();
+        let fit = solve(&stats_of(&far_y), SolveOptions::default());
+        assert_eq!(fit.status, Status::IllConditioned, "{fit:?}");
+        // With a ridge, a constant feature (its Sxx rounding residue) is determined by λ,
+        // and the huge-mean feature is still caught.
+        let ridge = SolveOptions { ridge: 0.5 };
+        let constant: Vec<_> = rows(0.0)
+            .into_iter()
+            .map(|(x, y)| (vec![x[0], 0.1], y))
+            .collect();
+        assert_eq!(solve(&stats_of(&constant), ridge).status, Status::Ok);
+        assert_eq!(
+            solve(&stats_of(&rows(1e6)), SolveOptions { ridge: 1e-6 }).status,
+            Status::IllConditioned
+        );
     }
 
     #[test]

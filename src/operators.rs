@@ -47,7 +47,7 @@ use crate::dataflow::{
     SetAside, WindowConfig,
 };
 use crate::metrics::Metrics;
-use crate::record::{Record, RecordRef};
+use crate::record::{Record, RecordRef, check_time};
 use crate::source::{Malformed, RecordSink, SourceError, SourceReader};
 use crate::stats::Stats;
 use crate::window::{Pane, Time, Window, WindowSpec};
@@ -365,7 +365,8 @@ pub trait WindowStats<'scope, T: Timestamp> {
     /// statistics retracted, the new ones added). Every window stays revisable: the rows
     /// are kept, there is no watermark (see [`WindowPanes`] for the streaming path).
     ///
-    /// Panics on session windows, which depend on the rows of the whole key.
+    /// Panics on session windows, which depend on the rows of the whole key, and on a row
+    /// whose time is beyond ±2⁶² ms ([`TIME_LIMIT`](crate::record::TIME_LIMIT)).
     fn window_stats(
         self,
         window: WindowSpec,
@@ -400,6 +401,9 @@ where
             "window_stats: {window} windows are not supported (tumbling or sliding only)"
         );
         self.flat_map(move |row: Row| {
+            if let Err(e) = check_time(row.time) {
+                panic!("window_stats: a row of key {:?}: {e}", row.key);
+            }
             window
                 .windows_of_pane(window.bucket_start(row.time))
                 .map(move |w| ((row.key.clone(), w), row.clone()))
