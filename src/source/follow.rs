@@ -103,7 +103,7 @@ pub fn start(
 
 impl Followed {
     /// Refuses a file that is not the one the stored position was taken on: shorter than
-    /// the position, or with other first bytes.
+    /// the position, or with other first bytes, or other bytes before the position.
     fn check_resume(&mut self) -> Result<(), String> {
         let p = self.position;
         let len = self.len()?;
