@@ -1949,6 +1949,41 @@ fn followed_file_is_read_as_it_grows_exactly_once_across_kill_9() {
     );
 }
 
+/// `--source jsonl:PATH,follow`: JSON lines (no header) read as they are appended, one
+/// worker, a kill -9 between two appends: the final models equal the oracle's.
+#[test]
+fn followed_json_lines_resume_after_kill_9() {
+    let d = 2;
+    let win = Win::Sliding(6_000, 2_000);
+    let lateness = 500;
+    let mut spec = GenSpec::new(4_000, 2, d, 79);
+    spec.disorder = 200;
+    let rows = generate(&spec);
+    let want = oracle(&rows, d, win, None);
+    let dir = TempDir::new("follow-jsonl");
+    let data = dir.path("data.jsonl");
+    let out = dir.path("models.jsonl");
+    let ckpt = dir.path("ckpt");
+    let mut args = with(
+        http_args(&out, d, win, lateness, 1),
+        &["--checkpoint", ckpt.to_str().unwrap()],
+    );
+    args[3] = format!("jsonl:{},follow", data.display());
+    let lines = |rows: &[Row]| -> String { rows.iter().map(|r| jsonl_line(r) + "\n").collect() };
+    let (first, second) = rows.split_at(2_500);
+    append(&data, &lines(first));
+    let mut server = Server::start(&dir, &args);
+    wait_for_records(&server, first.len(), "the first lines");
+    server.kill();
+    drop(server);
+    let server = Server::start(&dir, &args);
+    append(&data, &lines(second));
+    append(&data, &lines(&[sentinel(closing_time(&want, lateness), d)]));
+    let got = wait_for_out(&server, &out, &want);
+    assert_models_match(&got, &want, "followed JSON lines across kill -9");
+    assert_written_once(&out);
+}
+
 /// A restart on a file that is not the one the checkpoint followed (shorter than what was
 /// read, beginning differently, or differing before the position) is refused with a
 /// message naming the file; a file that shrinks, or is rotated, while followed stops the
