@@ -1032,18 +1032,28 @@ impl Windows {
             let (_, key) = self.agenda.pop_first().expect("present");
             due.insert(key);
         }
-        if !due.is_empty() {
-            let totals = self.read(epoch, &due);
-            for (key, panes) in totals {
-                self.evaluate(epoch, &key, panes, frontier, watermark, &mut emit);
-            }
-        }
-        if !touched.is_empty() {
-            for (key, panes) in self.read(epoch, &touched) {
-                if let Some(estimate) = self.estimate(&key, &panes, frontier) {
-                    self.metrics.estimates.fetch_add(1, Relaxed);
-                    emit(Emission::Estimate(estimate));
+        // One read of the trace for the keys due and the keys whose estimates changed.
+        let mut wanted = due.clone();
+        wanted.extend(touched.iter().cloned());
+        if !wanted.is_empty() {
+            let mut estimates = Vec::new();
+            for (key, mut panes) in self.read(epoch, &wanted) {
+                if due.contains(&key) {
+                    let read = touched.contains(&key).then(|| panes.clone());
+                    self.evaluate(epoch, &key, panes, frontier, watermark, &mut emit);
+                    let Some(read) = read else { continue };
+                    // As a read after the evaluation would see them: the panes still open.
+                    let open = self.keys.get(key.as_str()).map(|s| &s.panes);
+                    panes = read;
+                    panes.retain(|(pane, _)| open.is_some_and(|open| open.contains(pane)));
                 }
+                if let Some(estimate) = self.estimate(&key, &panes, frontier) {
+                    estimates.push(estimate);
+                }
+            }
+            for estimate in estimates {
+                self.metrics.estimates.fetch_add(1, Relaxed);
+                emit(Emission::Estimate(estimate));
             }
         }
         let open = self.agenda.len() as i64;
