@@ -219,7 +219,7 @@ mod tests {
         assert_eq!(near_zero.status, Status::Ok);
         let far = solve(&stats_of(&rows(1e6)), SolveOptions::default());
         assert_eq!(far.status, Status::IllConditioned, "{far:?}");
-        // A moderate offset keeps enough digits (c ≈ 1e8 · cond 1 < 1e10).
+        // A moderate offset keeps enough digits (1e4 ± 3: c ≈ 1e7, cond 1).
         let moderate_rows: Vec<_> = rows(0.0)
             .into_iter()
             .map(|(x, y)| (vec![x[0] * 1e3 + 1e4], y))

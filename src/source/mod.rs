@@ -63,6 +63,7 @@ pub struct FileSpec {
     pub block: usize,
     /// `,follow`: read lines as they are appended, through the ingest log (see
     /// [`follow`]); the source never ends.
+    #[serde(default)]
     pub follow: bool,
 }
 
