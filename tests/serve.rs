@@ -2021,20 +2021,12 @@ fn followed_file_replaced_or_truncated_is_an_error() {
         }
     };
     let refused = |what: &str| {
-        let stderr = dir.path("refused.stderr");
-        let mut child = Command::new(BIN)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap();
-        let status = exits(&mut child, what);
-        let stderr = std::fs::read_to_string(&stderr).unwrap();
-        assert!(!status.success(), "{what}: the restart is refused");
+        let run = run_engine(&dir, &args);
+        assert!(!run.success(), "{what}: the restart is refused");
         assert!(
-            stderr.contains(&data.display().to_string()) && stderr.contains("checkpoint"),
-            "{what}: the error names the file and the checkpoint: {stderr}"
+            run.stderr.contains(&data.display().to_string()) && run.stderr.contains("checkpoint"),
+            "{what}: the error names the file and the checkpoint: {}",
+            run.stderr
         );
     };
     // Shorter than what the checkpoint read.
