@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod cluster;
 pub mod dataflow;
+pub mod failpoint;
 pub mod job;
 pub mod launch;
 pub mod metrics;
