@@ -45,10 +45,11 @@ use differential_dataflow::Hashable;
 use crate::checkpoint::{Commit, Part, Recovered, Store};
 use crate::metrics::Metrics;
 use crate::model::{Fit, SolveOptions, Status, solve};
-use crate::record::{Record, TIME_LIMIT, check_time};
+use crate::record::{MAX_ABS_VALUE, Record, TIME_LIMIT, check_time};
 use crate::source::{Malformed, RecordSink, SourceError, SourceReader};
 use crate::stats::Stats;
 use crate::window::{Admission, Pane, Time, Watermark, Window, WindowSpec};
+use crate::{failpoint, quarantine};
 
 /// Timely timestamps: source batch numbers.
 pub type Epoch = u64;
@@ -196,7 +197,8 @@ pub struct SetAside {
     pub x: Vec<f64>,
     /// Target.
     pub y: f64,
-    /// `late` or `too_far_ahead`.
+    /// Why: `late`, `too_far_ahead`, `time_out_of_range`, `value_out_of_range` or
+    /// `quarantined` (see [`crate::quarantine`]).
     pub reason: String,
     /// The watermark of its partition when it arrived.
     pub watermark: Time,
@@ -221,7 +223,7 @@ pub struct ModelLine {
     pub rmse: Option<f64>,
     /// Condition number of the scaled normal matrix.
     pub cond: Option<f64>,
-    /// `ok`, `ill_conditioned` or `underdetermined`.
+    /// `ok`, `ill_conditioned`, `underdetermined` or `not_finite`.
     pub status: Status,
     /// Whether the window has closed (no record can change it any more).
     #[serde(rename = "final")]
@@ -377,6 +379,8 @@ pub fn ingest<'scope>(
             .map(|(key, pane, stats)| ((key.clone(), *pane), first, stats.clone()))
             .collect();
     }
+    // Live sources (the ingest log) bound each batch's advance of the watermark.
+    let bounded_batches = matches!(reader, SourceReader::Log(_));
     let mut last_mark = Instant::now();
     let throttle = ProbeHandle::new();
     let held_back = throttle.clone();
@@ -413,7 +417,18 @@ pub fn ingest<'scope>(
                 }
                 Some(batch) => {
                     c.downgrade(&batch.max(first));
-                    if let Err(e) = reader.read_batch(&mut combiner) {
+                    if bounded_batches {
+                        combiner.watermark.begin_batch();
+                    }
+                    let read = if quarantine::begin_batch(batch) {
+                        reader.read_batch(&mut Quarantined(&mut combiner))
+                    } else {
+                        if failpoint::active() {
+                            failpoint::hit("ingest.batch", Some(&batch.to_string()));
+                        }
+                        reader.read_batch(&mut combiner)
+                    };
+                    if let Err(e) = read {
                         on_fatal(e);
                     }
                     let done = reader.next_batch().is_none();
@@ -660,6 +675,13 @@ impl RecordSink for Combiner {
             self.bucket = (start.max(-TIME_LIMIT), end.min(TIME_LIMIT + 1));
             start
         };
+        // Sources refuse such values as malformed; records of user dataflows are set
+        // aside, so no sum overflows from one row (see `MAX_ABS_VALUE`).
+        if !r.z.iter().all(|v| v.abs() <= MAX_ABS_VALUE) {
+            self.counts.malformed += 1;
+            self.set_aside(r, "value_out_of_range");
+            return;
+        }
         self.counts.records += 1;
         match self
             .watermark
@@ -698,6 +720,19 @@ impl RecordSink for Combiner {
             eprintln!("warning: skipping malformed line: {error}");
         }
         Ok(())
+    }
+}
+
+/// Sets aside every record of a quarantined batch (see [`crate::quarantine`]).
+struct Quarantined<'a>(&'a mut Combiner);
+
+impl RecordSink for Quarantined<'_> {
+    fn record(&mut self, r: crate::record::RecordRef<'_>) {
+        self.0.set_aside(r, "quarantined");
+    }
+
+    fn malformed(&mut self, error: Malformed) -> Result<(), SourceError> {
+        self.0.malformed(error)
     }
 }
 
@@ -1222,7 +1257,11 @@ impl Windows {
             }
             let revision = match state.emitted.get(&window.start) {
                 Some(&(end, n, _)) if end == window.end && n == stats.n && !is_final => {
-                    // Emitted and unchanged.
+                    // Emitted and unchanged: nothing to say yet, but it must still come
+                    // back when the watermark passes its end. (A window restored from a
+                    // checkpoint as emitted reaches here first through its panes' agenda
+                    // entries: without this it never became final.)
+                    revisit.push(window.end.saturating_add(self.config.lateness));
                     continue;
                 }
                 Some(&(end, n, rev)) if end == window.end && n == stats.n => rev,
@@ -1385,18 +1424,60 @@ mod tests {
         }
     }
 
-    /// Times beyond ±2⁶² (which no source lets through, but a user dataflow can feed)
-    /// are set aside, not folded into a pane whose bounds would overflow.
-    #[test]
-    fn times_out_of_range_are_set_aside() {
+    /// A combiner of records with one feature, no lateness and no bound on jumps.
+    fn combiner_of_one_feature(window: &str) -> Combiner {
         let config = WindowConfig {
-            window: "sliding:60s/10s".parse::<WindowSpec>().unwrap(),
+            window: window.parse::<WindowSpec>().unwrap(),
             lateness: 0,
             max_jump: i64::MAX,
             solve: SolveOptions::default(),
             features: 1,
         };
-        let mut combiner = Combiner::new(&config, OnError::Skip);
+        Combiner::new(&config, OnError::Skip)
+    }
+
+    /// Values beyond ±1e150 or not finite (which no source lets through, but a user
+    /// dataflow can feed) are set aside, not folded into statistics that would overflow.
+    #[test]
+    fn values_out_of_range_are_set_aside() {
+        let mut combiner = combiner_of_one_feature("tumbling:10s");
+        let values = [
+            [1.0, 2.0],
+            [1e200, 2.0],
+            [1.0, -1e151],
+            [f64::NAN, 0.0],
+            [f64::INFINITY, 0.0],
+            [crate::record::MAX_ABS_VALUE, -crate::record::MAX_ABS_VALUE],
+        ];
+        for (i, z) in values.iter().enumerate() {
+            combiner.record(RecordRef {
+                time: i as i64,
+                key: "k",
+                z,
+            });
+        }
+        let reasons: Vec<(i64, &str)> = combiner
+            .aside
+            .iter()
+            .map(|a| (a.ts, a.reason.as_str()))
+            .collect();
+        assert_eq!(
+            reasons,
+            [1, 2, 3, 4].map(|t| (t, "value_out_of_range")).to_vec()
+        );
+        assert_eq!(combiner.counts.malformed, 4);
+        assert_eq!(combiner.counts.records, 2);
+        let panes: Vec<_> = combiner.drain_panes().collect();
+        assert_eq!(panes.len(), 1);
+        assert_eq!(panes[0].1.n, 2);
+        assert!(panes[0].1.sums.iter().all(|v| v.is_finite()));
+    }
+
+    /// Times beyond ±2⁶² (which no source lets through, but a user dataflow can feed)
+    /// are set aside, not folded into a pane whose bounds would overflow.
+    #[test]
+    fn times_out_of_range_are_set_aside() {
+        let mut combiner = combiner_of_one_feature("sliding:60s/10s");
         // Each time beyond the limit comes right after one in range in the same bucket,
         // so that the bucket cache cannot let it through.
         let times = [

@@ -91,6 +91,12 @@ fn parse(text: &str) -> Result<Vec<Entry>, String> {
     Ok(out)
 }
 
+/// Whether any failpoint is configured (to skip preparing an argument when none is).
+#[inline]
+pub fn active() -> bool {
+    ANY.load(Ordering::Relaxed) && !entries().is_empty()
+}
+
 /// Whether failpoint `name` fires for `arg`; `panic` actions panic here.
 #[inline]
 pub fn hit(name: &str, arg: Option<&str>) -> Option<Action> {

@@ -25,6 +25,7 @@ use crate::dataflow::{
 };
 use crate::metrics::{Metrics, Snapshot};
 use crate::model::SolveOptions;
+use crate::quarantine;
 use crate::record::{Schema, parse_features};
 use crate::serve::{self, ModelStore, ServeContext};
 use crate::sink::{Ledger, WriteLines, open_output};
@@ -151,6 +152,24 @@ impl JobSpec {
                 return Err(format!("--features is required for the source {source}"));
             }
         };
+        // Every field of a record named once: a name used twice would read one column
+        // into two places (or hide the other).
+        let mut names: Vec<&str> = vec![time.as_str(), key.as_str(), target.as_str()];
+        for name in features.iter().map(String::as_str) {
+            if names.contains(&name) {
+                return Err(format!(
+                    "--features: {name:?} is named twice among the time ({time}), key ({key}), \
+                     target ({target}) and features ({})",
+                    features.join(",")
+                ));
+            }
+            names.push(name);
+        }
+        if time == key || time == target || key == target {
+            return Err(format!(
+                "--time ({time}), --key ({key}) and --target ({target}) must be three fields"
+            ));
+        }
         if let SourceSpec::Gen(g) = &source
             && g.features != features.len()
         {
@@ -348,6 +367,17 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
         None => None,
     };
     let store = checkpoint.as_ref().map(|c| Arc::clone(&c.store));
+    // From here on a panic anywhere ends the process loudly; with a checkpoint, a batch
+    // that crashed it twice is set aside.
+    quarantine::install(
+        job.checkpoint.as_deref(),
+        cluster.process,
+        checkpoint
+            .as_ref()
+            .and_then(|c| c.restored.as_ref())
+            .and_then(|r| r.commit.as_ref())
+            .map(|c| c.epoch),
+    )?;
     // HTTP, TCP and followed-file records go through the ingest log of process 0 (durable
     // with a store).
     let log = match &job.source {

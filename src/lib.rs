@@ -19,6 +19,7 @@ pub mod launch;
 pub mod metrics;
 pub mod model;
 pub mod operators;
+pub mod quarantine;
 pub mod record;
 pub mod serve;
 pub mod sink;

@@ -18,6 +18,13 @@
 //! `max(c, √(c c_y))` (`c` the largest `c_j`) exceeds [`ILL_CONDITIONED`], so digits lost
 //! that way are not reported `ok`; so is a window whose target has no spread left
 //! (`Syy ≤ 0`: a constant target, or one whose spread the sums could not hold).
+//!
+//! [`solve`] is total: it never panics, whatever the statistics hold. Sources refuse
+//! values beyond [`MAX_ABS_VALUE`](crate::record::MAX_ABS_VALUE), so no square or product
+//! of two values overflows, but sums of very many extreme rows (or statistics built by
+//! hand) can still overflow, and so can a coefficient (a slope of 1e149 / 1e-161); a
+//! window whose sums, centered matrix or coefficients are not finite is reported
+//! `not_finite`, with no coefficients.
 
 use nalgebra::{DMatrix, DVector};
 use serde::{Deserialize, Serialize};
@@ -47,6 +54,9 @@ pub enum Status {
     IllConditioned,
     /// `n ≤ d`: not enough rows; no coefficients.
     Underdetermined,
+    /// The window's sums or coefficients overflowed (are not finite numbers); no
+    /// coefficients.
+    NotFinite,
 }
 
 /// The solution of one window's regression.
@@ -95,6 +105,13 @@ pub fn solve(stats: &Stats, options: SolveOptions) -> Fit {
     if stats.n <= d as i64 {
         return underdetermined;
     }
+    let not_finite = Fit {
+        status: Status::NotFinite,
+        ..underdetermined
+    };
+    if !stats.sums.iter().all(|v| v.is_finite()) {
+        return not_finite;
+    }
     let n = stats.n as f64;
     let mean: Vec<f64> = stats.sum().iter().map(|s| s / n).collect();
     let (xbar, ybar) = (&mean[..d], mean[d]);
@@ -103,6 +120,10 @@ pub fn solve(stats: &Stats, options: SolveOptions) -> Fit {
     let sxx = DMatrix::from_fn(d, d, |i, j| stats.cross(i, j) - n * xbar[i] * xbar[j]);
     let sxy = DVector::from_fn(d, |i, _| stats.cross(i, d) - n * xbar[i] * ybar);
     let syy = stats.cross(d, d) - n * ybar * ybar;
+    // Centering can overflow where the sums did not (n x̄ᵢ x̄ⱼ).
+    if !(sxx.iter().chain(sxy.iter()).all(|v| v.is_finite()) && syy.is_finite()) {
+        return not_finite;
+    }
 
     let mut a = sxx.clone();
     for i in 0..d {
@@ -135,7 +156,10 @@ pub fn solve(stats: &Stats, options: SolveOptions) -> Fit {
     let solution = (!ill)
         .then(|| scaled.clone().cholesky().map(|c| c.solve(&rhs)))
         .flatten()
-        .unwrap_or_else(|| pseudo_solve(&scaled, &rhs));
+        .or_else(|| pseudo_solve(&scaled, &rhs));
+    let Some(solution) = solution else {
+        return not_finite;
+    };
     let b = solution.component_mul(&scale);
 
     let b0 = ybar - b.dot(&DVector::from_column_slice(xbar));
@@ -145,13 +169,15 @@ pub fn solve(stats: &Stats, options: SolveOptions) -> Fit {
     let mut coef = Vec::with_capacity(d + 1);
     coef.push(b0);
     coef.extend(b.iter());
-    let finite = coef.iter().all(|c| c.is_finite());
+    if !coef.iter().all(|c| c.is_finite()) {
+        return not_finite;
+    }
     Fit {
         coef: Some(coef),
         r2: r2.filter(|v| v.is_finite()),
         rmse: Some((sse / n).sqrt()).filter(|v| v.is_finite()),
         cond: Some(cond).filter(|c| c.is_finite()),
-        status: if ill || imprecise || !finite {
+        status: if ill || imprecise {
             Status::IllConditioned
         } else {
             Status::Ok
@@ -159,10 +185,14 @@ pub fn solve(stats: &Stats, options: SolveOptions) -> Fit {
     }
 }
 
-/// 2-norm condition number of a symmetric positive semi-definite matrix (∞ if singular).
+/// 2-norm condition number of a symmetric positive semi-definite matrix (∞ if singular
+/// or not finite).
 fn condition(a: &DMatrix<f64>) -> f64 {
     if a.nrows() == 0 {
         return 1.0;
+    }
+    if !a.iter().all(|v| v.is_finite()) {
+        return f64::INFINITY;
     }
     let eig = a.clone().symmetric_eigenvalues();
     let max = eig.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -174,13 +204,21 @@ fn condition(a: &DMatrix<f64>) -> f64 {
     }
 }
 
-/// Minimum-norm solution by SVD, dropping singular values below a relative tolerance.
-fn pseudo_solve(a: &DMatrix<f64>, rhs: &DVector<f64>) -> DVector<f64> {
-    let svd = a.clone().svd(true, true);
+/// Most sweeps the SVD may take (it converges in a few dozen on any finite matrix).
+const SVD_MAX_ITERATIONS: usize = 10_000;
+
+/// Minimum-norm solution by SVD, dropping singular values below a relative tolerance;
+/// `None` when the matrix or the right-hand side is not finite, or the SVD does not
+/// converge (nalgebra's panicking `svd` is never called).
+fn pseudo_solve(a: &DMatrix<f64>, rhs: &DVector<f64>) -> Option<DVector<f64>> {
+    if !a.iter().chain(rhs.iter()).all(|v| v.is_finite()) {
+        return None;
+    }
+    let svd = nalgebra::SVD::try_new(a.clone(), true, true, f64::EPSILON, SVD_MAX_ITERATIONS)?;
     let max = svd.singular_values.max();
     let eps = max * a.nrows() as f64 * f64::EPSILON;
-    svd.solve(rhs, eps)
-        .unwrap_or_else(|_| DVector::zeros(a.nrows()))
+    let x = svd.solve(rhs, eps).ok()?;
+    x.iter().all(|v| v.is_finite()).then_some(x)
 }
 
 /// Evaluates `ŷ = b₀ + b·x` for coefficients `[b₀, b₁, …, b_d]`.
@@ -191,7 +229,9 @@ pub fn predict(coef: &[f64], x: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use differential_dataflow::difference::Semigroup;
+    use crate::record::MAX_ABS_VALUE;
+    use differential_dataflow::difference::{Abelian, Semigroup};
+    use proptest::prelude::*;
 
     fn stats_of(rows: &[(Vec<f64>, f64)]) -> Stats {
         let mut s = Stats::zero();
@@ -245,6 +285,116 @@ mod tests {
             solve(&stats_of(&rows(1e6)), SolveOptions { ridge: 1e-6 }).status,
             Status::IllConditioned
         );
+    }
+
+    /// Any f64 at all: huge, tiny, subnormal, ±0, ±∞, NaN.
+    fn any_value() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            any::<f64>(),
+            -1e3..1e3f64,
+            prop::num::f64::SUBNORMAL | prop::num::f64::NEGATIVE | prop::num::f64::POSITIVE,
+            Just(-0.0),
+            Just(1e200),
+            Just(-1e300),
+            Just(f64::MAX),
+        ]
+    }
+
+    /// Values a source accepts, of mixed magnitudes.
+    fn accepted_value() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            -1e3..1e3f64,
+            -MAX_ABS_VALUE..MAX_ABS_VALUE,
+            (-1.0..1.0f64, -300i32..150).prop_map(|(m, e)| m * 10f64.powi(e)),
+            Just(MAX_ABS_VALUE),
+            Just(-MAX_ABS_VALUE),
+            Just(-0.0),
+            Just(5e-324),
+        ]
+    }
+
+    /// The fit's invariants: never a non-finite number with status `ok`, coefficients
+    /// exactly when the status has them.
+    fn check_fit(fit: &Fit, d: usize) {
+        match fit.status {
+            Status::Ok | Status::IllConditioned => {
+                let coef = fit.coef.as_ref().expect("a solved status has coefficients");
+                assert_eq!(coef.len(), d + 1);
+                assert!(coef.iter().all(|c| c.is_finite()), "{fit:?}");
+            }
+            Status::Underdetermined | Status::NotFinite => assert!(fit.coef.is_none()),
+        }
+        if fit.status == Status::Ok {
+            assert!(
+                fit.cond
+                    .is_some_and(|c| c.is_finite() && c <= ILL_CONDITIONED)
+            );
+            assert!(fit.rmse.is_some_and(f64::is_finite), "{fit:?}");
+        }
+        for v in [fit.r2, fit.rmse, fit.cond].into_iter().flatten() {
+            assert!(v.is_finite(), "{fit:?}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// `Stats` and `solve` take any f64 without panicking, and never call a
+        /// non-finite model `ok`.
+        #[test]
+        fn solve_is_total(
+            rows in (1usize..4).prop_flat_map(|d| {
+                prop::collection::vec(prop::collection::vec(any_value(), d + 1), 0..12)
+            }),
+            ridge in prop_oneof![Just(0.0), 0.0..10.0f64],
+        ) {
+            let d = rows.first().map_or(1, |r| r.len() - 1);
+            let mut stats = Stats::zero();
+            for z in &rows {
+                stats.plus_equals(&Stats::of_row(z));
+            }
+            let fit = solve(&stats, SolveOptions { ridge });
+            check_fit(&fit, d);
+            // Retracting a row keeps it total as well.
+            if let Some(z) = rows.first() {
+                let mut minus = Stats::of_row(z);
+                minus.negate();
+                stats.plus_equals(&minus);
+                check_fit(&solve(&stats, SolveOptions { ridge }), d);
+            }
+        }
+
+        /// Within the accepted range no sum of a few rows overflows: the statistics stay
+        /// finite. (A coefficient itself can still exceed `f64`, e.g. a slope of
+        /// 1e149 / 1e-161: then the status is `not_finite`, never `ok`.)
+        #[test]
+        fn accepted_values_never_overflow(
+            rows in (1usize..4).prop_flat_map(|d| {
+                prop::collection::vec(prop::collection::vec(accepted_value(), d + 1), 0..12)
+            }),
+        ) {
+            let d = rows.first().map_or(1, |r| r.len() - 1);
+            let mut stats = Stats::zero();
+            for z in &rows {
+                stats.plus_equals(&Stats::of_row(z));
+            }
+            prop_assert!(stats.sums.iter().all(|v| v.is_finite()));
+            let fit = solve(&stats, SolveOptions::default());
+            check_fit(&fit, d);
+        }
+    }
+
+    /// The poison rows of issue 13: finite values whose squares overflow.
+    #[test]
+    fn overflowing_sums_are_not_finite_not_a_panic() {
+        let rows: Vec<_> = (0..4)
+            .map(|i| (vec![1e200 * (i + 1) as f64], 1.0 + i as f64))
+            .collect();
+        let fit = solve(&stats_of(&rows), SolveOptions::default());
+        assert_eq!(fit.status, Status::NotFinite);
+        assert!(fit.coef.is_none());
+        let line = serde_json::to_string(&fit).unwrap();
+        assert!(line.contains("\"not_finite\""), "{line}");
     }
 
     #[test]

@@ -19,6 +19,26 @@ pub fn check_time(t: Time) -> Result<Time, String> {
     }
 }
 
+/// The largest magnitude of a feature or target value: 10¹⁵⁰. The square or product of
+/// two such values is at most 10³⁰⁰, below `f64::MAX` (≈ 1.8·10³⁰⁸), so one row's
+/// statistics never overflow, and a window's only past about 10⁸ rows at this magnitude
+/// (then its model is reported `not_finite`, never a panic). Every source refuses values
+/// beyond it as malformed, naming the field; user dataflows' records beyond it are set
+/// aside (`value_out_of_range`).
+pub const MAX_ABS_VALUE: f64 = 1e150;
+
+/// `v` if it is a value the engine takes (finite, `|v| ≤` [`MAX_ABS_VALUE`]), else why not.
+#[inline]
+pub fn check_value(v: f64) -> Result<f64, String> {
+    if v.abs() <= MAX_ABS_VALUE {
+        Ok(v)
+    } else if v.is_finite() {
+        Err(format!("{v:e} is out of range (at most ±1e150)"))
+    } else {
+        Err(format!("not a finite number: {v}"))
+    }
+}
+
 /// A record borrowed from a source's buffer: nothing is allocated per record.
 ///
 /// `z` is `[x₁ … x_d, y]`: the features followed by the target, the layout

@@ -275,6 +275,13 @@ impl Instruments {
                 counter("ingest_batches_total", "Batches numbered by the ingest log")?,
                 |s| s.log.next_batch,
             ),
+            (
+                counter(
+                    "quarantined_batches_total",
+                    "Source batches set aside after crashing the engine twice",
+                )?,
+                |_| crate::quarantine::batches_set_aside(),
+            ),
         ];
         let gauges: Vec<GaugeReading> = vec![
             (gauge("panes_open", "Panes held in the arrangement")?, |s| {
@@ -705,8 +712,12 @@ async fn predict(State(app): State<App>, body: axum::body::Bytes) -> Response {
         return error(
             StatusCode::CONFLICT,
             format!(
-                "the model of {:?} for [{}, {}) is underdetermined (n = {})",
-                request.key, model.window_start, model.window_end, model.n
+                "the model of {:?} for [{}, {}) has no coefficients: {} (n = {})",
+                request.key,
+                model.window_start,
+                model.window_end,
+                json!(model.status).as_str().unwrap_or("unsolved"),
+                model.n
             ),
         );
     };
@@ -758,6 +769,14 @@ async fn metrics(State(app): State<App>) -> Response {
 }
 
 async fn healthz(State(app): State<App>) -> Response {
+    if let Some(why) = crate::quarantine::failure() {
+        // A worker panicked: the process is on its way out.
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "failed", "error": why })),
+        )
+            .into_response();
+    }
     let s = app.context.metrics.snapshot();
     Json(json!({
         "status": "ok",

@@ -294,7 +294,9 @@ impl WindowSpec {
 /// record may advance the largest time seen by at most `max_jump`: a record further
 /// ahead than that is set aside (counted, written to the late output) instead of
 /// dragging the watermark ahead and making every later record late. The first record of
-/// a partition sets the starting point.
+/// a partition sets the starting point. For live sources a whole batch (one POST, TCP
+/// chunk or followed-file read) is bounded the same way, from where the largest time
+/// stood before it ([`Watermark::begin_batch`]).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Watermark {
     /// Allowed lateness (ms).
@@ -303,6 +305,10 @@ pub struct Watermark {
     pub max_jump: Time,
     /// Largest event time admitted so far (`Time::MIN` before the first record).
     pub max_seen: Time,
+    /// Where `max_seen` stood when the current batch began (see
+    /// [`Watermark::begin_batch`]); `None` when batches are not bounded.
+    #[serde(default)]
+    pub anchor: Option<Time>,
 }
 
 /// What to do with a record, given the watermark.
@@ -334,7 +340,17 @@ impl Watermark {
             lateness,
             max_jump,
             max_seen: Time::MIN,
+            anchor: None,
         }
+    }
+
+    /// Begins a batch whose records, together, may advance the largest time seen by at
+    /// most `max_jump` past where it stands now (live sources: one request or chunk
+    /// cannot drag the watermark far ahead one record at a time). Without it (files
+    /// read once, the generator) the bound is per record.
+    #[inline]
+    pub fn begin_batch(&mut self) {
+        self.anchor = Some(self.max_seen);
     }
 
     /// The current watermark: no window ending at or before it changes any more.
@@ -347,11 +363,21 @@ impl Watermark {
     /// [`WindowSpec::late_at`]), and advances the watermark when it is admitted.
     #[inline]
     pub fn admit(&mut self, t: Time, late_at: Time) -> Admission {
-        if self.max_seen != Time::MIN && t > self.max_seen.saturating_add(self.max_jump) {
+        // Within a bounded batch, the bound is from where the batch began (or from its
+        // first record, for a partition's first batch).
+        let from = match self.anchor {
+            Some(Time::MIN) | None => self.max_seen,
+            Some(anchor) => anchor,
+        };
+        if from != Time::MIN && t > from.saturating_add(self.max_jump) {
             return Admission::TooFarAhead;
         }
         if late_at <= self.current() {
             return Admission::Late;
+        }
+        if self.anchor == Some(Time::MIN) {
+            // A partition's first batch is bounded from its first record.
+            self.anchor = Some(t);
         }
         if t > self.max_seen {
             self.max_seen = t;
@@ -363,6 +389,34 @@ impl Watermark {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A staircase batch (each record `max_jump` after the one before) moves a bounded
+    /// partition by at most `max_jump`; unbounded, it climbs the whole staircase.
+    #[test]
+    fn a_batch_moves_the_watermark_at_most_max_jump() {
+        let hour = 3_600_000;
+        let staircase = |w: &mut Watermark, from: Time| -> usize {
+            (0..100)
+                .filter(|i| w.admit(from + i * hour, Time::MAX) == Admission::Admit)
+                .count()
+        };
+        let mut bounded = Watermark::new(0, hour);
+        bounded.begin_batch();
+        assert_eq!(
+            staircase(&mut bounded, 0),
+            2,
+            "the first record, then one hour"
+        );
+        assert_eq!(bounded.max_seen, hour);
+        bounded.begin_batch();
+        assert_eq!(staircase(&mut bounded, hour), 2);
+        assert_eq!(bounded.max_seen, 2 * hour);
+        // Ordinary records after it are in time.
+        bounded.begin_batch();
+        assert_eq!(bounded.admit(2 * hour - 1000, 3 * hour), Admission::Admit);
+        let mut per_record = Watermark::new(0, hour);
+        assert_eq!(staircase(&mut per_record, 0), 100);
+    }
 
     #[test]
     fn parses_and_prints_specs() {

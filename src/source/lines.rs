@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
 use super::{SourceError, decimal, fast_csv};
-use crate::record::{RecordRef, Schema, check_time};
+use crate::record::{MAX_ABS_VALUE, RecordRef, Schema, check_time, check_value};
 
 /// The line format of a source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -111,6 +111,16 @@ impl LineParser {
             .read_record(&mut header)
             .map_err(|e| SourceError::Schema(format!("{origin} (header): {e}")))?;
         let columns: Vec<Slot> = header.iter().map(|h| self.slot_of(h.trim())).collect();
+        // A field of the schema named twice: which column is meant is anyone's guess.
+        for (i, slot) in columns.iter().enumerate() {
+            if *slot != Slot::Skip && columns[..i].contains(slot) {
+                return Err(SourceError::Schema(format!(
+                    "{origin}: column {:?} appears twice in the header ({})",
+                    header.get(i).unwrap_or_default().trim(),
+                    header.iter().collect::<Vec<_>>().join(",")
+                )));
+            }
+        }
         for (name, slot) in self.names.iter().zip(all_slots(self.z.len() - 1)) {
             if !columns.contains(&slot) {
                 return Err(SourceError::Schema(format!(
@@ -252,11 +262,12 @@ fn parse_datetime(text: &str) -> Option<i64> {
 fn parse_number(bytes: &[u8]) -> Result<f64, String> {
     let text = trim(bytes);
     match lexical_core::parse::<f64>(text) {
-        Ok(v) if v.is_finite() => Ok(v),
-        Ok(_) => Err(format!(
-            "not a finite number: {:?}",
-            String::from_utf8_lossy(text)
-        )),
+        Ok(v) => check_value(v).map_err(|_| {
+            format!(
+                "{:?} is not a finite number within ±1e150",
+                String::from_utf8_lossy(text)
+            )
+        }),
         Err(_) => Err(format!("not a number: {:?}", String::from_utf8_lossy(text))),
     }
 }
@@ -298,8 +309,9 @@ impl LineParser {
             let slot = self.columns[c];
             let rest = &line[pos..];
             let fast = match slot {
+                // Out of range: the general path says why.
                 Slot::Z(i) => decimal::parse_f64_prefix(rest).and_then(|(v, n)| {
-                    at_field_end(rest, n).then(|| {
+                    (at_field_end(rest, n) && v.abs() <= MAX_ABS_VALUE).then(|| {
                         self.z[i] = v;
                         n
                     })
@@ -443,9 +455,7 @@ impl<'de> Visitor<'de> for JsonLine<'_> {
                 }
                 Slot::Z(i) => {
                     let v: f64 = map.next_value()?;
-                    if !v.is_finite() {
-                        return Err(de::Error::custom("not a finite number"));
-                    }
+                    check_value(v).map_err(de::Error::custom)?;
                     self.reader.z[i] = v;
                 }
             }
@@ -593,11 +603,11 @@ pub(super) mod tests {
         let short = ok("17,k1,-0.949412727,any text,2.5e-3,42");
         assert_eq!(short, (17, "k1".into(), vec![-0.949412727, 2.5e-3, 42.0]));
         // Long mantissas, padding and a float time take the general path per field.
-        let long = ok(" 17.0 ,k1, -0.94941272741255233 ,x,0.1234567890123456789,1e300\r");
+        let long = ok(" 17.0 ,k1, -0.94941272741255233 ,x,0.1234567890123456789,1e150\r");
         assert_eq!(long.0, 17);
         assert_eq!(
             long.2,
-            ["-0.94941272741255233", "0.1234567890123456789", "1e300"]
+            ["-0.94941272741255233", "0.1234567890123456789", "1e150"]
                 .map(|t| t.parse::<f64>().unwrap())
         );
         // Quotes anywhere: the quoting-aware parser, commas inside quotes included.
@@ -613,6 +623,30 @@ pub(super) mod tests {
         assert_eq!(field("17,k,1.5,n,2,"), Some("y".into()));
         assert_eq!(field("1.5,k,1,n,2,3"), Some("ts".into()));
         assert_eq!(field("17,k,inf,n,2,3"), Some("x0".into()));
+        let mut twice = LineParser::new(FileFormat::Csv, &schema());
+        let e = twice.header(b"ts,key,x0,x1,y,x0", "in.csv").unwrap_err();
+        assert!(e.to_string().contains("\"x0\" appears twice"), "{e}");
+        // Values within ±1e150 only (no square or product of two overflows), on the
+        // fast path, the general path (padding) and in quotes.
+        for bad in [
+            "17,k,1e200,n,2,3",
+            "17,k,1,n,-1.0000001e150,3",
+            "17,k,1,n,2, 1e151 ",
+            "17,k,1,n,2,\"1e300\"",
+            "17,k,1,n,2,1e400",
+        ] {
+            let (field, message) = parse(bad).unwrap_err();
+            assert!(field.is_some(), "{bad}");
+            assert!(message.contains("1e150"), "{bad}: {message}");
+        }
+        assert_eq!(field("17,k,1e200,n,2,3"), Some("x0".into()));
+        assert_eq!(ok("17,k,-1e150,n,1e-300,0").2, vec![-1e150, 1e-300, 0.0]);
+        let mut json = LineParser::new(FileFormat::Jsonl, &schema());
+        let (field, message) = json
+            .parse(br#"{"ts":1,"key":"k","x0":1e200,"x1":2,"y":3}"#)
+            .unwrap_err();
+        assert_eq!(field, Some("x0".into()));
+        assert!(message.contains("1e150"), "{message}");
         // Date-times, with an offset or taken as UTC.
         let t = |text: &str| ok(&format!("{text},k,1,n,2,3")).0;
         assert_eq!(t("2023-11-14T22:13:20Z"), 1_700_000_000_000);

@@ -5,6 +5,8 @@
 //! Nothing here uses code from the `tributary` crate: the engine is only run as a binary.
 #![allow(dead_code)]
 
+pub mod http;
+
 use nalgebra::{DMatrix, DVector};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -732,6 +734,11 @@ pub const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Runs `tributary` with these arguments; stdout/stderr go to files in `dir`.
 pub fn run_engine(dir: &TempDir, args: &[String]) -> RunOutput {
+    run_engine_env(dir, args, &[])
+}
+
+/// [`run_engine`] with these environment variables set for the engine.
+pub fn run_engine_env(dir: &TempDir, args: &[String], env: &[(&str, &str)]) -> RunOutput {
     let c = COUNTER.fetch_add(1, Ordering::SeqCst);
     let out_p = dir.path(&format!("stdout-{c}.txt"));
     let err_p = dir.path(&format!("stderr-{c}.txt"));
@@ -739,6 +746,7 @@ pub fn run_engine(dir: &TempDir, args: &[String]) -> RunOutput {
     let cmdline = format!("{bin} {}", args.join(" "));
     let mut child = Command::new(bin)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out_p).unwrap())
         .stderr(std::fs::File::create(&err_p).unwrap())

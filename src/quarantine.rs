@@ -1,0 +1,239 @@
+//! Crashes: a panic in the engine ends the process loudly, and a source batch that crashed
+//! it twice is set aside on the next start instead of crashing it forever.
+//!
+//! [`install`] sets a panic hook for the run. A panic on any thread but the HTTP server's
+//! (whose tokio runtime drops the one request) prints `error: thread '…' panicked at
+//! FILE:LINE: MESSAGE`, marks the process failed (`/healthz` answers 503 from then on),
+//! and ends the process with [`EXIT_PANIC`], so a supervisor restarts it and the other
+//! processes of a cluster stop too (their connections to it close). Timely would
+//! otherwise leave the other workers waiting for the dead one forever.
+//!
+//! With `--checkpoint`, the hook also records a worker's crash in `DIR/crashes-pP.json`
+//! (process `P`): the newest source batch this process had begun to read, and the
+//! message. A lost peer process (timely's network threads panic when a connection
+//! breaks) is not held against any batch. A restart replays every batch after the last commit, so a batch that makes
+//! the engine panic would crash it on every start. When two recorded crashes name the
+//! same batch, the next start sets that batch aside: its records go to the dead-letter
+//! output (`--late-out`) with reason `quarantined`, are counted, and are not folded into
+//! any window. The batch named is exact for a fault while a batch is read and folded
+//! (parsing, the combiner); for a fault later in the dataflow it is the newest batch
+//! read at the time, which is where a poison record of a live source is found, since
+//! each request or chunk is its own batch.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use serde::{Deserialize, Serialize};
+
+/// The exit code of a process ended by a panic (`EX_SOFTWARE`).
+pub const EXIT_PANIC: i32 = 70;
+
+/// Crashes recorded on the same batch before it is set aside.
+pub const CRASHES_TO_QUARANTINE: usize = 2;
+
+/// Recorded crashes kept per process (the oldest are dropped).
+const KEEP: usize = 32;
+
+/// One recorded crash.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Crash {
+    /// The newest source batch the process had begun to read.
+    pub batch: u64,
+    /// The panic's message and place.
+    pub message: String,
+    /// When (ms since the Unix epoch).
+    pub unix_ms: u64,
+}
+
+/// This run's crash bookkeeping (one per process).
+pub struct Crashes {
+    path: Option<PathBuf>,
+    history: Mutex<Vec<Crash>>,
+    quarantined: BTreeMap<u64, String>,
+    /// The newest batch begun, plus one (0: none yet).
+    newest: AtomicU64,
+    /// Batches set aside by this run.
+    set_aside: AtomicU64,
+}
+
+static CRASHES: OnceLock<Crashes> = OnceLock::new();
+static FAILED: OnceLock<String> = OnceLock::new();
+
+impl Crashes {
+    fn load(dir: Option<&Path>, process: usize, committed: Option<u64>) -> Result<Self, String> {
+        let path = dir.map(|d| d.join(format!("crashes-p{process}.json")));
+        let mut history: Vec<Crash> = match &path {
+            Some(p) if p.exists() => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| format!("{}: cannot read: {e}", p.display()))?;
+                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?
+            }
+            _ => Vec::new(),
+        };
+        // A committed batch is never replayed: its crashes are history.
+        history.retain(|c| committed.is_none_or(|e| c.batch > e));
+        let mut counts: BTreeMap<u64, (usize, &str)> = BTreeMap::new();
+        for c in &history {
+            let entry = counts.entry(c.batch).or_insert((0, &c.message));
+            entry.0 += 1;
+        }
+        let quarantined = counts
+            .into_iter()
+            .filter(|(_, (n, _))| *n >= CRASHES_TO_QUARANTINE)
+            .map(|(batch, (n, message))| (batch, format!("{n} crashes, last: {message}")))
+            .collect();
+        Ok(Crashes {
+            path,
+            history: Mutex::new(history),
+            quarantined,
+            newest: AtomicU64::new(0),
+            set_aside: AtomicU64::new(0),
+        })
+    }
+
+    fn record(&self, message: &str) {
+        let Some(path) = &self.path else { return };
+        let Some(batch) = self.newest.load(Ordering::SeqCst).checked_sub(1) else {
+            return;
+        };
+        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        history.push(Crash {
+            batch,
+            message: message.to_owned(),
+            unix_ms: crate::checkpoint::unix_ms(),
+        });
+        let excess = history.len().saturating_sub(KEEP);
+        history.drain(..excess);
+        let write = || -> std::io::Result<()> {
+            let tmp = path.with_extension("json.tmp");
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(&serde_json::to_vec_pretty(&*history).map_err(std::io::Error::other)?)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, path)?;
+            if let Some(dir) = path.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        match write() {
+            Ok(()) => eprintln!(
+                "error: crash recorded against source batch {batch} in {}",
+                path.display()
+            ),
+            Err(e) => eprintln!("error: recording the crash in {}: {e}", path.display()),
+        }
+    }
+}
+
+/// Installs the panic hook and loads the crashes recorded in `dir` (the checkpoint
+/// directory, if any) by process `process`; `committed` is the epoch the run resumes
+/// after. Call once per process, before the workers start.
+pub fn install(dir: Option<&Path>, process: usize, committed: Option<u64>) -> Result<(), String> {
+    let crashes = Crashes::load(dir, process, committed)?;
+    for (batch, why) in &crashes.quarantined {
+        eprintln!("warning: source batch {batch} is set aside (quarantined): {why}");
+    }
+    if CRASHES.set(crashes).is_err() {
+        return Ok(()); // a second run in this process (tests, benchmarks): keep the first
+    }
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        if name == "serve" {
+            // The HTTP server's runtime drops the request whose handler panicked.
+            previous(info);
+            return;
+        }
+        let payload = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into());
+        let place = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let message = format!("thread '{name}' panicked at {place}: {payload}");
+        let _ = FAILED.set(message.clone());
+        eprintln!("error: {message}");
+        // Only a worker's own fault is held against a batch: not a peer process lost
+        // (the network threads' "timely communication error", and the workers'
+        // "MergeQueue poisoned" that follows it), nor a source thread's.
+        let own_fault = name.starts_with("timely:work") && !payload.contains("MergeQueue");
+        if let (Some(crashes), true) = (CRASHES.get(), own_fault) {
+            crashes.record(&message);
+        }
+        eprintln!("error: the engine failed; stopping (exit {EXIT_PANIC})");
+        std::process::exit(EXIT_PANIC);
+    }));
+    Ok(())
+}
+
+/// Notes that this process begins to read source batch `batch`, and says whether the
+/// batch is quarantined (to be set aside instead of read into the windows).
+#[inline]
+pub fn begin_batch(batch: u64) -> bool {
+    let Some(crashes) = CRASHES.get() else {
+        return false;
+    };
+    crashes.newest.fetch_max(batch + 1, Ordering::SeqCst);
+    if crashes.quarantined.contains_key(&batch) {
+        crashes.set_aside.fetch_add(1, Ordering::Relaxed);
+        true
+    } else {
+        false
+    }
+}
+
+/// Batches set aside as quarantined by this process.
+pub fn batches_set_aside() -> u64 {
+    CRASHES
+        .get()
+        .map_or(0, |c| c.set_aside.load(Ordering::Relaxed))
+}
+
+/// Why the process failed, once a worker has panicked.
+pub fn failure() -> Option<&'static str> {
+    FAILED.get().map(String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_crashes_on_a_batch_quarantine_it_until_it_is_committed() {
+        let dir = std::env::temp_dir().join(format!("tributary-crashes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let crashes = Crashes::load(Some(&dir), 0, None).unwrap();
+        crashes.newest.store(8, Ordering::SeqCst); // batch 7 begun
+        crashes.record("boom");
+        let again = Crashes::load(Some(&dir), 0, None).unwrap();
+        assert!(again.quarantined.is_empty(), "one crash is not enough");
+        again.newest.store(8, Ordering::SeqCst);
+        again.record("boom");
+        let third = Crashes::load(Some(&dir), 0, Some(3)).unwrap();
+        assert_eq!(third.quarantined.keys().copied().collect::<Vec<_>>(), [7]);
+        assert!(third.quarantined[&7].contains("2 crashes"));
+        // Once batch 7 is committed its crashes no longer count.
+        assert!(
+            Crashes::load(Some(&dir), 0, Some(7))
+                .unwrap()
+                .quarantined
+                .is_empty()
+        );
+        // Another process's file is its own.
+        assert!(
+            Crashes::load(Some(&dir), 1, None)
+                .unwrap()
+                .quarantined
+                .is_empty()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

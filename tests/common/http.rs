@@ -1,0 +1,310 @@
+//! The HTTP harness of the serving tests: a `ureq` client, and the real binary started
+//! with `--serve 127.0.0.1:0`, killed (SIGKILL) on drop.
+
+use super::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tributary");
+
+/// Longest wait for anything asynchronous (server ready, models caught up).
+pub const WAIT: Duration = Duration::from_secs(60);
+
+pub static STARTS: AtomicUsize = AtomicUsize::new(0);
+
+// ---------------------------------------------------------------------------------------
+// HTTP client
+// ---------------------------------------------------------------------------------------
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .new_agent()
+}
+
+/// A complete answer.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub content_type: Option<String>,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "answer (status {}) is not JSON ({e}): {}",
+                self.status, self.body
+            )
+        })
+    }
+    /// Asserts the documented error shape `{"error": "..."}` with this status.
+    pub fn assert_error(&self, status: u16, what: &str) -> Value {
+        assert_eq!(self.status, status, "{what}: status; body: {}", self.body);
+        let v = self.json();
+        let msg = v["error"].as_str().unwrap_or_else(|| {
+            panic!(
+                "{what}: error answer without an \"error\" string: {}",
+                self.body
+            )
+        });
+        assert!(!msg.is_empty(), "{what}: empty error message");
+        v
+    }
+}
+
+pub fn finish(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Resp, String> {
+    let mut r = r.map_err(|e| e.to_string())?;
+    let header = |name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let retry_after = header("retry-after");
+    let content_type = header("content-type");
+    let status = r.status().as_u16();
+    let body = r
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_string()
+        .map_err(|e| e.to_string())?;
+    Ok(Resp {
+        status,
+        retry_after,
+        content_type,
+        body,
+    })
+}
+
+pub fn http_get(agent: &ureq::Agent, url: &str) -> Result<Resp, String> {
+    finish(agent.get(url).call())
+}
+
+pub fn http_post(
+    agent: &ureq::Agent,
+    url: &str,
+    content_type: Option<&str>,
+    body: &str,
+) -> Result<Resp, String> {
+    let mut req = agent.post(url);
+    if let Some(ct) = content_type {
+        req = req.header("Content-Type", ct);
+    }
+    finish(req.send(body))
+}
+
+// ---------------------------------------------------------------------------------------
+// The server process
+// ---------------------------------------------------------------------------------------
+
+/// A running `tributary run --serve`: killed (SIGKILL) on drop.
+pub struct Server {
+    pub child: Option<Child>,
+    pub addr: String,
+    pub stderr: PathBuf,
+    pub agent: ureq::Agent,
+}
+
+impl Server {
+    /// Starts the binary with `args` (which must include `--serve 127.0.0.1:0`) and waits
+    /// until it says where it serves.
+    pub fn start(dir: &TempDir, args: &[String]) -> Server {
+        Server::start_env(dir, args, &[])
+    }
+
+    /// [`Server::start`] with these environment variables set for the server.
+    pub fn start_env(dir: &TempDir, args: &[String], env: &[(&str, &str)]) -> Server {
+        let n = STARTS.fetch_add(1, Ordering::SeqCst);
+        let stderr = dir.path(&format!("server-{n}.stderr"));
+        let child = Command::new(BIN)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+        let mut server = Server {
+            child: Some(child),
+            addr: String::new(),
+            stderr,
+            agent: agent(),
+        };
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let text = server.stderr_text();
+            if let Some(rest) = text.split("tributary: serving on http://").nth(1) {
+                server.addr = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                break;
+            }
+            if let Some(status) = server.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("server exited ({status}) before serving\nargs: {args:?}\nstderr:\n{text}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server not ready within {WAIT:?}\nargs: {args:?}\nstderr:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Ready means answering, too.
+        let health = server.get("/healthz");
+        assert_eq!(health.status, 200, "healthz: {}", health.body);
+        assert_eq!(health.json()["status"], "ok", "healthz: {}", health.body);
+        server
+    }
+
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn fail(&self, what: &str) -> ! {
+        panic!("{what}\nserver stderr:\n{}", self.stderr_text())
+    }
+
+    pub fn get(&self, path: &str) -> Resp {
+        http_get(&self.agent, &self.url(path))
+            .unwrap_or_else(|e| self.fail(&format!("GET {path}: {e}")))
+    }
+
+    pub fn post(&self, path: &str, content_type: Option<&str>, body: &str) -> Resp {
+        http_post(&self.agent, &self.url(path), content_type, body)
+            .unwrap_or_else(|e| self.fail(&format!("POST {path}: {e}")))
+    }
+
+    /// Posts records; asserts they are all accepted; returns the batch number.
+    pub fn post_rows(&self, rows: &[Row], d: usize, jsonl: bool) -> u64 {
+        let r = post_rows(&self.agent, &self.url("/data"), rows, d, jsonl)
+            .unwrap_or_else(|e| self.fail(&format!("POST /data: {e}")));
+        if r.status != 200 {
+            self.fail(&format!("POST /data: status {}: {}", r.status, r.body));
+        }
+        let v = r.json();
+        assert_eq!(v["accepted"], rows.len() as u64, "answer {}", r.body);
+        assert_eq!(v["rejected"], 0, "answer {}", r.body);
+        assert_eq!(v["errors"], Value::Array(vec![]), "answer {}", r.body);
+        v["batch"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no batch number in {}", r.body))
+    }
+
+    /// Polls `check` until it gives a value; panics with its last complaint and the
+    /// server's stderr after `WAIT`.
+    pub fn wait_for<T>(&self, what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match check() {
+                Ok(v) => return v,
+                Err(why) => {
+                    if Instant::now() > deadline {
+                        self.fail(&format!("{what}: not within {WAIT:?}: {why}"));
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// kill -9, and wait for the process to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The value of an unlabelled (or exactly labelled) metric line of `/metrics`.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        metric_value(&self.get("/metrics").body, name)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (n, v) = l.rsplit_once(' ')?;
+        (n == name).then(|| v.parse().ok())?
+    })
+}
+
+pub fn body_of(rows: &[Row], d: usize, jsonl: bool) -> String {
+    if jsonl {
+        let mut s = String::new();
+        for r in rows {
+            s.push_str(&jsonl_line(r));
+            s.push('\n');
+        }
+        s
+    } else {
+        csv_text(rows, d)
+    }
+}
+
+pub fn post_rows(
+    agent: &ureq::Agent,
+    url: &str,
+    rows: &[Row],
+    d: usize,
+    jsonl: bool,
+) -> Result<Resp, String> {
+    let ct = if jsonl {
+        "application/x-ndjson"
+    } else {
+        "text/csv"
+    };
+    http_post(agent, url, Some(ct), &body_of(rows, d, jsonl))
+}
+
+/// `tributary run --source http --serve 127.0.0.1:0 ...`
+pub fn http_args(out: &Path, d: usize, win: Win, lateness_ms: i64, workers: usize) -> Vec<String> {
+    vec![
+        "run".into(),
+        "-q".into(),
+        "--source".into(),
+        "http".into(),
+        "--serve".into(),
+        "127.0.0.1:0".into(),
+        "--time".into(),
+        "ts".into(),
+        "--key".into(),
+        "key".into(),
+        "--features".into(),
+        feature_list(d),
+        "--target".into(),
+        "y".into(),
+        "--window".into(),
+        win.arg(),
+        "--lateness".into(),
+        format!("{lateness_ms}ms"),
+        "--out".into(),
+        out.display().to_string(),
+        "-w".into(),
+        workers.to_string(),
+    ]
+}
+
+pub fn with(mut args: Vec<String>, extra: &[&str]) -> Vec<String> {
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
