@@ -233,6 +233,10 @@ pub struct RunArgs {
     /// Hostfile: one host:port per line, process 0 first.
     #[arg(short = 'h', long = "hostfile")]
     pub hostfile: Option<PathBuf>,
+    /// A file holding the cluster's shared secret: every process must be given the same;
+    /// a connection between processes that does not prove it is dropped.
+    #[arg(long)]
+    pub cluster_token_file: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -270,6 +274,7 @@ impl RunArgs {
             processes: self.processes,
             process: self.process,
             hostfile: self.hostfile.clone(),
+            token_file: self.cluster_token_file.clone(),
         }
     }
 }

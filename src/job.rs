@@ -464,7 +464,9 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
     let started_at_worker = Arc::clone(&started);
     let process = cluster.process;
     let processes = cluster.processes;
-    let guards = timely::execute(cluster.timely_config()?, move |worker| {
+    // A cluster's connections are made (with a handshake: see `cluster`) before any
+    // worker starts.
+    let guards = cluster.execute(move |worker| {
         started_at_worker.get_or_init(Instant::now);
         let job = job.clone();
         let context = context.clone();
