@@ -33,6 +33,11 @@ struct Engine {
 
 impl Engine {
     fn start(dir: &TempDir, extra: &[&str]) -> Engine {
+        Engine::start_with(dir, None, extra)
+    }
+
+    /// With `source` (instead of a TCP listener on a free port) when given.
+    fn start_with(dir: &TempDir, source: Option<&str>, extra: &[&str]) -> Engine {
         // A port found free may be taken before the engine binds it: try again then.
         for attempt in 0..5 {
             let port = TcpListener::bind("127.0.0.1:0")
@@ -41,11 +46,12 @@ impl Engine {
                 .unwrap()
                 .port();
             let stderr = dir.path(&format!("engine-{port}-{attempt}.stderr"));
+            let tcp = format!("tcp:127.0.0.1:{port},listen");
             let mut args: Vec<String> = [
                 "run",
                 "-q",
                 "--source",
-                &format!("tcp:127.0.0.1:{port},listen"),
+                source.unwrap_or(&tcp),
                 "--features",
                 "x0",
                 "--window",
@@ -354,4 +360,48 @@ fn under_on_error_fail_a_bad_line_closes_its_connection_not_the_process() {
         "the engine runs on"
     );
     assert!(!closed(&mut good));
+}
+
+/// The same line cap holds for a followed file (`csv:PATH,follow`): a 20 MiB line over
+/// `--max-line-bytes 1048576` is skipped as malformed (named by its line, length and the
+/// flag), the lines after it are read, and the engine's peak resident set grows by far
+/// less than the line. Fails on the old code (no such flag; it held lines up to 64 MiB).
+#[test]
+fn a_followed_files_long_line_is_skipped_too() {
+    let dir = TempDir::new("follow-long-line");
+    let path = dir.path("followed.csv");
+    std::fs::write(&path, format!("ts,key,x0,y\n{}", line(1))).unwrap();
+    let source = format!("csv:{},follow", path.display());
+    let mut engine = Engine::start_with(&dir, Some(&source), &["--max-line-bytes", "1048576"]);
+    engine.wait_records(1);
+    let before = engine.peak_rss_kib();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    let prefix = format!("{},k,", T0 + 2);
+    f.write_all(prefix.as_bytes()).unwrap();
+    let chunk = vec![b'7'; 1 << 20];
+    for _ in 0..20 {
+        f.write_all(&chunk).unwrap();
+    }
+    f.write_all(format!(",1\n{}{}", line(3), line(4)).as_bytes())
+        .unwrap();
+    engine.wait_records(3);
+    let text = engine.stderr_text();
+    let want = format!("{} bytes", prefix.len() + (20 << 20) + 2);
+    let warning = text
+        .lines()
+        .find(|l| l.contains("line 3"))
+        .unwrap_or_else(|| engine.fail("no warning for line 3"));
+    assert!(
+        warning.contains("--max-line-bytes") && warning.contains(&want),
+        "{warning}"
+    );
+    assert!(text.len() < 4096, "{} bytes of stderr", text.len());
+    let grown = engine.peak_rss_kib().saturating_sub(before);
+    assert!(
+        grown < 16 << 10,
+        "peak RSS grew by {grown} KiB over a 20 MiB line"
+    );
 }
