@@ -207,6 +207,17 @@ pub struct RunArgs {
     /// Largest POST /data body, in bytes [default: 16777216].
     #[arg(long)]
     pub max_body: Option<usize>,
+    /// Longest line of a TCP source or followed file, in bytes; a longer one is skipped
+    /// as malformed without being held in memory [default: 1048576].
+    #[arg(long)]
+    pub max_line_bytes: Option<usize>,
+    /// Connections a `tcp:…,listen` source reads at once; more are closed [default: 64].
+    #[arg(long)]
+    pub tcp_max_connections: Option<usize>,
+    /// A `tcp:…,listen` source closes a connection that sent nothing this long; `0s`:
+    /// never [default: 5m].
+    #[arg(long)]
+    pub tcp_idle_timeout: Option<String>,
     /// No progress line on stderr.
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -222,6 +233,10 @@ pub struct RunArgs {
     /// Hostfile: one host:port per line, process 0 first.
     #[arg(short = 'h', long = "hostfile")]
     pub hostfile: Option<PathBuf>,
+    /// A file holding the cluster's shared secret: every process must be given the same;
+    /// a connection between processes that does not prove it is dropped.
+    #[arg(long)]
+    pub cluster_token_file: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -246,6 +261,9 @@ impl RunArgs {
             serve: self.serve.clone(),
             max_pending: self.max_pending,
             max_body: self.max_body,
+            max_line_bytes: self.max_line_bytes,
+            tcp_max_connections: self.tcp_max_connections,
+            tcp_idle_timeout: self.tcp_idle_timeout.clone(),
         }
     }
 
@@ -256,6 +274,7 @@ impl RunArgs {
             processes: self.processes,
             process: self.process,
             hostfile: self.hostfile.clone(),
+            token_file: self.cluster_token_file.clone(),
         }
     }
 }

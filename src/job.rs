@@ -77,6 +77,13 @@ pub struct JobSpec {
     pub max_pending: Option<u64>,
     /// Largest `POST /data` body in bytes (default 16 MiB).
     pub max_body: Option<usize>,
+    /// Longest line of a TCP source or followed file, in bytes (default 1 MiB).
+    pub max_line_bytes: Option<usize>,
+    /// Connections a listening TCP source reads at once (default 64).
+    pub tcp_max_connections: Option<usize>,
+    /// A listening TCP source closes a connection silent this long (default `5m`; `0s`:
+    /// never).
+    pub tcp_idle_timeout: Option<String>,
 }
 
 impl JobSpec {
@@ -117,6 +124,9 @@ impl JobSpec {
             serve: flags.serve.or(self.serve),
             max_pending: flags.max_pending.or(self.max_pending),
             max_body: flags.max_body.or(self.max_body),
+            max_line_bytes: flags.max_line_bytes.or(self.max_line_bytes),
+            tcp_max_connections: flags.tcp_max_connections.or(self.tcp_max_connections),
+            tcp_idle_timeout: flags.tcp_idle_timeout.or(self.tcp_idle_timeout),
         }
     }
 
@@ -225,6 +235,25 @@ impl JobSpec {
             serve,
             max_pending: self.max_pending.unwrap_or(1_000_000),
             max_body: self.max_body.unwrap_or(crate::serve::DEFAULT_MAX_BODY),
+            max_line: match self.max_line_bytes {
+                Some(0) => return Err("--max-line-bytes must be at least 1".into()),
+                n => n.unwrap_or(crate::source::feed::DEFAULT_MAX_LINE),
+            },
+            tcp: tcp::TcpLimits {
+                max_connections: match self.tcp_max_connections {
+                    Some(0) => return Err("--tcp-max-connections must be at least 1".into()),
+                    n => n.unwrap_or(tcp::DEFAULT_MAX_CONNECTIONS),
+                },
+                idle_timeout: match &self.tcp_idle_timeout {
+                    None => Some(tcp::DEFAULT_IDLE_TIMEOUT),
+                    Some(t) => {
+                        match parse_duration(t).map_err(|e| format!("--tcp-idle-timeout: {e}"))? {
+                            ms if ms <= 0 => None,
+                            ms => Some(Duration::from_millis(ms as u64)),
+                        }
+                    }
+                },
+            },
         })
     }
 }
@@ -282,6 +311,10 @@ pub struct Job {
     pub max_pending: u64,
     /// Largest `POST /data` body (bytes).
     pub max_body: usize,
+    /// Longest line of a TCP source or followed file (bytes).
+    pub max_line: usize,
+    /// Connection cap and idle timeout of a listening TCP source.
+    pub tcp: tcp::TcpLimits,
 }
 
 impl Job {
@@ -399,9 +432,10 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
             log: Arc::clone(log),
             metrics: Arc::clone(&metrics),
             on_error: job.on_error,
+            max_line: job.max_line,
         };
         match &job.source {
-            SourceSpec::Tcp(spec) => tcp::start(spec, feed)?,
+            SourceSpec::Tcp(spec) => tcp::start(spec, job.tcp, feed)?,
             SourceSpec::Csv(file) | SourceSpec::Jsonl(file) if file.follow => {
                 let format = match &job.source {
                     SourceSpec::Csv(_) => FileFormat::Csv,
@@ -460,7 +494,9 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
     let started_at_worker = Arc::clone(&started);
     let process = cluster.process;
     let processes = cluster.processes;
-    let guards = timely::execute(cluster.timely_config()?, move |worker| {
+    // A cluster's connections are made (with a handshake: see `cluster`) before any
+    // worker starts.
+    let guards = cluster.execute(move |worker| {
         started_at_worker.get_or_init(Instant::now);
         let job = job.clone();
         let context = context.clone();

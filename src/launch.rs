@@ -4,6 +4,10 @@
 //! `127.0.0.1:port` for each of the `P` processes, starts `P` copies of the running binary
 //! with the forwarded arguments plus `-n P -p i -w W -h HOSTFILE`, and supervises them:
 //!
+//! * **Files.** The hostfile, and a random cluster token passed to every process with
+//!   `--cluster-token-file` (unless the command names one), are written to a new directory
+//!   of mode 0700 with an unguessable name (`mkdtemp`), as new files of mode 0600
+//!   (`create_new`: nothing planted there is followed); it is removed at exit.
 //! * **Output.** Every child's stderr line is written to the launcher's stderr prefixed
 //!   with `[p<i>] `. Stdout lines are passed through *unprefixed* (whole lines, never
 //!   interleaved mid-line), because process 0's stdout carries the model JSON lines when
@@ -21,10 +25,13 @@
 //!   signal (SIGKILL), so even a launcher killed with `kill -9` leaves no process behind.
 
 use std::collections::BTreeMap;
+use std::ffi::{CString, OsStr};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc;
@@ -308,6 +315,42 @@ fn forward(source: impl Read, prefix: Vec<u8>, stderr_prefix: Vec<u8>, to_stdout
     }
 }
 
+/// A new directory in `parent` that only this user can enter (mode 0700), with a name no
+/// one can guess (`mkdtemp`): `tributary-launch-XXXXXX`. Nothing planted in `parent`
+/// (a symlink at a predictable name) is followed or reused.
+fn private_dir(parent: &Path) -> Result<PathBuf, String> {
+    let template = parent.join("tributary-launch-XXXXXX");
+    let mut bytes = CString::new(template.as_os_str().as_bytes())
+        .map_err(|_| format!("launch: {}: a NUL in the path", template.display()))?
+        .into_bytes_with_nul();
+    // SAFETY: `bytes` is a NUL-terminated template ending in XXXXXX, which mkdtemp
+    // rewrites in place.
+    let made = unsafe { libc::mkdtemp(bytes.as_mut_ptr().cast()) };
+    if made.is_null() {
+        return Err(format!(
+            "launch: cannot create a directory in {}: {}",
+            parent.display(),
+            io::Error::last_os_error()
+        ));
+    }
+    bytes.pop();
+    Ok(PathBuf::from(OsStr::from_bytes(&bytes)))
+}
+
+/// Writes `contents` to a new file `name` in `dir` (mode 0600): a file already there, or
+/// a symlink, is an error, never followed or overwritten.
+fn write_new(dir: &Path, name: &str, contents: &[u8]) -> Result<PathBuf, String> {
+    let path = dir.join(name);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(contents))
+        .map_err(|e| format!("launch: {}: {e}", path.display()))?;
+    Ok(path)
+}
+
 /// Starts the cluster, supervises it until every process has ended, and reports.
 ///
 /// Returns `Ok` when every process exited 0, and otherwise an error naming the process
@@ -318,17 +361,31 @@ pub fn launch(args: LaunchArgs) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("launch: this executable: {e}"))?;
     let n = args.processes;
     let ports = pick_ports(n, args.base_port)?;
-    let dir = std::env::temp_dir().join(format!("tributary-launch-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("launch: {}: {e}", dir.display()))?;
-    let hostfile = dir.join("hostfile");
-    let hosts: String = ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect();
-    std::fs::write(&hostfile, hosts).map_err(|e| format!("launch: {}: {e}", hostfile.display()))?;
-    install_signal_handlers()?;
-
+    let dir = private_dir(&std::env::temp_dir())?;
+    // From here on, the directory is removed however the launcher leaves.
     let mut cluster = Cluster {
         procs: Vec::with_capacity(n),
         dir,
     };
+    let hosts: String = ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect();
+    let hostfile = write_new(&cluster.dir, "hostfile", hosts.as_bytes())?;
+    // A cluster token of its own, unless the command names one.
+    let token_file = if args
+        .command
+        .iter()
+        .any(|a| a == "--cluster-token-file" || a.starts_with("--cluster-token-file="))
+    {
+        None
+    } else {
+        let mut token = [0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut token))
+            .map_err(|e| format!("launch: /dev/urandom: {e}"))?;
+        let hex: String = token.iter().map(|b| format!("{b:02x}")).collect();
+        Some(write_new(&cluster.dir, "cluster-token", hex.as_bytes())?)
+    };
+    install_signal_handlers()?;
+
     let (exited_tx, exited_rx) = mpsc::channel::<usize>();
     // SAFETY: getpid has no preconditions.
     let launcher = unsafe { libc::getpid() };
@@ -340,6 +397,11 @@ pub fn launch(args: LaunchArgs) -> Result<(), String> {
             .args(["-w", &args.workers.to_string()])
             .arg("-h")
             .arg(&hostfile)
+            .args(
+                token_file
+                    .iter()
+                    .flat_map(|t| [OsStr::new("--cluster-token-file"), t.as_os_str()]),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -358,10 +420,7 @@ pub fn launch(args: LaunchArgs) -> Result<(), String> {
         }
         let mut child = match command.spawn() {
             Ok(child) => child,
-            Err(e) => {
-                drop(cluster);
-                return Err(format!("launch: starting process {i}: {e}"));
-            }
+            Err(e) => return Err(format!("launch: starting process {i}: {e}")),
         };
         let pid = child.id() as i32;
         eprintln!("launch: process {i} pid {pid} on 127.0.0.1:{port}");
@@ -544,6 +603,43 @@ mod tests {
         assert!(!is_timely_chatter(
             b"worker :\terror connecting to worker 0\n"
         ));
+    }
+
+    /// The launcher's directory used to be `$TMPDIR/tributary-launch-<pid>`, made with
+    /// `create_dir_all` (which follows a symlink planted there) and written with
+    /// `fs::write` (which follows a symlink at `hostfile`). A planted symlink at that name,
+    /// to a directory holding a `hostfile` of someone else, must be neither followed nor
+    /// written through.
+    #[test]
+    fn the_temporary_directory_is_private_and_follows_no_planted_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let base =
+            std::env::temp_dir().join(format!("tributary-launch-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(base.join("victim")).unwrap();
+        let victim = base.join("victim").join("hostfile");
+        std::fs::write(&victim, "precious\n").unwrap();
+        let planted = base.join(format!("tributary-launch-{}", std::process::id()));
+        std::os::unix::fs::symlink(base.join("victim"), &planted).unwrap();
+
+        let dir = private_dir(&base).unwrap();
+        assert_ne!(dir, planted);
+        let meta = std::fs::symlink_metadata(&dir).unwrap();
+        assert!(meta.is_dir() && !meta.file_type().is_symlink());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+        let hostfile = write_new(&dir, "hostfile", b"127.0.0.1:1\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+        assert_eq!(std::fs::read_to_string(&hostfile).unwrap(), "127.0.0.1:1\n");
+        let mode = std::fs::metadata(&hostfile).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // A symlink where a file is to be written is refused, not followed.
+        std::os::unix::fs::symlink(&victim, dir.join("cluster-token")).unwrap();
+        let e = write_new(&dir, "cluster-token", b"x").unwrap_err();
+        assert!(e.contains("cluster-token"), "{e}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+        // Two directories are distinct.
+        assert_ne!(private_dir(&base).unwrap(), dir);
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]

@@ -5,11 +5,17 @@
 //! [`RecordBatch`] that is appended to the [`IngestLog`] when it holds [`BATCH_RECORDS`]
 //! records or its oldest record has waited [`BATCH_WAIT`]. While the dataflow is behind,
 //! an append waits, so the reader stops reading and the sender is held back.
+//!
+//! Lines are at most [`FeedContext::max_line`] bytes (`--max-line-bytes`): the readers
+//! never hold more of a line than that, and give a longer one to [`Feed::too_long`], which
+//! counts and reports it as malformed like any other bad line. Text quoted from the input
+//! in a message is cut (see [`echo`](super::lines::echo)).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use super::lines::shorten;
 use super::log::{AppendError, IngestLog, RecordBatch};
 use super::{FileFormat, LineParser, Malformed};
 use crate::checkpoint::SourcePosition;
@@ -26,6 +32,9 @@ pub const BATCH_WAIT: Duration = Duration::from_millis(20);
 /// Malformed lines reported on stderr per feed (all are counted).
 const REPORT_MALFORMED: u64 = 10;
 
+/// Default longest line, in bytes (`--max-line-bytes`).
+pub const DEFAULT_MAX_LINE: usize = 1 << 20;
+
 /// What a feed needs from the run.
 #[derive(Clone)]
 pub struct FeedContext {
@@ -35,8 +44,11 @@ pub struct FeedContext {
     pub log: Arc<IngestLog>,
     /// Counters (malformed lines).
     pub metrics: Arc<Metrics>,
-    /// Malformed-line policy: `fail` stops the process with the line's error.
+    /// Malformed-line policy: `fail` stops the process with the line's error (or only
+    /// the feed, see [`Feed::close_on_fail`]).
     pub on_error: OnError,
+    /// Longest line in bytes (`--max-line-bytes`); a longer one is malformed.
+    pub max_line: usize,
 }
 
 /// One stream of lines (a connection, a followed file) on its way into the log.
@@ -51,6 +63,9 @@ pub struct Feed<'a> {
     reported: u64,
     /// When the batch's first record arrived.
     oldest: Option<Instant>,
+    /// Under `--on-error fail`, a malformed line ends this feed (an error from
+    /// [`line`](Self::line)) instead of the process.
+    close_on_fail: bool,
 }
 
 impl<'a> Feed<'a> {
@@ -64,7 +79,21 @@ impl<'a> Feed<'a> {
             line,
             reported: 0,
             oldest: None,
+            close_on_fail: false,
         }
+    }
+
+    /// Makes a malformed line under `--on-error fail` end this feed only: [`line`](Self::line)
+    /// and [`too_long`](Self::too_long) return the error, and the reader closes its stream
+    /// (a connection of a listening TCP source, which any client can open).
+    pub fn close_on_fail(mut self) -> Self {
+        self.close_on_fail = true;
+        self
+    }
+
+    /// Longest line accepted, in bytes.
+    pub fn max_line(&self) -> usize {
+        self.context.max_line
     }
 
     /// The number of the last line given.
@@ -82,11 +111,12 @@ impl<'a> Feed<'a> {
     pub fn header(&mut self, text: &[u8], number: u64) -> Result<(), String> {
         self.parser
             .header(text, &format!("{}: line {number}", self.origin))
-            .map_err(|e| e.to_string())
+            .map_err(|e| shorten(&e.to_string()))
     }
 
     /// The next line, without its newline. Blank lines before a CSV header are skipped;
-    /// an unusable header is an error that ends the feed.
+    /// an unusable header is an error that ends the feed, and so is a malformed line under
+    /// `--on-error fail` when the feed [closes on fail](Self::close_on_fail).
     pub fn line(&mut self, text: &[u8]) -> Result<(), String> {
         self.line += 1;
         if self.parser.needs_header() {
@@ -99,25 +129,51 @@ impl<'a> Feed<'a> {
             Ok(Some(record)) => {
                 self.batch.push(record);
                 self.oldest.get_or_insert_with(Instant::now);
+                Ok(())
             }
-            Ok(None) => {}
-            Err((field, message)) => {
-                let error = Malformed {
-                    file: self.origin.clone(),
-                    line: self.line,
-                    field,
-                    message,
-                };
-                self.context.metrics.malformed.fetch_add(1, Relaxed);
-                if self.context.on_error == OnError::Fail {
-                    eprintln!("error: malformed input: {error}");
-                    std::process::exit(2);
-                }
-                if self.reported < REPORT_MALFORMED {
-                    self.reported += 1;
-                    eprintln!("warning: skipping malformed line: {error}");
-                }
+            Ok(None) => Ok(()),
+            Err((field, message)) => self.malformed(field, message),
+        }
+    }
+
+    /// The next line, `len` bytes long without its newline, which is longer than
+    /// [`max_line`](Self::max_line) and was dropped unread: a malformed line (a header line
+    /// that long ends the feed).
+    pub fn too_long(&mut self, len: u64) -> Result<(), String> {
+        self.line += 1;
+        let max = self.context.max_line;
+        if self.parser.needs_header() {
+            return Err(format!(
+                "{}: line {} (header): {len} bytes, longer than the limit of {max} bytes \
+                 (--max-line-bytes)",
+                self.origin, self.line
+            ));
+        }
+        self.malformed(
+            None,
+            format!("{len} bytes, longer than the limit of {max} bytes (--max-line-bytes)"),
+        )
+    }
+
+    /// Counts and reports a malformed line under the run's policy.
+    fn malformed(&mut self, field: Option<String>, message: String) -> Result<(), String> {
+        let error = Malformed {
+            file: self.origin.clone(),
+            line: self.line,
+            field,
+            message: shorten(&message),
+        };
+        self.context.metrics.malformed.fetch_add(1, Relaxed);
+        if self.context.on_error == OnError::Fail {
+            if self.close_on_fail {
+                return Err(format!("malformed input (--on-error fail): {error}"));
             }
+            eprintln!("error: malformed input: {error}");
+            std::process::exit(2);
+        }
+        if self.reported < REPORT_MALFORMED {
+            self.reported += 1;
+            eprintln!("warning: skipping malformed line: {error}");
         }
         Ok(())
     }
@@ -159,5 +215,65 @@ impl<'a> Feed<'a> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::lines::{ECHO_CHARS, echo};
+
+    fn context(on_error: OnError, max_line: usize) -> FeedContext {
+        FeedContext {
+            schema: Schema::generated(1),
+            log: Arc::new(IngestLog::open(None, None, 1_000_000).unwrap()),
+            metrics: Arc::new(Metrics::default()),
+            on_error,
+            max_line,
+        }
+    }
+
+    #[test]
+    fn echoed_text_is_cut_with_its_length() {
+        assert_eq!(echo(b"abc"), "\"abc\"");
+        let long = vec![b'z'; 1 << 20];
+        let shown = echo(&long);
+        assert!(shown.len() < 2 * ECHO_CHARS, "{shown}");
+        assert!(shown.ends_with("…\" (1048576 bytes)"), "{shown}");
+        // Multi-byte characters are never cut in the middle.
+        let wide = "é".repeat(1000);
+        assert!(echo(wide.as_bytes()).ends_with("…\" (2000 bytes)"));
+    }
+
+    #[test]
+    fn long_lines_and_bad_lines_are_malformed_and_messages_short() {
+        let ctx = context(OnError::Skip, 100);
+        let mut feed = Feed::new(FileFormat::Csv, "test".into(), 0, &ctx);
+        // A header too long ends the feed.
+        assert!(feed.too_long(101).unwrap_err().contains("--max-line-bytes"));
+        let mut feed = Feed::new(FileFormat::Csv, "test".into(), 0, &ctx);
+        feed.line(b"ts,key,x0,y").unwrap();
+        feed.too_long(5_000_000).unwrap();
+        feed.line(b"1,k,1,2").unwrap();
+        let junk = format!("1,k,{},2", "9z".repeat(40_000));
+        feed.line(junk.as_bytes()).unwrap();
+        assert_eq!(ctx.metrics.malformed.load(Relaxed), 2);
+        assert_eq!(feed.line_number(), 4);
+        feed.flush(None);
+        assert_eq!(ctx.log.stats().appended, 1);
+    }
+
+    #[test]
+    fn under_fail_a_closing_feed_ends_with_the_error() {
+        let ctx = context(OnError::Fail, 100);
+        let mut feed = Feed::new(FileFormat::Csv, "conn".into(), 0, &ctx).close_on_fail();
+        feed.line(b"ts,key,x0,y").unwrap();
+        feed.line(b"1,k,1,2").unwrap();
+        let e = feed.line(b"1,k,oops,2").unwrap_err();
+        assert!(e.contains("conn: line 3") && e.contains("x0"), "{e}");
+        let e = feed.too_long(101).unwrap_err();
+        assert!(e.contains("--max-line-bytes"), "{e}");
+        feed.flush(None);
+        assert_eq!(ctx.log.stats().appended, 1, "the lines before are kept");
     }
 }

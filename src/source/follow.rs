@@ -5,7 +5,9 @@
 //! to a [`Feed`], which appends them to the [`IngestLog`] in batches. A last line without
 //! its newline waits for it: a writer may be half-way through it. At the end of the file
 //! the thread looks for growth every [`POLL`]. The source never ends; the run goes on
-//! until the process is stopped.
+//! until the process is stopped. A line longer than `--max-line-bytes` is not held in
+//! memory: it is skipped as it is read and counted malformed (under `--on-error fail`
+//! the process stops, as for any malformed line of a file).
 //!
 //! Exactly once: with `--checkpoint`, every batch is written to the store together with
 //! the [`SourcePosition`] after its last line, in one synced write (lines that give no
@@ -35,9 +37,6 @@ pub const POLL: Duration = Duration::from_millis(10);
 
 /// Bytes read at a time.
 const CHUNK: usize = 256 << 10;
-
-/// Longest line accepted; a longer one is taken for a file that is not line-oriented.
-const MAX_LINE: usize = 64 << 20;
 
 /// At most this many of the file's first bytes, and of the bytes before the position,
 /// identify it.
@@ -278,11 +277,15 @@ impl Followed {
             self.header(&mut feed)?;
         }
         let log = &*context.log;
-        // `buf` holds the file's bytes from `position.offset` on: the start of a line
-        // whose newline has not been read yet.
+        // `buf` holds the file's bytes from `position.offset + dropped` on: the start of a
+        // line whose newline has not been read yet. A line longer than the feed's
+        // `max_line` is not held: its bytes are counted in `dropped` as they are read,
+        // and the line is given to `Feed::too_long` when its newline comes.
+        let max = feed.max_line();
         let mut buf: Vec<u8> = Vec::new();
+        let mut dropped: u64 = 0;
         loop {
-            let base = self.position.offset;
+            let base = self.position.offset + dropped;
             let filled = buf.len();
             let read_from = base + filled as u64;
             buf.resize(filled + CHUNK, 0);
@@ -301,8 +304,14 @@ impl Followed {
             let (mut line_start, mut search) = (0, filled);
             while let Some(i) = memchr::memchr(b'\n', &buf[search..]) {
                 let end = search + i;
-                feed.line(&buf[line_start..end])
-                    .map_err(|e| format!("{e}; following stops"))?;
+                let len = dropped + (end - line_start) as u64;
+                if dropped > 0 || end - line_start > max {
+                    feed.too_long(len)
+                } else {
+                    feed.line(&buf[line_start..end])
+                }
+                .map_err(|e| format!("{e}; following stops"))?;
+                dropped = 0;
                 line_start = end + 1;
                 search = line_start;
                 self.position.offset = base + line_start as u64;
@@ -312,13 +321,9 @@ impl Followed {
                 }
             }
             buf.drain(..line_start);
-            if buf.len() > MAX_LINE {
-                return Err(format!(
-                    "{}: line {} is longer than {} MiB: not a file of lines",
-                    self.path,
-                    feed.line_number() + 1,
-                    MAX_LINE >> 20
-                ));
+            if dropped > 0 || buf.len() > max {
+                dropped += buf.len() as u64;
+                buf.clear();
             }
             if feed.due() {
                 self.flush(&mut feed, log)?;

@@ -236,8 +236,8 @@ fn parse_time(bytes: &[u8]) -> Result<i64, String> {
         .ok_or_else(|| {
             format!(
                 "not a time (integer ms since the epoch, or a date-time such as \
-                 2024-05-01T12:00:00Z): {:?}",
-                String::from_utf8_lossy(text)
+                 2024-05-01T12:00:00Z): {}",
+                echo(text)
             )
         })?;
     check_time(t)
@@ -262,13 +262,9 @@ fn parse_datetime(text: &str) -> Option<i64> {
 fn parse_number(bytes: &[u8]) -> Result<f64, String> {
     let text = trim(bytes);
     match lexical_core::parse::<f64>(text) {
-        Ok(v) => check_value(v).map_err(|_| {
-            format!(
-                "{:?} is not a finite number within ±1e150",
-                String::from_utf8_lossy(text)
-            )
-        }),
-        Err(_) => Err(format!("not a number: {:?}", String::from_utf8_lossy(text))),
+        Ok(v) => check_value(v)
+            .map_err(|_| format!("{} is not a finite number within ±1e150", echo(text))),
+        Err(_) => Err(format!("not a number: {}", echo(text))),
     }
 }
 
@@ -412,12 +408,8 @@ impl LineParser {
         if let Err(e) = result {
             let field = current.map(|s| self.slot_name(s));
             let message = e.to_string();
-            let message = message
-                .split(" at line ")
-                .next()
-                .unwrap_or(&message)
-                .to_owned();
-            return Err((field, message));
+            let message = message.split(" at line ").next().unwrap_or(&message);
+            return Err((field, shorten(message)));
         }
         for (slot, seen) in all_slots(self.z.len() - 1).zip(seen) {
             if !seen {
@@ -425,6 +417,32 @@ impl LineParser {
             }
         }
         Ok(())
+    }
+}
+
+/// Characters of a field's text that an error message shows.
+pub const ECHO_CHARS: usize = 80;
+
+/// A field's text for an error message, quoted: at most [`ECHO_CHARS`] characters, and a
+/// longer text cut with an ellipsis and its length in bytes (`"abc…" (1048576 bytes)`), so
+/// that one huge field never makes a huge message.
+pub fn echo(bytes: &[u8]) -> String {
+    let head = String::from_utf8_lossy(&bytes[..bytes.len().min(4 * ECHO_CHARS)]);
+    match head.char_indices().nth(ECHO_CHARS) {
+        None if bytes.len() <= 4 * ECHO_CHARS => format!("{head:?}"),
+        cut => {
+            let shown = &head[..cut.map_or(head.len(), |(i, _)| i)];
+            format!("{:?} ({} bytes)", format!("{shown}…"), bytes.len())
+        }
+    }
+}
+
+/// A message that may quote input (e.g. serde's `invalid type: string "…"`), cut to about
+/// four times [`ECHO_CHARS`] characters, with its length in bytes when cut.
+pub fn shorten(message: &str) -> String {
+    match message.char_indices().nth(4 * ECHO_CHARS) {
+        None => message.to_owned(),
+        Some((i, _)) => format!("{}… ({} bytes)", &message[..i], message.len()),
     }
 }
 
