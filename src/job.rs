@@ -206,6 +206,7 @@ impl JobSpec {
             serve,
             max_pending: self.max_pending.unwrap_or(1_000_000),
             max_body: self.max_body.unwrap_or(crate::serve::DEFAULT_MAX_BODY),
+            resume_from: None,
         })
     }
 }
@@ -263,6 +264,9 @@ pub struct Job {
     pub max_pending: u64,
     /// Largest `POST /data` body (bytes).
     pub max_body: usize,
+    /// `--resume-from`: the checkpoint epoch to resume from (a command-line flag only).
+    #[serde(default)]
+    pub resume_from: Option<u64>,
 }
 
 impl Job {
@@ -307,12 +311,29 @@ fn fatal(error: SourceError) -> ! {
 }
 
 /// Opens the checkpoint store of this process and recovers the newest complete state.
+/// A store that cannot be used (damaged, another dataflow's, unreadable) ends the process
+/// with [`checkpoint::EXIT_REFUSED`] and a message naming the directory and the reason.
 fn open_checkpoint(job: &Job, dir: &Path, process: usize) -> Result<CheckpointContext, String> {
+    let refuse = |e: checkpoint::CheckpointError| -> ! {
+        eprintln!("error: {e}");
+        std::process::exit(checkpoint::EXIT_REFUSED);
+    };
     let fingerprint = job.fingerprint();
-    let restored = checkpoint::recover(dir, &fingerprint).map_err(|e| e.to_string())?;
+    let restored =
+        checkpoint::recover_from(dir, &fingerprint, job.resume_from).unwrap_or_else(|e| refuse(e));
     let commit = restored.as_ref().and_then(|r| r.commit.clone());
     let generation = commit.as_ref().map_or(1, |c| c.generation + 1);
-    let store = Store::open(dir, process, &fingerprint).map_err(|e| e.to_string())?;
+    let replay = match job.resume_from {
+        Some(_) => checkpoint::Replay::BeforeDamage,
+        None => checkpoint::Replay::Strict,
+    };
+    let store = Store::open_with(dir, process, &fingerprint, replay).unwrap_or_else(|e| refuse(e));
+    if let Some(note) = store.wal_note() {
+        eprintln!(
+            "tributary: checkpoint store {}: {note}",
+            store.path().display()
+        );
+    }
     store
         .drop_generations_from(generation)
         .map_err(|e| e.to_string())?;
