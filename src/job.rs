@@ -316,6 +316,14 @@ fn fatal(error: SourceError) -> ! {
 fn open_checkpoint(job: &Job, dir: &Path, process: usize) -> Result<CheckpointContext, String> {
     let refuse = |e: checkpoint::CheckpointError| -> ! {
         eprintln!("error: {e}");
+        if let checkpoint::CheckpointError::Corrupt { .. }
+        | checkpoint::CheckpointError::Incomplete { .. } = e
+        {
+            eprintln!(
+                "(`tributary checkpoint verify {}` lists every damaged record)",
+                dir.display()
+            );
+        }
         std::process::exit(checkpoint::EXIT_REFUSED);
     };
     let fingerprint = job.fingerprint();

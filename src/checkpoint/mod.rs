@@ -390,9 +390,17 @@ impl Store {
                 }
                 Err(damage) => match replay {
                     Replay::Strict => {
+                        // Where: only damage in a write-ahead log leaves the writes before
+                        // it readable.
+                        let wal = open(DBRecoveryMode::PointInTime, true).is_ok();
                         return Err(CheckpointError::damaged(
                             path,
-                            format!("RocksDB refuses to open it: {damage}"),
+                            match wal {
+                                true => format!(
+                                    "a record of its write-ahead log (*.log) is damaged: {damage}"
+                                ),
+                                false => format!("RocksDB refuses to open it: {damage}"),
+                            },
                         ));
                     }
                     Replay::BeforeDamage => (

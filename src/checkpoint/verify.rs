@@ -348,7 +348,7 @@ fn chain(
     let store = |p: usize| process_dir(dir, p).display().to_string();
     let _ = writeln!(
         out,
-        "chain: newest commit: epoch {} of generation {} ({} workers in {} processes)",
+        "chain: newest commit: epoch {} of generation {} (workers: {}, processes: {})",
         c.epoch, c.generation, c.workers, c.processes
     );
     if c.workers == 0 || c.processes == 0 || c.workers % c.processes != 0 {
