@@ -544,6 +544,17 @@ fn a_flipped_byte_in_the_write_ahead_log_is_refused_and_verify_names_it() {
     let dir = TempDir::new("wal");
     let (args, ckpt, rows) = live_store(&dir);
     let chunks: Vec<&[Row]> = rows.chunks(500).collect();
+    // --resume-from must name the newest intact complete checkpoint.
+    let mut wrong = args.clone();
+    wrong.extend(["--resume-from".into(), "999".into()]);
+    let r = run_engine(&dir, &wrong);
+    assert_eq!(r.code, Some(EXIT_REFUSED), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("--resume-from 999: the newest complete checkpoint intact here is epoch"),
+        "{}",
+        r.stderr
+    );
     for (name, last) in [("last", true), ("first", false)] {
         let copy = dir.path(&format!("ckpt-{name}"));
         with_flipped_wal_byte(&ckpt, &copy, last);

@@ -275,8 +275,8 @@ pub fn verify(dir: &Path) -> Result<Report, CheckpointError> {
         Some(c) => chain(c, &scans, dir, &mut report.damage, &mut out),
     }
     let chain_intact = report.damage.len() == chain_damage_before;
-    if let (Some(c), Some(s0)) = (&newest, &scans[0]) {
-        ingest(c, s0, &mut out);
+    if let Some(s0) = &scans[0] {
+        ingest(newest.as_ref().map(|c| c.epoch), s0, &mut out);
     }
     let records_intact = report.damage.is_empty();
     if chain_intact && records_intact {
@@ -351,7 +351,7 @@ fn chain(
         "chain: newest commit: epoch {} of generation {} (workers: {}, processes: {})",
         c.epoch, c.generation, c.workers, c.processes
     );
-    if c.workers == 0 || c.processes == 0 || c.workers % c.processes != 0 {
+    if c.workers == 0 || c.processes == 0 || !c.workers.is_multiple_of(c.processes) {
         damage.push(format!(
             "{}: the commit of epoch {} names {} workers in {} processes",
             store(0),
@@ -431,14 +431,20 @@ fn chain(
     }
 }
 
-/// Lists the ingest log's batches after the commit (process 0).
-fn ingest(c: &Commit, scan: &Scan, out: &mut String) {
-    let covered = scan.ingest.iter().filter(|&&s| s <= c.epoch).count();
+/// Lists the ingest log's batches after the commit of `epoch`, or all without a commit
+/// (process 0).
+fn ingest(epoch: Option<Epoch>, scan: &Scan, out: &mut String) {
+    let first = epoch.map_or(0, |e| e + 1);
+    let after_what = match epoch {
+        Some(e) => format!("after epoch {e}"),
+        None => "(no commit yet)".to_owned(),
+    };
+    let covered = scan.ingest.iter().filter(|&&s| s < first).count();
     let after: Vec<u64> = scan
         .ingest
         .iter()
         .copied()
-        .filter(|&s| s > c.epoch)
+        .filter(|&s| s >= first)
         .collect();
     if covered > 0 {
         let _ = writeln!(
@@ -446,18 +452,17 @@ fn ingest(c: &Commit, scan: &Scan, out: &mut String) {
             "ingest log: {covered} batches covered by the commit, not deleted yet (a crash between the commit and the truncation)"
         );
     }
-    if after.is_empty() {
-        let _ = writeln!(out, "ingest log: no batch after epoch {}", c.epoch);
+    let Some(&last) = after.last() else {
+        let _ = writeln!(out, "ingest log: no batch {after_what}");
         return;
-    }
-    let gaps: Vec<u64> = (c.epoch + 1..*after.last().expect("non-empty"))
+    };
+    let gaps: Vec<u64> = (first..last)
         .filter(|s| after.binary_search(s).is_err())
         .collect();
     let _ = writeln!(
         out,
-        "ingest log: batches {} after epoch {} ({} batches){}",
+        "ingest log: batches {} {after_what} ({} batches){}",
         ranges(&after),
-        c.epoch,
         after.len(),
         if gaps.is_empty() {
             ", contiguous".to_owned()
