@@ -373,7 +373,11 @@ impl Store {
         let strict = if fresh {
             Ok(())
         } else {
-            open(DBRecoveryMode::AbsoluteConsistency, true).map(drop)
+            match open(DBRecoveryMode::AbsoluteConsistency, true) {
+                // Read-only, the probe is the store: no second replay of the log.
+                Ok(db) if read_only => return Ok((db, None)),
+                result => result.map(drop),
+            }
         };
         let (mode, note) = match strict {
             Ok(()) => (DBRecoveryMode::TolerateCorruptedTailRecords, None),
