@@ -49,6 +49,13 @@ pub enum CheckpointCommand {
         /// The checkpoint directory (as given to `run --checkpoint`).
         dir: PathBuf,
     },
+    /// Check every record's checksum and the chain of commits; exit 4 on damage, naming
+    /// each damaged record, and say whether an older complete checkpoint is intact.
+    #[command(disable_help_flag = true)]
+    Verify {
+        /// The checkpoint directory (as given to `run --checkpoint`).
+        dir: PathBuf,
+    },
 }
 
 /// `tributary bench` subcommands.
@@ -197,6 +204,10 @@ pub struct RunArgs {
     /// Time between checkpoints [default: 1s].
     #[arg(long)]
     pub checkpoint_every: Option<String>,
+    /// Resume from this checkpoint epoch, the newest complete one intact before damage
+    /// that `tributary checkpoint verify` names; writes after the damage are dropped.
+    #[arg(long, value_name = "EPOCH")]
+    pub resume_from: Option<u64>,
     /// Serve HTTP (POST /data, /model, /models, /predict, /metrics, /healthz) in process 0
     /// on HOST:PORT, or on 127.0.0.1 with a bare port or no value [default: 127.0.0.1:8080].
     #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:8080", value_name = "ADDRESS")]

@@ -254,6 +254,7 @@ impl JobSpec {
                     }
                 },
             },
+            resume_from: None,
         })
     }
 }
@@ -315,6 +316,9 @@ pub struct Job {
     pub max_line: usize,
     /// Connection cap and idle timeout of a listening TCP source.
     pub tcp: tcp::TcpLimits,
+    /// `--resume-from`: the checkpoint epoch to resume from (a command-line flag only).
+    #[serde(default)]
+    pub resume_from: Option<u64>,
 }
 
 impl Job {
@@ -359,12 +363,37 @@ fn fatal(error: SourceError) -> ! {
 }
 
 /// Opens the checkpoint store of this process and recovers the newest complete state.
+/// A store that cannot be used (damaged, another dataflow's, unreadable) ends the process
+/// with [`checkpoint::EXIT_REFUSED`] and a message naming the directory and the reason.
 fn open_checkpoint(job: &Job, dir: &Path, process: usize) -> Result<CheckpointContext, String> {
+    let refuse = |e: checkpoint::CheckpointError| -> ! {
+        eprintln!("error: {e}");
+        if let checkpoint::CheckpointError::Corrupt { .. }
+        | checkpoint::CheckpointError::Incomplete { .. } = e
+        {
+            eprintln!(
+                "(`tributary checkpoint verify {}` lists every damaged record)",
+                dir.display()
+            );
+        }
+        std::process::exit(checkpoint::EXIT_REFUSED);
+    };
     let fingerprint = job.fingerprint();
-    let restored = checkpoint::recover(dir, &fingerprint).map_err(|e| e.to_string())?;
+    let restored =
+        checkpoint::recover_from(dir, &fingerprint, job.resume_from).unwrap_or_else(|e| refuse(e));
     let commit = restored.as_ref().and_then(|r| r.commit.clone());
     let generation = commit.as_ref().map_or(1, |c| c.generation + 1);
-    let store = Store::open(dir, process, &fingerprint).map_err(|e| e.to_string())?;
+    let replay = match job.resume_from {
+        Some(_) => checkpoint::Replay::BeforeDamage,
+        None => checkpoint::Replay::Strict,
+    };
+    let store = Store::open_with(dir, process, &fingerprint, replay).unwrap_or_else(|e| refuse(e));
+    if let Some(note) = store.wal_note() {
+        eprintln!(
+            "tributary: checkpoint store {}: {note}",
+            store.path().display()
+        );
+    }
     store
         .drop_generations_from(generation)
         .map_err(|e| e.to_string())?;

@@ -16,6 +16,21 @@ fn main() -> ExitCode {
         Command::Run(args) => run_command(*args),
         Command::Gen(args) => gen_command(args),
         Command::Launch(args) => tributary::launch::launch(args),
+        Command::Checkpoint(CheckpointCommand::Verify { dir }) => {
+            return match tributary::checkpoint::verify::verify(&dir) {
+                Ok(report) => {
+                    print!("{}", report.text);
+                    match report.is_damaged() {
+                        true => ExitCode::from(tributary::checkpoint::EXIT_REFUSED as u8),
+                        false => ExitCode::SUCCESS,
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Checkpoint(CheckpointCommand::Inspect { dir }) => {
             tributary::checkpoint::inspect(&dir)
                 .map(|text| print!("{text}"))
@@ -95,7 +110,11 @@ fn run_command(args: RunArgs) -> Result<(), String> {
     };
     let spec = spec.overridden_by(args.job_flags());
     let cluster = args.cluster(spec.workers);
-    let job = spec.resolve()?;
+    let mut job = spec.resolve()?;
+    job.resume_from = args.resume_from;
+    if job.resume_from.is_some() && job.checkpoint.is_none() {
+        return Err("--resume-from EPOCH needs --checkpoint DIR".into());
+    }
     if !args.quiet && args.process == 0 {
         eprintln!(
             "tributary: {} window={} lateness={}ms ridge={} workers={}x{} out={}",

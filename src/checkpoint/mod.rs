@@ -13,11 +13,14 @@
 
 pub mod codec;
 pub mod coordinator;
+pub mod verify;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use rocksdb::{DB, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions};
+use rocksdb::{
+    DB, DBRecoveryMode, ErrorKind, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +31,16 @@ pub use codec::{CodecError, FORMAT_VERSION};
 
 /// Timely epochs (source batch numbers).
 pub type Epoch = u64;
+
+/// Exit code of a run stopped because a checkpoint write failed (a part, a commit, a fold,
+/// the output sync): the state on disk is the last complete checkpoint, and a restart
+/// resumes from it.
+pub const EXIT_WRITE_FAILED: i32 = 3;
+
+/// Exit code of a run that refuses its checkpoint directory at start (damaged, identity
+/// record missing, another dataflow's, unreadable), and of `tributary checkpoint verify`
+/// when it finds damage.
+pub const EXIT_REFUSED: i32 = 4;
 
 /// What went wrong with a checkpoint store.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +83,55 @@ pub enum CheckpointError {
         /// What is missing.
         message: String,
     },
+    /// The store is damaged: RocksDB found corruption (write-ahead log, table files), or
+    /// a record every store with data has (the identity record) is missing.
+    #[error(
+        "checkpoint store {path} is damaged: {message}\n(`tributary checkpoint verify {dir}` lists every damaged record and says whether an older complete checkpoint is intact)"
+    )]
+    Damaged {
+        /// The store.
+        path: String,
+        /// The checkpoint directory (the store's parent).
+        dir: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A durable write failed (the store is left as it was before it).
+    #[error("checkpoint store {path}: {what} failed: {message}")]
+    Write {
+        /// The store.
+        path: String,
+        /// Which write: e.g. `writing worker 1's part of checkpoint epoch 7`.
+        what: String,
+        /// The I/O or RocksDB error.
+        message: String,
+    },
+}
+
+impl CheckpointError {
+    fn damaged(path: &Path, message: impl Into<String>) -> CheckpointError {
+        CheckpointError::Damaged {
+            path: path.display().to_string(),
+            dir: path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .display()
+                .to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// How much of a damaged write-ahead log opening a store accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Replay {
+    /// Every record must be intact; only an incomplete last record (a write cut short by a
+    /// crash, never acknowledged) is dropped, and reported. Anything else is refused.
+    #[default]
+    Strict,
+    /// Replay up to the first damaged record and drop the rest (`run --resume-from`):
+    /// the store goes back to the state it had before the damaged write.
+    BeforeDamage,
 }
 
 /// Written once per store: which dataflow owns it.
@@ -268,6 +330,9 @@ pub type LogEntry = (u64, Box<[u8]>);
 pub struct Store {
     db: DB,
     path: PathBuf,
+    /// What opening found in the write-ahead log (an incomplete last record, or the
+    /// damage before which it stopped), if anything.
+    wal_note: Option<String>,
 }
 
 /// The store directory of process `process` under `dir`.
@@ -276,43 +341,168 @@ pub fn process_dir(dir: &Path, process: usize) -> PathBuf {
 }
 
 impl Store {
-    fn options() -> Options {
+    fn options(mode: DBRecoveryMode) -> Options {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.set_paranoid_checks(true);
+        options.set_wal_recovery_mode(mode);
         options
+    }
+
+    /// Opens the RocksDB of `path` (see docs/checkpoint-format.md, "Write-ahead log").
+    ///
+    /// First a read-only probe with `AbsoluteConsistency`: any damage, even an incomplete
+    /// last record, fails it. If it fails, a probe with `TolerateCorruptedTailRecords`
+    /// tells a crash during a write (an incomplete last record: accepted, and reported in
+    /// the note) from damage (a checksum mismatch anywhere: refused, or with
+    /// [`Replay::BeforeDamage`], replayed up to the damage with `PointInTime`). The store
+    /// itself is then opened in the mode the probes chose.
+    fn open_db(
+        path: &Path,
+        read_only: bool,
+        replay: Replay,
+    ) -> Result<(DB, Option<String>), CheckpointError> {
+        let open = |mode, read_only| {
+            if read_only {
+                DB::open_for_read_only(&Self::options(mode), path, false)
+            } else {
+                DB::open(&Self::options(mode), path)
+            }
+        };
+        let fresh = !path.join("CURRENT").exists();
+        let strict = if fresh {
+            Ok(())
+        } else {
+            match open(DBRecoveryMode::AbsoluteConsistency, true) {
+                // Read-only, the probe is the store: no second replay of the log.
+                Ok(db) if read_only => return Ok((db, None)),
+                result => result.map(drop),
+            }
+        };
+        let (mode, note) = match strict {
+            Ok(()) => (DBRecoveryMode::TolerateCorruptedTailRecords, None),
+            Err(e) if e.kind() != ErrorKind::Corruption => return Err(Self::err(path, e)),
+            Err(strict) => match open(DBRecoveryMode::TolerateCorruptedTailRecords, true) {
+                Ok(_) => (
+                    DBRecoveryMode::TolerateCorruptedTailRecords,
+                    Some(format!(
+                        "the write-ahead log ends in an incomplete record, a write cut short by a crash (so never acknowledged); it is dropped ({strict})"
+                    )),
+                ),
+                Err(damage) if damage.kind() != ErrorKind::Corruption => {
+                    return Err(Self::err(path, damage));
+                }
+                Err(damage) => match replay {
+                    Replay::Strict => {
+                        // Where: only damage in a write-ahead log leaves the writes before
+                        // it readable.
+                        let wal = open(DBRecoveryMode::PointInTime, true).is_ok();
+                        return Err(CheckpointError::damaged(
+                            path,
+                            match wal {
+                                true => format!(
+                                    "a record of its write-ahead log (*.log) is damaged: {damage}"
+                                ),
+                                false => format!("RocksDB refuses to open it: {damage}"),
+                            },
+                        ));
+                    }
+                    Replay::BeforeDamage => (
+                        DBRecoveryMode::PointInTime,
+                        Some(format!(
+                            "the write-ahead log is damaged ({damage}); only the writes before the damage are kept"
+                        )),
+                    ),
+                },
+            },
+        };
+        let db = open(mode, read_only).map_err(|e| match e.kind() {
+            ErrorKind::Corruption => {
+                CheckpointError::damaged(path, format!("RocksDB refuses to open it: {e}"))
+            }
+            _ => Self::err(path, e),
+        })?;
+        Ok((db, note))
     }
 
     /// Opens (creating if needed) the store of `process` under `dir` for writing, and
     /// checks (or records) that it belongs to `dataflow`.
     pub fn open(dir: &Path, process: usize, dataflow: &str) -> Result<Store, CheckpointError> {
+        Self::open_with(dir, process, dataflow, Replay::Strict)
+    }
+
+    /// [`open`](Self::open), accepting a damaged write-ahead log as `replay` says.
+    pub fn open_with(
+        dir: &Path,
+        process: usize,
+        dataflow: &str,
+        replay: Replay,
+    ) -> Result<Store, CheckpointError> {
         let path = process_dir(dir, process);
         std::fs::create_dir_all(&path).map_err(|e| CheckpointError::Store {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
-        let db = DB::open(&Self::options(), &path).map_err(|e| Self::err(&path, e))?;
-        let store = Store { db, path };
+        let (db, wal_note) = Self::open_db(&path, false, replay)?;
+        let store = Store { db, path, wal_note };
         match store.get::<Meta>(keys::META)? {
             Some(meta) => store.check(&meta, dataflow)?,
-            None => store.put_sync(
-                keys::META,
-                &codec::encode(&Meta {
-                    dataflow: dataflow.to_owned(),
-                }),
-            )?,
+            None => {
+                store.refuse_without_identity()?;
+                store.put_sync(
+                    keys::META,
+                    &codec::encode(&Meta {
+                        dataflow: dataflow.to_owned(),
+                    }),
+                )?
+            }
         }
         Ok(store)
     }
 
     /// Opens an existing store read-only (another process may be writing it).
     pub fn open_read_only(path: &Path) -> Result<Store, CheckpointError> {
-        let db = DB::open_for_read_only(&Self::options(), path, false)
-            .map_err(|e| Self::err(path, e))?;
+        Self::open_read_only_with(path, Replay::Strict)
+    }
+
+    /// [`open_read_only`](Self::open_read_only), accepting a damaged write-ahead log as
+    /// `replay` says.
+    pub fn open_read_only_with(path: &Path, replay: Replay) -> Result<Store, CheckpointError> {
+        let (db, wal_note) = Self::open_db(path, true, replay)?;
         Ok(Store {
             db,
             path: path.to_owned(),
+            wal_note,
         })
+    }
+
+    /// What opening found in the write-ahead log: an incomplete last record that was
+    /// dropped, or (with [`Replay::BeforeDamage`]) the damage before which it stopped.
+    pub fn wal_note(&self) -> Option<&str> {
+        self.wal_note.as_deref()
+    }
+
+    /// The first key of the store, if any.
+    fn first_key(&self) -> Result<Option<Box<[u8]>>, CheckpointError> {
+        match self.db.iterator(IteratorMode::Start).next() {
+            Some(item) => Ok(Some(item.map_err(|e| Self::err(&self.path, e))?.0)),
+            None => Ok(None),
+        }
+    }
+
+    /// A store without its identity record must be empty: the record is the first one
+    /// every store gets. Data without it means a damaged store, not a new one.
+    fn refuse_without_identity(&self) -> Result<(), CheckpointError> {
+        match self.first_key()? {
+            None => Ok(()),
+            Some(key) => Err(CheckpointError::damaged(
+                &self.path,
+                format!(
+                    "its identity record (key M: which dataflow wrote it) is missing, but it holds data (first key {}); refusing to start it over",
+                    keys::printable(&key)
+                ),
+            )),
+        }
     }
 
     fn err(path: &Path, e: impl std::fmt::Display) -> CheckpointError {
@@ -320,6 +510,33 @@ impl Store {
             path: path.display().to_string(),
             message: e.to_string(),
         }
+    }
+
+    /// A failed durable write, named.
+    fn write_err(&self, what: impl Into<String>, e: impl std::fmt::Display) -> CheckpointError {
+        CheckpointError::Write {
+            path: self.path.display().to_string(),
+            what: what.into(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Refuses a store of another dataflow, and a store with data but no identity record.
+    fn check_identity(&self, dataflow: &str) -> Result<(), CheckpointError> {
+        match self.meta()? {
+            Some(meta) => self.check(&meta, dataflow),
+            None => self.refuse_without_identity(),
+        }
+    }
+
+    /// Decodes the ingest log's batches numbered `from` and later, and the followed
+    /// file's position: a damaged one is refused here, at start, naming its key.
+    fn check_ingest(&self, from: u64) -> Result<(), CheckpointError> {
+        for (seq, bytes) in self.ingest_batches(from)? {
+            self.decode::<crate::source::RecordBatch>(&keys::ingest(seq), &bytes)?;
+        }
+        self.source_position()?;
+        Ok(())
     }
 
     fn check(&self, meta: &Meta, dataflow: &str) -> Result<(), CheckpointError> {
@@ -401,7 +618,14 @@ impl Store {
         let v = codec::encode(part);
         bytes += k.len() + v.len();
         batch.put(k, v);
-        self.write(batch)?;
+        let what = || {
+            format!(
+                "writing worker {}'s part of checkpoint epoch {} (generation {})",
+                part.worker, part.epoch, part.generation
+            )
+        };
+        crate::failpoint::io("checkpoint.part").map_err(|e| self.write_err(what(), e))?;
+        self.write(batch).map_err(|e| self.write_err(what(), e))?;
         Ok(bytes as u64)
     }
 
@@ -417,7 +641,14 @@ impl Store {
             keys::commit(commit.generation, commit.epoch),
             codec::encode(commit),
         );
-        self.write(batch)
+        let what = || {
+            format!(
+                "writing the commit record of checkpoint epoch {} (generation {})",
+                commit.epoch, commit.generation
+            )
+        };
+        crate::failpoint::io("checkpoint.commit").map_err(|e| self.write_err(what(), e))?;
+        self.write(batch).map_err(|e| self.write_err(what(), e))
     }
 
     /// Folds a worker's deltas of epochs `≤ through` (all committed) into its base, and
@@ -521,7 +752,9 @@ impl Store {
         if let Some(position) = position {
             write.put(keys::SOURCE, codec::encode(position));
         }
-        self.write(write)
+        let what = || format!("appending batch {seq} to the ingest log");
+        crate::failpoint::io("ingest.append").map_err(|e| self.write_err(what(), e))?;
+        self.write(write).map_err(|e| self.write_err(what(), e))
     }
 
     /// Writes where a followed file's reader stands (synced), with no batch.
@@ -600,6 +833,16 @@ impl Store {
             panes.insert((key, pane), self.decode(&k, &v)?);
         }
         let folded = self.get::<Epoch>(&keys::folded(generation, worker))?;
+        if let Some(f) = folded
+            && f > epoch
+        {
+            return Err(CheckpointError::Incomplete {
+                path: self.path.display().to_string(),
+                message: format!(
+                    "worker {worker}'s base is folded through epoch {f}, past the checkpoint of epoch {epoch}: the state at epoch {epoch} is gone"
+                ),
+            });
+        }
         let from = folded.map_or(0, |e| e + 1);
         let start = keys::delta_prefix(generation, from, 0);
         let end = keys::delta_prefix(generation, epoch + 1, 0);
@@ -723,30 +966,68 @@ impl Store {
 /// Returns `Ok(None)` when `dir` holds no store yet; refuses a store of another dataflow,
 /// a newer format, or damaged values.
 pub fn recover(dir: &Path, dataflow: &str) -> Result<Option<Recovered>, CheckpointError> {
+    recover_from(dir, dataflow, None)
+}
+
+/// [`recover`], or with `resume_from = Some(E)` (`run --resume-from E`): resumes from
+/// epoch `E`, which must be the newest complete checkpoint in the intact part of every
+/// store (a damaged write-ahead log is replayed up to the damage, [`Replay::BeforeDamage`]).
+pub fn recover_from(
+    dir: &Path,
+    dataflow: &str,
+    resume_from: Option<Epoch>,
+) -> Result<Option<Recovered>, CheckpointError> {
+    let replay = match resume_from {
+        Some(_) => Replay::BeforeDamage,
+        None => Replay::Strict,
+    };
     let first = process_dir(dir, 0);
     if !first.join("CURRENT").exists() {
+        if let Some(epoch) = resume_from {
+            return Err(CheckpointError::Incomplete {
+                path: dir.display().to_string(),
+                message: format!("--resume-from {epoch}: no checkpoint store here"),
+            });
+        }
         return Ok(None);
     }
-    let store = Store::open_read_only(&first)?;
-    if let Some(meta) = store.meta()? {
-        store.check(&meta, dataflow)?;
+    let store = Store::open_read_only_with(&first, replay)?;
+    store.check_identity(dataflow)?;
+    let latest = store.latest_commit()?;
+    if let Some(epoch) = resume_from
+        && latest.as_ref().map(|c| c.epoch) != Some(epoch)
+    {
+        return Err(CheckpointError::Incomplete {
+            path: first.display().to_string(),
+            message: match &latest {
+                Some(c) => format!(
+                    "--resume-from {epoch}: the newest complete checkpoint intact here is epoch {} (generation {})",
+                    c.epoch, c.generation
+                ),
+                None => format!("--resume-from {epoch}: no complete checkpoint is intact here"),
+            },
+        });
     }
-    let Some(commit) = store.latest_commit()? else {
+    let Some(commit) = latest else {
+        store.check_ingest(0)?;
         return Ok(Some(Recovered::default()));
     };
+    // The batches the resumed run reads again from the ingest log must decode.
+    store.check_ingest(commit.epoch + 1)?;
     drop(store);
     let mut panes = BTreeMap::new();
     let mut emitted = Vec::new();
     let per_process = commit.workers / commit.processes.max(1);
     for process in 0..commit.processes {
         let path = process_dir(dir, process);
-        let store = Store::open_read_only(&path).map_err(|e| CheckpointError::Incomplete {
-            path: path.display().to_string(),
-            message: format!("the store of process {process} cannot be read: {e}"),
+        let store = Store::open_read_only_with(&path, replay).map_err(|e| match e {
+            e @ CheckpointError::Damaged { .. } => e,
+            e => CheckpointError::Incomplete {
+                path: path.display().to_string(),
+                message: format!("the store of process {process} cannot be read: {e}"),
+            },
         })?;
-        if let Some(meta) = store.meta()? {
-            store.check(&meta, dataflow)?;
-        }
+        store.check_identity(dataflow)?;
         for worker in process * per_process..(process + 1) * per_process {
             let part = store.worker_state(commit.generation, worker, commit.epoch, &mut panes)?;
             emitted.extend(part.emitted);
@@ -891,5 +1172,45 @@ mod tests {
             Store::open(&dir.0, 0, "other"),
             Err(CheckpointError::Fingerprint { .. })
         ));
+    }
+
+    #[test]
+    fn verify_names_a_missing_part_and_a_store_without_identity_is_refused() {
+        let dir =
+            Dir(std::env::temp_dir().join(format!("tributary-ckpt-verify-{}", std::process::id())));
+        let store = Store::open(&dir.0, 0, "df").unwrap();
+        store.write_part(&part(5, 0), &[]).unwrap();
+        store.write_commit(&commit(5)).unwrap();
+        drop(store);
+        let report = verify::verify(&dir.0).unwrap();
+        assert!(report.is_damaged(), "{}", report.text);
+        assert!(
+            report.damage[0].contains("worker 1's part of committed epoch 5"),
+            "{:?}",
+            report.damage
+        );
+        assert!(report.older.is_none());
+        assert!(matches!(
+            recover(&dir.0, "df"),
+            Err(CheckpointError::Incomplete { .. })
+        ));
+
+        // Once the part is there, the chain is intact.
+        let store = Store::open(&dir.0, 0, "df").unwrap();
+        store.write_part(&part(5, 1), &[]).unwrap();
+        // Without its identity record, the store is damaged: not started over.
+        store.db.delete(keys::META).unwrap();
+        drop(store);
+        for error in [
+            Store::open(&dir.0, 0, "df").err(),
+            recover(&dir.0, "df").err(),
+        ] {
+            let message = error.expect("refused").to_string();
+            assert!(message.contains("identity record"), "{message}");
+            assert!(message.contains("is damaged"), "{message}");
+        }
+        let report = verify::verify(&dir.0).unwrap();
+        assert_eq!(report.damage.len(), 1, "{}", report.text);
+        assert!(report.damage[0].contains("identity record"));
     }
 }
