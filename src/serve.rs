@@ -463,9 +463,10 @@ impl ModelStore {
 ///
 /// A key is *live* from the first accepted record of it until the watermark passes the
 /// end of every window its newest record can be in: until `watermark > t + extent`, with
-/// `t` the newest record's time (counted no further than `--max-jump` past the watermark,
-/// so that a record far ahead cannot keep its key live) and `extent` the window length
-/// (the gap of sessions). A record already behind that bound (late) adds no live key.
+/// `t` the newest record's time and `extent` the window length (the gap of sessions).
+/// `t` counts no further than `--max-jump` past the largest time admitted before its
+/// batch, so that a record far ahead cannot keep its key live for long. A record already
+/// behind that bound (late) adds no live key.
 /// A `POST /data` whose records would take the live keys over the cap is refused whole.
 pub struct KeyTracker {
     max_keys: usize,
@@ -473,11 +474,23 @@ pub struct KeyTracker {
     live: Mutex<LiveKeys>,
 }
 
-#[derive(Default)]
 struct LiveKeys {
     /// Key → the watermark up to which it is live.
     until: HashMap<Arc<str>, Time>,
     by_until: BTreeSet<(Time, Arc<str>)>,
+    /// The largest record time admitted (as counted, see [`KeyTracker`]); `Time::MIN`
+    /// before the first.
+    high: Time,
+}
+
+impl Default for LiveKeys {
+    fn default() -> LiveKeys {
+        LiveKeys {
+            until: HashMap::new(),
+            by_until: BTreeSet::new(),
+            high: Time::MIN,
+        }
+    }
 }
 
 /// The keys an admitted batch made live, to forget again if the batch is not accepted.
@@ -546,14 +559,19 @@ impl KeyTracker {
         Self::prune(&mut live, watermark);
         let mut changes: Vec<(&str, Time, Option<Time>)> = Vec::new();
         let mut new = 0;
+        let mut high = live.high;
         for (key, t) in newest {
-            let reference = if watermark == Time::MIN { t } else { watermark };
-            let until = t
-                .min(reference.saturating_add(self.horizon.max_jump))
-                .saturating_add(self.horizon.extent);
+            // Counted no further than --max-jump past the largest time admitted before
+            // this batch (the watermark itself may not have caught up with it yet).
+            let counted = match live.high {
+                Time::MIN => t,
+                before => t.min(before.saturating_add(self.horizon.max_jump)),
+            };
+            let until = counted.saturating_add(self.horizon.extent);
             if until < watermark {
                 continue;
             }
+            high = high.max(counted);
             match live.until.get(key) {
                 Some(&old) if old >= until => {}
                 Some(&old) => changes.push((key, until, Some(old))),
@@ -570,6 +588,7 @@ impl KeyTracker {
                 limit: self.max_keys,
             });
         }
+        live.high = high;
         let mut admitted = Admitted::default();
         for (key, until, old) in changes {
             let key: Arc<str> = match old {
@@ -633,6 +652,9 @@ struct Phase {
     idle_since: Instant,
     /// When the first byte of the next request head arrived.
     head_started: Option<Instant>,
+    /// The task of the last read that waited: woken when a request ends, so that the read
+    /// is tried again with the idle deadline.
+    reader: Option<std::task::Waker>,
 }
 
 #[derive(Debug)]
@@ -651,6 +673,7 @@ impl Activity {
             in_request: false,
             idle_since: Instant::now(),
             head_started: None,
+            reader: None,
         }))
     }
 
@@ -668,6 +691,9 @@ impl Activity {
         let mut phase = self.phase();
         phase.in_request = false;
         phase.idle_since = Instant::now();
+        if let Some(reader) = phase.reader.take() {
+            reader.wake();
+        }
     }
 
     fn bytes_read(&self) {
@@ -680,9 +706,16 @@ impl Activity {
     /// When a read that waits must give up: the head's deadline once a head has begun,
     /// the idle deadline before; none while a request is being handled (its body has its
     /// own deadline).
-    fn read_deadline(&self, limits: &HttpLimits) -> Option<(Instant, Timeout)> {
-        let phase = self.phase();
+    fn read_deadline(
+        &self,
+        limits: &HttpLimits,
+        reader: &std::task::Waker,
+    ) -> Option<(Instant, Timeout)> {
+        let mut phase = self.phase();
         if phase.in_request {
+            if !phase.reader.as_ref().is_some_and(|r| r.will_wake(reader)) {
+                phase.reader = Some(reader.clone());
+            }
             return None;
         }
         Some(match phase.head_started {
@@ -786,7 +819,7 @@ impl AsyncRead for Watched {
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending => match this.activity.read_deadline(&this.limits) {
+            Poll::Pending => match this.activity.read_deadline(&this.limits, cx.waker()) {
                 None => Poll::Pending,
                 Some((deadline, kind)) => {
                     Self::expire(&mut this.read_timer, &this.stats, cx, deadline, kind)
@@ -1560,11 +1593,11 @@ async fn json_errors(request: axum::extract::Request, next: axum::middleware::Ne
         .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
         .unwrap_or_default();
     let message = if status == StatusCode::METHOD_NOT_ALLOWED {
-        let allowed = parts
-            .headers
-            .get(header::ALLOW)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
+        // The router adds its `Allow` header outside this layer.
+        let allowed = match path.as_str() {
+            "/data" | "/predict" => "POST",
+            _ => "GET, HEAD",
+        };
         format!("{method} is not allowed on {path}; allowed: {allowed}")
     } else if text.is_empty() {
         status.canonical_reason().unwrap_or("error").to_owned()
@@ -2149,14 +2182,14 @@ mod tests {
         // The watermark passes b's window (5 + 100) but not a's (50 + 100).
         keys.admit(&batch(&[(120, "c")]), 110).unwrap();
         assert_eq!(keys.live(), 2);
-        // b is forgotten; a record far ahead counts as no later than watermark + max_jump:
-        // live until 160 + 1000 + 100, not 1 000 000 + 100.
+        // b is forgotten; a record far ahead counts as no later than the largest time
+        // before it (120) + max_jump: live until 1220, not 1 000 000 + 100.
         keys.admit(&batch(&[(1_000_000, "far")]), 160).unwrap();
         assert_eq!(keys.live(), 2, "c and far");
-        keys.admit(&batch(&[(0, "x")]), 1231).unwrap();
+        keys.admit(&batch(&[(0, "x")]), 1200).unwrap();
         assert_eq!(keys.live(), 1, "far only (x is late)");
-        keys.admit(&batch(&[(0, "y")]), 1261).unwrap();
-        assert_eq!(keys.live(), 0, "far is forgotten after 1260");
+        keys.admit(&batch(&[(0, "y")]), 1221).unwrap();
+        assert_eq!(keys.live(), 0, "far is forgotten after 1220");
         // A refused append gives the keys it made live back.
         let admitted = keys
             .admit(&batch(&[(1300, "p"), (1300, "q")]), 1261)
