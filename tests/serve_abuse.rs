@@ -15,7 +15,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tributary");
@@ -192,13 +193,15 @@ impl Server {
         .collect();
         args.push(dir.path(&format!("out-{n}.jsonl")).display().to_string());
         args.extend(extra.iter().map(|s| s.to_string()));
-        let child = Command::new(BIN)
+        // The measurement may run another build of the binary (a release one).
+        let bin = std::env::var("TRIBUTARY_BIN").unwrap_or_else(|_| BIN.to_owned());
+        let child = Command::new(&bin)
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
         let mut server = Server {
             child: Some(child),
             addr: String::new(),
@@ -991,8 +994,8 @@ fn predict_overflow_is_not_200() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Measurements (docs/serving.md): `cargo test --release --test serve_abuse -- --ignored
-// --nocapture measure`
+// Measurements (docs/serving.md): `cargo build --release && TRIBUTARY_BIN=target/release/
+// tributary cargo test --test serve_abuse -- --ignored --nocapture measure`
 // ---------------------------------------------------------------------------------------
 
 /// Records/s posted by 4 well-behaved clients for 8 s.
@@ -1060,19 +1063,23 @@ fn measure_ingest_under_slow_connections_and_rss_of_400k_keys() {
     let server = Server::start(&dir, &["--max-pending", "100000000"]);
     let quiet = ingest_rate(&server);
     // 500 slow connections, kept open: each sends a partial head and is replaced when
-    // the server cuts it off.
-    let stop = Instant::now() + Duration::from_secs(9);
+    // the server cuts it off (--header-timeout, 10 s).
+    let stop = Arc::new(AtomicBool::new(false));
     let addr = server.addr.clone();
+    let holding = Arc::clone(&stop);
     let holder = std::thread::spawn(move || {
         let mut held: Vec<TcpStream> = Vec::new();
         let mut opened = 0usize;
-        while Instant::now() < stop {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !holding.load(Ordering::SeqCst) && Instant::now() < deadline {
             held.retain(|s| {
                 let mut b = [0u8; 1];
                 s.set_nonblocking(true).unwrap();
-                let r = (&*s).read(&mut b);
-                !matches!(r, Ok(0))
-                    && !matches!(r, Err(ref e) if e.kind() != std::io::ErrorKind::WouldBlock)
+                match (&*s).read(&mut b) {
+                    Ok(0) => false,
+                    Ok(_) => true,
+                    Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+                }
             });
             while held.len() < 500 {
                 let mut s = TcpStream::connect(&addr).unwrap();
@@ -1080,19 +1087,25 @@ fn measure_ingest_under_slow_connections_and_rss_of_400k_keys() {
                 held.push(s);
                 opened += 1;
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(50));
         }
         opened
     });
-    std::thread::sleep(Duration::from_millis(500));
+    server.wait_for("500 slow connections open", || {
+        let open = server.metric("tributary_http_connections_open");
+        (open >= Some(500.0))
+            .then_some(())
+            .ok_or(format!("{open:?}"))
+    });
+    let slow = ingest_rate(&server);
     let open = server
         .metric("tributary_http_connections_open")
         .unwrap_or(0.0);
-    let slow = ingest_rate(&server);
+    stop.store(true, Ordering::SeqCst);
     let opened = holder.join().unwrap();
     eprintln!(
         "ingest: {quiet:.0} records/s without slow connections, {slow:.0} records/s with 500 \
-         held open ({open} connections open when measured, {opened} slow connections opened)"
+         held open ({open} connections open at the end, {opened} slow connections opened)"
     );
     drop(server);
 
