@@ -229,6 +229,42 @@ pub struct RunArgs {
     /// never [default: 5m].
     #[arg(long)]
     pub tcp_idle_timeout: Option<String>,
+    /// Bytes the ingest log may hold unread (records' size in memory) before POST /data
+    /// answers 503 [default: 268435456].
+    #[arg(long)]
+    pub max_pending_bytes: Option<u64>,
+    /// HTTP: longest time from a request's first byte to the end of its head [default: 10s].
+    #[arg(long)]
+    pub header_timeout: Option<String>,
+    /// HTTP: longest time to read a request body (POST /data, /predict) [default: 30s].
+    #[arg(long)]
+    pub body_timeout: Option<String>,
+    /// HTTP: a connection with no request under way is closed after this [default: 10s].
+    #[arg(long)]
+    pub http_idle_timeout: Option<String>,
+    /// HTTP: open connections; more are answered 503 and closed [default: 512].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// HTTP: bytes of request bodies held at once, over all requests; over it, 503
+    /// [default: 67108864].
+    #[arg(long)]
+    pub max_inflight_bytes: Option<usize>,
+    /// Longest key of a posted record, in bytes; a POST with a longer key is refused
+    /// whole (400) [default: 256].
+    #[arg(long)]
+    pub max_key_bytes: Option<usize>,
+    /// Live keys (whose windows are still open) POST /data may add to, and keys served;
+    /// a POST that would go over is refused whole (503) [default: 100000].
+    #[arg(long)]
+    pub max_keys: Option<usize>,
+    /// HTTP: a Host name accepted besides the loopback names and the bound address
+    /// (repeatable; `*` accepts any).
+    #[arg(long = "allow-host", value_name = "NAME")]
+    pub allow_host: Vec<String>,
+    /// HTTP: every endpoint but /healthz needs `Authorization: Bearer <the file's
+    /// content>` (surrounding whitespace ignored).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
     /// No progress line on stderr.
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -275,6 +311,16 @@ impl RunArgs {
             max_line_bytes: self.max_line_bytes,
             tcp_max_connections: self.tcp_max_connections,
             tcp_idle_timeout: self.tcp_idle_timeout.clone(),
+            max_pending_bytes: self.max_pending_bytes,
+            header_timeout: self.header_timeout.clone(),
+            body_timeout: self.body_timeout.clone(),
+            http_idle_timeout: self.http_idle_timeout.clone(),
+            max_connections: self.max_connections,
+            max_inflight_bytes: self.max_inflight_bytes,
+            max_key_bytes: self.max_key_bytes,
+            max_keys: self.max_keys,
+            allow_host: (!self.allow_host.is_empty()).then(|| self.allow_host.clone()),
+            token_file: self.token_file.clone(),
         }
     }
 

@@ -84,6 +84,26 @@ pub struct JobSpec {
     /// A listening TCP source closes a connection silent this long (default `5m`; `0s`:
     /// never).
     pub tcp_idle_timeout: Option<String>,
+    /// Bytes the ingest log holds unread before `POST /data` answers 503 (default 256 MiB).
+    pub max_pending_bytes: Option<u64>,
+    /// HTTP: longest time from a request's first byte to the end of its head (default `10s`).
+    pub header_timeout: Option<String>,
+    /// HTTP: longest time to read a request body (default `30s`).
+    pub body_timeout: Option<String>,
+    /// HTTP: idle keep-alive timeout (default `10s`).
+    pub http_idle_timeout: Option<String>,
+    /// HTTP: open connections (default 512).
+    pub max_connections: Option<usize>,
+    /// HTTP: bytes of request bodies held at once (default 64 MiB).
+    pub max_inflight_bytes: Option<usize>,
+    /// Longest key of a posted record, in bytes (default 256).
+    pub max_key_bytes: Option<usize>,
+    /// Live keys `POST /data` may add to, and keys served (default 100 000).
+    pub max_keys: Option<usize>,
+    /// HTTP: Host names accepted besides the loopback names and the bound address.
+    pub allow_host: Option<Vec<String>>,
+    /// HTTP: a file holding the bearer token every endpoint but `/healthz` needs.
+    pub token_file: Option<PathBuf>,
 }
 
 impl JobSpec {
@@ -127,11 +147,22 @@ impl JobSpec {
             max_line_bytes: flags.max_line_bytes.or(self.max_line_bytes),
             tcp_max_connections: flags.tcp_max_connections.or(self.tcp_max_connections),
             tcp_idle_timeout: flags.tcp_idle_timeout.or(self.tcp_idle_timeout),
+            max_pending_bytes: flags.max_pending_bytes.or(self.max_pending_bytes),
+            header_timeout: flags.header_timeout.or(self.header_timeout),
+            body_timeout: flags.body_timeout.or(self.body_timeout),
+            http_idle_timeout: flags.http_idle_timeout.or(self.http_idle_timeout),
+            max_connections: flags.max_connections.or(self.max_connections),
+            max_inflight_bytes: flags.max_inflight_bytes.or(self.max_inflight_bytes),
+            max_key_bytes: flags.max_key_bytes.or(self.max_key_bytes),
+            max_keys: flags.max_keys.or(self.max_keys),
+            allow_host: flags.allow_host.or(self.allow_host),
+            token_file: flags.token_file.or(self.token_file),
         }
     }
 
     /// Checks and completes the settings into a runnable [`Job`].
     pub fn resolve(self) -> Result<Job, String> {
+        let http = serve::HttpLimits::from_spec(&self)?;
         let source: SourceSpec = self
             .source
             .as_deref()
@@ -255,6 +286,8 @@ impl JobSpec {
                 },
             },
             resume_from: None,
+            max_pending_bytes: self.max_pending_bytes.unwrap_or(DEFAULT_MAX_PENDING_BYTES),
+            http,
         })
     }
 }
@@ -319,7 +352,14 @@ pub struct Job {
     /// `--resume-from`: the checkpoint epoch to resume from (a command-line flag only).
     #[serde(default)]
     pub resume_from: Option<u64>,
+    /// Ingest-log bound: bytes of records appended and not yet read.
+    pub max_pending_bytes: u64,
+    /// The HTTP server's limits.
+    pub http: serve::HttpLimits,
 }
+
+/// Default `--max-pending-bytes`: 256 MiB.
+pub const DEFAULT_MAX_PENDING_BYTES: u64 = 256 << 20;
 
 impl Job {
     /// What identifies the dataflow in a checkpoint: source, schema, windows and solver
@@ -449,7 +489,9 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
                 _ => (None, None),
             };
             let log = Arc::new(
-                IngestLog::open(store, resume_after, job.max_pending).map_err(|e| e.to_string())?,
+                IngestLog::open(store, resume_after, job.max_pending)
+                    .map_err(|e| e.to_string())?
+                    .with_max_pending_bytes(job.max_pending_bytes),
             );
             Some(log)
         }
@@ -483,7 +525,7 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
     // The HTTP server of process 0, and the models it serves.
     let models = match (job.serve, cluster.process) {
         (Some(address), 0) => {
-            let models = Arc::new(ModelStore::open(store.clone())?);
+            let models = Arc::new(ModelStore::open(store.clone(), job.http.max_keys)?);
             let bound = serve::start(
                 address,
                 ServeContext {
@@ -494,6 +536,8 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
                     schema: job.schema.clone(),
                     metrics: Arc::clone(&metrics),
                     max_body: job.max_body,
+                    limits: job.http.clone(),
+                    key_horizon: serve::key_horizon(&job.windows),
                 },
             )?;
             eprintln!("tributary: serving on http://{bound}");

@@ -9,8 +9,11 @@
 //! batches after the last commit are read again: nothing is lost, nothing counted twice.
 //!
 //! The log is bounded: once the records appended but not yet read by the dataflow exceed
-//! `max_pending`, [`IngestLog::append`] refuses with [`AppendError::Backpressure`] instead
-//! of buffering without bound.
+//! `max_pending` (`--max-pending`), or their size in memory ([`RecordBatch::bytes`])
+//! exceeds `max_pending_bytes` (`--max-pending-bytes`), [`IngestLog::append`] refuses with
+//! [`AppendError::Backpressure`] instead of buffering without bound. A batch is always
+//! taken when nothing is pending, so one batch larger than a limit is not refused forever
+//! (its size is bounded by whoever builds it: `--max-body` for `POST /data`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -52,6 +55,14 @@ impl RecordBatch {
         self.z.extend_from_slice(record.z);
     }
 
+    /// The batch's size in memory, as the ingest log counts it against
+    /// `--max-pending-bytes`: per record its key (bytes plus a `String`'s 24), its time
+    /// and its values (8 bytes each).
+    pub fn bytes(&self) -> u64 {
+        let keys: usize = self.key.iter().map(|k| k.len() + 24).sum();
+        (keys + 8 * self.time.len() + 8 * self.z.len()) as u64
+    }
+
     /// The records, borrowed.
     pub fn iter(&self) -> impl Iterator<Item = RecordRef<'_>> {
         let width = self.z.len().checked_div(self.len()).unwrap_or(0);
@@ -67,12 +78,16 @@ impl RecordBatch {
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
     /// The dataflow is too far behind: retry later.
-    #[error("the engine is {pending} records behind (limit {limit}); retry later")]
+    #[error("the engine is {pending} {unit} behind (limit {limit}, {flag}); retry later")]
     Backpressure {
-        /// Records appended and not yet read.
+        /// Records (or bytes) appended and not yet read.
         pending: u64,
         /// The limit.
         limit: u64,
+        /// What is counted: `records` or `bytes`.
+        unit: &'static str,
+        /// The flag that sets the limit.
+        flag: &'static str,
     },
     /// The log no longer takes records (the source was closed).
     #[error("the ingest log is closed")]
@@ -93,6 +108,8 @@ pub struct LogStats {
     pub read: u64,
     /// Records appended and not yet read: the ingest lag.
     pub pending: u64,
+    /// Their size in memory ([`RecordBatch::bytes`]).
+    pub pending_bytes: u64,
 }
 
 struct State {
@@ -112,6 +129,7 @@ pub struct IngestLog {
     state: Mutex<State>,
     store: Option<Arc<Store>>,
     max_pending: u64,
+    max_pending_bytes: u64,
 }
 
 impl IngestLog {
@@ -138,6 +156,7 @@ impl IngestLog {
                         error,
                     })?;
                 stats.appended += batch.len() as u64;
+                stats.pending_bytes += batch.bytes();
                 batches.insert(seq, Arc::new(batch));
             }
         }
@@ -159,7 +178,15 @@ impl IngestLog {
             }),
             store,
             max_pending: max_pending.max(1),
+            max_pending_bytes: u64::MAX,
         })
+    }
+
+    /// The log, refusing appends once the records pending take more than `bytes` bytes
+    /// ([`RecordBatch::bytes`]), besides the limit in records (default: no byte limit).
+    pub fn with_max_pending_bytes(mut self, bytes: u64) -> IngestLog {
+        self.max_pending_bytes = bytes.max(1);
+        self
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -167,7 +194,8 @@ impl IngestLog {
     }
 
     /// Appends `batch` and returns its batch number once it is durable (with a store).
-    /// Refuses when the dataflow is more than `max_pending` records behind.
+    /// Refuses when the dataflow is more than `max_pending` records (or
+    /// `max_pending_bytes` bytes) behind.
     /// The batch is shared, so that a caller refused for backpressure can retry it.
     pub fn append(&self, batch: Arc<RecordBatch>) -> Result<u64, AppendError> {
         self.append_at(batch, None)
@@ -181,6 +209,7 @@ impl IngestLog {
         batch: Arc<RecordBatch>,
         position: Option<&SourcePosition>,
     ) -> Result<u64, AppendError> {
+        let bytes = batch.bytes();
         let seq = {
             let mut state = self.state();
             if state.closed_at.is_some() {
@@ -191,12 +220,24 @@ impl IngestLog {
                 return Err(AppendError::Backpressure {
                     pending,
                     limit: self.max_pending,
+                    unit: "records",
+                    flag: "--max-pending",
+                });
+            }
+            let pending_bytes = state.stats.pending_bytes;
+            if pending > 0 && pending_bytes + bytes > self.max_pending_bytes {
+                return Err(AppendError::Backpressure {
+                    pending: pending_bytes,
+                    limit: self.max_pending_bytes,
+                    unit: "bytes",
+                    flag: "--max-pending-bytes",
                 });
             }
             state.next += 1;
             state.stats.next_batch = state.next;
             // Counted as pending now, so that concurrent appends see the backlog.
             state.stats.pending += batch.len() as u64;
+            state.stats.pending_bytes += bytes;
             state.next - 1
         };
         // The durable write happens outside the lock: concurrent appends are written
@@ -215,6 +256,7 @@ impl IngestLog {
             Err(e) => {
                 // The number is used: the dataflow reads it as an empty batch.
                 state.stats.pending -= batch.len() as u64;
+                state.stats.pending_bytes -= bytes;
                 state.batches.insert(seq, Arc::default());
                 Err(AppendError::Store(e))
             }
@@ -265,6 +307,11 @@ impl IngestLog {
     /// The limit on records appended and not yet read.
     pub fn max_pending(&self) -> u64 {
         self.max_pending
+    }
+
+    /// The limit on the bytes of records appended and not yet read.
+    pub fn max_pending_bytes(&self) -> u64 {
+        self.max_pending_bytes
     }
 }
 
@@ -319,6 +366,7 @@ impl LogReader {
             };
             state.stats.read += batch.len() as u64;
             state.stats.pending -= batch.len() as u64;
+            state.stats.pending_bytes = state.stats.pending_bytes.saturating_sub(batch.bytes());
             batch
         };
         self.next = Some(next + self.readers);
@@ -335,5 +383,60 @@ impl LogReader {
                 *next += self.readers;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(records: usize, key_len: usize) -> Arc<RecordBatch> {
+        let mut b = RecordBatch::default();
+        for i in 0..records {
+            b.time.push(i as Time);
+            b.key.push("k".repeat(key_len));
+            b.z.extend_from_slice(&[1.0, 2.0]);
+        }
+        Arc::new(b)
+    }
+
+    #[test]
+    fn pending_bytes_are_bounded_too() {
+        // 10 records of a 10-byte key and 2 values: 10 × (10 + 24 + 8 + 16) = 580 bytes.
+        assert_eq!(batch(10, 10).bytes(), 580);
+        let log = IngestLog::open(None, None, 1_000_000)
+            .unwrap()
+            .with_max_pending_bytes(1000);
+        // Nothing pending: taken whatever its size.
+        log.append(batch(10, 10)).unwrap();
+        assert_eq!(log.stats().pending_bytes, 580);
+        match log.append(batch(10, 10)) {
+            Err(e @ AppendError::Backpressure { .. }) => {
+                let message = e.to_string();
+                assert!(
+                    message.contains("580 bytes") && message.contains("--max-pending-bytes"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        log.append(batch(5, 10)).unwrap();
+        assert_eq!(log.stats().pending_bytes, 870);
+        // Reading the batches frees their bytes.
+        let mut reader = LogReader::new(Arc::new(log), 0, 1);
+        struct Count(usize);
+        impl RecordSink for Count {
+            fn record(&mut self, _: RecordRef<'_>) {
+                self.0 += 1;
+            }
+            fn malformed(&mut self, _: super::super::Malformed) -> Result<(), SourceError> {
+                Ok(())
+            }
+        }
+        let mut sink = Count(0);
+        reader.read_batch(&mut sink).unwrap();
+        reader.read_batch(&mut sink).unwrap();
+        assert_eq!(sink.0, 15);
+        assert_eq!(reader.log.stats().pending_bytes, 0);
     }
 }
