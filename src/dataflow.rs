@@ -146,6 +146,11 @@ pub struct RunContext {
     /// Whether the windows operator also emits a running estimate of each key's open
     /// window whenever new records change it ([`WindowOutputs::estimates`]).
     pub estimates: bool,
+    /// Whether the source is one ordered partition however many workers read it (the
+    /// ingest log: HTTP, TCP, followed files). Its watermark is then the log's: each
+    /// batch is judged against the largest time of the batches before it, and the global
+    /// frontier is the newest report, not the slowest worker's (see [`frontier_of`]).
+    pub one_partition: bool,
 }
 
 impl RunContext {
@@ -157,7 +162,22 @@ impl RunContext {
             on_fatal,
             checkpoint: None,
             estimates: false,
+            one_partition: false,
         }
+    }
+}
+
+/// The global frontier of the workers' reported largest times: for partitioned sources
+/// the smallest (each worker reads a partition of its own); for one partition read by
+/// several workers the largest, since each report already covers every batch before its
+/// own. A worker with no share reports `Time::MAX` (done) at once: for one partition that
+/// means "no more from me", not the end, until every worker says so.
+pub fn frontier_of(max_seen: &[Time], one_partition: bool) -> Time {
+    if one_partition {
+        let live = max_seen.iter().copied().filter(|&t| t != Time::MAX).max();
+        live.unwrap_or(Time::MAX)
+    } else {
+        max_seen.iter().copied().min().unwrap_or(Time::MIN)
     }
 }
 
@@ -371,7 +391,7 @@ pub fn ingest<'scope>(
     {
         first = commit.epoch + 1;
         reader.seek(first);
-        combiner.watermark.max_seen = resumed_max_seen(commit, peers)[worker];
+        combiner.watermark.max_seen = resumed_max_seen(commit, peers, false)[worker];
         restored = recovered
             .panes
             .iter()
@@ -417,6 +437,11 @@ pub fn ingest<'scope>(
                 }
                 Some(batch) => {
                     c.downgrade(&batch.max(first));
+                    if let Some(before) = reader.partition_before() {
+                        // One partition read by several workers: this batch is judged
+                        // against the largest time of every batch before it.
+                        combiner.watermark.max_seen = before;
+                    }
                     if bounded_batches {
                         combiner.watermark.begin_batch();
                     }
@@ -505,12 +530,11 @@ pub fn ingest<'scope>(
 /// workers: the recorded ones when the worker count is unchanged; otherwise, partitions
 /// being different, every worker starts from the global frontier (their minimum), which
 /// keeps lateness decisions consistent with the windows already closed.
-pub fn resumed_max_seen(commit: &Commit, peers: usize) -> Vec<Time> {
+pub fn resumed_max_seen(commit: &Commit, peers: usize, one_partition: bool) -> Vec<Time> {
     if commit.max_seen.len() == peers {
         commit.max_seen.clone()
     } else {
-        let frontier = commit.max_seen.iter().copied().min().unwrap_or(Time::MIN);
-        vec![frontier; peers]
+        vec![frontier_of(&commit.max_seen, one_partition); peers]
     }
 }
 
@@ -919,6 +943,8 @@ struct Windows {
     counts_workers: bool,
     /// Epochs from a pane's expiry to its retraction ([`retraction_delay`]).
     retraction_delay: Epoch,
+    /// The source is one partition ([`RunContext::one_partition`]).
+    one_partition: bool,
 }
 
 struct KeyWindows {
@@ -959,6 +985,7 @@ impl Windows {
             open_windows: 0,
             counts_workers: worker == 0,
             retraction_delay: retraction_delay(peers),
+            one_partition: context.one_partition,
             checkpoint: context.checkpoint.clone().map(|c| Checkpointer {
                 context: c,
                 worker,
@@ -970,7 +997,7 @@ impl Windows {
         if let Some(recovered) = restored
             && let Some(commit) = &recovered.commit
         {
-            windows.max_seen = resumed_max_seen(commit, peers);
+            windows.max_seen = resumed_max_seen(commit, peers, windows.one_partition);
             let (_, watermark) = windows.frontier();
             windows.restored_final_through = watermark;
             windows.metrics.watermark.store(watermark, Relaxed);
@@ -998,7 +1025,7 @@ impl Windows {
 
     /// The global frontier (smallest largest-event-time over workers) and watermark.
     fn frontier(&self) -> (Time, Time) {
-        let frontier = self.max_seen.iter().copied().min().unwrap_or(Time::MIN);
+        let frontier = frontier_of(&self.max_seen, self.one_partition);
         let watermark = if frontier == Time::MAX {
             Time::MAX
         } else {

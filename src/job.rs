@@ -21,7 +21,7 @@ use crate::checkpoint::coordinator::Coordinate;
 use crate::checkpoint::{self, Store};
 use crate::dataflow::{
     CheckpointContext, Epoch, MAX_AHEAD_PER_WORKER, ModelLine, OnError, RunContext, SetAside,
-    WindowConfig, ingest, windowed_regression,
+    WindowConfig, frontier_of, ingest, windowed_regression,
 };
 use crate::metrics::{Metrics, Snapshot};
 use crate::model::SolveOptions;
@@ -488,10 +488,18 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
                 Some(c) if cluster.process == 0 => (Some(Arc::clone(&c.store)), c.resumed_at()),
                 _ => (None, None),
             };
+            // One partition, however many workers read it: resumed at the committed
+            // frontier.
+            let resumed = checkpoint
+                .as_ref()
+                .and_then(|c| c.restored.as_ref())
+                .and_then(|r| r.commit.as_ref())
+                .map_or(Time::MIN, |c| frontier_of(&c.max_seen, true));
             let log = Arc::new(
                 IngestLog::open(store, resume_after, job.max_pending)
                     .map_err(|e| e.to_string())?
-                    .with_max_pending_bytes(job.max_pending_bytes),
+                    .with_max_pending_bytes(job.max_pending_bytes)
+                    .with_partition(resumed, job.windows.max_jump),
             );
             Some(log)
         }
@@ -558,6 +566,7 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
     let context = RunContext {
         checkpoint,
         estimates: serving,
+        one_partition: log.is_some(),
         ..RunContext::new(job.on_error, Arc::clone(&metrics), fatal)
     };
     let log_readers = cluster.workers;

@@ -172,6 +172,10 @@ pub fn signal_name(signal: i32) -> String {
     format!("signal {signal} ({name})")
 }
 
+/// How long the launcher waits, after a process exits for a lost peer, for the failure
+/// that caused it before it stops the others itself.
+const PEER_LOST_GRACE: Duration = Duration::from_secs(2);
+
 /// How a process ended, in words: `exited with code 2`, `was killed by signal 9 (SIGKILL)`.
 pub fn describe_exit(status: &ExitStatus) -> String {
     match (status.code(), status.signal()) {
@@ -481,7 +485,22 @@ pub fn launch(args: LaunchArgs) -> Result<(), String> {
             *kill_at = Some(Instant::now() + grace);
         }
     };
+    // A process that exited because it lost a peer (EXIT_PEER_LOST) names no cause: the
+    // peer's own failure, usually reaped a moment later, is the one to report.
+    let mut peer_lost: Option<(usize, Instant)> = None;
     while cluster.running() > 0 {
+        if let Some((i, at)) = peer_lost
+            && failed.is_none()
+            && interrupted.is_none()
+            && at.elapsed() >= PEER_LOST_GRACE
+        {
+            failed = Some(i);
+            eprintln!(
+                "launch: process {i} (pid {}) lost a peer: stopping the other processes",
+                cluster.procs[i].pid
+            );
+            stop(&mut cluster, &mut kill_at);
+        }
         let signal = STOP_SIGNAL.load(Ordering::SeqCst);
         if signal != 0 && interrupted.is_none() && failed.is_none() {
             interrupted = Some(signal);
@@ -517,6 +536,13 @@ pub fn launch(args: LaunchArgs) -> Result<(), String> {
                 p.pid,
                 describe_exit(&status)
             );
+        } else if status.code() == Some(crate::quarantine::EXIT_PEER_LOST) && failed.is_none() {
+            eprintln!(
+                "launch: process {i} (pid {}) {}",
+                p.pid,
+                describe_exit(&status)
+            );
+            peer_lost.get_or_insert((i, Instant::now()));
         } else if failed.is_none() && interrupted.is_none() {
             failed = Some(i);
             eprintln!(
@@ -540,7 +566,7 @@ pub fn launch(args: LaunchArgs) -> Result<(), String> {
         .map(|(i, p)| (i, (p.pid, p.status.expect("reaped"))))
         .collect();
     drop(cluster);
-    if let Some(i) = failed {
+    if let Some(i) = failed.or(peer_lost.map(|(i, _)| i)) {
         let (pid, status) = statuses[&i];
         return Err(format!(
             "launch: process {i} (pid {pid}) {}; the other processes were stopped",

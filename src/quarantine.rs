@@ -31,6 +31,11 @@ use serde::{Deserialize, Serialize};
 /// The exit code of a process ended by a panic (`EX_SOFTWARE`).
 pub const EXIT_PANIC: i32 = 70;
 
+/// The exit code of a process of a cluster that lost its connection to another process
+/// (timely's network threads panic when a peer's socket closes): a consequence of the
+/// other process's failure, not a fault of its own (`EX_TEMPFAIL`).
+pub const EXIT_PEER_LOST: i32 = 75;
+
 /// Crashes recorded on the same batch before it is set aside.
 pub const CRASHES_TO_QUARANTINE: usize = 2;
 
@@ -160,6 +165,13 @@ pub fn install(dir: Option<&Path>, process: usize, committed: Option<u64>) -> Re
             .unwrap_or_default();
         let message = format!("thread '{name}' panicked at {place}: {payload}");
         let _ = FAILED.set(message.clone());
+        if name.starts_with("timely:recv") || name.starts_with("timely:send") {
+            eprintln!(
+                "error: lost the connection to another process of the cluster ({payload}); \
+                 stopping (exit {EXIT_PEER_LOST})"
+            );
+            std::process::exit(EXIT_PEER_LOST);
+        }
         eprintln!("error: {message}");
         // Only a worker's own fault is held against a batch: not a peer process lost
         // (the network threads' "timely communication error", and the workers'

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,11 +31,10 @@ fn sentinel(ts: i64, d: usize) -> Row {
     }
 }
 
-/// Posts the sentinel once per worker, in separate posts (so every worker sees it).
-fn post_sentinels(server: &Server, ts: i64, d: usize, workers: usize) {
-    for _ in 0..workers {
-        server.post_rows(&[sentinel(ts, d)], d, false);
-    }
+/// Posts the sentinel, once: the ingest log is one partition, so one batch moves the
+/// watermark of every worker that reads it (no batch per worker needed).
+fn post_sentinel(server: &Server, ts: i64, d: usize) {
+    server.post_rows(&[sentinel(ts, d)], d, false);
 }
 
 /// A time past every window of `rows` plus the lateness: posting it closes them all.
@@ -157,7 +156,8 @@ fn assert_written_once(out: &Path) {
 // ---------------------------------------------------------------------------------------
 
 /// What the served state must be once the dataflow has read `posted` (data rows only),
-/// with `worker_max[w]` the largest time in the batches of worker `w`: per key, the window
+/// with `worker_max[p]` the largest time in the batches of partition `p` (the ingest log is
+/// one partition, whatever the worker count): per key, the window
 /// of the newest final model, the window of the running estimate (min end after the
 /// frontier), and the windows a provisional emission may show (end in (watermark,
 /// frontier]).
@@ -322,20 +322,21 @@ fn oracle_agreement(workers: usize, win: Win, name: &str) {
     let server = Server::start(&dir, &http_args(&out, d, win, lateness, workers));
 
     let chunks: Vec<&[Row]> = rows.chunks(1000).collect();
-    let mut worker_max = vec![i64::MIN; workers];
+    // The ingest log is one partition: its frontier is the largest time posted, however
+    // the batches are spread over the workers.
+    let mut log_max = [i64::MIN];
     let mut posted = 0;
     for (i, chunk) in chunks.iter().enumerate() {
         let batch = server.post_rows(chunk, d, i % 2 == 1);
         assert_eq!(batch, i as u64, "{name}: batch numbers count the posts");
-        let w = i % workers;
-        worker_max[w] = worker_max[w].max(chunk.iter().map(|r| r.ts).max().unwrap());
+        log_max[0] = log_max[0].max(chunk.iter().map(|r| r.ts).max().unwrap());
         posted += chunk.len();
         if i + 1 == chunks.len() / 2 || i + 1 == chunks.len() {
             check_live(
                 &server,
                 &rows[..posted],
                 &rows,
-                &worker_max,
+                &log_max,
                 win,
                 lateness,
                 d,
@@ -344,7 +345,7 @@ fn oracle_agreement(workers: usize, win: Win, name: &str) {
         }
     }
 
-    post_sentinels(&server, closing_time(&want, lateness), d, workers);
+    post_sentinel(&server, closing_time(&want, lateness), d);
 
     // (a) --out: the final models equal the oracle's windows.
     let got = wait_for_out(&server, &out, &want);
@@ -624,7 +625,7 @@ fn kill_9_after_an_answer_loses_nothing_and_counts_nothing_twice() {
         server.post_rows(chunks[next], d, next % 2 == 0);
         next += 1;
     }
-    post_sentinels(&server, closing_time(&want, lateness), d, workers);
+    post_sentinel(&server, closing_time(&want, lateness), d);
     let got = wait_for_out(&server, &out, &want);
     assert_models_match(
         &got,
@@ -1313,7 +1314,7 @@ fn load_every_accepted_record_counts_once() {
         accepted += a;
     }
     let posting = started.elapsed();
-    post_sentinels(&server, closing_time(&want, lateness), d, workers);
+    post_sentinel(&server, closing_time(&want, lateness), d);
     let got = wait_for_out(&server, &out, &want);
     let end_to_end = started.elapsed();
     latency.sort();
@@ -1335,8 +1336,8 @@ fn load_every_accepted_record_counts_once() {
     let text = server.get("/metrics").body;
     assert_eq!(
         metric_value(&text, "tributary_records_total"),
-        Some((accepted + workers) as f64),
-        "records_total: the posts and the sentinels: {text}"
+        Some((accepted + 1) as f64),
+        "records_total: the posts and the sentinel: {text}"
     );
 }
 
@@ -1355,51 +1356,24 @@ fn tcp_client_source_gives_the_oracle_models() {
     let want = oracle(&rows, d, win, None);
     let dir = TempDir::new("tcp-client");
     let out = dir.path("models.jsonl");
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stderr = dir.path("stderr.txt");
-    let mut child = Command::new(BIN)
-        .args([
-            "run",
-            "-q",
-            "--source",
-            &format!("tcp:{addr}"),
+    let features = feature_list(d);
+    let window = win.arg();
+    let (mut child, mut stream, stderr) = spawn_tcp_client(
+        &dir,
+        &[
             "--features",
-            &feature_list(d),
+            &features,
             "--window",
-            &win.arg(),
+            &window,
             "--lateness",
             "1s",
             "--out",
             out.to_str().unwrap(),
             "-w",
             "2",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .unwrap();
+        ],
+    );
     let stderr_text = || std::fs::read_to_string(&stderr).unwrap_or_default();
-    listener.set_nonblocking(true).unwrap();
-    let deadline = Instant::now() + WAIT;
-    let mut stream = loop {
-        match listener.accept() {
-            Ok((s, _)) => break s,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
-                    let _ = child.kill();
-                    panic!(
-                        "the engine did not connect: {e}\nstderr:\n{}",
-                        stderr_text()
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(e) => panic!("accept: {e}"),
-        }
-    };
-    stream.set_nonblocking(false).unwrap();
     let mut text = csv_header(d) + "\n";
     for (i, chunk) in rows.chunks(1500).enumerate() {
         for r in chunk {
@@ -1627,18 +1601,12 @@ fn followed_file_is_read_as_it_grows_exactly_once_across_kill_9() {
         before.len() + after.len(),
         "the replayed and the last lines",
     );
-    // One sentinel per worker, each in a batch of its own (the log's batches go round
-    // the workers): every worker's watermark passes every window.
-    let closing = closing_time(&want, lateness);
-    let batches = || server.get("/healthz").json()["ingest"]["next_batch"].as_u64();
-    for _ in 0..workers {
-        let before = batches();
-        append(&data, &csv_lines(&[sentinel(closing, d)]));
-        server.wait_for("the sentinel's batch", || {
-            let now = batches();
-            (now > before).then_some(()).ok_or(format!("{now:?}"))
-        });
-    }
+    // One sentinel line: the log is one partition, its watermark passes every window
+    // whichever worker reads the sentinel's batch.
+    append(
+        &data,
+        &csv_lines(&[sentinel(closing_time(&want, lateness), d)]),
+    );
     let got = wait_for_out(&server, &out, &want);
     assert_models_match(
         &got,

@@ -24,7 +24,7 @@ use timely::scheduling::SyncActivator;
 use super::{RecordSink, SourceError};
 use crate::checkpoint::{CheckpointError, SourcePosition, Store, codec};
 use crate::record::RecordRef;
-use crate::window::Time;
+use crate::window::{Time, Watermark};
 
 /// Records in columns: what one append carries, and one batch of the log.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -122,6 +122,21 @@ struct State {
     stats: LogStats,
     /// Workers to wake when a batch arrives.
     waiting: Vec<SyncActivator>,
+    /// The log is one partition: its largest admitted event time through the last
+    /// numbered batch (see [`IngestLog::with_partition`]).
+    partition: Watermark,
+    /// The partition's largest time before each batch not read yet.
+    before: BTreeMap<u64, Time>,
+}
+
+/// `watermark` after `batch`, admitted as the windows' ingest admits a live source's
+/// batch: bounded by `max_jump` past where it stood before. (Late records never move the
+/// largest time: they are behind it.)
+fn advance(watermark: &mut Watermark, batch: &RecordBatch) {
+    watermark.begin_batch();
+    for &t in &batch.time {
+        watermark.admit(t, Time::MAX);
+    }
 }
 
 /// A log of record batches (see the module documentation).
@@ -175,6 +190,8 @@ impl IngestLog {
                 closed_at: None,
                 stats,
                 waiting: Vec::new(),
+                partition: Watermark::new(0, Time::MAX),
+                before: BTreeMap::new(),
             }),
             store,
             max_pending: max_pending.max(1),
@@ -186,6 +203,31 @@ impl IngestLog {
     /// ([`RecordBatch::bytes`]), besides the limit in records (default: no byte limit).
     pub fn with_max_pending_bytes(mut self, bytes: u64) -> IngestLog {
         self.max_pending_bytes = bytes.max(1);
+        self
+    }
+
+    /// The log as one partition starting at `max_seen` (the restored frontier, or
+    /// `Time::MIN`), its batches bounded by `max_jump`: every batch is judged against the
+    /// largest event time of the batches numbered before it, whichever worker reads it
+    /// ([`LogReader::partition_before`]). Batches read back from the store are numbered
+    /// again from `max_seen`, in order.
+    pub fn with_partition(self, max_seen: Time, max_jump: Time) -> IngestLog {
+        {
+            let mut state = self.state();
+            let State {
+                batches,
+                partition,
+                before,
+                ..
+            } = &mut *state;
+            *partition = Watermark::new(0, max_jump);
+            partition.max_seen = max_seen;
+            before.clear();
+            for (&seq, batch) in batches.iter() {
+                before.insert(seq, partition.max_seen);
+                advance(partition, batch);
+            }
+        }
         self
     }
 
@@ -233,6 +275,13 @@ impl IngestLog {
                     flag: "--max-pending-bytes",
                 });
             }
+            // Numbered in order: the partition's largest time before it, and after. (A
+            // batch whose write then fails is read as empty; its times still moved the
+            // partition, by at most --max-jump.)
+            let seq = state.next;
+            let before = state.partition.max_seen;
+            state.before.insert(seq, before);
+            advance(&mut state.partition, &batch);
             state.next += 1;
             state.stats.next_batch = state.next;
             // Counted as pending now, so that concurrent appends see the backlog.
@@ -354,6 +403,13 @@ impl LogReader {
             .is_some_and(|next| self.log.state().batches.contains_key(&next))
     }
 
+    /// The partition's largest admitted event time before the next batch (`None` when
+    /// this worker has no share, or the batch has not been numbered).
+    pub fn partition_before(&self) -> Option<Time> {
+        let next = self.next?;
+        self.log.state().before.get(&next).copied()
+    }
+
     /// Reads the next batch into `sink`, once it has arrived.
     pub fn read_batch<S: RecordSink>(&mut self, sink: &mut S) -> Result<(), SourceError> {
         let Some(next) = self.next else {
@@ -364,6 +420,7 @@ impl LogReader {
             let Some(batch) = state.batches.remove(&next) else {
                 return Ok(());
             };
+            state.before.remove(&next);
             state.stats.read += batch.len() as u64;
             state.stats.pending -= batch.len() as u64;
             state.stats.pending_bytes = state.stats.pending_bytes.saturating_sub(batch.bytes());

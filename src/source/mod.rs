@@ -306,6 +306,15 @@ impl SourceReader {
         }
     }
 
+    /// For one partition read by several workers (the ingest log), the partition's
+    /// largest admitted event time before the next batch; `None` for partitioned sources.
+    pub fn partition_before(&self) -> Option<crate::window::Time> {
+        match self {
+            SourceReader::Log(r) => r.partition_before(),
+            _ => None,
+        }
+    }
+
     /// Reads batch [`next_batch`](Self::next_batch) into `sink` and moves past it.
     pub fn read_batch<S: RecordSink>(&mut self, sink: &mut S) -> Result<(), SourceError> {
         match self {

@@ -308,3 +308,44 @@ pub fn with(mut args: Vec<String>, extra: &[&str]) -> Vec<String> {
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }
+
+/// Starts `tributary run -q --source tcp:ADDR ARGS…` (client mode) against a listener of
+/// the test on 127.0.0.1, and waits (bounded) for the connection it makes. Returns the
+/// engine (the caller kills or waits for it), the connection, and its stderr file.
+pub fn spawn_tcp_client(dir: &TempDir, args: &[&str]) -> (Child, std::net::TcpStream, PathBuf) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stderr = dir.path(&format!(
+        "tcp-client-{}.stderr",
+        STARTS.fetch_add(1, Ordering::SeqCst)
+    ));
+    let mut child = Command::new(BIN)
+        .args(["run", "-q", "--source", &format!("tcp:{addr}")])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + WAIT;
+    let stream = loop {
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "the engine did not connect: {e}\nstderr:\n{}",
+                        std::fs::read_to_string(&stderr).unwrap_or_default()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    };
+    stream.set_nonblocking(false).unwrap();
+    (child, stream, stderr)
+}
