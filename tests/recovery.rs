@@ -479,7 +479,13 @@ fn a_damaged_store_is_refused() {
         !o.status.success(),
         "a truncated store was accepted: {stderr}"
     );
-    assert!(stderr.contains("checkpoint"), "{stderr}");
+    // Refused as damaged (exit 4, docs/checkpoint-format.md), naming the store: not any
+    // failure that happens to mention a checkpoint (a panic in src/checkpoint/ would).
+    assert_eq!(o.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains(&store.display().to_string()) && !stderr.contains("panicked"),
+        "the refusal names the store {store:?}: {stderr}"
+    );
 }
 
 #[test]
