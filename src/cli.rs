@@ -229,6 +229,10 @@ pub struct RunArgs {
     /// never [default: 5m].
     #[arg(long)]
     pub tcp_idle_timeout: Option<String>,
+    /// Live sources: when nothing has arrived for this long, close every open window as
+    /// if event time had passed it (finals marked `"closed_by":"idle"`) [default: off].
+    #[arg(long, value_name = "DUR")]
+    pub close_after_idle: Option<String>,
     /// Bytes the ingest log may hold unread (records' size in memory) before POST /data
     /// answers 503 [default: 268435456].
     #[arg(long)]
@@ -311,6 +315,7 @@ impl RunArgs {
             max_line_bytes: self.max_line_bytes,
             tcp_max_connections: self.tcp_max_connections,
             tcp_idle_timeout: self.tcp_idle_timeout.clone(),
+            close_after_idle: self.close_after_idle.clone(),
             max_pending_bytes: self.max_pending_bytes,
             header_timeout: self.header_timeout.clone(),
             body_timeout: self.body_timeout.clone(),

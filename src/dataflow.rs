@@ -110,6 +110,9 @@ pub struct Progress {
     pub counts: Counts,
     /// Whether the epoch of this report is a checkpoint epoch.
     pub checkpoint: bool,
+    /// Whether this batch was the source's idle close (`--close-after-idle`): the
+    /// partition's largest time was moved past every window open.
+    pub idle: bool,
 }
 
 /// What the windows operator hears besides the pane statistics (broadcast to every worker).
@@ -251,6 +254,53 @@ pub struct ModelLine {
     /// How many times late records changed the window after its first emission.
     #[serde(default)]
     pub revision: u32,
+    /// `Some("idle")` for a final model whose window was closed because the source was
+    /// idle for `--close-after-idle`, not because event time passed it.
+    #[serde(default)]
+    pub closed_by: Option<String>,
+}
+
+/// The layout of [`ModelLine`] before `closed_by`, as stores written by earlier builds
+/// hold their served models (bincode does not skip missing fields).
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct ModelLineV1 {
+    key: String,
+    window_start: Time,
+    window_end: Time,
+    n: i64,
+    coef: Option<Vec<f64>>,
+    r2: Option<f64>,
+    rmse: Option<f64>,
+    cond: Option<f64>,
+    status: Status,
+    is_final: bool,
+    revision: u32,
+}
+
+impl ModelLine {
+    /// Decodes a model kept in a checkpoint store, of this build's layout or the one
+    /// before `closed_by`.
+    pub fn decode_stored(bytes: &[u8]) -> Result<ModelLine, crate::checkpoint::codec::CodecError> {
+        use crate::checkpoint::codec::decode;
+        decode::<ModelLine>(bytes).or_else(|e| {
+            let v1: ModelLineV1 = decode(bytes).map_err(|_| e)?;
+            Ok(ModelLine {
+                key: v1.key,
+                window_start: v1.window_start,
+                window_end: v1.window_end,
+                n: v1.n,
+                coef: v1.coef,
+                r2: v1.r2,
+                rmse: v1.rmse,
+                cond: v1.cond,
+                status: v1.status,
+                is_final: v1.is_final,
+                revision: v1.revision,
+                closed_by: None,
+            })
+        })
+    }
 }
 
 /// The `--out` form of a [`ModelLine`]: `revision` only when non-zero. (The exchanged
@@ -271,6 +321,8 @@ struct ModelJson<'a> {
     is_final: bool,
     #[serde(skip_serializing_if = "is_zero_u32")]
     revision: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    closed_by: Option<&'a str>,
 }
 
 fn is_zero_u32(v: &u32) -> bool {
@@ -291,6 +343,7 @@ impl crate::sink::JsonLine for ModelLine {
             status: self.status,
             is_final: self.is_final,
             revision: self.revision,
+            closed_by: self.closed_by.as_deref(),
         };
         serde_json::to_writer(w, &view).map_err(std::io::Error::other)
     }
@@ -323,6 +376,7 @@ impl ModelLine {
             status: fit.status,
             is_final,
             revision,
+            closed_by: None,
         }
     }
 
@@ -437,6 +491,7 @@ pub fn ingest<'scope>(
                 }
                 Some(batch) => {
                     c.downgrade(&batch.max(first));
+                    let idle_close = reader.idle_close_to();
                     if let Some(before) = reader.partition_before() {
                         // One partition read by several workers: this batch is judged
                         // against the largest time of every batch before it.
@@ -456,6 +511,10 @@ pub fn ingest<'scope>(
                     if let Err(e) = read {
                         on_fatal(e);
                     }
+                    if let Some(to) = idle_close {
+                        // The source was idle: its watermark moves past every open window.
+                        combiner.watermark.max_seen = combiner.watermark.max_seen.max(to);
+                    }
                     let done = reader.next_batch().is_none();
                     metrics.add(&combiner.counts);
                     let mut session = output.session(&*c);
@@ -474,6 +533,7 @@ pub fn ingest<'scope>(
                         },
                         counts: std::mem::take(&mut combiner.counts),
                         checkpoint: mark(done),
+                        idle: idle_close.is_some(),
                     }));
                     drop(session);
                     match reader.next_batch() {
@@ -497,6 +557,7 @@ pub fn ingest<'scope>(
                         max_seen: Time::MAX,
                         counts: Counts::default(),
                         checkpoint: mark(true),
+                        idle: false,
                     }));
                     cap = None;
                 }
@@ -945,6 +1006,8 @@ struct Windows {
     retraction_delay: Epoch,
     /// The source is one partition ([`RunContext::one_partition`]).
     one_partition: bool,
+    /// The epoch being evaluated is a source's idle close: finals say so.
+    closing_idle: bool,
 }
 
 struct KeyWindows {
@@ -986,6 +1049,7 @@ impl Windows {
             counts_workers: worker == 0,
             retraction_delay: retraction_delay(peers),
             one_partition: context.one_partition,
+            closing_idle: false,
             checkpoint: context.checkpoint.clone().map(|c| Checkpointer {
                 context: c,
                 worker,
@@ -1042,6 +1106,9 @@ impl Windows {
         mut emit: impl FnMut(Emission),
     ) {
         let mut checkpoint = false;
+        self.closing_idle = reports
+            .iter()
+            .any(|r| matches!(r, Control::Progress(p) if p.idle));
         for report in &reports {
             match report {
                 Control::Progress(p) => {
@@ -1296,9 +1363,12 @@ impl Windows {
                 None => 0,
             };
             let fit = solve(&stats, self.config.solve);
-            emit(Emission::Model(ModelLine::new(
-                key, window, &stats, fit, is_final, revision,
-            )));
+            let mut line = ModelLine::new(key, window, &stats, fit, is_final, revision);
+            if is_final && self.closing_idle {
+                line.closed_by = Some("idle".into());
+                self.metrics.windows_closed_idle.fetch_add(1, Relaxed);
+            }
+            emit(Emission::Model(line));
             if is_final {
                 state.emitted.remove(&window.start);
                 self.metrics.windows_final.fetch_add(1, Relaxed);
@@ -1449,6 +1519,34 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A served model kept by an earlier build (without `closed_by`) still decodes.
+    #[test]
+    fn stored_models_of_the_layout_before_closed_by_decode() {
+        use super::{ModelLine, ModelLineV1, Status};
+        let old = ModelLineV1 {
+            key: "k".into(),
+            window_start: 0,
+            window_end: 10,
+            n: 3,
+            coef: Some(vec![1.0, 2.0]),
+            r2: Some(0.5),
+            rmse: Some(0.1),
+            cond: Some(1.0),
+            status: Status::Ok,
+            is_final: true,
+            revision: 2,
+        };
+        let bytes = crate::checkpoint::codec::encode(&old);
+        let line = ModelLine::decode_stored(&bytes).unwrap();
+        assert_eq!((line.key.as_str(), line.n, line.revision), ("k", 3, 2));
+        assert_eq!(line.closed_by, None);
+        let mut now = line.clone();
+        now.closed_by = Some("idle".into());
+        let bytes = crate::checkpoint::codec::encode(&now);
+        assert_eq!(ModelLine::decode_stored(&bytes).unwrap(), now);
+        assert!(ModelLine::decode_stored(b"TRB1garbage").is_err());
     }
 
     /// A combiner of records with one feature, no lateness and no bound on jumps.

@@ -84,6 +84,9 @@ pub struct JobSpec {
     /// A listening TCP source closes a connection silent this long (default `5m`; `0s`:
     /// never).
     pub tcp_idle_timeout: Option<String>,
+    /// Live sources: close every open window after the source was idle this long
+    /// (default off).
+    pub close_after_idle: Option<String>,
     /// Bytes the ingest log holds unread before `POST /data` answers 503 (default 256 MiB).
     pub max_pending_bytes: Option<u64>,
     /// HTTP: longest time from a request's first byte to the end of its head (default `10s`).
@@ -147,6 +150,7 @@ impl JobSpec {
             max_line_bytes: flags.max_line_bytes.or(self.max_line_bytes),
             tcp_max_connections: flags.tcp_max_connections.or(self.tcp_max_connections),
             tcp_idle_timeout: flags.tcp_idle_timeout.or(self.tcp_idle_timeout),
+            close_after_idle: flags.close_after_idle.or(self.close_after_idle),
             max_pending_bytes: flags.max_pending_bytes.or(self.max_pending_bytes),
             header_timeout: flags.header_timeout.or(self.header_timeout),
             body_timeout: flags.body_timeout.or(self.body_timeout),
@@ -241,6 +245,19 @@ impl JobSpec {
             .as_deref()
             .unwrap_or("sliding:60s/10s")
             .parse()?;
+        let close_after_idle = match &self.close_after_idle {
+            None => None,
+            Some(_) if !source.is_logged() => {
+                return Err(format!(
+                    "--close-after-idle applies to live sources (http, tcp, a followed \
+                     file), not {source}: it ends, and its last windows close then"
+                ));
+            }
+            Some(t) => match parse_duration(t).map_err(|e| format!("--close-after-idle: {e}"))? {
+                ms if ms <= 0 => return Err("--close-after-idle must be positive".into()),
+                ms => Some(Duration::from_millis(ms as u64)),
+            },
+        };
         Ok(Job {
             schema: Schema {
                 time,
@@ -286,6 +303,7 @@ impl JobSpec {
                 },
             },
             resume_from: None,
+            close_after_idle,
             max_pending_bytes: self.max_pending_bytes.unwrap_or(DEFAULT_MAX_PENDING_BYTES),
             http,
         })
@@ -352,6 +370,9 @@ pub struct Job {
     /// `--resume-from`: the checkpoint epoch to resume from (a command-line flag only).
     #[serde(default)]
     pub resume_from: Option<u64>,
+    /// Close every open window of a live source idle this long (`--close-after-idle`).
+    #[serde(default)]
+    pub close_after_idle: Option<Duration>,
     /// Ingest-log bound: bytes of records appended and not yet read.
     pub max_pending_bytes: u64,
     /// The HTTP server's limits.
@@ -505,6 +526,35 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
         }
         _ => None,
     };
+    if let (Some(log), Some(idle), 0) = (&log, job.close_after_idle, cluster.process) {
+        // Every window a record so far can be in ends within the window's length (the
+        // gap of sessions) of it; the lateness on top makes them final.
+        let reach = match job.windows.window {
+            WindowSpec::Tumbling { length } | WindowSpec::Sliding { length, .. } => length,
+            WindowSpec::Session { gap } => gap,
+        };
+        let horizon = reach.saturating_add(job.windows.lateness);
+        let log = Arc::clone(log);
+        std::thread::Builder::new()
+            .name("idle-close".into())
+            .spawn(move || {
+                loop {
+                    let quiet = log.idle_for();
+                    if quiet >= idle {
+                        if let Some(batch) = log.close_idle(horizon) {
+                            eprintln!(
+                                "tributary: no records for {quiet:.1?} (--close-after-idle): \
+                                 closing every open window (batch {batch})"
+                            );
+                        }
+                        std::thread::sleep(idle);
+                    } else {
+                        std::thread::sleep(idle - quiet);
+                    }
+                }
+            })
+            .map_err(|e| format!("--close-after-idle: {e}"))?;
+    }
     if let (Some(log), 0) = (&log, cluster.process) {
         let feed = FeedContext {
             schema: job.schema.clone(),

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub estimates: AtomicU64,
     /// Final model emissions.
     pub windows_final: AtomicU64,
+    /// Final model emissions of windows closed by an idle source (`--close-after-idle`).
+    pub windows_closed_idle: AtomicU64,
     /// Provisional model emissions.
     pub windows_provisional: AtomicU64,
     /// The global watermark as last seen by this process's first worker (ms).
@@ -53,6 +55,8 @@ pub struct Snapshot {
     pub open_panes: i64,
     /// See [`Metrics::windows_final`].
     pub windows_final: u64,
+    /// See [`Metrics::windows_closed_idle`].
+    pub windows_closed_idle: u64,
     /// See [`Metrics::windows_provisional`].
     pub windows_provisional: u64,
     /// See [`Metrics::watermark`].
@@ -107,6 +111,7 @@ impl Metrics {
             too_far: self.too_far.load(Relaxed),
             open_panes: self.open_panes.load(Relaxed),
             windows_final: self.windows_final.load(Relaxed),
+            windows_closed_idle: self.windows_closed_idle.load(Relaxed),
             windows_provisional: self.windows_provisional.load(Relaxed),
             watermark: self.watermark.load(Relaxed),
             open_windows: self.open_windows.load(Relaxed),

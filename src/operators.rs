@@ -251,6 +251,7 @@ impl<'scope> WindowPanes<'scope> for StreamVec<'scope, Epoch, Record> {
                         max_seen: combiner.watermark.max_seen,
                         counts: std::mem::take(&mut combiner.counts),
                         checkpoint: false,
+                        idle: false,
                     }));
                 }
                 match frontier.frontier().iter().next() {
@@ -262,6 +263,7 @@ impl<'scope> WindowPanes<'scope> for StreamVec<'scope, Epoch, Record> {
                             max_seen: Time::MAX,
                             counts: Counts::default(),
                             checkpoint: false,
+                            idle: false,
                         }));
                         held = None;
                     }

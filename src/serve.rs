@@ -353,7 +353,7 @@ impl ModelStore {
         let mut models = Models::default();
         if let Some(store) = &store {
             for bytes in store.models().map_err(|e| e.to_string())? {
-                let model: ModelLine = codec::decode(&bytes)
+                let model = ModelLine::decode_stored(&bytes)
                     .map_err(|e| format!("{}: stored model: {e}", store.path().display()))?;
                 models.change(&model.key.clone(), |entry| entry.last_final = Some(model));
             }
@@ -1196,6 +1196,13 @@ impl Instruments {
             ),
             (
                 counter(
+                    "windows_closed_idle_total",
+                    "Windows emitted final because the source was idle (--close-after-idle)",
+                )?,
+                |s| s.metrics.windows_closed_idle,
+            ),
+            (
+                counter(
                     "models_provisional_total",
                     "Provisional model emissions (lateness > 0)",
                 )?,
@@ -1300,6 +1307,16 @@ impl Instruments {
                     "The global watermark (ms since the Unix epoch)",
                 )?,
                 |s| s.metrics.watermark,
+            ),
+            (
+                gauge(
+                    "watermark_lag_ms",
+                    "Wall clock minus the global watermark (0 before the first record and at the end)",
+                )?,
+                |s| match s.metrics.watermark {
+                    i64::MIN | i64::MAX => 0,
+                    w => (crate::checkpoint::unix_ms() as i64).saturating_sub(w),
+                },
             ),
             (
                 gauge("checkpoint_epoch", "Newest committed checkpoint epoch")?,
@@ -2136,6 +2153,7 @@ mod tests {
             status: Status::Underdetermined,
             is_final,
             revision: 0,
+            closed_by: None,
         }
     }
 

@@ -123,3 +123,63 @@ impl Drop for KillOnDrop<'_> {
         let _ = self.0.wait();
     }
 }
+
+/// `--close-after-idle`: once the source has been quiet that long, every window open is
+/// final (`"closed_by":"idle"`), equal to the oracle over its records; a record that
+/// comes later for a closed window is late (to `--late-out`), and the windows event time
+/// closed before carry no mark.
+#[test]
+fn an_idle_source_closes_its_windows_and_later_records_are_late() {
+    let d = 1;
+    let dir = TempDir::new("close_after_idle");
+    let out = dir.path("out.jsonl");
+    let late = dir.path("late.jsonl");
+    let args = with(
+        http_args(&out, d, WIN, LATENESS_MS, 2),
+        &[
+            "--close-after-idle",
+            "300ms",
+            "--late-out",
+            late.to_str().unwrap(),
+        ],
+    );
+    let server = Server::start(&dir, &args);
+    let mut spec = GenSpec::new(500, 2, d, 8);
+    spec.step = 50; // 25 s: [0, 10 s) and [10 s, 20 s) close by event time, [20 s, 30 s) not
+    let rows = generate(&spec);
+    server.post_rows(&rows, d, false);
+    let want = oracle(&rows, d, WIN, None);
+    assert_eq!(want.len(), 6);
+    wait_for_models(&out, &want, "closed by event time, then by idleness");
+    let text = std::fs::read_to_string(&out).unwrap();
+    for e in parse_emissions(&text).iter().filter(|e| e.model.is_final) {
+        let line = text
+            .lines()
+            .find(|l| {
+                l.contains(&format!("\"key\":\"{}\"", e.key.0))
+                    && l.contains(&format!("\"window_start\":{}", e.key.1))
+                    && l.contains("\"final\":true")
+            })
+            .unwrap();
+        let by_idle = line.contains("\"closed_by\":\"idle\"");
+        assert_eq!(by_idle, e.key.1 == T0 + 20_000, "{line}");
+    }
+    assert_eq!(
+        server.metric("tributary_windows_closed_idle_total"),
+        Some(2.0)
+    );
+    // A record for the window idleness closed is late now.
+    let straggler = Row {
+        ts: T0 + 24_000,
+        key: "k0".into(),
+        x: vec![0.5],
+        y: 1.0,
+    };
+    server.post_rows(&[straggler], d, false);
+    server.wait_for("the straggler set aside as late", || {
+        let lines = late_lines(&late);
+        (lines.len() == 1 && lines[0]["reason"] == "late")
+            .then_some(())
+            .ok_or(format!("{lines:?}"))
+    });
+}

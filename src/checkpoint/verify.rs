@@ -155,7 +155,7 @@ impl Scan {
                 decode::<SourcePosition>(v)?;
             }
             b'L' => {
-                decode::<ModelLine>(v)?;
+                ModelLine::decode_stored(v).map_err(|e| e.to_string())?;
             }
             b'M' | b'C' | b'P' | b'D' | b'B' | b'F' | b'I' | b'S' => return bad_key(),
             _ => return Err("unknown key tag".into()),

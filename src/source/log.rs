@@ -17,6 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use timely::scheduling::SyncActivator;
@@ -127,6 +128,12 @@ struct State {
     partition: Watermark,
     /// The partition's largest time before each batch not read yet.
     before: BTreeMap<u64, Time>,
+    /// Idle closes not read yet: batch number → the partition's largest time after it.
+    idle: BTreeMap<u64, Time>,
+    /// When the last batch was appended (or the log opened).
+    last_append: Instant,
+    /// The partition's largest time when it was last closed for idleness.
+    idle_closed_at: Time,
 }
 
 /// `watermark` after `batch`, admitted as the windows' ingest admits a live source's
@@ -192,6 +199,9 @@ impl IngestLog {
                 waiting: Vec::new(),
                 partition: Watermark::new(0, Time::MAX),
                 before: BTreeMap::new(),
+                idle: BTreeMap::new(),
+                last_append: Instant::now(),
+                idle_closed_at: Time::MIN,
             }),
             store,
             max_pending: max_pending.max(1),
@@ -282,6 +292,7 @@ impl IngestLog {
             let before = state.partition.max_seen;
             state.before.insert(seq, before);
             advance(&mut state.partition, &batch);
+            state.last_append = Instant::now();
             state.next += 1;
             state.stats.next_batch = state.next;
             // Counted as pending now, so that concurrent appends see the backlog.
@@ -314,6 +325,38 @@ impl IngestLog {
             let _ = worker.activate();
         }
         result
+    }
+
+    /// How long no batch has been appended.
+    pub fn idle_for(&self) -> Duration {
+        self.state().last_append.elapsed()
+    }
+
+    /// Closes every window the records so far can be in, as if event time had passed
+    /// them (`--close-after-idle`): numbers an empty batch after which the partition's
+    /// largest time is `horizon` (window length, or session gap, plus the lateness) past
+    /// where it stands. Nothing happens (`None`) before any record, after the log was
+    /// closed, or when no record came since the last idle close. The batch is not
+    /// written to a store: after a crash, the idle timer decides again.
+    pub fn close_idle(&self, horizon: Time) -> Option<u64> {
+        let mut state = self.state();
+        let max = state.partition.max_seen;
+        if state.closed_at.is_some() || max == Time::MIN || max <= state.idle_closed_at {
+            return None;
+        }
+        let seq = state.next;
+        let after = max.saturating_add(horizon.max(1));
+        state.before.insert(seq, max);
+        state.idle.insert(seq, after);
+        state.partition.max_seen = after;
+        state.idle_closed_at = after;
+        state.batches.insert(seq, Arc::default());
+        state.next += 1;
+        state.stats.next_batch = state.next;
+        for worker in &state.waiting {
+            let _ = worker.activate();
+        }
+        Some(seq)
     }
 
     /// Takes no more records: the source ends once every batch appended is read.
@@ -410,6 +453,13 @@ impl LogReader {
         self.log.state().before.get(&next).copied()
     }
 
+    /// When the next batch is an idle close ([`IngestLog::close_idle`]): the partition's
+    /// largest time after it.
+    pub fn idle_close_to(&self) -> Option<Time> {
+        let next = self.next?;
+        self.log.state().idle.get(&next).copied()
+    }
+
     /// Reads the next batch into `sink`, once it has arrived.
     pub fn read_batch<S: RecordSink>(&mut self, sink: &mut S) -> Result<(), SourceError> {
         let Some(next) = self.next else {
@@ -421,6 +471,7 @@ impl LogReader {
                 return Ok(());
             };
             state.before.remove(&next);
+            state.idle.remove(&next);
             state.stats.read += batch.len() as u64;
             state.stats.pending -= batch.len() as u64;
             state.stats.pending_bytes = state.stats.pending_bytes.saturating_sub(batch.bytes());

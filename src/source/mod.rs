@@ -306,6 +306,15 @@ impl SourceReader {
         }
     }
 
+    /// When the next batch is an idle close of the ingest log (`--close-after-idle`):
+    /// the partition's largest time after it.
+    pub fn idle_close_to(&self) -> Option<crate::window::Time> {
+        match self {
+            SourceReader::Log(r) => r.idle_close_to(),
+            _ => None,
+        }
+    }
+
     /// For one partition read by several workers (the ingest log), the partition's
     /// largest admitted event time before the next batch; `None` for partitioned sources.
     pub fn partition_before(&self) -> Option<crate::window::Time> {
