@@ -2433,6 +2433,41 @@ mod tests {
     }
 
     #[test]
+    fn the_served_mark_only_advances_and_wakes_waiting_reads() {
+        let store = Arc::new(ModelStore::default());
+        assert_eq!(store.served(), None);
+        store.served_through(3);
+        store.served_through(1);
+        assert_eq!(store.served(), Some(3));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            // Already folded in: at once.
+            assert_eq!(store.wait_served(2, Duration::ZERO).await, Ok(3));
+            // Not yet: the wait runs out, with the mark as it is.
+            let started = Instant::now();
+            assert_eq!(
+                store.wait_served(5, Duration::from_millis(50)).await,
+                Err(Some(3))
+            );
+            assert!(started.elapsed() >= Duration::from_millis(50));
+            // Folded in while waiting: woken, not at the end of the wait.
+            let advancing = Arc::clone(&store);
+            let advance = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                advancing.served_through(4);
+                advancing.served_through(6);
+            });
+            let started = Instant::now();
+            assert_eq!(store.wait_served(5, Duration::from_secs(30)).await, Ok(6));
+            assert!(started.elapsed() < Duration::from_secs(10));
+            advance.await.unwrap();
+        });
+    }
+
+    #[test]
     fn host_names_and_tokens() {
         assert_eq!(strip_port("localhost:8080"), "localhost");
         assert_eq!(strip_port("[::1]:80"), "[::1]");
