@@ -249,3 +249,53 @@ fn a_batch_not_yet_folded_in_is_a_503_with_retry_after() {
         .get(&format!("/model?key=client0&after_batch={batch}&wait=soon"))
         .assert_error(400, "wait=soon");
 }
+
+#[test]
+fn a_post_that_closes_windows_is_read_back_final() {
+    // 25 s of one key in one POST: with 10 s windows and 1 s of lateness, the batch's own
+    // watermark closes [0, 10 s) and [10 s, 20 s), and [20 s, 30 s) stays open.
+    let win = Win::Tumbling(10_000);
+    let dir = TempDir::new("fresh_final");
+    let out = dir.path("out.jsonl");
+    let server = Server::start(&dir, &http_args(&out, D, win, LATENESS_MS, 2));
+    let mut spec = GenSpec::new(250, 1, D, 99);
+    spec.start = START;
+    spec.step = 100;
+    let rows = generate(&spec);
+    let want = oracle(&rows, D, win, None);
+    let key = rows[0].key.clone();
+    let closed = &want[&(key.clone(), START + 10_000, START + 20_000)];
+    let open = &want[&(key.clone(), START + 20_000, START + 30_000)];
+
+    let batch = server.post_rows(&rows, D, false);
+    let r = server.get(&format!("/model?key={key}&after_batch={batch}"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    check_as_of(&v, batch, "/model").unwrap();
+    assert_eq!(v["final"]["window_start"], START + 10_000, "{}", r.body);
+    assert_eq!(v["final"]["n"], closed.n as u64, "{}", r.body);
+    assert_eq!(v["open"]["window_start"], START + 20_000, "{}", r.body);
+    assert_eq!(v["open"]["n"], open.n as u64, "{}", r.body);
+    let n_final_and_open = v["final"]["n"].as_u64().unwrap() + v["open"]["n"].as_u64().unwrap();
+    assert_eq!(n_final_and_open, (closed.n + open.n) as u64);
+
+    // The default prediction is the final model's, and says so.
+    let x = [0.5, 1.5];
+    let p = server.post(
+        "/predict",
+        Some("application/json"),
+        &json!({"key": key, "x": x, "after_batch": batch}).to_string(),
+    );
+    assert_eq!(p.status, 200, "{}", p.body);
+    let pv = p.json();
+    check_as_of(&pv, batch, "/predict").unwrap();
+    assert_eq!(pv["used"], "final", "{}", p.body);
+    assert_eq!(pv["window_start"], START + 10_000, "{}", p.body);
+    let coef = closed.coef.as_ref().unwrap();
+    let want_y = coef[0] + x.iter().zip(&coef[1..]).map(|(a, b)| a * b).sum::<f64>();
+    let got = pv["prediction"].as_f64().unwrap();
+    assert!(
+        (got - want_y).abs() <= 1e-6 * (1.0 + want_y.abs()),
+        "{got} vs the oracle's {want_y}"
+    );
+}
