@@ -636,23 +636,23 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
                 });
                 // The served mark: once neither stream can bring anything at an epoch
                 // (batch) `k` or before, the store has folded in every batch through `k`
-                // (`after_batch` reads wait for it).
-                if let Some(store) = models.clone() {
-                    estimates.concat(written.clone()).sink(
-                        Pipeline,
-                        "ServedThrough",
-                        move |(input, frontier)| {
-                            input.for_each(|_, data| data.clear());
-                            let through = match frontier.frontier().iter().min() {
-                                Some(&first) => first.checked_sub(1),
-                                None => Some(Epoch::MAX),
-                            };
-                            if let Some(through) = through {
-                                store.served_through(through);
-                            }
-                        },
-                    );
-                }
+                // (`after_batch` reads wait for it). Built on every worker of every process
+                // (a dataflow is the same everywhere); only process 0 has a store.
+                let served = models.clone();
+                estimates.concat(written.clone()).sink(
+                    Pipeline,
+                    "ServedThrough",
+                    move |(input, frontier)| {
+                        input.for_each(|_, data| data.clear());
+                        let through = match frontier.frontier().iter().min() {
+                            Some(&first) => first.checked_sub(1),
+                            None => Some(Epoch::MAX),
+                        };
+                        if let (Some(through), Some(store)) = (through, &served) {
+                            store.served_through(through);
+                        }
+                    },
+                );
                 written
             } else {
                 written

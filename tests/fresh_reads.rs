@@ -299,3 +299,37 @@ fn a_post_that_closes_windows_is_read_back_final() {
         "{got} vs the oracle's {want_y}"
     );
 }
+
+#[test]
+fn two_processes_read_their_own_writes() {
+    // `launch -n 2 -w 2`: four workers in two processes, the server on process 0. The
+    // served mark follows the global frontier, and the dataflow is the same on both.
+    let dir = TempDir::new("fresh_launch");
+    let out = dir.path("out.jsonl");
+    let mut run = http_args(&out, D, WIN, LATENESS_MS, 1);
+    let w = run.iter().position(|a| a == "-w").unwrap();
+    run.drain(w..w + 2);
+    let mut args: Vec<String> = ["launch", "-n", "2", "-w", "2", "--"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(run);
+    let server = Server::start(&dir, &args);
+    let url = |path: &str| server.url(path);
+    let clients = 10;
+    let start = Barrier::new(clients);
+    let results: Vec<Result<u64, String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..clients)
+            .map(|i| {
+                let (url, start) = (&url, &start);
+                scope.spawn(move || client(url, i, start))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in &results {
+        if let Err(e) = r {
+            server.fail(e);
+        }
+    }
+}
