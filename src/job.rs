@@ -14,6 +14,8 @@ use crate::cluster::ClusterConfig;
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Concat, ConnectLoop, Exchange, Feedback, Inspect};
 
@@ -668,20 +670,40 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
             // Served models: what worker 0 wrote, and the running estimates.
             let written = if serving {
                 let (sink, estimates_sink) = (models.clone(), models.clone());
-                outputs
+                let estimates = outputs
                     .estimates
                     .exchange(|_| 0)
                     .inspect_core(move |event| {
                         if let (Ok((_, lines)), Some(store)) = (event, &estimates_sink) {
                             store.update(lines.iter());
                         }
-                    })
-                    .probe_with(&probe);
-                written.inspect_core(move |event| {
+                    });
+                estimates.clone().probe_with(&probe);
+                let written = written.inspect_core(move |event| {
                     if let (Ok((_, lines)), Some(store)) = (event, &sink) {
                         store.update(lines.iter());
                     }
-                })
+                });
+                // The served mark: once neither stream can bring anything at an epoch
+                // (batch) `k` or before, the store has folded in every batch through `k`
+                // (`after_batch` reads wait for it). Built on every worker of every process
+                // (a dataflow is the same everywhere); only process 0 has a store.
+                let served = models.clone();
+                estimates.concat(written.clone()).sink(
+                    Pipeline,
+                    "ServedThrough",
+                    move |(input, frontier)| {
+                        input.for_each(|_, data| data.clear());
+                        let through = match frontier.frontier().iter().min() {
+                            Some(&first) => first.checked_sub(1),
+                            None => Some(Epoch::MAX),
+                        };
+                        if let (Some(through), Some(store)) = (through, &served) {
+                            store.served_through(through);
+                        }
+                    },
+                );
+                written
             } else {
                 written
             }

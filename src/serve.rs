@@ -5,7 +5,12 @@
 //! | `POST /data` | CSV (with header; `Content-Type: text/csv`) or JSON lines (`application/x-ndjson`, `application/jsonl`, `application/json`) into the ingest log; the answer comes once the records are durable |
 //! | `GET /model?key=K` | the newest final model of `K` and the running estimate of its open window |
 //! | `GET /models?limit=N&after=K` | the same for a page of keys, in key order, with the cursor of the next page |
-//! | `POST /predict` | `ŷ = b₀ + b·x` from the newest final model, for `"x"` (one row) or `"rows"` |
+//! | `POST /predict` | `ŷ = b₀ + b·x` from the newest final model (or, with `"use": "latest"`, the running estimate), for `"x"` (one row) or `"rows"` |
+//!
+//! The three reads take `after_batch=K` (and `wait`): they answer once ingest-log batch
+//! `K` is folded into the served models ([`ModelStore::served_through`]), or 503 with
+//! `Retry-After` when the wait runs out; every answer says what it is `as_of` (the last
+//! batch folded in and the watermark).
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /healthz` | liveness and a few counters |
 //!
@@ -51,7 +56,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::checkpoint::{Store, codec};
 use crate::dataflow::{ModelLine, WindowConfig};
@@ -89,6 +94,12 @@ pub const DEFAULT_MAX_KEY_BYTES: usize = 256;
 
 /// Default `--max-keys`.
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
+
+/// How long a read with `after_batch` waits for the batch without `wait`.
+pub const DEFAULT_READ_WAIT: Duration = Duration::from_secs(5);
+
+/// The longest `wait` of a read with `after_batch` (a longer one is cut to this).
+pub const MAX_READ_WAIT: Duration = Duration::from_secs(60);
 
 /// Keys in a `/models` page without `limit`.
 pub const DEFAULT_PAGE: usize = 1000;
@@ -334,6 +345,9 @@ pub struct ModelStore {
     models: RwLock<Models>,
     store: Option<Arc<Store>>,
     max_keys: usize,
+    /// The served mark: every epoch (ingest-log batch) through it is folded into
+    /// `models` (`None`: none yet). Reads with `after_batch` wait on it.
+    served: watch::Sender<Option<u64>>,
 }
 
 impl Default for ModelStore {
@@ -342,6 +356,7 @@ impl Default for ModelStore {
             models: RwLock::default(),
             store: None,
             max_keys: usize::MAX,
+            served: watch::channel(None).0,
         }
     }
 }
@@ -364,6 +379,7 @@ impl ModelStore {
             models: RwLock::new(models),
             store,
             max_keys: max_keys.max(1),
+            served: watch::channel(None).0,
         })
     }
 
@@ -419,6 +435,38 @@ impl ModelStore {
             if let Err(e) = store.put_models(encoded) {
                 eprintln!("warning: keeping models in the checkpoint store: {e}");
             }
+        }
+    }
+
+    /// Every epoch (batch of the ingest log) through `epoch` has been folded in: the
+    /// final models and running estimates of those epochs are all here. Called by the
+    /// dataflow as the frontier of the streams that update the store passes `epoch`;
+    /// the mark never goes back (`u64::MAX`: the dataflow has ended).
+    pub fn served_through(&self, epoch: u64) {
+        self.served.send_if_modified(|served| {
+            let newer = served.is_none_or(|s| s < epoch);
+            if newer {
+                *served = Some(epoch);
+            }
+            newer
+        });
+    }
+
+    /// The served mark: the last epoch folded in, if any (see
+    /// [`served_through`](Self::served_through)).
+    pub fn served(&self) -> Option<u64> {
+        *self.served.borrow()
+    }
+
+    /// Waits (without blocking a thread) until batch `batch` has been folded in, at most
+    /// `wait`: the served mark then, or, when the wait ran out, the mark as it is.
+    pub async fn wait_served(&self, batch: u64, wait: Duration) -> Result<u64, Option<u64>> {
+        let mut changes = self.served.subscribe();
+        let reached =
+            tokio::time::timeout(wait, changes.wait_for(|s| s.is_some_and(|s| s >= batch))).await;
+        match reached {
+            Ok(Ok(served)) => Ok(served.expect("the mark is at least `batch`")),
+            _ => Err(self.served()),
         }
     }
 
@@ -1936,9 +1984,98 @@ fn bad_query(rejection: QueryRejection) -> Response {
     )
 }
 
+/// How long a read waits for its `after_batch`: a duration (`500ms`, `5s`; a bare
+/// number is milliseconds).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Wait {
+    /// Milliseconds.
+    Millis(u64),
+    /// A duration with its unit.
+    Text(String),
+}
+
+/// `after_batch` and `wait` of a read, from its query string.
+#[derive(Debug, Default, Deserialize)]
+struct FreshQuery {
+    after_batch: Option<u64>,
+    wait: Option<String>,
+}
+
+/// What a read answers as of: the last batch folded into the served models (`None`:
+/// none yet) and the watermark. The mark is read before the models, so the models read
+/// after it reflect at least that batch.
+fn as_of(app: &App) -> serde_json::Value {
+    let batch = match app.context.models.served() {
+        // The dataflow has ended: everything the log was given is folded in.
+        Some(u64::MAX) => app
+            .context
+            .log
+            .as_ref()
+            .and_then(|l| l.stats().next_batch.checked_sub(1)),
+        served => served,
+    };
+    json!({
+        "batch": batch,
+        "watermark": app.context.metrics.watermark.load(Relaxed),
+    })
+}
+
+/// An error answer of a read, with what it was as of.
+fn read_error(app: &App, status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({ "error": message.into(), "as_of": as_of(app) })),
+    )
+        .into_response()
+}
+
+/// Waits until `after_batch` (if any) is folded into the served models, at most `wait`
+/// (default [`DEFAULT_READ_WAIT`], cut to [`MAX_READ_WAIT`]); then the read's `as_of`.
+/// A wait that runs out is a 503 with `Retry-After`; a `wait` that is no duration a 400.
+async fn fresh(
+    app: &App,
+    after_batch: Option<u64>,
+    wait: Option<&Wait>,
+) -> Result<serde_json::Value, Response> {
+    let wait = match wait {
+        None => DEFAULT_READ_WAIT,
+        Some(Wait::Millis(ms)) => Duration::from_millis(*ms),
+        Some(Wait::Text(text)) => match parse_duration(text) {
+            Ok(ms) if ms >= 0 => Duration::from_millis(ms as u64),
+            Ok(_) => return Err(error(StatusCode::BAD_REQUEST, "wait: must not be negative")),
+            Err(e) => return Err(error(StatusCode::BAD_REQUEST, format!("wait: {e}"))),
+        },
+    }
+    .min(MAX_READ_WAIT);
+    if let Some(batch) = after_batch
+        && let Err(served) = app.context.models.wait_served(batch, wait).await
+    {
+        let through = served.map_or("no batch yet".to_owned(), |s| format!("batch {s}"));
+        let mut response = read_error(
+            app,
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "batch {batch} is not folded into the served models after waiting {} ms \
+                 (they reflect {through}): retry later, or with a longer wait (at most {} s)",
+                wait.as_millis(),
+                MAX_READ_WAIT.as_secs()
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return Err(response);
+    }
+    Ok(as_of(app))
+}
+
 #[derive(Deserialize)]
 struct KeyQuery {
     key: Option<String>,
+    // Not a flattened `FreshQuery`: flattened query fields lose their types.
+    after_batch: Option<u64>,
+    wait: Option<String>,
 }
 
 async fn model(State(app): State<App>, query: Result<Query<KeyQuery>, QueryRejection>) -> Response {
@@ -1949,9 +2086,19 @@ async fn model(State(app): State<App>, query: Result<Query<KeyQuery>, QueryRejec
     let Some(key) = query.key else {
         return error(StatusCode::BAD_REQUEST, "missing query parameter: key");
     };
+    let wait = query.wait.map(Wait::Text);
+    let as_of = match fresh(&app, query.after_batch, wait.as_ref()).await {
+        Ok(as_of) => as_of,
+        Err(response) => return response,
+    };
     match app.context.models.get(&key) {
-        Some(models) => Json(models).into_response(),
-        None => error(
+        Some(models) => {
+            let mut answer = json!(models);
+            answer["as_of"] = as_of;
+            Json(answer).into_response()
+        }
+        None => read_error(
+            &app,
             StatusCode::NOT_FOUND,
             format!("unknown key {:?}", truncated(&key, 200)),
         ),
@@ -1962,6 +2109,8 @@ async fn model(State(app): State<App>, query: Result<Query<KeyQuery>, QueryRejec
 struct PageQuery {
     limit: Option<usize>,
     after: Option<String>,
+    after_batch: Option<u64>,
+    wait: Option<String>,
 }
 
 async fn models(
@@ -1972,6 +2121,11 @@ async fn models(
         Ok(q) => q,
         Err(rejection) => return bad_query(rejection),
     };
+    let wait = query.wait.map(Wait::Text);
+    let as_of = match fresh(&app, query.after_batch, wait.as_ref()).await {
+        Ok(as_of) => as_of,
+        Err(response) => return response,
+    };
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return error(
@@ -1980,11 +2134,11 @@ async fn models(
         );
     }
     let (page, next) = app.context.models.page(query.after.as_deref(), limit);
-    let snapshot = app.context.metrics.snapshot();
     Json(json!({
-        "watermark": snapshot.watermark,
+        "watermark": as_of["watermark"],
         "models": page,
         "next": next,
+        "as_of": as_of,
     }))
     .into_response()
 }
@@ -1999,9 +2153,38 @@ pub struct PredictRequest {
     pub x: Option<Vec<f64>>,
     /// Several rows of features.
     pub rows: Option<Vec<Vec<f64>>>,
+    /// Answer once this ingest-log batch is folded into the served models (the query
+    /// parameter `after_batch` does the same; this field wins).
+    pub after_batch: Option<u64>,
+    /// How long to wait for `after_batch` (default [`DEFAULT_READ_WAIT`]).
+    pub wait: Option<Wait>,
+    /// Which model predicts (default [`Use::Final`]).
+    #[serde(rename = "use", default)]
+    pub use_model: Use,
 }
 
-async fn predict(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
+/// Which model `POST /predict` uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Use {
+    /// The newest final model.
+    #[default]
+    Final,
+    /// The running estimate of the open window that closes next, when the key has one
+    /// (else the newest final model).
+    Latest,
+}
+
+async fn predict(
+    State(app): State<App>,
+    query: Result<Query<FreshQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Query(query) = match query {
+        Ok(q) => q,
+        Err(rejection) => return bad_query(rejection),
+    };
     let limit = app.limits.max_body;
     if declared_over(&headers, limit) {
         return too_large(limit);
@@ -2016,15 +2199,40 @@ async fn predict(State(app): State<App>, headers: HeaderMap, body: Body) -> Resp
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("request body: {e}")),
     };
     drop((body, held));
+    let after_batch = request.after_batch.or(query.after_batch);
+    let wait = request.wait.clone().or(query.wait.map(Wait::Text));
+    let as_of = match fresh(&app, after_batch, wait.as_ref()).await {
+        Ok(as_of) => as_of,
+        Err(response) => return response,
+    };
+    let error = |status: StatusCode, message: String| read_error(&app, status, message);
     let key = truncated(&request.key, 200);
     let Some(models) = app.context.models.get(&request.key) else {
         return error(StatusCode::NOT_FOUND, format!("unknown key {key:?}"));
     };
-    let Some(model) = models.last_final else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("key {key:?} has no final model yet"),
-        );
+    let (model, used) = match (request.use_model, models.open, models.last_final) {
+        (Use::Latest, Some(open), _) => (open, Use::Latest),
+        (_, _, Some(last_final)) => (last_final, Use::Final),
+        (Use::Latest, None, None) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("key {key:?} has no model yet (neither final nor running)"),
+            );
+        }
+        (Use::Final, _, None) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "key {key:?} has no final model yet (\"use\": \"latest\" predicts with \
+                     the running estimate of its open window)"
+                ),
+            );
+        }
+    };
+    let which = if used == Use::Final {
+        "model"
+    } else {
+        "running estimate"
     };
     let Some(coef) = model
         .coef
@@ -2034,7 +2242,7 @@ async fn predict(State(app): State<App>, headers: HeaderMap, body: Body) -> Resp
         return error(
             StatusCode::CONFLICT,
             format!(
-                "the model of {key:?} for [{}, {}) has no coefficients: {} (n = {})",
+                "the {which} of {key:?} for [{}, {}) has no coefficients: {} (n = {})",
                 model.window_start,
                 model.window_end,
                 json!(model.status).as_str().unwrap_or("unsolved"),
@@ -2046,8 +2254,8 @@ async fn predict(State(app): State<App>, headers: HeaderMap, body: Body) -> Resp
         return error(
             StatusCode::CONFLICT,
             format!(
-                "the model of {key:?} for [{}, {}) has coefficients that are not finite: \
-                 it cannot predict",
+                "the {which} of {key:?} for [{}, {}) has coefficients that are not \
+                 finite: it cannot predict",
                 model.window_start, model.window_end
             ),
         );
@@ -2079,6 +2287,9 @@ async fn predict(State(app): State<App>, headers: HeaderMap, body: Body) -> Resp
         "window_end": model.window_end,
         "status": model.status,
         "revision": model.revision,
+        "n": model.n,
+        "used": used,
+        "as_of": as_of,
     });
     match (&request.x, &request.rows) {
         (Some(x), None) => match predict(None, x) {
@@ -2098,7 +2309,7 @@ async fn predict(State(app): State<App>, headers: HeaderMap, body: Body) -> Resp
         _ => {
             return error(
                 StatusCode::BAD_REQUEST,
-                "give exactly one of \"x\" (a row) or \"rows\" (a list of rows)",
+                "give exactly one of \"x\" (a row) or \"rows\" (a list of rows)".into(),
             );
         }
     }
@@ -2237,6 +2448,41 @@ mod tests {
         assert_eq!(keys.live(), 2);
         keys.undo(admitted);
         assert_eq!(keys.live(), 0);
+    }
+
+    #[test]
+    fn the_served_mark_only_advances_and_wakes_waiting_reads() {
+        let store = Arc::new(ModelStore::default());
+        assert_eq!(store.served(), None);
+        store.served_through(3);
+        store.served_through(1);
+        assert_eq!(store.served(), Some(3));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            // Already folded in: at once.
+            assert_eq!(store.wait_served(2, Duration::ZERO).await, Ok(3));
+            // Not yet: the wait runs out, with the mark as it is.
+            let started = Instant::now();
+            assert_eq!(
+                store.wait_served(5, Duration::from_millis(50)).await,
+                Err(Some(3))
+            );
+            assert!(started.elapsed() >= Duration::from_millis(50));
+            // Folded in while waiting: woken, not at the end of the wait.
+            let advancing = Arc::clone(&store);
+            let advance = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                advancing.served_through(4);
+                advancing.served_through(6);
+            });
+            let started = Instant::now();
+            assert_eq!(store.wait_served(5, Duration::from_secs(30)).await, Ok(6));
+            assert!(started.elapsed() < Duration::from_secs(10));
+            advance.await.unwrap();
+        });
     }
 
     #[test]
