@@ -411,13 +411,15 @@ impl Job {
 }
 
 /// What a finished run reports.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Summary {
     /// Final counters (of this process).
     pub metrics: Snapshot,
     /// Wall-clock time from the first worker's start (after a cluster's processes have
     /// connected) to the end of the run.
     pub elapsed: Duration,
+    /// Records read by each worker of the cluster (as process 0 heard them).
+    pub worker_records: Vec<u64>,
 }
 
 fn fatal(error: SourceError) -> ! {
@@ -771,6 +773,7 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
     Ok(Summary {
         metrics: metrics.snapshot(),
         elapsed: started.get().map_or(Duration::ZERO, Instant::elapsed),
+        worker_records: metrics.worker_records(),
     })
 }
 
@@ -790,13 +793,16 @@ impl Summary {
     /// The one-line summary printed at exit.
     pub fn line(&self) -> String {
         let secs = self.elapsed.as_secs_f64();
+        let per_worker: Vec<String> = self.worker_records.iter().map(u64::to_string).collect();
         format!(
-            "done: {} provisional={} elapsed={:.3}s throughput={:.0} records/s peak_rss_mib={:.1}",
+            "done: {} provisional={} elapsed={:.3}s throughput={:.0} records/s peak_rss_mib={:.1} \
+             worker_records={}",
             progress_line(&self.metrics, self.metrics.records as f64 / secs.max(1e-9)),
             self.metrics.windows_provisional,
             secs,
             self.metrics.records as f64 / secs.max(1e-9),
             peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64,
+            per_worker.join("/"),
         )
     }
 }

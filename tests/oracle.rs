@@ -29,8 +29,12 @@ fn check_case(
     eprintln!("{name}: oracle has {nwin} windows, {under} underdetermined, max cond {maxc:e}");
 
     let mut results = Vec::new();
+    // Blocks small enough for 2 per worker at -w 4: every worker really reads (block k
+    // goes to worker k mod W).
+    let block = (std::fs::metadata(&csv).unwrap().len() / 8).max(64);
     for w in [1usize, 4] {
         let mut cfg = RunCfg::csv(&csv, d, win);
+        cfg.source = format!("csv:{},block={block}", csv.display());
         cfg.ridge = ridge;
         cfg.workers = w;
         let late = dir.path(&format!("late-w{w}.jsonl"));
@@ -54,6 +58,13 @@ fn check_case(
             "{ctx}: stderr: {}",
             run.stderr
         );
+        let per_worker = worker_records(&run.stderr);
+        assert_eq!(per_worker.len(), w, "{ctx}: {}", run.stderr);
+        assert!(
+            per_worker.iter().all(|&n| n > 0),
+            "{ctx}: a worker read nothing: {per_worker:?}"
+        );
+        assert_eq!(per_worker.iter().sum::<u64>(), rows.len() as u64, "{ctx}");
         let got = keep_final(&parse_emissions(&text));
         assert_models_match(&got, &want, &ctx);
         results.push(got);

@@ -715,6 +715,16 @@ impl RunOutput {
     }
 }
 
+/// The records each worker read, from the exit summary's `worker_records=a/b/…`.
+pub fn worker_records(stderr: &str) -> Vec<u64> {
+    stderr
+        .split_whitespace()
+        .filter_map(|t| t.strip_prefix("worker_records="))
+        .next_back()
+        .map(|list| list.split('/').filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
 pub fn summary_token(stderr: &str, name: &str) -> Option<u64> {
     let prefix = format!("{name}=");
     let mut found = None;
