@@ -375,6 +375,10 @@ fn lost_because(payload: &str, timeout: Duration) -> String {
             "unreachable: it acknowledged nothing for --peer-timeout {t} s (its host is down \
              or the network between them is partitioned)"
         )
+    } else if payload.contains("No route to host") || payload.contains("Network is unreachable") {
+        "unreachable: no route to its host (its host is down or the network between them \
+         is partitioned)"
+            .into()
     } else if payload.contains("socket closed")
         || payload.contains("reset")
         || payload.contains("Broken pipe")

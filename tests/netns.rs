@@ -81,7 +81,7 @@ impl Net {
         let mut net = Net {
             hosts: Vec::new(),
             bridge: format!("trb{id}{tag}br"),
-            children: Vec::new(),
+            children: (0..HOSTS).map(|_| None).collect(),
         };
         // Registered before each `add`, so the guard deletes whatever was created.
         let bridge = net.bridge.clone();
@@ -115,8 +115,13 @@ impl Net {
         Ok(net)
     }
 
-    /// Starts process `i` of the cluster in host `i`'s namespace.
+    /// Starts process `i` of the cluster in host `i`'s namespace (after the one before it
+    /// there has ended).
     fn start(&mut self, i: usize, args: &[String], dir: &TempDir) {
+        if let Some(mut old) = self.children[i].take() {
+            let _ = old.kill();
+            let _ = old.wait();
+        }
         let child = Command::new("ip")
             .args(["netns", "exec", &self.hosts[i], BIN])
             .args(args)
@@ -126,7 +131,7 @@ impl Net {
             .stderr(std::fs::File::create(dir.path(&format!("p{i}.stderr"))).unwrap())
             .spawn()
             .unwrap();
-        self.children.push(Some(child));
+        self.children[i] = Some(child);
     }
 
     /// Whether process `i` is still running.
@@ -208,37 +213,32 @@ fn net_or_skip(tag: &str) -> Option<Net> {
     }
 }
 
-/// Starts the `-n 3` cluster on a followed CSV file in `dir` and waits until process 0
-/// has written models (so every connection is up and data has crossed them).
-fn start_cluster(net: &mut Net, dir: &TempDir) {
-    let d = 2;
-    let rows = generate(&GenSpec::new(20_000, 4, d, 18));
-    let csv = dir.path("in.csv");
-    write_csv(&csv, &rows, d);
-    let hostfile = dir.path("hosts");
+/// The `run` arguments (without `-p`) of an `n`-host cluster on `source` in `dir`,
+/// with a hostfile of the first `n` hosts' addresses.
+fn cluster_args(dir: &TempDir, source: &str, n: usize, extra: &[&str]) -> Vec<String> {
+    let hostfile = dir.path(&format!("hosts-{n}"));
     std::fs::write(
         &hostfile,
-        (0..HOSTS)
+        (0..n)
             .map(|i| format!("{}:{PORT}\n", address(i)))
             .collect::<String>(),
     )
     .unwrap();
-    let out = dir.path("models.jsonl");
-    let args: Vec<String> = [
+    let mut args: Vec<String> = [
         "run",
         "-q",
         "--source",
-        &format!("csv:{},follow", csv.display()),
+        source,
         "--features",
-        &feature_list(d),
+        &feature_list(D),
         "--window",
-        &Win::Tumbling(10_000).arg(),
+        &WIN.arg(),
         "--lateness",
         "1s",
         "--out",
-        &out.display().to_string(),
+        &dir.path("models.jsonl").display().to_string(),
         "-n",
-        &HOSTS.to_string(),
+        &n.to_string(),
         "-h",
         &hostfile.display().to_string(),
         "--peer-timeout",
@@ -247,27 +247,55 @@ fn start_cluster(net: &mut Net, dir: &TempDir) {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    for i in 0..HOSTS {
-        net.start(i, &args, dir);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+const D: usize = 2;
+const WIN: Win = Win::Tumbling(10_000);
+
+/// Starts processes `0..n` and waits until process 0 has written more than `beyond`
+/// model lines (so every connection is up and data has crossed them), every process
+/// still running.
+fn start_and_wait_for_models(
+    net: &mut Net,
+    dir: &TempDir,
+    args: &[String],
+    n: usize,
+    beyond: usize,
+) {
+    let out = dir.path("models.jsonl");
+    for i in 0..n {
+        net.start(i, args, dir);
     }
     let started = Instant::now();
-    while lines(&out) == 0 {
-        for i in 0..HOSTS {
+    while lines(&out) <= beyond {
+        for i in 0..n {
             assert!(net.running(i), "process {i} ended:\n{}", stderr(dir, i));
         }
         assert!(
             started.elapsed() < START_BOUND,
             "no models within {START_BOUND:?}:\n{}",
-            (0..HOSTS)
+            (0..n)
                 .map(|i| stderr(dir, i))
                 .collect::<Vec<_>>()
                 .join("\n")
         );
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
-    for i in 0..HOSTS {
+    for i in 0..n {
         assert!(net.running(i), "process {i} ended:\n{}", stderr(dir, i));
     }
+}
+
+/// Starts the `-n 3` cluster on a followed CSV file in `dir` (a run that lasts until
+/// something breaks it) and waits until process 0 has written models.
+fn start_cluster(net: &mut Net, dir: &TempDir) {
+    let rows = generate(&GenSpec::new(20_000, 4, D, 18));
+    let csv = dir.path("in.csv");
+    write_csv(&csv, &rows, D);
+    let args = cluster_args(dir, &format!("csv:{},follow", csv.display()), HOSTS, &[]);
+    start_and_wait_for_models(net, dir, &args, HOSTS, 0);
 }
 
 /// The line by which process `i` named the peer it lost.
@@ -354,5 +382,140 @@ fn a_killed_host_process_is_named_by_the_others() {
     assert!(
         said.iter().all(|l| l.contains("connection closed")),
         "{said:#?}"
+    );
+}
+
+/// Appends `rows` to the CSV file at `path`.
+fn append_csv(path: &Path, rows: &[Row]) {
+    use std::io::Write;
+    let mut text = String::new();
+    for r in rows {
+        text.push_str(&csv_line(r));
+        text.push('\n');
+    }
+    let mut file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+}
+
+/// Final models in process 0's `--out`, by window.
+fn finals_count(out: &Path) -> usize {
+    read_models(out).len()
+}
+
+/// Waits (bounded) until `--out` holds more than `beyond` final models, every one of
+/// processes `0..n` still running.
+fn wait_for_finals(net: &mut Net, dir: &TempDir, n: usize, beyond: usize) {
+    let out = dir.path("models.jsonl");
+    let started = Instant::now();
+    while finals_count(&out) <= beyond {
+        for i in 0..n {
+            assert!(net.running(i), "process {i} ended:\n{}", stderr(dir, i));
+        }
+        assert!(
+            started.elapsed() < START_BOUND,
+            "no more than {beyond} final models within {START_BOUND:?}:\n{}",
+            (0..n)
+                .map(|i| stderr(dir, i))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The issue's rescale across hosts, on a growing (followed) CSV file on the shared
+/// directory, with `--checkpoint` on it too: 3 hosts read the first third, host 2's
+/// process is killed with `kill -9` once models come out; 2 hosts (another hostfile) resume
+/// from the checkpoint with the second third appended, host 1's process is killed the
+/// same way; 3 hosts with 2 workers each resume with the last third appended. Windows are
+/// closed by `--close-after-idle`, so every window of the data ends up final without the
+/// source ending: then `--out` must hold the oracle's models, one final per window.
+#[test]
+fn hosts_lost_mid_run_resume_as_other_shapes_from_a_shared_checkpoint() {
+    let Some(mut net) = net_or_skip("r") else {
+        return;
+    };
+    let dir = TempDir::new("netns-rescale");
+    // 10 ms apart from T0 with no disorder: a third of 30 000 rows ends on a window's
+    // end, so closing the windows when a third has been read makes no record late.
+    let rows = generate(&GenSpec::new(30_000, 4, D, 19));
+    let want = oracle(&rows, D, WIN, None);
+    let csv = dir.path("in.csv");
+    write_csv(&csv, &rows[..10_000], D);
+    let source = format!("csv:{},follow", csv.display());
+    let checkpoint = dir.path("checkpoint").display().to_string();
+    let common: &[&str] = &[
+        "--checkpoint",
+        &checkpoint,
+        "--checkpoint-every",
+        "50ms",
+        "--close-after-idle",
+        "2s",
+    ];
+    let out = dir.path("models.jsonl");
+    let assert_peer_lost = |net: &mut Net, survivors: usize| {
+        let at = Instant::now();
+        for i in 0..survivors {
+            let (status, _) = net.wait(i, at, Duration::from_secs(10), &dir);
+            assert_eq!(status.code(), Some(75), "process {i}:\n{}", stderr(&dir, i));
+        }
+    };
+    // Three hosts; host 2's process killed as soon as models come out.
+    let args = cluster_args(&dir, &source, 3, common);
+    for i in 0..3 {
+        net.start(i, &args, &dir);
+    }
+    wait_for_finals(&mut net, &dir, 3, 0);
+    net.kill(2);
+    assert_peer_lost(&mut net, 2);
+    // Two hosts from the same checkpoint directory, the second third appended; host 1's
+    // process killed once more windows are final.
+    let before = finals_count(&out);
+    append_csv(&csv, &rows[10_000..20_000]);
+    let args = cluster_args(&dir, &source, 2, common);
+    for i in 0..2 {
+        net.start(i, &args, &dir);
+    }
+    wait_for_finals(&mut net, &dir, 2, before);
+    // Process 0 reports the resume (it holds the commit records).
+    assert!(
+        stderr(&dir, 0).contains("resuming from checkpoint"),
+        "process 0 of 2 did not resume:\n{}",
+        stderr(&dir, 0)
+    );
+    net.kill(1);
+    assert_peer_lost(&mut net, 1);
+    // Three hosts with two workers each, the last third appended, until every window of
+    // the oracle is final.
+    append_csv(&csv, &rows[20_000..]);
+    let args = cluster_args(&dir, &source, 3, &[common, &["-w", "2"]].concat());
+    for i in 0..3 {
+        net.start(i, &args, &dir);
+    }
+    wait_for_finals(&mut net, &dir, 3, want.len() - 1);
+    // Process 0 reports the resume (it holds the commit records).
+    assert!(
+        stderr(&dir, 0).contains("resuming from checkpoint"),
+        "process 0 of 3x2 did not resume:\n{}",
+        stderr(&dir, 0)
+    );
+    // No window missing or doubled, every model the oracle's.
+    let text = std::fs::read_to_string(&out).unwrap();
+    let mut finals = std::collections::BTreeMap::new();
+    for e in parse_emissions(complete_lines(&text))
+        .into_iter()
+        .filter(|e| e.model.is_final)
+    {
+        *finals.entry(e.key).or_insert(0) += 1;
+    }
+    let doubled: Vec<_> = finals.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(
+        doubled.is_empty(),
+        "windows with more than one final model: {doubled:?}"
+    );
+    assert_models_match(
+        &read_models(&out),
+        &want,
+        "3 hosts, 2 hosts, 3x2 hosts vs oracle",
     );
 }
