@@ -288,6 +288,11 @@ pub struct RunArgs {
     /// a connection between processes that does not prove it is dropped.
     #[arg(long)]
     pub cluster_token_file: Option<PathBuf>,
+    /// How long another process of the cluster may be unreachable (its data or keep-alive
+    /// probes unacknowledged) before this process stops, naming it (e.g. 10s)
+    /// [default: 20s].
+    #[arg(long, value_name = "DUR")]
+    pub peer_timeout: Option<String>,
 }
 
 impl RunArgs {
@@ -337,6 +342,7 @@ impl RunArgs {
             process: self.process,
             hostfile: self.hostfile.clone(),
             token_file: self.cluster_token_file.clone(),
+            peer_timeout: self.peer_timeout.clone(),
         }
     }
 }
