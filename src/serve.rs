@@ -6,13 +6,14 @@
 //! | `GET /model?key=K` | the newest final model of `K` and the running estimate of its open window |
 //! | `GET /models?limit=N&after=K` | the same for a page of keys, in key order, with the cursor of the next page |
 //! | `POST /predict` | `ŷ = b₀ + b·x` from the newest final model (or, with `"use": "latest"`, the running estimate), for `"x"` (one row) or `"rows"` |
+//! | `GET /models/stream` | server-sent events: every final model as it is emitted, resumable with `Last-Event-ID` |
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /healthz` | liveness and a few counters |
 //!
 //! The three reads take `after_batch=K` (and `wait`): they answer once ingest-log batch
 //! `K` is folded into the served models ([`ModelStore::served_through`]), or 503 with
 //! `Retry-After` when the wait runs out; every answer says what it is `as_of` (the last
 //! batch folded in and the watermark).
-//! | `GET /metrics` | Prometheus text format |
-//! | `GET /healthz` | liveness and a few counters |
 //!
 //! Every error is a JSON object `{"error": "..."}` with the status saying what kind it is
 //! (see docs/serving.md). Models reach the server through a [`ModelStore`], which the
