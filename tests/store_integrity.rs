@@ -9,16 +9,14 @@
 
 mod common;
 
+use common::http::*;
 use common::*;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tributary");
-const WAIT: Duration = Duration::from_secs(60);
 /// Exit code of a run whose checkpoint write failed.
 const EXIT_WRITE_FAILED: i32 = 3;
 /// Exit code of a run that refuses its checkpoint directory, and of `verify` on damage.
@@ -27,185 +25,35 @@ const D: usize = 2;
 const LATENESS_MS: i64 = 1000;
 const SENTINEL: &str = "zz";
 
-static STARTS: AtomicUsize = AtomicUsize::new(0);
-
-// ---------------------------------------------------------------------------------------
-// The server process
-// ---------------------------------------------------------------------------------------
-
-struct Resp {
-    status: u16,
-    body: String,
+/// `tributary run --source http --serve 127.0.0.1:0 …` with a checkpoint taken every
+/// 50 ms.
+fn checkpointed_args(out: &Path, ckpt: &Path, workers: usize) -> Vec<String> {
+    with(
+        http_args(out, D, Win::Tumbling(10_000), LATENESS_MS, workers),
+        &[
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--checkpoint-every",
+            "50ms",
+        ],
+    )
 }
 
-/// A running `tributary run --serve 127.0.0.1:0`: killed (SIGKILL) on drop.
-struct Server {
-    child: Option<Child>,
-    addr: Option<String>,
-    stderr: PathBuf,
-    agent: ureq::Agent,
+/// Polls `/healthz` until a checkpoint is committed; returns its epoch.
+fn wait_for_commit(server: &Server) -> u64 {
+    server.wait_for("a committed checkpoint", || {
+        let v = server.get("/healthz").json();
+        v["checkpoint_epoch"]
+            .as_u64()
+            .filter(|&e| e > 0)
+            .ok_or(v.to_string())
+    })
 }
 
-impl Server {
-    /// Starts the binary (with `failpoints` in `TRIBUTARY_FAILPOINTS` if given); returns
-    /// once it serves or has exited.
-    fn spawn(dir: &TempDir, args: &[String], failpoints: Option<&str>) -> Server {
-        let n = STARTS.fetch_add(1, Ordering::SeqCst);
-        let stderr = dir.path(&format!("server-{n}.stderr"));
-        let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .env_remove("TRIBUTARY_FAILPOINTS");
-        if let Some(f) = failpoints {
-            cmd.env("TRIBUTARY_FAILPOINTS", f);
-        }
-        let child = cmd.spawn().unwrap();
-        let mut server = Server {
-            child: Some(child),
-            addr: None,
-            stderr,
-            agent: ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(Duration::from_secs(30)))
-                .build()
-                .new_agent(),
-        };
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let text = server.stderr_text();
-            if let Some(rest) = text.split("tributary: serving on http://").nth(1) {
-                server.addr = rest.split_whitespace().next().map(str::to_owned);
-                return server;
-            }
-            if server.exited().is_some() {
-                return server;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server not ready within {WAIT:?}\nargs: {args:?}\nstderr:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Starts it and asserts it serves.
-    fn start(dir: &TempDir, args: &[String]) -> Server {
-        let mut server = Server::spawn(dir, args, None);
-        if let Some(status) = server.exited() {
-            panic!(
-                "server exited ({status}) before serving\nargs: {args:?}\nstderr:\n{}",
-                server.stderr_text()
-            );
-        }
-        server
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut()?.try_wait().unwrap()
-    }
-
-    fn stderr_text(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    fn fail(&self, what: &str) -> ! {
-        panic!("{what}\nserver stderr:\n{}", self.stderr_text())
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr.as_deref().expect("serving"))
-    }
-
-    fn try_post_rows(&self, rows: &[Row]) -> Result<Resp, String> {
-        let mut r = self
-            .agent
-            .post(&self.url("/data"))
-            .header("Content-Type", "text/csv")
-            .send(csv_text(rows, D))
-            .map_err(|e| e.to_string())?;
-        let status = r.status().as_u16();
-        let body = r.body_mut().read_to_string().map_err(|e| e.to_string())?;
-        Ok(Resp { status, body })
-    }
-
-    /// Posts rows; asserts they are accepted.
-    fn post_rows(&self, rows: &[Row]) {
-        match self.try_post_rows(rows) {
-            Ok(r) if r.status == 200 => {
-                let v: Value = serde_json::from_str(&r.body).unwrap();
-                assert_eq!(v["accepted"], rows.len(), "answer {}", r.body);
-            }
-            Ok(r) => self.fail(&format!("POST /data: {}: {}", r.status, r.body)),
-            Err(e) => self.fail(&format!("POST /data: {e}")),
-        }
-    }
-
-    fn healthz(&self) -> Value {
-        let mut r = self
-            .agent
-            .get(&self.url("/healthz"))
-            .call()
-            .unwrap_or_else(|e| self.fail(&format!("GET /healthz: {e}")));
-        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
-    }
-
-    /// Polls until a checkpoint is committed.
-    fn wait_for_commit(&self) -> u64 {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let v = self.healthz();
-            if let Some(e) = v["checkpoint_epoch"].as_u64().filter(|&e| e > 0) {
-                return e;
-            }
-            if Instant::now() > deadline {
-                self.fail(&format!("no checkpoint committed within {WAIT:?}: {v}"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn http_args(out: &Path, ckpt: &Path, workers: usize) -> Vec<String> {
-    [
-        "run",
-        "-q",
-        "--source",
-        "http",
-        "--serve",
-        "127.0.0.1:0",
-        "--features",
-        &feature_list(D),
-        "--window",
-        &Win::Tumbling(10_000).arg(),
-        "--lateness",
-        &format!("{LATENESS_MS}ms"),
-        "--out",
-        out.to_str().unwrap(),
-        "-w",
-        &workers.to_string(),
-        "--checkpoint",
-        ckpt.to_str().unwrap(),
-        "--checkpoint-every",
-        "50ms",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+/// Starts a server with `failpoints` in `TRIBUTARY_FAILPOINTS`; returns once it serves or
+/// has exited.
+fn spawn_with(dir: &TempDir, args: &[String], failpoints: &str) -> Server {
+    Server::spawn_env(dir, args, &[("TRIBUTARY_FAILPOINTS", failpoints)])
 }
 
 fn rows() -> Vec<Row> {
@@ -214,41 +62,34 @@ fn rows() -> Vec<Row> {
     generate(&spec)
 }
 
-/// Posts the rest, closes every window with a sentinel per worker, and compares `--out`
-/// with the oracle over all `rows`: nothing lost, nothing counted twice.
-fn finish_and_compare(server: &Server, rows: &[Row], rest: &[&[Row]], out: &Path, workers: usize) {
+/// Posts the rest, closes every window with one sentinel (the ingest log is one
+/// partition, whatever the worker count), and compares `--out` with the oracle over all
+/// `rows`: nothing lost, nothing counted twice.
+fn finish_and_compare(server: &Server, rows: &[Row], rest: &[&[Row]], out: &Path) {
     for chunk in rest {
-        server.post_rows(chunk);
+        server.post_rows(chunk, D, false);
     }
     let want = oracle(rows, D, Win::Tumbling(10_000), None);
     let close = want.keys().map(|k| k.2).max().unwrap() + LATENESS_MS + 1000;
-    for _ in 0..workers {
-        server.post_rows(&[Row {
-            ts: close,
-            key: SENTINEL.into(),
-            x: vec![0.0; D],
-            y: 0.0,
-        }]);
-    }
+    let sentinel = Row {
+        ts: close,
+        key: SENTINEL.into(),
+        x: vec![0.0; D],
+        y: 0.0,
+    };
+    server.post_rows(&[sentinel], D, false);
     let wanted: BTreeSet<&WinKey> = want.keys().collect();
-    let deadline = Instant::now() + WAIT;
-    let got = loop {
+    let got = server.wait_for("the final windows in --out", || {
         let got: BTreeMap<WinKey, Model> = read_models(out)
             .into_iter()
             .filter(|(k, _)| k.0 != SENTINEL)
             .collect();
         if wanted.iter().all(|k| got.contains_key(*k)) {
-            break got;
+            Ok(got)
+        } else {
+            Err(format!("{} of {}", got.len(), want.len()))
         }
-        if Instant::now() > deadline {
-            server.fail(&format!(
-                "--out lacks final windows after {WAIT:?}: {} of {}",
-                got.len(),
-                want.len()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    });
     assert_models_match(&got, &want, "after the fault and a restart");
     let total: usize = got.values().map(|m| m.n).sum();
     assert_eq!(total, rows.len(), "every record counted exactly once");
@@ -264,10 +105,10 @@ fn a_failed_ingest_append_answers_500_and_a_restart_loses_nothing() {
     let chunks: Vec<&[Row]> = rows.chunks(1000).collect();
     let dir = TempDir::new("fp-append");
     let (out, ckpt) = (dir.path("out.jsonl"), dir.path("ckpt"));
-    let args = http_args(&out, &ckpt, 2);
-    let mut server = Server::spawn(&dir, &args, Some("ingest.append=enospc*1"));
+    let args = checkpointed_args(&out, &ckpt, 2);
+    let mut server = spawn_with(&dir, &args, "ingest.append=enospc*1");
     // The first append fails: 500, naming the write and the error; nothing accepted.
-    let r = server.try_post_rows(chunks[0]).unwrap();
+    let r = post_rows(&server.agent, &server.url("/data"), chunks[0], D, false).unwrap();
     assert_eq!(r.status, 500, "{}", r.body);
     let v: Value = serde_json::from_str(&r.body).unwrap();
     let msg = v["error"].as_str().unwrap_or_else(|| panic!("{}", r.body));
@@ -278,14 +119,14 @@ fn a_failed_ingest_append_answers_500_and_a_restart_loses_nothing() {
     assert!(msg.contains(ckpt.to_str().unwrap()), "{msg}");
     // The client retries; the service goes on.
     for chunk in &chunks[..4] {
-        server.post_rows(chunk);
+        server.post_rows(chunk, D, false);
         std::thread::sleep(Duration::from_millis(60));
     }
-    server.wait_for_commit();
-    server.post_rows(chunks[4]);
+    wait_for_commit(&server);
+    server.post_rows(chunks[4], D, false);
     server.kill();
     let server = Server::start(&dir, &args);
-    finish_and_compare(&server, &rows, &chunks[5..], &out, 2);
+    finish_and_compare(&server, &rows, &chunks[5..], &out);
 }
 
 /// A run that fails writing a checkpoint part or commit stops with exit 3 and a message
@@ -295,19 +136,19 @@ fn checkpoint_write_fails(name: &str, failpoint: &str, names: &[&str]) {
     let chunks: Vec<&[Row]> = rows.chunks(500).collect();
     let dir = TempDir::new(name);
     let (out, ckpt) = (dir.path("out.jsonl"), dir.path("ckpt"));
-    let args = http_args(&out, &ckpt, 2);
+    let args = checkpointed_args(&out, &ckpt, 2);
     // A first run commits a checkpoint, then is killed.
     let mut server = Server::start(&dir, &args);
     let mut next = 0;
     while next < 4 {
-        server.post_rows(chunks[next]);
+        server.post_rows(chunks[next], D, false);
         next += 1;
         std::thread::sleep(Duration::from_millis(60));
     }
-    server.wait_for_commit();
+    wait_for_commit(&server);
     server.kill();
     // With the failpoint: posts go on until the failing write stops the process.
-    let mut server = Server::spawn(&dir, &args, Some(failpoint));
+    let mut server = spawn_with(&dir, &args, failpoint);
     let deadline = Instant::now() + WAIT;
     let status = loop {
         if let Some(status) = server.exited() {
@@ -318,8 +159,8 @@ fn checkpoint_write_fails(name: &str, failpoint: &str, names: &[&str]) {
             "the run did not stop: {}",
             server.stderr_text()
         );
-        if server.addr.is_some() {
-            match server.try_post_rows(chunks[next]) {
+        if !server.addr.is_empty() {
+            match post_rows(&server.agent, &server.url("/data"), chunks[next], D, false) {
                 Ok(r) if r.status == 200 => next += 1,
                 // Not acknowledged (the process is going down): posted again later.
                 _ => {}
@@ -343,7 +184,7 @@ fn checkpoint_write_fails(name: &str, failpoint: &str, names: &[&str]) {
         "{}",
         server.stderr_text()
     );
-    finish_and_compare(&server, &rows, &chunks[next..], &out, 2);
+    finish_and_compare(&server, &rows, &chunks[next..], &out);
 }
 
 #[test]
@@ -487,20 +328,20 @@ fn live_store(dir: &TempDir) -> (Vec<String>, PathBuf, Vec<Row>) {
     let rows = rows();
     let chunks: Vec<&[Row]> = rows.chunks(500).collect();
     let (out, ckpt) = (dir.path("out.jsonl"), dir.path("ckpt"));
-    let args = http_args(&out, &ckpt, 1);
+    let args = checkpointed_args(&out, &ckpt, 1);
     let mut server = Server::start(dir, &args);
     for chunk in &chunks[..4] {
-        server.post_rows(chunk);
+        server.post_rows(chunk, D, false);
         std::thread::sleep(Duration::from_millis(60));
     }
-    server.wait_for_commit();
+    wait_for_commit(&server);
     for chunk in &chunks[4..7] {
-        server.post_rows(chunk);
+        server.post_rows(chunk, D, false);
         std::thread::sleep(Duration::from_millis(60));
     }
-    server.wait_for_commit();
+    wait_for_commit(&server);
     // The last write before the kill: an acknowledged batch.
-    server.post_rows(chunks[7]);
+    server.post_rows(chunks[7], D, false);
     server.kill();
     let (code, text) = verify(&ckpt);
     assert_eq!(code, Some(0), "the intact store: {text}");
@@ -599,7 +440,7 @@ fn a_flipped_byte_in_the_write_ahead_log_is_refused_and_verify_names_it() {
                 "{stderr}"
             );
             assert!(stderr.contains("write-ahead log is damaged"), "{stderr}");
-            server.post_rows(chunks[8]);
+            server.post_rows(chunks[8], D, false);
             server.kill();
             // The damaged tail is gone: the store is intact again and starts without the flag.
             let (code, text) = verify(&copy);

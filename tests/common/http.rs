@@ -123,6 +123,24 @@ impl Server {
 
     /// [`Server::start`] with these environment variables set for the server.
     pub fn start_env(dir: &TempDir, args: &[String], env: &[(&str, &str)]) -> Server {
+        let mut server = Server::spawn_env(dir, args, env);
+        if let Some(status) = server.exited() {
+            panic!(
+                "server exited ({status}) before serving\nargs: {args:?}\nstderr:\n{}",
+                server.stderr_text()
+            );
+        }
+        // Ready means answering, too.
+        let health = server.get("/healthz");
+        assert_eq!(health.status, 200, "healthz: {}", health.body);
+        assert_eq!(health.json()["status"], "ok", "healthz: {}", health.body);
+        server
+    }
+
+    /// Starts the binary with these environment variables and returns once it says where
+    /// it serves, or once it has exited (a fault injected at start-up): then `addr` is
+    /// empty and [`Server::exited`] says how it ended.
+    pub fn spawn_env(dir: &TempDir, args: &[String], env: &[(&str, &str)]) -> Server {
         let n = STARTS.fetch_add(1, Ordering::SeqCst);
         let stderr = dir.path(&format!("server-{n}.stderr"));
         let child = Command::new(BIN)
@@ -148,10 +166,10 @@ impl Server {
                     .next()
                     .unwrap_or_default()
                     .to_owned();
-                break;
+                return server;
             }
-            if let Some(status) = server.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("server exited ({status}) before serving\nargs: {args:?}\nstderr:\n{text}");
+            if server.exited().is_some() {
+                return server;
             }
             assert!(
                 Instant::now() < deadline,
@@ -159,11 +177,11 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        // Ready means answering, too.
-        let health = server.get("/healthz");
-        assert_eq!(health.status, 200, "healthz: {}", health.body);
-        assert_eq!(health.json()["status"], "ok", "healthz: {}", health.body);
-        server
+    }
+
+    /// How the process ended, once it has (`None` while it runs, or once killed).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().unwrap()
     }
 
     pub fn stderr_text(&self) -> String {
