@@ -18,11 +18,9 @@ const TUMBLING: Win = Win::Tumbling(10_000);
 
 /// Waits (bounded) for a server whose worker panicked to exit; returns its exit code.
 fn wait_exit(server: &mut Server) -> Option<i32> {
-    let child = server.child.as_mut().expect("running");
     let deadline = Instant::now() + WAIT;
     loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            server.child = None;
+        if let Some(status) = server.exited() {
             return status.code();
         }
         assert!(
