@@ -579,7 +579,7 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
                     Some(store) => store.source_position().map_err(|e| e.to_string())?,
                     None => None,
                 };
-                follow::start(&file.path, format, resume, feed)?;
+                follow::start(&file.path, format, file.rotate, resume, feed)?;
             }
             _ => {}
         }

@@ -179,6 +179,39 @@ pub struct SourcePosition {
     pub tail_len: u32,
     /// CRC-32 of those bytes: a restart on a file that differs there is refused.
     pub tail_crc: u32,
+    /// Inode number of the file read (0: unknown, a store written before rotation was
+    /// followed): with `,rotate`, a restart finds a file rotated away by it.
+    pub ino: u64,
+}
+
+/// The layout of a [`SourcePosition`] before `ino`.
+#[derive(Deserialize)]
+struct SourcePositionV1 {
+    offset: u64,
+    line: u64,
+    head_len: u32,
+    head_crc: u32,
+    tail_len: u32,
+    tail_crc: u32,
+}
+
+impl SourcePosition {
+    /// Decodes a position kept in a store, of this build's layout or the one before `ino`
+    /// (whose inode is then unknown, 0).
+    pub fn decode_stored(bytes: &[u8]) -> Result<SourcePosition, codec::CodecError> {
+        codec::decode::<SourcePosition>(bytes).or_else(|e| {
+            let v1: SourcePositionV1 = codec::decode(bytes).map_err(|_| e)?;
+            Ok(SourcePosition {
+                offset: v1.offset,
+                line: v1.line,
+                head_len: v1.head_len,
+                head_crc: v1.head_crc,
+                tail_len: v1.tail_len,
+                tail_crc: v1.tail_crc,
+                ino: 0,
+            })
+        })
+    }
 }
 
 /// A worker's part of a checkpoint epoch.
@@ -764,7 +797,20 @@ impl Store {
 
     /// Where a followed file's reader stood after the newest ingest batch written.
     pub fn source_position(&self) -> Result<Option<SourcePosition>, CheckpointError> {
-        self.get(keys::SOURCE)
+        match self
+            .db
+            .get(keys::SOURCE)
+            .map_err(|e| Self::err(&self.path, e))?
+        {
+            Some(v) => SourcePosition::decode_stored(&v)
+                .map(Some)
+                .map_err(|error| CheckpointError::Corrupt {
+                    path: self.path.display().to_string(),
+                    key: keys::printable(keys::SOURCE),
+                    error,
+                }),
+            None => Ok(None),
+        }
     }
 
     /// The ingest log's batches numbered `from` and later, in order (encoded).
@@ -950,8 +996,8 @@ impl Store {
         if let Some(p) = self.source_position()? {
             let _ = writeln!(
                 out,
-                "  followed file: read through byte {} (line {})",
-                p.offset, p.line
+                "  followed file: read through byte {} (line {}) of inode {}",
+                p.offset, p.line, p.ino
             );
         }
         if let Ok(Some(sst)) = self.db.property_int_value("rocksdb.total-sst-files-size") {

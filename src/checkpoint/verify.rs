@@ -152,7 +152,7 @@ impl Scan {
                 self.ingest.push(keys::u64_at(k, 1));
             }
             b'S' if k.len() == 1 => {
-                decode::<SourcePosition>(v)?;
+                SourcePosition::decode_stored(v).map_err(|e| e.to_string())?;
             }
             b'L' => {
                 ModelLine::decode_stored(v).map_err(|e| e.to_string())?;

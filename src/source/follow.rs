@@ -21,11 +21,19 @@
 //! opened (the path names the same inode), as long as before, with the same first bytes
 //! and a newline before the position; if not (truncated, rewritten, rotated), the process
 //! stops with an error, since lines already counted cannot be taken back.
+//!
+//! Rotation by rename (`,rotate`): when the path names another file than the one open,
+//! and the open file has not grown for [`ROTATE_GRACE`] since that was first seen, the open
+//! file is read to its end (a last line without its newline counts as a line: the file is
+//! finished), and the new file is read from its start. The position names its file by
+//! inode as well: a restart whose file is no longer at the path looks for it by inode in
+//! the path's directory, reads it to its end, then goes on with the file at the path. A
+//! rotation by copy and truncate is still an error: the same file shrank.
 
 use std::fs::File;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{DirEntryExt, FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::FileFormat;
 use super::feed::{Feed, FeedContext};
@@ -34,6 +42,15 @@ use crate::checkpoint::SourcePosition;
 
 /// How often the end of the file is looked at for new lines.
 pub const POLL: Duration = Duration::from_millis(10);
+
+/// With `,rotate`: how long the file read must have been quiet, after the path was
+/// first seen naming another file, before reading moves on to that file (the writer may
+/// still be finishing its last lines in the renamed file).
+pub const ROTATE_GRACE: Duration = Duration::from_secs(1);
+
+/// At most this many entries of the path's directory are looked at for a rotated file
+/// on restart.
+const SCAN_ENTRIES: usize = 100_000;
 
 /// Bytes read at a time.
 const CHUNK: usize = 256 << 10;
@@ -46,10 +63,17 @@ const HEAD: usize = 4 << 10;
 struct Followed {
     /// The path, as given.
     name: PathBuf,
-    /// The path, for messages.
+    /// The path of the file open (the path as given, or where it was rotated to), for
+    /// messages.
     path: String,
     file: File,
     format: FileFormat,
+    /// `,rotate`: a file renamed away is read to its end, then the one at the path.
+    rotate: bool,
+    /// When the path was first seen naming another file than the one open (`,rotate`).
+    renamed: Option<Instant>,
+    /// When the open file last grew.
+    grew: Instant,
     /// The position after the last line read.
     position: SourcePosition,
     /// The position last written to the store.
@@ -61,33 +85,39 @@ struct Followed {
 /// Opens `path` and checks it against `resume` (the position stored with the newest
 /// batch of the log, when restarting), then follows it on a new thread. Errors here
 /// (missing file, another file than the checkpoint's) stop the run before it starts.
+/// With `rotate`, a restart whose file was renamed away finds it by inode in the path's
+/// directory and reads it to its end first.
 pub fn start(
     path: &Path,
     format: FileFormat,
+    rotate: bool,
     resume: Option<SourcePosition>,
     context: FeedContext,
 ) -> Result<(), String> {
     let shown = path.display().to_string();
-    let file = File::open(path).map_err(|e| format!("{shown}: cannot open: {e}"))?;
-    let empty = crc32fast::hash(&[]);
-    let start = resume.unwrap_or(SourcePosition {
-        offset: 0,
-        line: 0,
-        head_len: 0,
-        head_crc: empty,
-        tail_len: 0,
-        tail_crc: empty,
-    });
-    let mut followed = Followed {
-        name: path.to_owned(),
-        path: shown,
-        file,
-        format,
-        position: start,
-        saved: start,
-        head: Vec::new(),
+    let open = |file: &Path| Followed::open(path, file, format, rotate, resume);
+    let mut followed = match resume {
+        // With `,rotate`, the file the checkpoint was reading may have been renamed within
+        // the path's directory: it is the one with its inode and the bytes it read (an
+        // inode number can be reused by another file).
+        Some(p) if rotate && p.ino != 0 && !same_file(path, p.ino) => {
+            let moved = renamed_within(path, p.ino)
+                .into_iter()
+                .find_map(|file| open(&file).ok());
+            match moved {
+                Some(followed) => followed,
+                None => open(path).map_err(|e| format!("{e}; {}", gone(path, p.ino)))?,
+            }
+        }
+        _ => open(path)?,
     };
-    followed.check_resume()?;
+    if followed.path != shown {
+        eprintln!(
+            "{shown}: the checkpoint was reading {} (rotated away): reading it to its end \
+             first",
+            followed.path
+        );
+    }
     std::thread::Builder::new()
         .name("follow".into())
         .spawn(move || {
@@ -100,7 +130,94 @@ pub fn start(
     Ok(())
 }
 
+/// The position at the start of the file with inode `ino`.
+fn start_of(ino: u64) -> SourcePosition {
+    let empty = crc32fast::hash(&[]);
+    SourcePosition {
+        offset: 0,
+        line: 0,
+        head_len: 0,
+        head_crc: empty,
+        tail_len: 0,
+        tail_crc: empty,
+        ino,
+    }
+}
+
+/// Whether `path` names the file with inode `ino`.
+fn same_file(path: &Path, ino: u64) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.ino() == ino)
+}
+
+/// The directory `path` is in.
+fn directory(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+/// The regular files of `path`'s directory with inode `ino` (where logrotate renames a
+/// file to), among its first [`SCAN_ENTRIES`] entries.
+fn renamed_within(path: &Path, ino: u64) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(directory(path)) else {
+        return Vec::new();
+    };
+    entries
+        .take(SCAN_ENTRIES)
+        .flatten()
+        .filter(|e| e.ino() == ino && e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Why a restart cannot read on: the file it was reading is gone.
+fn gone(path: &Path, ino: u64) -> String {
+    format!(
+        "the file the checkpoint was reading (inode {ino}) is neither {} nor in {} any more: \
+         rotated away and removed or compressed? its lines after the stored position cannot \
+         be read",
+        path.display(),
+        directory(path).display()
+    )
+}
+
 impl Followed {
+    /// Opens `file` (the path followed, `name`, or where it was rotated to) and checks it
+    /// against `resume`.
+    fn open(
+        name: &Path,
+        file: &Path,
+        format: FileFormat,
+        rotate: bool,
+        resume: Option<SourcePosition>,
+    ) -> Result<Followed, String> {
+        let shown = file.display().to_string();
+        let opened = File::open(file).map_err(|e| format!("{shown}: cannot open: {e}"))?;
+        let ino = opened
+            .metadata()
+            .map_err(|e| format!("{shown}: {e}"))?
+            .ino();
+        let start = resume.unwrap_or(start_of(ino));
+        let mut followed = Followed {
+            name: name.to_owned(),
+            path: shown,
+            file: opened,
+            format,
+            rotate,
+            renamed: None,
+            grew: Instant::now(),
+            position: start,
+            saved: start,
+            head: Vec::new(),
+        };
+        followed.check_resume()?;
+        // A store written before inodes were kept (or a copy of the file) names this one.
+        followed.position.ino = ino;
+        followed.saved.ino = ino;
+        Ok(followed)
+    }
+
     /// Refuses a file that is not the one the stored position was taken on: shorter than
     /// the position, or with other first bytes, or other bytes before the position.
     fn check_resume(&mut self) -> Result<(), String> {
@@ -145,8 +262,8 @@ impl Followed {
     }
 
     /// Stops following a file that is not the one read any more: the path names another
-    /// file (rotated), or the file is shorter than what was read, or its first bytes or the
-    /// byte before the position changed (truncated, rewritten).
+    /// file (rotated, unless `,rotate`), or the file is shorter than what was read, or its
+    /// first bytes or the byte before the position changed (truncated, rewritten).
     fn check_unchanged(&self, read_to: u64) -> Result<(), String> {
         let stop = |what: String| {
             Err(format!(
@@ -160,8 +277,15 @@ impl Followed {
             .metadata()
             .map_err(|e| format!("{}: {e}", self.path))?;
         match std::fs::metadata(&self.name) {
+            _ if self.rotate => {}
             Ok(now) if (now.dev(), now.ino()) == (open.dev(), open.ino()) => {}
-            Ok(_) => return stop("the path names another file (rotated or replaced)".into()),
+            Ok(_) => {
+                return stop(
+                    "the path names another file (rotated or replaced; `,rotate` follows \
+                     rotation by rename)"
+                        .into(),
+                );
+            }
             Err(e) => return stop(format!("the path is gone ({e})")),
         }
         if open.len() < read_to {
@@ -204,6 +328,83 @@ impl Followed {
         }
         self.saved = self.position;
         Ok(())
+    }
+
+    /// With `,rotate`: whether reading moves on to the file now at the path — it names
+    /// another file than the one open, and the open one has been quiet for
+    /// [`ROTATE_GRACE`] since that was first seen. (While the path names no file, the open
+    /// one is followed on.)
+    fn rotation_due(&mut self) -> Result<bool, String> {
+        let open = self
+            .file
+            .metadata()
+            .map_err(|e| format!("{}: {e}", self.path))?;
+        match std::fs::metadata(&self.name) {
+            Ok(now) if (now.dev(), now.ino()) != (open.dev(), open.ino()) => {
+                let seen = *self.renamed.get_or_insert_with(Instant::now);
+                Ok(seen.elapsed() >= ROTATE_GRACE && self.grew.elapsed() >= ROTATE_GRACE)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Moves on from the finished file to the one at the path: `rest` (bytes after the
+    /// last newline, `dropped` more of them not held) is the finished file's last line;
+    /// the batch is appended with the finished file's end as its position, and the new
+    /// file is read from its start by a new feed. Returns false (nothing changed) when
+    /// the path names no file after all.
+    fn rotate_to_new<'a>(
+        &mut self,
+        feed: &mut Feed<'a>,
+        rest: &mut Vec<u8>,
+        dropped: &mut u64,
+        context: &'a FeedContext,
+    ) -> Result<bool, String> {
+        let file = match File::open(&self.name) {
+            Ok(file) => file,
+            Err(_) => return Ok(false),
+        };
+        let ino = file
+            .metadata()
+            .map_err(|e| format!("{}: {e}", self.name.display()))?
+            .ino();
+        if !rest.is_empty() || *dropped > 0 {
+            let len = *dropped + rest.len() as u64;
+            if *dropped > 0 || rest.len() > feed.max_line() {
+                feed.too_long(len)
+            } else {
+                feed.line(rest)
+            }
+            .map_err(|e| format!("{e}; following stops"))?;
+            self.position.offset += len;
+            self.position.line = feed.line_number();
+            rest.clear();
+            *dropped = 0;
+        }
+        let log = &*context.log;
+        self.flush(feed, log)?;
+        // Where the finished file lives now, for the message (renamed within its directory
+        // as a rule).
+        let finished = match renamed_within(&self.name, self.position.ino).first() {
+            Some(moved) if *moved != self.name => moved.display().to_string(),
+            _ => format!("{} (renamed away)", self.path),
+        };
+        self.path = self.name.display().to_string();
+        eprintln!(
+            "{}: rotated: {finished} was read to its end ({} lines); reading the new file \
+             from its start",
+            self.path, self.position.line
+        );
+        self.file = file;
+        self.head.clear();
+        self.position = start_of(ino);
+        log.save_position(&self.position)
+            .map_err(|e| format!("{}: {e}", self.path))?;
+        self.saved = self.position;
+        self.renamed = None;
+        self.grew = Instant::now();
+        *feed = Feed::new(self.format, self.path.clone(), 0, context);
+        Ok(true)
     }
 
     fn len(&self) -> Result<u64, String> {
@@ -292,6 +493,12 @@ impl Followed {
             let n = self.read_at(&mut buf[filled..], read_from)?;
             buf.truncate(filled + n);
             if n == 0 {
+                if self.rotate
+                    && self.rotation_due()?
+                    && self.rotate_to_new(&mut feed, &mut buf, &mut dropped, context)?
+                {
+                    continue;
+                }
                 self.check_unchanged(read_from)?;
                 if feed.due() || feed.is_empty() {
                     self.flush(&mut feed, log)?;
@@ -299,6 +506,7 @@ impl Followed {
                 std::thread::sleep(POLL);
                 continue;
             }
+            self.grew = Instant::now();
             self.note_head(&buf[filled..], read_from);
             // The bytes before `filled` hold no newline: they were searched before.
             let (mut line_start, mut search) = (0, filled);
@@ -329,5 +537,54 @@ impl Followed {
                 self.flush(&mut feed, log)?;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::codec;
+
+    /// A position written before inodes were kept reads with inode 0 (unknown), and one
+    /// of this build reads as written.
+    #[test]
+    fn stored_positions_of_both_layouts_decode() {
+        #[derive(serde::Serialize)]
+        struct Before {
+            offset: u64,
+            line: u64,
+            head_len: u32,
+            head_crc: u32,
+            tail_len: u32,
+            tail_crc: u32,
+        }
+        let before = Before {
+            offset: 4096,
+            line: 17,
+            head_len: 4096,
+            head_crc: 7,
+            tail_len: 4096,
+            tail_crc: 9,
+        };
+        let read = SourcePosition::decode_stored(&codec::encode(&before)).unwrap();
+        assert_eq!(
+            (read.offset, read.line, read.tail_crc, read.ino),
+            (4096, 17, 9, 0)
+        );
+        let now = SourcePosition { ino: 42, ..read };
+        assert_eq!(
+            SourcePosition::decode_stored(&codec::encode(&now)).unwrap(),
+            now
+        );
+        assert!(SourcePosition::decode_stored(b"TRB1garbage").is_err());
+    }
+
+    #[test]
+    fn the_directory_of_a_bare_name_is_the_current_one() {
+        assert_eq!(directory(Path::new("app.log")), Path::new("."));
+        assert_eq!(
+            directory(Path::new("/var/log/app.log")),
+            Path::new("/var/log")
+        );
     }
 }

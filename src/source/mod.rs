@@ -65,6 +65,11 @@ pub struct FileSpec {
     /// [`follow`]); the source never ends.
     #[serde(default)]
     pub follow: bool,
+    /// `,rotate` (with `,follow`): when the file is renamed away and a new one appears at
+    /// the path, the old file is read to its end, then the new one from its start (see
+    /// [`follow`]).
+    #[serde(default)]
+    pub rotate: bool,
 }
 
 impl FileSpec {
@@ -74,10 +79,11 @@ impl FileSpec {
             path: path.into(),
             block: BLOCK_BYTES,
             follow: false,
+            rotate: false,
         }
     }
 
-    /// `PATH[,block=SIZE][,follow]`; SIZE in bytes, or with a suffix `KiB` / `MiB` (also
+    /// `PATH[,block=SIZE][,follow[,rotate]]`; SIZE in bytes, or with a suffix `KiB` / `MiB` (also
     /// `k`, `M`). Options are taken from the end, so a path may hold commas.
     fn parse(arg: &str, text: &str) -> Result<Self, String> {
         let mut spec = FileSpec::new(arg);
@@ -86,6 +92,8 @@ impl FileSpec {
         while let Some((rest, option)) = path.rsplit_once(',') {
             if option == "follow" {
                 spec.follow = true;
+            } else if option == "rotate" {
+                spec.rotate = true;
             } else if let Some(size) = option.strip_prefix("block=") {
                 block = Some(parse_size(size).ok_or_else(|| {
                     format!(
@@ -98,6 +106,11 @@ impl FileSpec {
             path = rest;
         }
         spec.path = PathBuf::from(path);
+        if spec.rotate && !spec.follow {
+            return Err(format!(
+                "source {text:?}: `rotate` is for a followed file: add `,follow`"
+            ));
+        }
         match block {
             Some(_) if spec.follow => Err(format!(
                 "source {text:?}: a followed file is read in batches of what arrived, not in \
@@ -135,6 +148,9 @@ impl fmt::Display for FileSpec {
         }
         if self.follow {
             write!(f, ",follow")?;
+        }
+        if self.rotate {
+            write!(f, ",rotate")?;
         }
         Ok(())
     }
@@ -361,6 +377,7 @@ mod tests {
                 path: "a,b.json".into(),
                 block,
                 follow: false,
+                rotate: false,
             };
             assert_eq!(spec, SourceSpec::Jsonl(want));
             assert_eq!(spec.to_string().parse::<SourceSpec>().unwrap(), spec);
@@ -370,16 +387,32 @@ mod tests {
             path: "logs/a,b.csv".into(),
             block: BLOCK_BYTES,
             follow: true,
+            rotate: false,
         };
         assert_eq!(spec, SourceSpec::Csv(want));
         assert!(spec.is_logged());
         assert_eq!(spec.to_string(), "csv:logs/a,b.csv,follow");
+        for text in [
+            "csv:logs/a,b.csv,follow,rotate",
+            "csv:logs/a,b.csv,rotate,follow",
+        ] {
+            let spec: SourceSpec = text.parse().unwrap();
+            let want = FileSpec {
+                path: "logs/a,b.csv".into(),
+                block: BLOCK_BYTES,
+                follow: true,
+                rotate: true,
+            };
+            assert_eq!(spec, SourceSpec::Csv(want));
+            assert_eq!(spec.to_string(), "csv:logs/a,b.csv,follow,rotate");
+        }
         for bad in [
             "csv:x,block=0",
             "csv:x,block=4GB",
             "csv:x,block=",
             "csv:x,block=1M,follow",
             "csv:x,follow,block=1M",
+            "csv:x,rotate",
         ] {
             assert!(bad.parse::<SourceSpec>().is_err(), "{bad}");
         }
