@@ -1,7 +1,9 @@
 //! A followed file rotated by rename (`csv:PATH,follow,rotate`), as logrotate does it by
 //! default: the old file is read to its end, then the new one from its start, exactly once
 //! across kill -9 in every phase (writing the old file, just after the rename, reading the
-//! new file). The final models equal the oracle's over both files' lines. Loopback only.
+//! new file). The final models equal the oracle's over both files' lines. And a followed
+//! file is one partition: written in two bursts with `-w 2`, the first burst's windows are
+//! final without the second. Loopback only.
 
 mod common;
 
@@ -273,4 +275,66 @@ fn rotation_reads_late_lines_of_the_old_file_and_a_removed_one_is_an_error() {
         "the refusal names the inode and the path:\n{}",
         run.stderr
     );
+}
+
+/// The issue's `--idle-timeout` scenario, which needs no timeout here since a followed file
+/// is one partition: with `-w 2`, a file written in two bursts. After the first burst
+/// alone, every window its own watermark closed is final (equal to the oracle), and
+/// none of the second burst's; after the second, the windows it closes are final too.
+#[test]
+fn a_followed_file_in_two_bursts_closes_the_first_bursts_windows_on_two_workers() {
+    let d = 2;
+    let win = Win::Tumbling(10_000);
+    let lateness = 1_000;
+    let mut spec = GenSpec::new(6_000, 4, d, 31);
+    spec.step = 20;
+    spec.disorder = 300;
+    let rows = generate(&spec);
+    let (first, second) = rows.split_at(3_000);
+    let closed = |rows: &[Row]| -> BTreeMap<WinKey, Model> {
+        let watermark = rows.iter().map(|r| r.ts).max().unwrap() - lateness;
+        oracle(rows, d, win, None)
+            .into_iter()
+            .filter(|(k, _)| k.2 <= watermark)
+            .collect()
+    };
+    let dir = TempDir::new("follow_bursts");
+    let data = dir.path("data.csv");
+    let out = dir.path("models.jsonl");
+    let mut args = http_args(&out, d, win, lateness, 2);
+    args[3] = format!("csv:{},follow", data.display());
+    append(&data, &(csv_header(d) + "\n" + &csv_lines(first)));
+    let server = Server::start(&dir, &args);
+    let want = closed(first);
+    assert!(want.len() >= 8, "{} windows", want.len());
+    let got = server.wait_for("the first burst's closed windows", || {
+        let got = read_models(&out);
+        (got.len() >= want.len())
+            .then_some(got)
+            .ok_or_else(|| format!("{} of {} final", read_models(&out).len(), want.len()))
+    });
+    assert_models_match(&got, &want, "after the first burst, -w 2");
+    // The watermark stands at the first burst's end (event time), and the windows it
+    // closed are exactly the oracle's: nothing of the second burst's.
+    let watermark = first.iter().map(|r| r.ts).max().unwrap() - lateness;
+    server.wait_for("the first burst's watermark", || {
+        let v = server.get("/healthz").json();
+        (v["watermark"] == watermark)
+            .then_some(())
+            .ok_or(v.to_string())
+    });
+    assert_eq!(
+        read_models(&out).len(),
+        want.len(),
+        "no window past the watermark"
+    );
+    append(&data, &csv_lines(second));
+    let want = closed(&rows);
+    let got = server.wait_for("the second burst's closed windows", || {
+        let got = read_models(&out);
+        (got.len() >= want.len())
+            .then_some(got)
+            .ok_or_else(|| format!("{} of {} final", read_models(&out).len(), want.len()))
+    });
+    assert_models_match(&got, &want, "after the second burst, -w 2");
 }
