@@ -242,7 +242,7 @@ impl Metrics {
         if all.is_empty() {
             return out;
         }
-        let families: [(&str, &str, fn(&ProcessStatus) -> Option<f64>); 3] = [
+        let families: [(&str, &str, ProcessReading); 3] = [
             (
                 "process_last_report_age_seconds",
                 "Seconds since process 0 last heard this process's heartbeat (sent every 0.5 s)",
@@ -291,6 +291,9 @@ impl Metrics {
         }
     }
 }
+
+/// How a per-process gauge reads its value (`None`: no line for that process).
+type ProcessReading = fn(&ProcessStatus) -> Option<f64>;
 
 /// A rate in a few characters: `812`, `51k`, `2.3M`.
 fn compact(rate: f64) -> String {

@@ -1332,7 +1332,7 @@ mod tests {
         assert!(message.contains("in use by another process"), "{message}");
         assert!(message.contains("process-1/LOCK"), "{message}");
         drop(second);
-        let message = recover(&dir.0, "df").err().expect("refused").to_string();
+        let message = recover(&dir.0, "df").expect_err("refused").to_string();
         for part in [
             "process-1: the store of process 1 holds generation 1, not generation 2",
             "it is older",
@@ -1343,7 +1343,7 @@ mod tests {
         let second = Store::open(&dir.0, 1, "df").unwrap();
         second.write_part(&part_of(3, 1), &[]).unwrap();
         drop(second);
-        let message = recover(&dir.0, "df").err().expect("refused").to_string();
+        let message = recover(&dir.0, "df").expect_err("refused").to_string();
         assert!(message.contains("holds generations 1 to 3"), "{message}");
         assert!(
             message.contains("process-0: that store is the stale one"),
@@ -1356,7 +1356,7 @@ mod tests {
         assert_eq!(state(&dir.0), (5, vec![]));
         // A missing store of the checkpoint: the shared directory is not shared.
         std::fs::remove_dir_all(process_dir(&dir.0, 1)).unwrap();
-        let message = recover(&dir.0, "df").err().expect("refused").to_string();
+        let message = recover(&dir.0, "df").expect_err("refused").to_string();
         assert!(
             message.contains("the store of process 1 does not exist here"),
             "{message}"
