@@ -1,7 +1,9 @@
 //! Checkpoint storage shared between processes: a second `tributary run` on a store that
 //! a running process holds is refused by name (exit 4) and leaves the running one and its
 //! output alone; a restart on a directory where one process's store is a stale copy of an
-//! older run (another generation) is refused by name, not read as missing parts. Real
+//! older run (another generation) is refused by name, not read as missing parts; and
+//! host-local checkpoint directories (each host sees only its own store) are refused on
+//! both sides instead of one process starting over. Real
 //! processes, no network besides what `launch` does on 127.0.0.1; every wait bounded.
 
 mod common;
@@ -153,4 +155,63 @@ fn a_stale_store_of_an_older_run_is_refused_by_name() {
     ] {
         assert!(stderr.contains(&part), "no {part:?} in: {stderr}");
     }
+}
+
+#[test]
+fn host_local_checkpoint_directories_are_refused_on_both_sides() {
+    let dir = TempDir::new("ckpt-local");
+    let (ckpt, out) = (dir.path("ckpt"), dir.path("out.jsonl"));
+    let (code, stderr) = finish(
+        Command::new(BIN)
+            .args(["launch", "-n", "2", "-w", "1", "--"])
+            .args(run_args(&ckpt, &out, 20_000)),
+        Duration::from_secs(120),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    // Each "host" keeps only the store its process wrote, as local disks would.
+    let local = |p: usize| {
+        let host = dir.path(&format!("host{p}"));
+        std::fs::create_dir_all(&host).unwrap();
+        std::fs::rename(
+            ckpt.join(format!("process-{p}")),
+            host.join(format!("process-{p}")),
+        )
+        .unwrap();
+        host
+    };
+    let (host0, host1) = (local(0), local(1));
+    // Each process alone: both are refused before they would connect to the other.
+    let alone = |p: usize, host: &std::path::Path| {
+        let mut c = Command::new(BIN);
+        c.args(run_args(host, &out, 20_000)).args([
+            "-n",
+            "2",
+            "-p",
+            &p.to_string(),
+            "--peer-timeout",
+            "5s",
+        ]);
+        finish(&mut c, Duration::from_secs(60))
+    };
+    let (code, stderr) = alone(0, &host0);
+    assert_eq!(code, Some(4), "{stderr}");
+    let named = format!(
+        "{}: the newest complete checkpoint (epoch",
+        host0.join("process-1").display()
+    );
+    assert!(stderr.contains(&named), "no {named:?} in: {stderr}");
+    assert!(
+        stderr.contains("the store of process 1 does not exist here"),
+        "{stderr}"
+    );
+    let (code, stderr) = alone(1, &host1);
+    assert_eq!(code, Some(4), "{stderr}");
+    let named = format!(
+        "process 0's store {} does not exist here",
+        host1.join("process-0").display()
+    );
+    assert!(stderr.contains(&named), "no {named:?} in: {stderr}");
+    // Nothing was started over: process 1's store still holds its checkpoint.
+    let (code, stderr) = alone(1, &host1);
+    assert_eq!(code, Some(4), "refused again: {stderr}");
 }
