@@ -647,8 +647,13 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
         // Heartbeats to process 0, from the first worker of each process (metrics.rs).
         let per_process = worker.peers() / processes.max(1);
         let beats = (index % per_process.max(1) == 0).then_some(index / per_process.max(1));
-        worker.dataflow::<Epoch, _, _>(|scope| {
-            crate::metrics::heartbeats(scope, Arc::clone(&context.metrics), probe.clone(), beats);
+        let heartbeats = worker.dataflow::<Epoch, _, _>(|scope| {
+            let heartbeats = crate::metrics::heartbeats(
+                scope,
+                Arc::clone(&context.metrics),
+                probe.clone(),
+                beats,
+            );
             let ingested = ingest(scope, reader, &job.windows, &context);
             let (control, commits) = match &context.checkpoint {
                 Some(_) => {
@@ -756,6 +761,7 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
                     .probe_with(&probe)
                     .connect_loop(handle);
             }
+            heartbeats
         });
         let metrics = &context.metrics;
         let mut last = Instant::now();
@@ -773,6 +779,7 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
                 last_records = s.records;
             }
         }
+        heartbeats.stop();
     })?;
     for result in guards.join() {
         result?;

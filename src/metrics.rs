@@ -315,22 +315,26 @@ fn compact(rate: f64) -> String {
 /// that is stopped, stuck or cut off does not, and its age grows on process 0.
 ///
 /// The heartbeats hold no capability that the rest of the dataflow waits for; each
-/// worker's heartbeat source ends once `done` (the worker's probe of the dataflow's end)
-/// is done, so the dataflow still ends.
+/// worker's heartbeat source ends when the returned [`HeartbeatStop`] is stopped (at once)
+/// or once `done` (the worker's probe of the dataflow's end) is done (within 0.1 s), so
+/// the dataflow still ends.
 pub fn heartbeats(
     scope: Scope<'_, Epoch>,
     metrics: std::sync::Arc<Metrics>,
     done: ProbeHandle<Epoch>,
     process: Option<usize>,
-) {
+) -> HeartbeatStop {
     let sender = std::sync::Arc::clone(&metrics);
+    let stop = HeartbeatStop::default();
+    let stopped = stop.clone();
     let beats: StreamVec<'_, Epoch, (u64, u64)> = source(scope, "Heartbeat", move |cap, info| {
         let activator = scope.activator_for(info.address);
+        *stopped.activator.borrow_mut() = Some(activator.clone());
         let mut cap = process.map(|_| cap);
         let mut last: Option<Instant> = None;
         move |output| {
             let Some(c) = cap.as_ref() else { return };
-            if done.done() {
+            if stopped.flag.get() || done.done() {
                 cap = None;
                 return;
             }
@@ -356,6 +360,25 @@ pub fn heartbeats(
             });
         },
     );
+    stop
+}
+
+/// Ends a worker's heartbeats at once ([`heartbeats`]), so that a finished dataflow does
+/// not wait for the heartbeat source's next activation.
+#[derive(Clone, Default)]
+pub struct HeartbeatStop {
+    flag: std::rc::Rc<std::cell::Cell<bool>>,
+    activator: std::rc::Rc<std::cell::RefCell<Option<timely::scheduling::Activator>>>,
+}
+
+impl HeartbeatStop {
+    /// Stops the heartbeats of this worker (call it once the dataflow is done).
+    pub fn stop(&self) {
+        self.flag.set(true);
+        if let Some(activator) = self.activator.borrow().as_ref() {
+            activator.activate();
+        }
+    }
 }
 
 #[cfg(test)]
