@@ -644,7 +644,16 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
         };
         let models = models.clone();
         let probe = ProbeHandle::new();
-        worker.dataflow::<Epoch, _, _>(|scope| {
+        // Heartbeats to process 0, from the first worker of each process (metrics.rs).
+        let per_process = worker.peers() / processes.max(1);
+        let beats = (index % per_process.max(1) == 0).then_some(index / per_process.max(1));
+        let heartbeats = worker.dataflow::<Epoch, _, _>(|scope| {
+            let heartbeats = crate::metrics::heartbeats(
+                scope,
+                Arc::clone(&context.metrics),
+                probe.clone(),
+                beats,
+            );
             let ingested = ingest(scope, reader, &job.windows, &context);
             let (control, commits) = match &context.checkpoint {
                 Some(_) => {
@@ -752,6 +761,7 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
                     .probe_with(&probe)
                     .connect_loop(handle);
             }
+            heartbeats
         });
         let metrics = &context.metrics;
         let mut last = Instant::now();
@@ -761,11 +771,15 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
             if progress && index == 0 && process == 0 && last.elapsed() >= Duration::from_secs(1) {
                 let s = metrics.snapshot();
                 let rate = (s.records - last_records) as f64 / last.elapsed().as_secs_f64();
-                eprintln!("progress: {}", progress_line(&s, rate));
+                match metrics.processes_part() {
+                    Some(peers) => eprintln!("progress: {} {peers}", progress_line(&s, rate)),
+                    None => eprintln!("progress: {}", progress_line(&s, rate)),
+                }
                 last = Instant::now();
                 last_records = s.records;
             }
         }
+        heartbeats.stop();
     })?;
     for result in guards.join() {
         result?;

@@ -1538,6 +1538,8 @@ impl Instruments {
         }
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        // Every process of the cluster as process 0 hears its heartbeats (metrics.rs).
+        out.extend_from_slice(context.metrics.render_processes().as_bytes());
         String::from_utf8(out).unwrap_or_default()
     }
 }

@@ -289,13 +289,34 @@ fn start_and_wait_for_models(
 }
 
 /// Starts the `-n 3` cluster on a followed CSV file in `dir` (a run that lasts until
-/// something breaks it) and waits until process 0 has written models.
-fn start_cluster(net: &mut Net, dir: &TempDir) {
+/// something breaks it) and waits until process 0 has written models. With `progress`,
+/// the processes print their progress lines (no `-q`).
+fn start_cluster(net: &mut Net, dir: &TempDir, progress: bool) {
     let rows = generate(&GenSpec::new(20_000, 4, D, 18));
     let csv = dir.path("in.csv");
     write_csv(&csv, &rows, D);
-    let args = cluster_args(dir, &format!("csv:{},follow", csv.display()), HOSTS, &[]);
+    let mut args = cluster_args(dir, &format!("csv:{},follow", csv.display()), HOSTS, &[]);
+    if progress {
+        args.retain(|a| a != "-q");
+    }
     start_and_wait_for_models(net, dir, &args, HOSTS, 0);
+}
+
+/// The heartbeat ages of every process on the progress lines of process 0's stderr, in
+/// order: `processes=[p0 0.2s 0/s, p1 4.1s 0/s, …]` → one `Vec` of ages per line.
+fn heartbeat_ages(dir: &TempDir) -> Vec<Vec<f64>> {
+    stderr(dir, 0)
+        .lines()
+        .filter_map(|l| {
+            let part = l.split("processes=[").nth(1)?.split(']').next()?;
+            part.split(", ")
+                .map(|entry| {
+                    let age = entry.split_whitespace().nth(1)?;
+                    age.strip_suffix('s')?.parse().ok()
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// The line by which process `i` named the peer it lost.
@@ -313,7 +334,7 @@ fn a_partitioned_host_is_detected_on_every_side() {
         return;
     };
     let dir = TempDir::new("netns-partition");
-    start_cluster(&mut net, &dir);
+    start_cluster(&mut net, &dir, true);
     let cut = 1;
     net.partition(cut);
     let at = Instant::now();
@@ -355,6 +376,22 @@ fn a_partitioned_host_is_detected_on_every_side() {
             .all(|l| l.contains("unreachable") || l.contains("connection closed")),
         "{others:#?}"
     );
+    // Before the cluster stopped, process 0's progress line showed the partitioned host
+    // silent (its heartbeat 3 s old or more) while the host still connected was fresh.
+    let ages = heartbeat_ages(&dir);
+    assert!(
+        ages.iter().any(|a| a.len() == HOSTS),
+        "no progress line listing {HOSTS} processes:\n{}",
+        stderr(&dir, 0)
+    );
+    let seen = ages
+        .iter()
+        .filter(|a| a.len() == HOSTS)
+        .find(|a| a[cut] >= 3.0 && a[2] < 2.0)
+        .unwrap_or_else(|| {
+            panic!("process 0 never showed host {cut} silent and host 2 fresh: {ages:?}")
+        });
+    eprintln!("process 0 saw heartbeat ages {seen:?} during the partition");
 }
 
 #[test]
@@ -363,7 +400,7 @@ fn a_killed_host_process_is_named_by_the_others() {
         return;
     };
     let dir = TempDir::new("netns-kill");
-    start_cluster(&mut net, &dir);
+    start_cluster(&mut net, &dir, false);
     let victim = 2;
     net.kill(victim);
     let at = Instant::now();

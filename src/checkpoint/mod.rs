@@ -96,6 +96,36 @@ pub enum CheckpointError {
         /// What is wrong.
         message: String,
     },
+    /// Another process holds the store: RocksDB's lock file (`LOCK`) is locked.
+    #[error(
+        "checkpoint store {path} is in use by another process: its lock file {path}/LOCK is held ({message}).\n(Two processes must never write one store: is a `tributary run` with this --checkpoint and the same -p still running, on this host or, on a shared file system, on another one? Stop it first, or give this run another --checkpoint directory.)"
+    )]
+    Locked {
+        /// The store.
+        path: String,
+        /// RocksDB's message.
+        message: String,
+    },
+    /// The file system under the store refuses file locks (e.g. NFS without a lock
+    /// manager): RocksDB cannot make sure no other process writes the store.
+    #[error(
+        "checkpoint store {path}: the file system refuses to lock {path}/LOCK ({message}); RocksDB needs POSIX (fcntl) locks to keep two processes from writing one store. On NFS, run the lock manager (NFSv3 lockd/statd, or NFSv4), or put --checkpoint on a local or cluster file system that supports them (see checkpoint-format.md, \"Storage\")"
+    )]
+    NoLocks {
+        /// The store.
+        path: String,
+        /// RocksDB's message.
+        message: String,
+    },
+    /// A store that does not belong with the others: from another generation (another
+    /// run) than the newest commit, or missing.
+    #[error("checkpoint {path}: {message}\n(see checkpoint-format.md, \"Storage\")")]
+    Mismatch {
+        /// The store.
+        path: String,
+        /// What does not match.
+        message: String,
+    },
     /// A durable write failed (the store is left as it was before it).
     #[error("checkpoint store {path}: {what} failed: {message}")]
     Write {
@@ -453,9 +483,38 @@ impl Store {
             ErrorKind::Corruption => {
                 CheckpointError::damaged(path, format!("RocksDB refuses to open it: {e}"))
             }
-            _ => Self::err(path, e),
+            _ => Self::open_err(path, e),
         })?;
         Ok((db, note))
+    }
+
+    /// An error opening the store: its lock held by another process, locks refused by
+    /// the file system, or anything else RocksDB says.
+    fn open_err(path: &Path, e: rocksdb::Error) -> CheckpointError {
+        let message = e.to_string();
+        let path_text = path.display().to_string();
+        // RocksDB's PosixEnv::LockFile: "While lock file: PATH/LOCK: <strerror>", or
+        // "lock hold by current process" when this process holds it already.
+        if message.contains("lock hold by current process") {
+            return CheckpointError::Locked {
+                path: path_text,
+                message,
+            };
+        }
+        if message.contains("While lock file") {
+            if message.contains("No locks available") || message.contains("not supported") {
+                return CheckpointError::NoLocks {
+                    path: path_text,
+                    message,
+                };
+            }
+            // fcntl(F_SETLK) failed: EAGAIN or EACCES, another process holds the lock.
+            return CheckpointError::Locked {
+                path: path_text,
+                message,
+            };
+        }
+        Self::err(path, message)
     }
 
     /// Opens (creating if needed) the store of `process` under `dir` for writing, and
@@ -472,6 +531,19 @@ impl Store {
         replay: Replay,
     ) -> Result<Store, CheckpointError> {
         let path = process_dir(dir, process);
+        let first = process_dir(dir, 0);
+        if process > 0 && !first.join("CURRENT").exists() && path.join("CURRENT").exists() {
+            // Recovery found nothing, because process 0's store is not here; this one
+            // holds data: starting over would mix a new run with an old one.
+            return Err(CheckpointError::Mismatch {
+                path: path.display().to_string(),
+                message: format!(
+                    "this store of process {process} holds a checkpoint, but process 0's store {} does not exist here. Process 0's store holds the commit records, and every process reads it (and, at a restart, every store of the last run): on several machines, --checkpoint must be a directory all of them share. Refusing to start over next to an old store; delete {} to start over",
+                    first.display(),
+                    path.display()
+                ),
+            });
+        }
         std::fs::create_dir_all(&path).map_err(|e| CheckpointError::Store {
             path: path.display().to_string(),
             message: e.to_string(),
@@ -926,6 +998,53 @@ impl Store {
         }
     }
 
+    /// The generations this store holds parts or folded bases of.
+    fn generations(&self) -> Result<std::collections::BTreeSet<u64>, CheckpointError> {
+        let mut generations = std::collections::BTreeSet::new();
+        for tag in [b"P", b"F"] {
+            for (k, _) in self.scan(tag)? {
+                if k.len() < 9 {
+                    return Err(self.bad_key(&k));
+                }
+                generations.insert(keys::u64_at(&k, 1));
+            }
+        }
+        Ok(generations)
+    }
+
+    /// Refuses a store of process `process` that holds nothing of `commit`'s generation:
+    /// a copy from another run (older: a stale local directory or a restored backup;
+    /// newer: process 0's store is the stale one), which recovery would otherwise read as
+    /// missing parts, or as nothing.
+    fn check_generation(&self, process: usize, commit: &Commit) -> Result<(), CheckpointError> {
+        let generations = self.generations()?;
+        if generations.contains(&commit.generation) {
+            return Ok(());
+        }
+        let held = match (generations.first(), generations.last()) {
+            (Some(a), Some(b)) if a == b => format!("generation {a}"),
+            (Some(a), Some(b)) => format!("generations {a} to {b}"),
+            _ => "no checkpoint at all".to_owned(),
+        };
+        let why = match generations.last() {
+            Some(&newest) if newest > commit.generation => format!(
+                "it is newer than process 0's store {}: that store is the stale one (a copy or backup of an older run?)",
+                self.path
+                    .parent()
+                    .map_or_else(|| "process-0".into(), |d| process_dir(d, 0).display().to_string())
+            ),
+            Some(_) => "it is older: a copy of an earlier run (a local directory of this host that the last run did not write, or a restored backup?)".to_owned(),
+            None => "it was never written by that run (a new or other store in its place?)".to_owned(),
+        };
+        Err(CheckpointError::Mismatch {
+            path: self.path.display().to_string(),
+            message: format!(
+                "the store of process {process} holds {held}, not generation {} of the newest complete checkpoint (epoch {}, {} processes, in process 0's store): {why}. Every store of a checkpoint must be the one its run wrote",
+                commit.generation, commit.epoch, commit.processes
+            ),
+        })
+    }
+
     /// A summary of the store's contents, for `tributary checkpoint inspect`.
     pub fn describe(&self) -> Result<String, CheckpointError> {
         use std::fmt::Write;
@@ -1066,6 +1185,15 @@ pub fn recover_from(
     let per_process = commit.workers / commit.processes.max(1);
     for process in 0..commit.processes {
         let path = process_dir(dir, process);
+        if !path.join("CURRENT").exists() {
+            return Err(CheckpointError::Mismatch {
+                path: path.display().to_string(),
+                message: format!(
+                    "the newest complete checkpoint (epoch {}, generation {}) was written by {} processes, and the store of process {process} does not exist here. A restart reads every store of that checkpoint: on several machines, --checkpoint must be a directory all of them share",
+                    commit.epoch, commit.generation, commit.processes
+                ),
+            });
+        }
         let store = Store::open_read_only_with(&path, replay).map_err(|e| match e {
             e @ CheckpointError::Damaged { .. } => e,
             e => CheckpointError::Incomplete {
@@ -1074,6 +1202,7 @@ pub fn recover_from(
             },
         })?;
         store.check_identity(dataflow)?;
+        store.check_generation(process, &commit)?;
         for worker in process * per_process..(process + 1) * per_process {
             let part = store.worker_state(commit.generation, worker, commit.epoch, &mut panes)?;
             emitted.extend(part.emitted);
@@ -1218,6 +1347,79 @@ mod tests {
             Store::open(&dir.0, 0, "other"),
             Err(CheckpointError::Fingerprint { .. })
         ));
+    }
+
+    #[test]
+    fn stores_of_another_generation_missing_or_locked_are_refused_by_name() {
+        let dir =
+            Dir(std::env::temp_dir().join(format!("tributary-ckpt-mix-{}", std::process::id())));
+        let part_of = |generation, worker| Part {
+            generation,
+            ..part(5, worker)
+        };
+        // Generation 2 of a 2-process run: process 0 holds worker 0's part and the
+        // commit; process 1's store holds only generation 1 (a stale copy).
+        let first = Store::open(&dir.0, 0, "df").unwrap();
+        first.write_part(&part_of(2, 0), &[]).unwrap();
+        first
+            .write_commit(&Commit {
+                generation: 2,
+                processes: 2,
+                ..commit(5)
+            })
+            .unwrap();
+        drop(first);
+        let second = Store::open(&dir.0, 1, "df").unwrap();
+        second.write_part(&part_of(1, 1), &[]).unwrap();
+        // A second writer of the same store, even in this process, is refused by name.
+        let locked = Store::open(&dir.0, 1, "df").err().expect("refused");
+        assert!(matches!(locked, CheckpointError::Locked { .. }), "{locked}");
+        let message = locked.to_string();
+        assert!(message.contains("in use by another process"), "{message}");
+        assert!(message.contains("process-1/LOCK"), "{message}");
+        drop(second);
+        let message = recover(&dir.0, "df").expect_err("refused").to_string();
+        for part in [
+            "process-1: the store of process 1 holds generation 1, not generation 2",
+            "it is older",
+        ] {
+            assert!(message.contains(part), "{part:?} in {message}");
+        }
+        // A newer one names process 0's store as the stale one.
+        let second = Store::open(&dir.0, 1, "df").unwrap();
+        second.write_part(&part_of(3, 1), &[]).unwrap();
+        drop(second);
+        let message = recover(&dir.0, "df").expect_err("refused").to_string();
+        assert!(message.contains("holds generations 1 to 3"), "{message}");
+        assert!(
+            message.contains("process-0: that store is the stale one"),
+            "{message}"
+        );
+        // The right one is read.
+        let second = Store::open(&dir.0, 1, "df").unwrap();
+        second.write_part(&part_of(2, 1), &[]).unwrap();
+        drop(second);
+        assert_eq!(state(&dir.0), (5, vec![]));
+        // A missing store of the checkpoint: the shared directory is not shared.
+        std::fs::remove_dir_all(process_dir(&dir.0, 1)).unwrap();
+        let message = recover(&dir.0, "df").expect_err("refused").to_string();
+        assert!(
+            message.contains("the store of process 1 does not exist here"),
+            "{message}"
+        );
+        assert!(message.contains("directory all of them share"), "{message}");
+        // Process 1 with its store but without process 0's: not started over.
+        Store::open(&dir.0, 1, "df").unwrap();
+        std::fs::remove_dir_all(process_dir(&dir.0, 0)).unwrap();
+        assert!(recover(&dir.0, "df").unwrap().is_none());
+        let message = Store::open(&dir.0, 1, "df")
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            message.contains("process 0's store") && message.contains("does not exist here"),
+            "{message}"
+        );
     }
 
     #[test]
