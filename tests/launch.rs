@@ -84,7 +84,7 @@ fn two_processes_give_the_models_of_one_worker() {
     let r = run_engine(&dir, &run_args(&csv, d, win, &single.display().to_string()));
     r.assert_success();
     let reference = read_models(&single);
-    assert_models_match(&reference, &want, "-w 1 vs oracle");
+    assert_matches_oracle(&reference, &want, want.len(), "-w 1 vs oracle");
 
     let launched = dir.path("launched.jsonl");
     let child = launch_cmd(
@@ -105,8 +105,13 @@ fn two_processes_give_the_models_of_one_worker() {
         assert!(stderr.contains(p), "no {p:?} on stderr: {stderr}");
     }
     let got = read_models(&launched);
-    assert_models_match(&got, &with_oracle_cond(&reference, &want), "launch vs -w 1");
-    assert_models_match(&got, &want, "launch vs oracle");
+    assert_matches_oracle(
+        &got,
+        &with_oracle_cond(&reference, &want),
+        want.len(),
+        "launch vs -w 1",
+    );
+    assert_matches_oracle(&got, &want, want.len(), "launch vs oracle");
 }
 
 #[test]
@@ -131,9 +136,10 @@ fn stdout_models_stay_pipeable_unless_prefixed() {
     );
     // Unprefixed: every stdout line is a model, as from a single process.
     let text = String::from_utf8(out.stdout).unwrap();
-    assert_models_match(
+    assert_matches_oracle(
         &keep_final(&parse_emissions(&text)),
         &want,
+        want.len(),
         "stdout vs oracle",
     );
 
@@ -160,9 +166,10 @@ fn stdout_models_stay_pipeable_unless_prefixed() {
         .iter()
         .map(|l| format!("{}\n", &l[5..]))
         .collect::<String>();
-    assert_models_match(
+    assert_matches_oracle(
         &keep_final(&parse_emissions(&stripped)),
         &want,
+        want.len(),
         "prefixed stdout vs oracle",
     );
 }

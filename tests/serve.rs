@@ -120,7 +120,7 @@ fn served_models(server: &Server) -> (i64, Served) {
     (watermark, out)
 }
 
-/// One model as a map, for `assert_models_match`.
+/// One model as a map, for `assert_matches_oracle`.
 fn one(e: &Emission) -> BTreeMap<WinKey, Model> {
     BTreeMap::from([(e.key.clone(), e.model.clone())])
 }
@@ -257,9 +257,10 @@ fn check_live(
     for (key, (fin, _, _)) in &exp.keys {
         let (sf, so) = &models[key];
         if let (Some(f), Some(wk)) = (sf, fin) {
-            assert_models_match(
+            assert_matches_oracle(
                 &one(f),
                 &oracle_one(all, wk, d, win),
+                1,
                 &format!("{ctx}: /models final of {key}"),
             );
         }
@@ -278,9 +279,10 @@ fn check_live(
         // The running estimate is not final: compare everything but the flag.
         let mut got = one(o);
         got.values_mut().for_each(|m| m.is_final = true);
-        assert_models_match(
+        assert_matches_oracle(
             &got,
             &oracle_one(posted, &o.key, d, win),
+            1,
             &format!(
                 "{ctx}: /models open of {key} (running estimate on the records posted so far)"
             ),
@@ -349,7 +351,7 @@ fn oracle_agreement(workers: usize, win: Win, name: &str) {
 
     // (a) --out: the final models equal the oracle's windows.
     let got = wait_for_out(&server, &out, &want);
-    assert_models_match(&got, &want, &format!("{name}: --out"));
+    assert_matches_oracle(&got, &want, want.len(), &format!("{name}: --out"));
     assert_written_once(&out);
 
     // (b) /models and /model: each key's newest window, final, equal to the oracle.
@@ -373,9 +375,10 @@ fn oracle_agreement(workers: usize, win: Win, name: &str) {
     for (key, wk) in &newest {
         let want_one = BTreeMap::from([(wk.clone(), want[wk].clone())]);
         let f = models[key].0.as_ref().unwrap();
-        assert_models_match(
+        assert_matches_oracle(
             &one(f),
             &want_one,
+            want_one.len(),
             &format!("{name}: /models final of {key}"),
         );
         let r = server.get(&format!("/model?key={key}"));
@@ -383,7 +386,12 @@ fn oracle_agreement(workers: usize, win: Win, name: &str) {
         let v = r.json();
         assert_eq!(v["key"], key.as_str(), "{}", r.body);
         let f = served(&v["final"]).unwrap_or_else(|| panic!("no final in {}", r.body));
-        assert_models_match(&one(&f), &want_one, &format!("{name}: /model?key={key}"));
+        assert_matches_oracle(
+            &one(&f),
+            &want_one,
+            want_one.len(),
+            &format!("{name}: /model?key={key}"),
+        );
 
         // (c) /predict, one row and several, from the oracle's coefficients.
         let coef = want[wk].coef.clone().expect("determined window");
@@ -497,9 +505,10 @@ fn assert_models_kept(
         let w = want
             .get(&f.key)
             .unwrap_or_else(|| panic!("{ctx}: served window {:?} is not an oracle window", f.key));
-        assert_models_match(
+        assert_matches_oracle(
             &one(&f),
             &BTreeMap::from([(f.key.clone(), w.clone())]),
+            1,
             &format!("{ctx}: /model?key={key} after the restart"),
         );
     }
@@ -627,9 +636,10 @@ fn kill_9_after_an_answer_loses_nothing_and_counts_nothing_twice() {
     }
     post_sentinel(&server, closing_time(&want, lateness), d);
     let got = wait_for_out(&server, &out, &want);
-    assert_models_match(
+    assert_matches_oracle(
         &got,
         &want,
+        want.len(),
         "kill9: --out after two kill -9 (exactly once: n)",
     );
     assert_written_once(&out);
@@ -942,9 +952,10 @@ fn errors_have_their_statuses_and_the_server_goes_on() {
         .collect();
     assert_eq!(closed.len(), 2);
     let got = wait_for_out(&server, &out, &closed);
-    assert_models_match(
+    assert_matches_oracle(
         &got,
         &closed,
+        closed.len(),
         "errors: --out has exactly the accepted records",
     );
 
@@ -1214,9 +1225,10 @@ fn backpressure_answers_503_and_refused_records_are_not_counted() {
         (r.status == 200).then_some(()).ok_or(r.body)
     });
     let got = wait_for_out(&server, &out, &want);
-    assert_models_match(
+    assert_matches_oracle(
         &got,
         &want,
+        want.len(),
         "backpressure: models over the records answered 200",
     );
     let total: usize = got.values().map(|m| m.n).sum();
@@ -1330,7 +1342,7 @@ fn load_every_accepted_record_counts_once() {
         latency.last().copied().unwrap_or_default(),
     );
     assert_eq!(accepted, rows.len());
-    assert_models_match(&got, &want, "load: --out");
+    assert_matches_oracle(&got, &want, want.len(), "load: --out");
     let total: usize = got.values().map(|m| m.n).sum();
     assert_eq!(total, accepted, "load: n over the final windows");
     let text = server.get("/metrics").body;
@@ -1409,7 +1421,7 @@ fn tcp_client_source_gives_the_oracle_models() {
         stderr_text()
     );
     let got = read_models(&out);
-    assert_models_match(&got, &want, "tcp client source: --out");
+    assert_matches_oracle(&got, &want, want.len(), "tcp client source: --out");
     assert_written_once(&out);
 }
 
@@ -1454,15 +1466,16 @@ fn tcp_listen_source_reads_every_connection() {
     read_through(rows.len());
     send(&[sentinel(closing_time(&want, lateness), d)]);
     let got = wait_for_out(&server, &out, &want);
-    assert_models_match(&got, &want, "tcp listen source: --out");
+    assert_matches_oracle(&got, &want, want.len(), "tcp listen source: --out");
     let (_, models) = served_models(&server);
     for (key, (fin, _)) in models.iter().filter(|(k, _)| *k != SENTINEL) {
         let f = fin
             .as_ref()
             .unwrap_or_else(|| panic!("no final model of {key}"));
-        assert_models_match(
+        assert_matches_oracle(
             &one(f),
             &BTreeMap::from([(f.key.clone(), want[&f.key].clone())]),
+            1,
             &format!("tcp listen: /models final of {key}"),
         );
     }
@@ -1608,9 +1621,10 @@ fn followed_file_is_read_as_it_grows_exactly_once_across_kill_9() {
         &csv_lines(&[sentinel(closing_time(&want, lateness), d)]),
     );
     let got = wait_for_out(&server, &out, &want);
-    assert_models_match(
+    assert_matches_oracle(
         &got,
         &want,
+        want.len(),
         "followed file: --out across kill -9 (n: exactly once)",
     );
     assert_written_once(&out);
@@ -1653,7 +1667,12 @@ fn followed_json_lines_resume_after_kill_9() {
     append(&data, &lines(second));
     append(&data, &lines(&[sentinel(closing_time(&want, lateness), d)]));
     let got = wait_for_out(&server, &out, &want);
-    assert_models_match(&got, &want, "followed JSON lines across kill -9");
+    assert_matches_oracle(
+        &got,
+        &want,
+        want.len(),
+        "followed JSON lines across kill -9",
+    );
     assert_written_once(&out);
 }
 
