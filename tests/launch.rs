@@ -87,12 +87,11 @@ fn two_processes_give_the_models_of_one_worker() {
     assert_matches_oracle(&reference, &want, want.len(), "-w 1 vs oracle");
 
     let launched = dir.path("launched.jsonl");
-    let child = launch_cmd(
-        &["-n", "2", "-w", "2"],
-        &run_args(&csv, d, win, &launched.display().to_string()),
-    )
-    .spawn()
-    .unwrap();
+    // Blocks small enough for two per worker: all 4 workers of the 2 processes read.
+    let mut args = run_args(&csv, d, win, &launched.display().to_string());
+    let src = args.iter().position(|a| a.starts_with("csv:")).unwrap();
+    args[src] = format!("csv:{},block={}", csv.display(), block_for(&csv, 4));
+    let child = launch_cmd(&["-n", "2", "-w", "2"], &args).spawn().unwrap();
     let out = finish(child, LIMIT, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "launch failed: {stderr}");
@@ -104,6 +103,13 @@ fn two_processes_give_the_models_of_one_worker() {
     ] {
         assert!(stderr.contains(p), "no {p:?} on stderr: {stderr}");
     }
+    // Process 0's summary counts every worker of the cluster (by global index).
+    let p0: String = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("[p0] "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_every_worker_read(&p0, 4, rows.len() as u64, "launch -n 2 -w 2");
     let got = read_models(&launched);
     assert_matches_oracle(
         &got,

@@ -1037,6 +1037,33 @@ pub fn worker_records(stderr: &str) -> Vec<u64> {
         .unwrap_or_default()
 }
 
+/// A block size that cuts the file into at least two blocks per worker (block k goes to
+/// worker k mod W), so that every one of `workers` workers reads.
+pub fn block_for(path: &Path, workers: usize) -> u64 {
+    (std::fs::metadata(path).unwrap().len() / (2 * workers as u64)).max(64)
+}
+
+/// Asserts the exit summary's `worker_records=a/b/…` has one count per worker, every one
+/// non-zero, summing to `total`; returns the counts.
+pub fn assert_every_worker_read(stderr: &str, workers: usize, total: u64, ctx: &str) -> Vec<u64> {
+    let per_worker = worker_records(stderr);
+    assert_eq!(
+        per_worker.len(),
+        workers,
+        "{ctx}: worker_records of {workers} workers expected; stderr:\n{stderr}"
+    );
+    assert!(
+        per_worker.iter().all(|&n| n > 0),
+        "{ctx}: a worker read nothing: {per_worker:?}"
+    );
+    assert_eq!(
+        per_worker.iter().sum::<u64>(),
+        total,
+        "{ctx}: worker_records {per_worker:?} do not add up to the records"
+    );
+    per_worker
+}
+
 pub fn summary_token(stderr: &str, name: &str) -> Option<u64> {
     let prefix = format!("{name}=");
     let mut found = None;
