@@ -179,6 +179,33 @@ impl Server {
         }
     }
 
+    /// Starts a server whose arguments need a free port of their own (a `tcp:…,listen`
+    /// source, which does not report the port it bound): a port is probed free, and if
+    /// something else takes it before the server binds it, the server is started again on
+    /// another (at most 5 attempts). Returns the server and its port.
+    pub fn start_on_free_port(dir: &TempDir, args: impl Fn(u16) -> Vec<String>) -> (Server, u16) {
+        for attempt in 1..=5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .unwrap()
+                .port();
+            let a = args(port);
+            let mut server = Server::spawn_env(dir, &a, &[]);
+            if let Some(status) = server.exited() {
+                let text = server.stderr_text();
+                if text.contains("in use") && attempt < 5 {
+                    eprintln!("port {port} was taken; starting again on another");
+                    continue;
+                }
+                panic!("server exited ({status}) before serving\nargs: {a:?}\nstderr:\n{text}");
+            }
+            let health = server.get("/healthz");
+            assert_eq!(health.status, 200, "healthz: {}", health.body);
+            return (server, port);
+        }
+        unreachable!()
+    }
+
     /// How the process ended, once it has (`None` while it runs, or once killed).
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.as_mut()?.try_wait().unwrap()
