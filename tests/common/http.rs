@@ -143,14 +143,16 @@ impl Server {
     pub fn spawn_env(dir: &TempDir, args: &[String], env: &[(&str, &str)]) -> Server {
         let n = STARTS.fetch_add(1, Ordering::SeqCst);
         let stderr = dir.path(&format!("server-{n}.stderr"));
-        let child = Command::new(BIN)
+        // A measurement may run another build of the binary (a release one).
+        let bin = std::env::var("TRIBUTARY_BIN").unwrap_or_else(|_| BIN.to_owned());
+        let child = Command::new(&bin)
             .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
         let mut server = Server {
             child: Some(child),
             addr: String::new(),
