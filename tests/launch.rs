@@ -63,6 +63,22 @@ fn finish(mut child: Child, limit: Duration, also: &[i32]) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// Runs a launch to its end. The launcher probes free ports and releases them for its
+/// children to bind: if another process takes one in between, the cluster fails with
+/// "Address already in use" and is launched again (at most 3 times).
+fn launch_to_end(launch: &[&str], run: &[String]) -> Output {
+    for attempt in 1..=3 {
+        let out = finish(launch_cmd(launch, run).spawn().unwrap(), LIMIT, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() && stderr.contains("Address already in use") && attempt < 3 {
+            eprintln!("launch: a port was taken; launching again: {stderr}");
+            continue;
+        }
+        return out;
+    }
+    unreachable!()
+}
+
 fn data(dir: &TempDir, d: usize) -> (std::path::PathBuf, Vec<Row>) {
     let mut spec = GenSpec::new(30_000, 5, d, 77);
     spec.disorder = 300; // within the 1 s lateness: final models do not depend on workers
@@ -91,8 +107,7 @@ fn two_processes_give_the_models_of_one_worker() {
     let mut args = run_args(&csv, d, win, &launched.display().to_string());
     let src = args.iter().position(|a| a.starts_with("csv:")).unwrap();
     args[src] = format!("csv:{},block={}", csv.display(), block_for(&csv, 4));
-    let child = launch_cmd(&["-n", "2", "-w", "2"], &args).spawn().unwrap();
-    let out = finish(child, LIMIT, &[]);
+    let out = launch_to_end(&["-n", "2", "-w", "2"], &args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "launch failed: {stderr}");
     assert!(out.stdout.is_empty(), "models went to --out, not stdout");
@@ -128,13 +143,7 @@ fn stdout_models_stay_pipeable_unless_prefixed() {
     let (csv, rows) = data(&dir, d);
     let want = oracle(&rows, d, win, None);
 
-    let out = finish(
-        launch_cmd(&["-n", "2"], &run_args(&csv, d, win, "-"))
-            .spawn()
-            .unwrap(),
-        LIMIT,
-        &[],
-    );
+    let out = launch_to_end(&["-n", "2"], &run_args(&csv, d, win, "-"));
     assert!(
         out.status.success(),
         "{}",
@@ -149,15 +158,9 @@ fn stdout_models_stay_pipeable_unless_prefixed() {
         "stdout vs oracle",
     );
 
-    let out = finish(
-        launch_cmd(
-            &["-n", "2", "--prefix-stdout"],
-            &run_args(&csv, d, win, "-"),
-        )
-        .spawn()
-        .unwrap(),
-        LIMIT,
-        &[],
+    let out = launch_to_end(
+        &["-n", "2", "--prefix-stdout"],
+        &run_args(&csv, d, win, "-"),
     );
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
