@@ -20,6 +20,12 @@ use tributary::source::generator::GenReader;
 use tributary::source::{SourceReader, SourceSpec};
 use tributary::{Schema, SolveOptions, Status};
 
+/// A final model as emitted: key, window start and end, n, coefficients, r².
+type Emitted = (String, i64, i64, i64, Vec<f64>, f64);
+
+/// The raw rows of a (key, window start): features and target.
+type WindowRows = BTreeMap<(String, i64), Vec<(Vec<f64>, f64)>>;
+
 fn main() {
     // 20 000 generated records: 4 keys, 2 features, one every 5 ms (100 s of event time).
     let source: SourceSpec = "gen:rows=20000,keys=4,features=2,seed=1,step=5"
@@ -36,7 +42,7 @@ fn main() {
         panic!("{e}")
     });
 
-    let emitted: Arc<Mutex<Vec<(String, i64, i64, i64, Vec<f64>, f64)>>> = Arc::default();
+    let emitted: Arc<Mutex<Vec<Emitted>>> = Arc::default();
     let collect = Arc::clone(&emitted);
     let gen_spec = match &source {
         SourceSpec::Gen(g) => g.clone(),
@@ -95,7 +101,7 @@ fn main() {
 
     // The independent check: the raw records of k0 and k1 regenerated, grouped by 20 s
     // window, each window solved by SVD least squares on [1, x] (not from sums).
-    let mut rows: BTreeMap<(String, i64), Vec<(Vec<f64>, f64)>> = BTreeMap::new();
+    let mut rows: WindowRows = BTreeMap::new();
     GenReader::new(&gen_spec, 0, 1).generate(0, gen_spec.rows, |r| {
         if r.key == "k0" || r.key == "k1" {
             let start = r.time.div_euclid(20_000) * 20_000;

@@ -108,7 +108,7 @@ fn values_at_the_bound_are_taken_and_beyond_it_refused_by_line() {
     let mut bad_lines = Vec::new();
     for (i, (v, field)) in bad.iter().enumerate() {
         let r = &rows[rows.len() - 1];
-        let mut cells = vec![
+        let mut cells = [
             r.ts.to_string(),
             r.key.clone(),
             "1".into(),
