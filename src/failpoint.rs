@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `NAME` | the place, e.g. `checkpoint.part`, `checkpoint.commit`, `ingest.append`, `windows.key` |
 //! | `ARG` | fire only when the place's argument equals it (e.g. a key); any argument if absent |
-//! | `ACTION` | `eio` or `enospc` (the place fails with that I/O error), or `panic` |
+//! | `ACTION` | `eio` or `enospc` (the place fails with that I/O error), `panic`, or `pause:PATH` (the thread waits there until the file `PATH` exists, at most 60 s: a paused reader) |
 //! | `COUNT` | fire at most this many times in this process (every time if absent) |
 //!
 //! Unset (the normal case), [`hit`] is one relaxed atomic load. The variable is read once,
@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 pub const VAR: &str = "TRIBUTARY_FAILPOINTS";
 
 /// What a failpoint does when it fires.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// The operation fails with `EIO`.
     Eio,
@@ -29,6 +29,8 @@ pub enum Action {
     Enospc,
     /// The thread panics.
     Panic,
+    /// The thread waits until this file exists (at most 60 s), then goes on.
+    Pause(String),
 }
 
 struct Entry {
@@ -79,6 +81,9 @@ fn parse(text: &str) -> Result<Vec<Entry>, String> {
             "eio" => Action::Eio,
             "enospc" => Action::Enospc,
             "panic" => Action::Panic,
+            other if other.starts_with("pause:") => {
+                Action::Pause(other["pause:".len()..].to_owned())
+            }
             other => return Err(format!("{item:?}: unknown action {other:?}")),
         };
         out.push(Entry {
@@ -112,10 +117,18 @@ pub fn hit(name: &str, arg: Option<&str>) -> Option<Action> {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
             .is_ok();
         if fired {
-            if entry.action == Action::Panic {
-                panic!("failpoint {name} fired ({VAR})");
+            match &entry.action {
+                Action::Panic => panic!("failpoint {name} fired ({VAR})"),
+                Action::Pause(path) => {
+                    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                    while !std::path::Path::new(path).exists() && std::time::Instant::now() < until
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                }
+                _ => {}
             }
-            return Some(entry.action);
+            return Some(entry.action.clone());
         }
     }
     None
@@ -144,6 +157,9 @@ mod tests {
         assert_eq!(e[0].left.load(Ordering::Relaxed), 2);
         assert_eq!(e[1].arg.as_deref(), Some("k1"));
         assert_eq!(e[1].action, Action::Panic);
+        let p = parse("ingest.batch(3)=pause:/tmp/go*1").unwrap();
+        assert_eq!(p[0].action, Action::Pause("/tmp/go".into()));
+        assert_eq!(p[0].left.load(Ordering::Relaxed), 1);
         assert!(parse("x=boom").is_err());
         assert!(parse("x").is_err());
         assert!(parse("x(a=eio").is_err());

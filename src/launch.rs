@@ -668,11 +668,33 @@ mod tests {
         std::fs::remove_dir_all(&base).unwrap();
     }
 
+    /// The ports picked are distinct, non-zero, and free again when picked (the probing
+    /// listeners are closed, so each child can bind its own); `--base-port` gives
+    /// consecutive ports, and a range past 65535 is refused before any is used.
     #[test]
-    fn free_ports_are_distinct() {
+    fn picked_ports_are_distinct_and_free_for_the_children() {
         let ports = pick_ports(4, None).unwrap();
         let distinct: std::collections::BTreeSet<_> = ports.iter().collect();
-        assert_eq!(distinct.len(), 4);
+        assert_eq!(distinct.len(), 4, "{ports:?}");
+        assert!(ports.iter().all(|&p| p != 0), "{ports:?}");
+        // Free: a child binds each of them (retried a few times, as another process may
+        // take a port in between; all four taken at once would mean they were held).
+        let bound = (0..20).any(|_| {
+            let all: Result<Vec<_>, _> = pick_ports(4, None)
+                .unwrap()
+                .into_iter()
+                .map(|p| TcpListener::bind(("127.0.0.1", p)))
+                .collect();
+            all.is_ok()
+        });
+        assert!(bound, "the picked ports are still held by the launcher");
         assert_eq!(pick_ports(3, Some(7000)).unwrap(), vec![7000, 7001, 7002]);
+        let mut a = args(&["run"]);
+        a.processes = 3;
+        a.base_port = Some(65534);
+        assert!(
+            a.validate().unwrap_err().contains("--base-port"),
+            "65534..65536 is not a port range"
+        );
     }
 }

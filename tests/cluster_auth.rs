@@ -188,7 +188,12 @@ fn assert_completes(
             p.stderr_text()
         );
     }
-    assert_models_match(&read_models(out), want, "2-process cluster vs oracle");
+    assert_matches_oracle(
+        &read_models(out),
+        want,
+        want.len(),
+        "2-process cluster vs oracle",
+    );
 }
 
 /// A stranger connects to process 0's port while it waits for process 1 and sends an

@@ -100,8 +100,11 @@ fn malformed_lines_are_reported_counted_and_skipped() {
     for w in [1usize, 4] {
         let mut cfg = RunCfg::csv(&b.csv, b.d, TUMBLING);
         cfg.workers = w;
+        // Small blocks: every worker reads (and meets malformed lines of its own).
+        cfg.source = format!("csv:{},block={}", b.csv.display(), block_for(&b.csv, w));
         let (run, text) = run_ok(&b.dir, &cfg, &format!("out-{w}.jsonl"));
         let ctx = format!("-w {w} ({})", run.cmdline);
+        assert_every_worker_read(&run.stderr, w, good.len() as u64, &ctx);
         assert_eq!(
             run.summary("malformed"),
             Some(5),
@@ -126,7 +129,7 @@ fn malformed_lines_are_reported_counted_and_skipped() {
             );
         }
         let got = keep_final(&parse_emissions(&text));
-        assert_models_match(&got, &want, &ctx);
+        assert_matches_oracle(&got, &want, want.len(), &ctx);
     }
 }
 
@@ -274,17 +277,32 @@ fn jsonl_gives_the_same_models_as_csv() {
     for w in [1usize, 4] {
         let mut ccfg = RunCfg::csv(&csv, d, win);
         ccfg.workers = w;
+        ccfg.source = format!("csv:{},block={}", csv.display(), block_for(&csv, w));
         let (crun, ctext) = run_ok(&dir, &ccfg, &format!("csv-{w}.jsonl"));
         let mut jcfg = ccfg.clone();
-        jcfg.source = format!("jsonl:{}", jsonl.display());
+        jcfg.source = format!("jsonl:{},block={}", jsonl.display(), block_for(&jsonl, w));
         let (jrun, jtext) = run_ok(&dir, &jcfg, &format!("jsonl-{w}.jsonl"));
+        for (run, what) in [(&crun, "csv"), (&jrun, "jsonl")] {
+            assert_every_worker_read(&run.stderr, w, rows.len() as u64, &format!("{what} -w {w}"));
+        }
         let cgot = keep_final(&parse_emissions(&ctext));
         let jgot = keep_final(&parse_emissions(&jtext));
-        assert_models_match(&cgot, &want, &format!("csv -w {w} ({})", crun.cmdline));
-        assert_models_match(&jgot, &want, &format!("jsonl -w {w} ({})", jrun.cmdline));
-        assert_models_match(
+        assert_matches_oracle(
+            &cgot,
+            &want,
+            want.len(),
+            &format!("csv -w {w} ({})", crun.cmdline),
+        );
+        assert_matches_oracle(
+            &jgot,
+            &want,
+            want.len(),
+            &format!("jsonl -w {w} ({})", jrun.cmdline),
+        );
+        assert_matches_oracle(
             &jgot,
             &with_oracle_cond(&cgot, &want),
+            want.len(),
             &format!("jsonl vs csv -w {w}"),
         );
         assert_eq!(jrun.summary("malformed"), Some(0), "{}", jrun.stderr);

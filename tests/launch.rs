@@ -63,6 +63,22 @@ fn finish(mut child: Child, limit: Duration, also: &[i32]) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// Runs a launch to its end. The launcher probes free ports and releases them for its
+/// children to bind: if another process takes one in between, the cluster fails with
+/// "Address already in use" and is launched again (at most 3 times).
+fn launch_to_end(launch: &[&str], run: &[String]) -> Output {
+    for attempt in 1..=3 {
+        let out = finish(launch_cmd(launch, run).spawn().unwrap(), LIMIT, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() && stderr.contains("Address already in use") && attempt < 3 {
+            eprintln!("launch: a port was taken; launching again: {stderr}");
+            continue;
+        }
+        return out;
+    }
+    unreachable!()
+}
+
 fn data(dir: &TempDir, d: usize) -> (std::path::PathBuf, Vec<Row>) {
     let mut spec = GenSpec::new(30_000, 5, d, 77);
     spec.disorder = 300; // within the 1 s lateness: final models do not depend on workers
@@ -84,16 +100,14 @@ fn two_processes_give_the_models_of_one_worker() {
     let r = run_engine(&dir, &run_args(&csv, d, win, &single.display().to_string()));
     r.assert_success();
     let reference = read_models(&single);
-    assert_models_match(&reference, &want, "-w 1 vs oracle");
+    assert_matches_oracle(&reference, &want, want.len(), "-w 1 vs oracle");
 
     let launched = dir.path("launched.jsonl");
-    let child = launch_cmd(
-        &["-n", "2", "-w", "2"],
-        &run_args(&csv, d, win, &launched.display().to_string()),
-    )
-    .spawn()
-    .unwrap();
-    let out = finish(child, LIMIT, &[]);
+    // Blocks small enough for two per worker: all 4 workers of the 2 processes read.
+    let mut args = run_args(&csv, d, win, &launched.display().to_string());
+    let src = args.iter().position(|a| a.starts_with("csv:")).unwrap();
+    args[src] = format!("csv:{},block={}", csv.display(), block_for(&csv, 4));
+    let out = launch_to_end(&["-n", "2", "-w", "2"], &args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "launch failed: {stderr}");
     assert!(out.stdout.is_empty(), "models went to --out, not stdout");
@@ -104,9 +118,21 @@ fn two_processes_give_the_models_of_one_worker() {
     ] {
         assert!(stderr.contains(p), "no {p:?} on stderr: {stderr}");
     }
+    // Process 0's summary counts every worker of the cluster (by global index).
+    let p0: String = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("[p0] "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_every_worker_read(&p0, 4, rows.len() as u64, "launch -n 2 -w 2");
     let got = read_models(&launched);
-    assert_models_match(&got, &with_oracle_cond(&reference, &want), "launch vs -w 1");
-    assert_models_match(&got, &want, "launch vs oracle");
+    assert_matches_oracle(
+        &got,
+        &with_oracle_cond(&reference, &want),
+        want.len(),
+        "launch vs -w 1",
+    );
+    assert_matches_oracle(&got, &want, want.len(), "launch vs oracle");
 }
 
 #[test]
@@ -117,13 +143,7 @@ fn stdout_models_stay_pipeable_unless_prefixed() {
     let (csv, rows) = data(&dir, d);
     let want = oracle(&rows, d, win, None);
 
-    let out = finish(
-        launch_cmd(&["-n", "2"], &run_args(&csv, d, win, "-"))
-            .spawn()
-            .unwrap(),
-        LIMIT,
-        &[],
-    );
+    let out = launch_to_end(&["-n", "2"], &run_args(&csv, d, win, "-"));
     assert!(
         out.status.success(),
         "{}",
@@ -131,21 +151,16 @@ fn stdout_models_stay_pipeable_unless_prefixed() {
     );
     // Unprefixed: every stdout line is a model, as from a single process.
     let text = String::from_utf8(out.stdout).unwrap();
-    assert_models_match(
+    assert_matches_oracle(
         &keep_final(&parse_emissions(&text)),
         &want,
+        want.len(),
         "stdout vs oracle",
     );
 
-    let out = finish(
-        launch_cmd(
-            &["-n", "2", "--prefix-stdout"],
-            &run_args(&csv, d, win, "-"),
-        )
-        .spawn()
-        .unwrap(),
-        LIMIT,
-        &[],
+    let out = launch_to_end(
+        &["-n", "2", "--prefix-stdout"],
+        &run_args(&csv, d, win, "-"),
     );
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
@@ -160,9 +175,10 @@ fn stdout_models_stay_pipeable_unless_prefixed() {
         .iter()
         .map(|l| format!("{}\n", &l[5..]))
         .collect::<String>();
-    assert_models_match(
+    assert_matches_oracle(
         &keep_final(&parse_emissions(&stripped)),
         &want,
+        want.len(),
         "prefixed stdout vs oracle",
     );
 }

@@ -38,7 +38,7 @@ fn wait_for_models(out: &std::path::Path, want: &BTreeMap<WinKey, Model>, what: 
     loop {
         let got = read_models(out);
         if got.len() >= want.len() {
-            assert_models_match(&got, want, what);
+            assert_matches_oracle(&got, want, want.len(), what);
             return;
         }
         assert!(

@@ -65,13 +65,16 @@ fn check_case(
             "{ctx}: a worker read nothing: {per_worker:?}"
         );
         assert_eq!(per_worker.iter().sum::<u64>(), rows.len() as u64, "{ctx}");
-        let got = keep_final(&parse_emissions(&text));
-        assert_models_match(&got, &want, &ctx);
+        let ems = parse_emissions(&text);
+        assert_revisions(&ems, &ctx);
+        let got = keep_final(&ems);
+        assert_matches_oracle(&got, &want, want.len(), &ctx);
         results.push(got);
     }
-    assert_models_match(
+    assert_matches_oracle(
         &results[1],
         &with_oracle_cond(&results[0], &want),
+        want.len(),
         &format!("{name}: -w 4 vs -w 1"),
     );
     want
@@ -224,7 +227,12 @@ fn feature_range_syntax() {
     cfg.features = "x0..x7".into();
     let (run, text) = run_ok(&dir, &cfg, "out.jsonl");
     let got = keep_final(&parse_emissions(&text));
-    assert_models_match(&got, &want, &format!("range syntax ({})", run.cmdline));
+    assert_matches_oracle(
+        &got,
+        &want,
+        want.len(),
+        &format!("range syntax ({})", run.cmdline),
+    );
     for m in got.values() {
         assert_eq!(m.coef.as_ref().unwrap().len(), d + 1);
     }
@@ -262,9 +270,10 @@ fn window_boundaries() {
     assert_eq!(want.keys().cloned().collect::<Vec<_>>(), expect_keys);
     let (run, text) = run_ok(&dir, &RunCfg::csv(&csv, d, TUMBLING), "tumbling.jsonl");
     let got = keep_final(&parse_emissions(&text));
-    assert_models_match(
+    assert_matches_oracle(
         &got,
         &want,
+        want.len(),
         &format!("tumbling boundaries ({})", run.cmdline),
     );
     assert_eq!(got[&expect_keys[0]].n, 2);
@@ -281,9 +290,10 @@ fn window_boundaries() {
     assert_eq!(want.keys().cloned().collect::<Vec<_>>(), expect_keys);
     let (run, text) = run_ok(&dir, &RunCfg::csv(&csv, d, SESSION), "session.jsonl");
     let got = keep_final(&parse_emissions(&text));
-    assert_models_match(
+    assert_matches_oracle(
         &got,
         &want,
+        want.len(),
         &format!("session boundaries ({})", run.cmdline),
     );
     assert_eq!(got[&expect_keys[0]].n, 1);
@@ -329,9 +339,10 @@ fn underdetermined_windows() {
         let (run, text) = run_ok(&dir, &cfg, &format!("out-{w}.jsonl"));
         let ems = parse_emissions(&text);
         let got = keep_final(&ems);
-        assert_models_match(
+        assert_matches_oracle(
             &got,
             &want,
+            want.len(),
             &format!("underdetermined -w {w} ({})", run.cmdline),
         );
         let win = |k: &str| (k.to_string(), T0, T0 + 10_000);
@@ -389,9 +400,9 @@ fn collinear_features_ill_conditioned() {
     let wcol = ("col".to_string(), T0, T0 + 10_000);
     let wfine = ("fine".to_string(), T0, T0 + 10_000);
     assert!(
-        want[&wcol].cond > 1e12,
+        want[&wcol].design_cond > 1e12,
         "test data not collinear: {}",
-        want[&wcol].cond
+        want[&wcol].design_cond
     );
     for w in [1usize, 4] {
         let mut cfg = RunCfg::csv(&csv, d, TUMBLING);
@@ -399,7 +410,7 @@ fn collinear_features_ill_conditioned() {
         let (run, text) = run_ok(&dir, &cfg, &format!("out-{w}.jsonl"));
         let ctx = format!("collinear -w {w} ({})", run.cmdline);
         let got = keep_final(&parse_emissions(&text));
-        assert_models_match(&got, &want, &ctx);
+        assert_matches_oracle(&got, &want, want.len(), &ctx);
         let m = &got[&wcol];
         assert_eq!(m.n, 50, "{ctx}");
         assert_eq!(m.status.as_deref(), Some("ill_conditioned"), "{ctx}");
@@ -459,7 +470,12 @@ fn date_time_stamps_match_oracle() {
     let (run, out) = run_ok(&dir, &cfg, "out.jsonl");
     assert_eq!(run.summary("malformed"), Some(0), "{}", run.stderr);
     let got = keep_final(&parse_emissions(&out));
-    assert_models_match(&got, &want, &format!("date-time stamps ({})", run.cmdline));
+    assert_matches_oracle(
+        &got,
+        &want,
+        want.len(),
+        &format!("date-time stamps ({})", run.cmdline),
+    );
 }
 
 fn gen_csv_matches_oracle(name: &str, extra: &[&str]) {
@@ -501,7 +517,74 @@ fn gen_csv_matches_oracle(name: &str, extra: &[&str]) {
             let (run, out) = run_ok(&dir, &cfg, &format!("out-{w}.jsonl"));
             assert_eq!(run.summary("late"), Some(0), "{}", run.stderr);
             let got = keep_final(&parse_emissions(&out));
-            assert_models_match(&got, &want, &format!("{name} -w {w} ({})", run.cmdline));
+            assert_matches_oracle(
+                &got,
+                &want,
+                want.len(),
+                &format!("{name} -w {w} ({})", run.cmdline),
+            );
         }
     }
+}
+
+/// The comparison is a witness: an engine output that differs from the oracle in any one
+/// field (n, a coefficient, r2, rmse, cond beyond its factor, status, window end, a window
+/// missing, a revision out of its history) fails it, naming the window.
+#[test]
+fn the_comparison_fails_on_any_wrong_field() {
+    let rows = data_d1(11);
+    let d = 1;
+    let dir = TempDir::new("comparison_witness");
+    let csv = dir.path("in.csv");
+    write_csv(&csv, &rows, d);
+    let want = oracle(&rows, d, TUMBLING, None);
+    let (_, text) = run_ok(&dir, &RunCfg::csv(&csv, d, TUMBLING), "out.jsonl");
+    let ems = parse_emissions(&text);
+    assert_revisions(&ems, "untouched");
+    let got = keep_final(&ems);
+    assert_eq!(
+        assert_matches_oracle(&got, &want, want.len(), "untouched"),
+        9
+    );
+    let k = want.keys().nth(4).unwrap().clone();
+    let fails = |what: &str, f: &dyn Fn(&mut Model)| {
+        let mut bad = got.clone();
+        f(bad.get_mut(&k).unwrap());
+        let r = std::panic::catch_unwind(|| {
+            assert_matches_oracle(&bad, &want, want.len(), what);
+        });
+        let msg = r.expect_err(what);
+        let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(msg.contains(&format!("{k:?}")), "{what}: {msg}");
+    };
+    fails("n", &|m| m.n += 1);
+    fails("coef", &|m| m.coef.as_mut().unwrap()[1] *= 1.0 + 1e-7);
+    fails("r2", &|m| *m.r2.as_mut().unwrap() -= 1e-6);
+    fails("rmse", &|m| *m.rmse.as_mut().unwrap() *= 1.0 + 1e-6);
+    fails("rmse with n - d - 1", &|m| {
+        let r = m.rmse.unwrap();
+        m.rmse = Some(r * (m.n as f64 / (m.n as f64 - 2.0)).sqrt());
+    });
+    fails("r2 null", &|m| m.r2 = None);
+    fails("cond", &|m| m.cond *= 11.0);
+    fails("cond null", &|m| m.cond = f64::NAN);
+    fails("status", &|m| m.status = Some("ill_conditioned".into()));
+    // A window whose end is wrong is a window missing and one extra.
+    let mut moved = got.clone();
+    let m = moved.remove(&k).unwrap();
+    moved.insert((k.0.clone(), k.1, k.2 + 1), m);
+    assert!(
+        std::panic::catch_unwind(|| assert_matches_oracle(&moved, &want, want.len(), "end"))
+            .is_err()
+    );
+    // Fewer windows than expected.
+    assert!(
+        std::panic::catch_unwind(|| assert_matches_oracle(&got, &want, want.len() + 1, "count"))
+            .is_err()
+    );
+    // A revision that its history does not explain.
+    let mut ems2 = ems.clone();
+    let last = ems2.iter_mut().rfind(|e| e.model.is_final).unwrap();
+    last.model.revision += 1;
+    assert!(std::panic::catch_unwind(|| assert_revisions(&ems2, "revision")).is_err());
 }

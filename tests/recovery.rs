@@ -207,7 +207,7 @@ fn run_with_kills(args: &[String], out: &Path, kill_at_lines: &[usize]) -> (usiz
         let mut child = spawn(args);
         let deadline = Instant::now() + Duration::from_secs(60);
         while child.try_wait().unwrap().is_none() && lines() < at && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
+            std::thread::sleep(POLL);
         }
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap();
@@ -224,6 +224,10 @@ fn run_with_kills(args: &[String], out: &Path, kill_at_lines: &[usize]) -> (usiz
 }
 
 /// The number of complete lines in a file (0 when it does not exist yet).
+/// How often a growing output file is counted while waiting for a kill point: often
+/// enough to kill near it, rare enough not to keep a core busy re-reading the file.
+const POLL: Duration = Duration::from_millis(10);
+
 fn line_count(path: &Path) -> usize {
     std::fs::read(path).map_or(0, |b| b.iter().filter(|c| **c == b'\n').count())
 }
@@ -326,7 +330,7 @@ fn rescaling_a_checkpoint_gives_identical_models() {
             && lines() < total / 2
             && Instant::now() < deadline
         {
-            std::thread::sleep(Duration::from_millis(1));
+            std::thread::sleep(POLL);
         }
         assert!(
             child.try_wait().unwrap().is_none(),
@@ -389,7 +393,7 @@ fn two_process_cluster_survives_killing_one_process() {
             && Instant::now() < deadline
             && children.iter_mut().all(|c| c.try_wait().unwrap().is_none())
         {
-            std::thread::sleep(Duration::from_millis(1));
+            std::thread::sleep(POLL);
         }
         // Kill one process; the other fails when its peer disappears (or is stopped).
         let _ = children[round % 2].kill();
@@ -524,7 +528,7 @@ fn checkpoint_state_stays_bounded_and_inspect_reports_it() {
         && lines() < total * 3 / 4
         && Instant::now() < deadline
     {
-        std::thread::sleep(Duration::from_millis(1));
+        std::thread::sleep(POLL);
     }
     assert!(
         child.try_wait().unwrap().is_none(),

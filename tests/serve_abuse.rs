@@ -13,16 +13,9 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_tributary");
-
-/// Longest wait for anything asynchronous.
-const WAIT: Duration = Duration::from_secs(60);
 
 static STARTS: AtomicUsize = AtomicUsize::new(0);
 
@@ -159,11 +152,12 @@ fn exchange(addr: &str, bytes: &[u8]) -> Result<Answer, String> {
 // The server process
 // ---------------------------------------------------------------------------------------
 
-/// A running `tributary run --source http --serve 127.0.0.1:0`: killed on drop.
+/// A running `tributary run --source http --serve 127.0.0.1:0`: the shared harness
+/// (started, polled for readiness with a deadline, killed on drop), spoken to here with
+/// raw bytes, since these tests send requests no HTTP client library would.
 struct Server {
-    child: Option<Child>,
+    inner: common::http::Server,
     addr: String,
-    stderr: PathBuf,
 }
 
 impl Server {
@@ -174,7 +168,6 @@ impl Server {
     /// Starts the server; `Err` with its stderr if it exits before serving.
     fn try_start(dir: &TempDir, extra: &[&str]) -> Result<Server, String> {
         let n = STARTS.fetch_add(1, Ordering::SeqCst);
-        let stderr = dir.path(&format!("server-{n}.stderr"));
         let mut args: Vec<String> = [
             "run",
             "-q",
@@ -193,48 +186,24 @@ impl Server {
         .collect();
         args.push(dir.path(&format!("out-{n}.jsonl")).display().to_string());
         args.extend(extra.iter().map(|s| s.to_string()));
-        // The measurement may run another build of the binary (a release one).
-        let bin = std::env::var("TRIBUTARY_BIN").unwrap_or_else(|_| BIN.to_owned());
-        let child = Command::new(&bin)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
-        let mut server = Server {
-            child: Some(child),
-            addr: String::new(),
-            stderr,
-        };
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let text = server.stderr_text();
-            if let Some(rest) = text.split("tributary: serving on http://").nth(1) {
-                server.addr = rest.split_whitespace().next().unwrap().to_owned();
-                break;
-            }
-            if let Some(status) = server.child.as_mut().unwrap().try_wait().unwrap() {
-                return Err(format!(
-                    "server exited ({status}) before serving\nargs: {args:?}\nstderr:\n{text}"
-                ));
-            }
-            if Instant::now() > deadline {
-                return Err(format!("server not ready within {WAIT:?}\nstderr:\n{text}"));
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        let mut inner = common::http::Server::spawn_env(dir, &args, &[]);
+        if let Some(status) = inner.exited() {
+            return Err(format!(
+                "server exited ({status}) before serving\nargs: {args:?}\nstderr:\n{}",
+                inner.stderr_text()
+            ));
         }
+        let server = Server {
+            addr: inner.addr.clone(),
+            inner,
+        };
         let health = server.get("/healthz");
         assert_eq!(health.status, 200, "healthz: {health:?}");
         Ok(server)
     }
 
-    fn stderr_text(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
     fn fail(&self, what: &str) -> ! {
-        panic!("{what}\nserver stderr:\n{}", self.stderr_text())
+        self.inner.fail(what)
     }
 
     fn send(&self, bytes: &[u8]) -> Answer {
@@ -260,38 +229,16 @@ impl Server {
     }
 
     fn metric(&self, name: &str) -> Option<f64> {
-        let text = self.get("/metrics").body;
-        text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-            let (n, v) = l.rsplit_once(' ')?;
-            (n == name).then(|| v.parse().ok())?
-        })
+        common::http::metric_value(&self.get("/metrics").body, name)
     }
 
     /// Polls `check` until it gives a value, for at most `WAIT`.
-    fn wait_for<T>(&self, what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            match check() {
-                Ok(v) => return v,
-                Err(why) if Instant::now() > deadline => {
-                    self.fail(&format!("{what}: not within {WAIT:?}: {why}"))
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
+    fn wait_for<T>(&self, what: &str, check: impl FnMut() -> Result<T, String>) -> T {
+        self.inner.wait_for(what, check)
     }
 
     fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.inner.child.as_ref().unwrap().id()
     }
 }
 

@@ -143,14 +143,16 @@ impl Server {
     pub fn spawn_env(dir: &TempDir, args: &[String], env: &[(&str, &str)]) -> Server {
         let n = STARTS.fetch_add(1, Ordering::SeqCst);
         let stderr = dir.path(&format!("server-{n}.stderr"));
-        let child = Command::new(BIN)
+        // A measurement may run another build of the binary (a release one).
+        let bin = std::env::var("TRIBUTARY_BIN").unwrap_or_else(|_| BIN.to_owned());
+        let child = Command::new(&bin)
             .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
         let mut server = Server {
             child: Some(child),
             addr: String::new(),
@@ -177,6 +179,33 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Starts a server whose arguments need a free port of their own (a `tcp:…,listen`
+    /// source, which does not report the port it bound): a port is probed free, and if
+    /// something else takes it before the server binds it, the server is started again on
+    /// another (at most 5 attempts). Returns the server and its port.
+    pub fn start_on_free_port(dir: &TempDir, args: impl Fn(u16) -> Vec<String>) -> (Server, u16) {
+        for attempt in 1..=5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .unwrap()
+                .port();
+            let a = args(port);
+            let mut server = Server::spawn_env(dir, &a, &[]);
+            if let Some(status) = server.exited() {
+                let text = server.stderr_text();
+                if text.contains("in use") && attempt < 5 {
+                    eprintln!("port {port} was taken; starting again on another");
+                    continue;
+                }
+                panic!("server exited ({status}) before serving\nargs: {a:?}\nstderr:\n{text}");
+            }
+            let health = server.get("/healthz");
+            assert_eq!(health.status, 200, "healthz: {}", health.body);
+            return (server, port);
+        }
+        unreachable!()
     }
 
     /// How the process ended, once it has (`None` while it runs, or once killed).
