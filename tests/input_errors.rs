@@ -257,6 +257,38 @@ fn missing_feature_column_is_an_error_naming_it() {
     );
 }
 
+/// A header that names a column of the schema twice is an error at start naming the file
+/// and the column (which of the two is meant would be a guess), and no model is written;
+/// a column outside the schema may repeat.
+#[test]
+fn a_column_named_twice_is_an_error_at_start() {
+    let dir = TempDir::new("duplicate_column");
+    let csv = dir.path("in.csv");
+    let mut s = GenSpec::new(200, 2, 2, 123);
+    s.step = 20;
+    let rows = generate(&s);
+    let body: String = rows.iter().map(|r| csv_line(r) + ",1\n").collect();
+    std::fs::write(&csv, format!("{},x0\n{body}", csv_header(2))).unwrap();
+    let out = dir.path("out.jsonl");
+    let cfg = RunCfg::csv(&csv, 2, TUMBLING);
+    let run = run_engine(&dir, &cfg.args(&out));
+    assert_eq!(run.code, Some(1), "{}: {}", run.cmdline, run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "{}: line 1: column \"x0\" appears twice",
+            csv.display()
+        )),
+        "the error names the file and the column:\n{}",
+        run.stderr
+    );
+    assert_no_models(&out, &run.cmdline);
+
+    let body: String = rows.iter().map(|r| csv_line(r) + ",1,2\n").collect();
+    std::fs::write(&csv, format!("{},note,note\n{body}", csv_header(2))).unwrap();
+    let run = run_engine(&dir, &cfg.args(&out));
+    run.assert_success();
+}
+
 #[test]
 fn jsonl_gives_the_same_models_as_csv() {
     let d = 3;
