@@ -109,6 +109,8 @@ pub struct JobSpec {
     pub allow_host: Option<Vec<String>>,
     /// HTTP: a file holding the bearer token every endpoint but `/healthz` needs.
     pub token_file: Option<PathBuf>,
+    /// HTTP: the live dashboard at `/` (default `true`; `--no-dashboard` is `false`).
+    pub dashboard: Option<bool>,
 }
 
 impl JobSpec {
@@ -163,6 +165,7 @@ impl JobSpec {
             max_keys: flags.max_keys.or(self.max_keys),
             allow_host: flags.allow_host.or(self.allow_host),
             token_file: flags.token_file.or(self.token_file),
+            dashboard: flags.dashboard.or(self.dashboard),
         }
     }
 
