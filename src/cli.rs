@@ -20,7 +20,10 @@ pub const VERSION: &str = concat!(
 /// The exit codes of `tributary`, with what each means (the table of
 /// docs/dataflow-spec.md, and the man page's EXIT STATUS).
 pub const EXIT_CODES: &[(u8, &str)] = &[
-    (0, "the run ended (every source read to its end, or a live source closed)"),
+    (
+        0,
+        "the run ended (every source read to its end, or a live source closed)",
+    ),
     (
         1,
         "an error at start: bad flags or spec, a source that cannot be opened, a port taken, \

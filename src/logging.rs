@@ -75,7 +75,9 @@ fn filter() -> (EnvFilter, Option<String>) {
             Ok(filter) => (filter, None),
             Err(e) => (
                 EnvFilter::new("info"),
-                Some(format!("RUST_LOG={text:?} is not a filter ({e}): using info")),
+                Some(format!(
+                    "RUST_LOG={text:?} is not a filter ({e}): using info"
+                )),
             ),
         },
     }

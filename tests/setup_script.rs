@@ -205,7 +205,10 @@ fn a_fresh_machine_gets_libclang_gxx_chromium_and_the_components() {
         let asked = log.iter().filter(|l| *l == &format!("dpkg -s {p}")).count();
         assert_eq!(asked, 2, "dpkg -s {p}: {log:#?}");
     }
-    assert!(stderr.contains("installing libclang-dev g++ chromium"), "{stderr}");
+    assert!(
+        stderr.contains("installing libclang-dev g++ chromium"),
+        "{stderr}"
+    );
 
     // Run again on the same machine: nothing more is installed.
     fs::write(m.root.join("log"), "").unwrap();
