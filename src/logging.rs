@@ -10,8 +10,8 @@
 //!   `tributary=debug,hyper=info`, …); the default is `info`.
 //!
 //! The progress line (`progress: …`, about once a second) is not a log line: it is for a
-//! terminal, printed only when stderr is one unless `--progress` asks for it, and never
-//! in JSON.
+//! terminal, printed only when stderr is one unless `--progress` asks for it, and plain
+//! text whatever `--log-format` says.
 //!
 //! A program that uses the library without calling [`init`] gets no log lines (install
 //! any `tracing` subscriber to see them).
