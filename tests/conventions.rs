@@ -18,8 +18,8 @@ const WAIT: Duration = Duration::from_secs(60);
 fn tributary(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(BIN)
         .args(args)
-        .envs(env.iter().copied())
         .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .unwrap()
