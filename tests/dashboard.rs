@@ -109,6 +109,33 @@ fn run_chromium(chrome: &Path, dir: &TempDir, name: &str, args: &[String], url: 
     std::fs::read_to_string(&stdout).unwrap()
 }
 
+/// The DOM of `url` once `ready` says so: the page's reads race Chromium's virtual clock
+/// on a loaded machine, so it is loaded again (at most 5 times, bounded in time) until
+/// then; the last DOM either way (the checks that follow say what is missing).
+fn dump_until(
+    chrome: &Path,
+    dir: &TempDir,
+    name: &str,
+    url: &str,
+    ready: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + BROWSER_WAIT;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let dom = run_chromium(
+            chrome,
+            dir,
+            &format!("{name}-{attempt}"),
+            &["--virtual-time-budget=8000".into(), "--dump-dom".into()],
+            url,
+        );
+        if ready(&dom) || attempt == 5 || Instant::now() > deadline {
+            return dom;
+        }
+    }
+}
+
 /// Runs with a token; `GET path` with the bearer token.
 fn authorized_get(server: &Server, agent: &ureq::Agent, path: &str) -> Resp {
     finish(
@@ -238,13 +265,9 @@ fn the_dashboard_shows_every_key_its_coefficients_and_the_watermark_in_chromium(
 
     // The page without the token shows no data and asks for it.
     let url = server.url("/");
-    let dom = run_chromium(
-        &chrome,
-        &dir,
-        "no-token",
-        &["--virtual-time-budget=5000".into(), "--dump-dom".into()],
-        &url,
-    );
+    let dom = dump_until(&chrome, &dir, "no-token", &url, |dom| {
+        dom.contains("data-state=\"token\"")
+    });
     assert!(
         dom.contains("data-state=\"token\""),
         "without the token: {dom}"
@@ -258,28 +281,14 @@ fn the_dashboard_shows_every_key_its_coefficients_and_the_watermark_in_chromium(
     // With the token in the fragment, the chosen key: its finals by window end.
     let chosen = "k<b>3</b>";
     let fragment = format!("#token={TOKEN}&key={}", "k%3Cb%3E3%3C%2Fb%3E");
-    // The page's reads race Chromium's virtual clock on a loaded machine: load it again
-    // (bounded) until it has drawn every point of the chosen key.
     let want_points = 5 * (D + 1);
-    let deadline = Instant::now() + BROWSER_WAIT;
-    let mut attempt = 0;
-    let dom = loop {
-        attempt += 1;
-        let dom = run_chromium(
-            &chrome,
-            &dir,
-            &format!("dom-{attempt}"),
-            &["--virtual-time-budget=8000".into(), "--dump-dom".into()],
-            &format!("{url}{fragment}"),
-        );
-        let drawn = elements(&dom, "circle")
+    let dom = dump_until(&chrome, &dir, "dom", &format!("{url}{fragment}"), |dom| {
+        elements(dom, "circle")
             .iter()
             .filter(|c| c.contains_key("data-coef"))
-            .count();
-        if drawn >= want_points || Instant::now() > deadline || attempt == 5 {
-            break dom;
-        }
-    };
+            .count()
+            >= want_points
+    });
     std::fs::write(dir.path("dashboard.html"), &dom).unwrap();
     assert!(dom.contains("data-state=\"live\""), "status: {dom}");
     // The key with HTML in its name is text, not markup.
