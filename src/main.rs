@@ -46,7 +46,7 @@ fn main() -> ExitCode {
                     }
                 }
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    tracing::error!("{e}");
                     ExitCode::FAILURE
                 }
             };
@@ -105,7 +105,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("error: {message}");
+            tracing::error!("{message}");
             ExitCode::FAILURE
         }
     }
@@ -168,7 +168,7 @@ fn run_command(args: RunArgs) -> Result<(), String> {
         return Err("--resume-from EPOCH needs --checkpoint DIR".into());
     }
     if !args.quiet && args.process == 0 {
-        eprintln!(
+        tracing::info!(
             "tributary: {} window={} lateness={}ms ridge={} workers={}x{} out={}",
             job.source,
             job.windows.window,
@@ -182,7 +182,7 @@ fn run_command(args: RunArgs) -> Result<(), String> {
     // The progress line is for a terminal: on by default only when stderr is one.
     let progress = !args.quiet && (args.progress || std::io::stderr().is_terminal());
     let summary = run(job, cluster, progress)?;
-    eprintln!("{}", summary.line());
+    tracing::info!("{}", summary.line());
     Ok(())
 }
 

@@ -506,7 +506,7 @@ impl ModelStore {
         {
             let encoded = finals.into_iter().map(|(k, m)| (k, codec::encode(m)));
             if let Err(e) = store.put_models(encoded) {
-                eprintln!("warning: keeping models in the checkpoint store: {e}");
+                tracing::warn!("keeping models in the checkpoint store: {e}");
             }
         }
     }
@@ -1672,7 +1672,7 @@ pub fn start(address: SocketAddr, context: ServeContext) -> Result<SocketAddr, S
                 let listener = match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => l,
                     Err(e) => {
-                        eprintln!("error: --serve {bound}: {e}");
+                        tracing::error!("--serve {bound}: {e}");
                         std::process::exit(2);
                     }
                 };
