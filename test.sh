@@ -10,7 +10,7 @@ stage() {
   "$@"
   echo "test.sh: $name took $((SECONDS - start)) s" >&2
 }
-stage setup ./scripts/setup.sh
+stage setup ./scripts/setup.sh --test
 stage fmt cargo fmt --all -- --check
 stage clippy cargo clippy --all-targets -- -D warnings
 # --examples: the same dependency features as clippy and the tests, so RocksDB (a C++

@@ -8,9 +8,54 @@ use crate::cluster::ClusterConfig;
 use crate::dataflow::OnError;
 use crate::job::JobSpec;
 
+/// `tributary --version`: the crate's version and the git commit it was built from
+/// (`unknown` outside a git checkout; see build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TRIBUTARY_GIT_COMMIT"),
+    ")"
+);
+
+/// The exit codes of `tributary`, with what each means (the table of
+/// docs/dataflow-spec.md, and the man page's EXIT STATUS).
+pub const EXIT_CODES: &[(u8, &str)] = &[
+    (
+        0,
+        "the run ended (every source read to its end, or a live source closed)",
+    ),
+    (
+        1,
+        "an error at start: bad flags or spec, a source that cannot be opened, a port taken, \
+         a checkpoint of another dataflow",
+    ),
+    (
+        2,
+        "a source or output failed during the run: a malformed line under --on-error fail, \
+         an unreadable file, an output that cannot be written",
+    ),
+    (
+        3,
+        "the checkpoint store failed during the run (a part, a commit, the ingest log)",
+    ),
+    (
+        4,
+        "the checkpoint store is refused at start (damaged, or data without its identity \
+         record); also checkpoint verify on damage",
+    ),
+    (
+        70,
+        "the engine failed: a panic on any worker or source thread",
+    ),
+    (
+        75,
+        "a process of a cluster lost its connection to another process",
+    ),
+];
+
 /// Streaming windowed linear regression on timely and differential dataflow.
 #[derive(Debug, Parser)]
-#[command(name = "tributary", version, disable_help_flag = true)]
+#[command(name = "tributary", version = VERSION, disable_help_flag = true)]
 pub struct Cli {
     /// The command.
     #[command(subcommand)]
@@ -18,6 +63,10 @@ pub struct Cli {
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help, global = true)]
     pub help: Option<bool>,
+    /// Log lines on stderr: `text` for people, `json` (one object per line) for machines;
+    /// `RUST_LOG` filters them (e.g. `warn`, `tributary=debug`) [default: info].
+    #[arg(long, value_enum, global = true, default_value = "text")]
+    pub log_format: crate::logging::LogFormat,
 }
 
 /// The subcommands.
@@ -38,6 +87,21 @@ pub enum Command {
     /// Run a command on a local cluster: P processes of this binary on loopback ports.
     #[command(disable_help_flag = true)]
     Launch(crate::launch::LaunchArgs),
+    /// Print a shell completion script (e.g. `tributary completions bash >
+    /// /etc/bash_completion.d/tributary`).
+    #[command(disable_help_flag = true)]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page in roff (`tributary man | man -l -`), of the whole command or of
+    /// one subcommand (`tributary man run`).
+    #[command(disable_help_flag = true)]
+    Man {
+        /// A subcommand (`run`, `gen`, `bench`, `checkpoint`, `launch`, ...).
+        subcommand: Option<String>,
+    },
 }
 
 /// `tributary checkpoint` subcommands.
@@ -272,6 +336,13 @@ pub struct RunArgs {
     /// No progress line on stderr.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// The progress line on stderr even when stderr is not a terminal (by default it is
+    /// printed only to a terminal).
+    #[arg(long, conflicts_with = "quiet")]
+    pub progress: bool,
+    /// HTTP: no live dashboard at `/` (a 404 there, like any unknown path).
+    #[arg(long)]
+    pub no_dashboard: bool,
     /// Worker threads per process [default: 1].
     #[arg(short = 'w', long = "workers")]
     pub workers: Option<usize>,
@@ -331,6 +402,7 @@ impl RunArgs {
             max_keys: self.max_keys,
             allow_host: (!self.allow_host.is_empty()).then(|| self.allow_host.clone()),
             token_file: self.token_file.clone(),
+            dashboard: self.no_dashboard.then_some(false),
         }
     }
 

@@ -166,8 +166,8 @@ impl ClusterConfig {
             if let Ok(meta) = std::fs::metadata(path)
                 && meta.permissions().mode() & 0o077 != 0
             {
-                eprintln!(
-                    "warning: --cluster-token-file {shown} can be read by other users (mode \
+                tracing::warn!(
+                    "--cluster-token-file {shown} can be read by other users (mode \
                      {:o}): chmod 600 it",
                     meta.permissions().mode() & 0o777
                 );
@@ -357,8 +357,8 @@ fn name_lost_peers(me: usize, peers: Vec<Option<String>>, timeout: Duration) {
                     .map(|s| s.to_string())
                     .or_else(|| info.payload().downcast_ref::<String>().cloned())
                     .unwrap_or_default();
-                eprintln!(
-                    "error: cluster: process {me} lost {peer}: {} ({payload})",
+                tracing::error!(
+                    "cluster: process {me} lost {peer}: {} ({payload})",
                     lost_because(&payload, timeout)
                 );
             }
@@ -459,7 +459,7 @@ fn connect_cluster(
     let dropped = Arc::new(AtomicU64::new(0));
     let (accepted_tx, accepted_rx) = mpsc::channel::<(usize, TcpStream)>();
     if !listeners.is_empty() {
-        eprintln!(
+        tracing::info!(
             "cluster: process {me} listening on {} for processes {}..{}",
             addresses[me],
             me + 1,
@@ -503,7 +503,7 @@ fn connect_cluster(
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => {
-                    eprintln!("warning: cluster: process {me}: accept failed: {e}");
+                    tracing::warn!("cluster: process {me}: accept failed: {e}");
                 }
             }
         }
@@ -526,7 +526,7 @@ fn connect_cluster(
                     .filter(|&p| later[p - me - 1].is_none())
                     .collect();
                 if !missing.is_empty() {
-                    eprintln!(
+                    tracing::info!(
                         "cluster: process {me} still waiting for processes {missing:?} to connect to {}",
                         addresses[me]
                     );
@@ -554,8 +554,8 @@ fn connect_cluster(
 fn report_drop(dropped: &AtomicU64, me: usize, from: SocketAddr, reason: &str) {
     let k = dropped.fetch_add(1, Ordering::Relaxed) + 1;
     if k <= REPORT_FIRST || k.is_multiple_of(1000) {
-        eprintln!(
-            "warning: cluster: process {me} dropped a connection from {from}: {reason} \
+        tracing::warn!(
+            "cluster: process {me} dropped a connection from {from}: {reason} \
              ({k} dropped so far)"
         );
     }
@@ -591,7 +591,7 @@ fn connect_peer(
             Err(e) => e.to_string(),
         };
         if noted.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-            eprintln!(
+            tracing::info!(
                 "cluster: process {me} waiting for process {j} at {address} ({failure}); \
                  retrying ({:.0} s so far)",
                 started.elapsed().as_secs_f64()

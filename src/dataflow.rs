@@ -802,7 +802,7 @@ impl RecordSink for Combiner {
         }
         if self.reported < REPORT_MALFORMED {
             self.reported += 1;
-            eprintln!("warning: skipping malformed line: {error}");
+            tracing::warn!("skipping malformed line: {error}");
         }
         Ok(())
     }
@@ -1250,7 +1250,7 @@ impl Windows {
                     .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
             }
             Err(e) => {
-                eprintln!("error: writing checkpoint: {e}");
+                tracing::error!("writing checkpoint: {e}");
                 std::process::exit(3);
             }
         }
@@ -1279,7 +1279,7 @@ impl Windows {
                 }
             });
         if let Err(e) = result {
-            eprintln!("error: folding checkpoint: {e}");
+            tracing::error!("folding checkpoint: {e}");
             std::process::exit(3);
         }
         self.metrics.checkpoint_epoch.fetch_max(committed, Relaxed);

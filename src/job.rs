@@ -109,6 +109,8 @@ pub struct JobSpec {
     pub allow_host: Option<Vec<String>>,
     /// HTTP: a file holding the bearer token every endpoint but `/healthz` needs.
     pub token_file: Option<PathBuf>,
+    /// HTTP: the live dashboard at `/` (default `true`; `--no-dashboard` is `false`).
+    pub dashboard: Option<bool>,
 }
 
 impl JobSpec {
@@ -163,6 +165,7 @@ impl JobSpec {
             max_keys: flags.max_keys.or(self.max_keys),
             allow_host: flags.allow_host.or(self.allow_host),
             token_file: flags.token_file.or(self.token_file),
+            dashboard: flags.dashboard.or(self.dashboard),
         }
     }
 
@@ -423,7 +426,7 @@ pub struct Summary {
 }
 
 fn fatal(error: SourceError) -> ! {
-    eprintln!("error: {error}");
+    tracing::error!("{error}");
     std::process::exit(2);
 }
 
@@ -432,11 +435,11 @@ fn fatal(error: SourceError) -> ! {
 /// with [`checkpoint::EXIT_REFUSED`] and a message naming the directory and the reason.
 fn open_checkpoint(job: &Job, dir: &Path, process: usize) -> Result<CheckpointContext, String> {
     let refuse = |e: checkpoint::CheckpointError| -> ! {
-        eprintln!("error: {e}");
+        tracing::error!("{e}");
         if let checkpoint::CheckpointError::Corrupt { .. }
         | checkpoint::CheckpointError::Incomplete { .. } = e
         {
-            eprintln!(
+            tracing::info!(
                 "(`tributary checkpoint verify {}` lists every damaged record)",
                 dir.display()
             );
@@ -454,7 +457,7 @@ fn open_checkpoint(job: &Job, dir: &Path, process: usize) -> Result<CheckpointCo
     };
     let store = Store::open_with(dir, process, &fingerprint, replay).unwrap_or_else(|e| refuse(e));
     if let Some(note) = store.wal_note() {
-        eprintln!(
+        tracing::info!(
             "tributary: checkpoint store {}: {note}",
             store.path().display()
         );
@@ -465,7 +468,7 @@ fn open_checkpoint(job: &Job, dir: &Path, process: usize) -> Result<CheckpointCo
     if let Some(c) = &commit
         && process == 0
     {
-        eprintln!(
+        tracing::info!(
             "tributary: resuming from checkpoint epoch {} (generation {}, {} panes)",
             c.epoch,
             c.generation,
@@ -546,7 +549,7 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
                     let quiet = log.idle_for();
                     if quiet >= idle {
                         if let Some(batch) = log.close_idle(horizon) {
-                            eprintln!(
+                            tracing::info!(
                                 "tributary: no records for {quiet:.1?} (--close-after-idle): \
                                  closing every open window (batch {batch})"
                             );
@@ -602,7 +605,7 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
                     key_horizon: serve::key_horizon(&job.windows),
                 },
             )?;
-            eprintln!("tributary: serving on http://{bound}");
+            tracing::info!("tributary: serving on http://{bound}");
             Some(models)
         }
         _ => None,
@@ -753,7 +756,7 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
                             // that it covers leave the store.
                             metrics.checkpoint_epoch.fetch_max(epoch, Relaxed);
                             if let Err(e) = log.as_ref().map_or(Ok(()), |l| l.committed(epoch)) {
-                                eprintln!("error: truncating the ingest log: {e}");
+                                tracing::error!("truncating the ingest log: {e}");
                                 std::process::exit(3);
                             }
                         },

@@ -427,7 +427,7 @@ pub fn launch(args: LaunchArgs) -> Result<(), String> {
             Err(e) => return Err(format!("launch: starting process {i}: {e}")),
         };
         let pid = child.id() as i32;
-        eprintln!("launch: process {i} pid {pid} on 127.0.0.1:{port}");
+        tracing::info!("launch: process {i} pid {pid} on 127.0.0.1:{port}");
         let prefix = format!("[p{i}] ").into_bytes();
         let stdout_prefix = if args.prefix_stdout {
             prefix.clone()
@@ -495,7 +495,7 @@ pub fn launch(args: LaunchArgs) -> Result<(), String> {
             && at.elapsed() >= PEER_LOST_GRACE
         {
             failed = Some(i);
-            eprintln!(
+            tracing::info!(
                 "launch: process {i} (pid {}) lost a peer: stopping the other processes",
                 cluster.procs[i].pid
             );
@@ -504,7 +504,7 @@ pub fn launch(args: LaunchArgs) -> Result<(), String> {
         let signal = STOP_SIGNAL.load(Ordering::SeqCst);
         if signal != 0 && interrupted.is_none() && failed.is_none() {
             interrupted = Some(signal);
-            eprintln!(
+            tracing::info!(
                 "launch: received {}: stopping all processes",
                 signal_name(signal)
             );
@@ -531,13 +531,13 @@ pub fn launch(args: LaunchArgs) -> Result<(), String> {
             continue;
         }
         if p.stopped {
-            eprintln!(
+            tracing::info!(
                 "launch: process {i} (pid {}) stopped: {}",
                 p.pid,
                 describe_exit(&status)
             );
         } else if status.code() == Some(crate::quarantine::EXIT_PEER_LOST) && failed.is_none() {
-            eprintln!(
+            tracing::info!(
                 "launch: process {i} (pid {}) {}",
                 p.pid,
                 describe_exit(&status)
@@ -545,7 +545,7 @@ pub fn launch(args: LaunchArgs) -> Result<(), String> {
             peer_lost.get_or_insert((i, Instant::now()));
         } else if failed.is_none() && interrupted.is_none() {
             failed = Some(i);
-            eprintln!(
+            tracing::info!(
                 "launch: process {i} (pid {}) {}: stopping the other processes",
                 p.pid,
                 describe_exit(&status)
@@ -587,7 +587,7 @@ pub fn launch(args: LaunchArgs) -> Result<(), String> {
             describe_exit(status)
         ));
     }
-    eprintln!("launch: all {n} processes finished");
+    tracing::info!("launch: all {n} processes finished");
     Ok(())
 }
 

@@ -1,9 +1,9 @@
 //! The `tributary` command.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use tributary::bench::{ThroughputSettings, throughput, throughput_table};
 use tributary::cli::{BenchCommand, CheckpointCommand, Cli, Command, GenArgs, RunArgs};
 use tributary::job::{JobSpec, run};
@@ -11,8 +11,28 @@ use tributary::source::{GenReader, GenSpec};
 use tributary::window::parse_duration;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and --version on stdout, exit 0; a usage error on stderr, exit 1 (the exit
+        // codes of docs/dataflow-spec.md: 1 is an error at start).
+        Err(e) => {
+            let _ = e.print();
+            return match e.use_stderr() {
+                true => ExitCode::FAILURE,
+                false => ExitCode::SUCCESS,
+            };
+        }
+    };
+    tributary::logging::init(cli.log_format);
     let result = match cli.command {
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "tributary", &mut script);
+            std::io::stdout()
+                .write_all(&script)
+                .map_err(|e| format!("completions: {e}"))
+        }
+        Command::Man { subcommand } => man(subcommand.as_deref()),
         Command::Run(args) => run_command(*args),
         Command::Gen(args) => gen_command(args),
         Command::Launch(args) => tributary::launch::launch(args),
@@ -26,7 +46,7 @@ fn main() -> ExitCode {
                     }
                 }
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    tracing::error!("{e}");
                     ExitCode::FAILURE
                 }
             };
@@ -85,10 +105,42 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("error: {message}");
+            tracing::error!("{message}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints the man page of `tributary` or of one of its subcommands, with the exit codes.
+fn man(subcommand: Option<&str>) -> Result<(), String> {
+    let command = Cli::command();
+    let page = match subcommand {
+        None => command,
+        Some(name) => {
+            let Some(sub) = command.find_subcommand(name) else {
+                let names: Vec<&str> = command.get_subcommands().map(|c| c.get_name()).collect();
+                return Err(format!(
+                    "man: no subcommand {name:?} (one of {})",
+                    names.join(", ")
+                ));
+            };
+            sub.clone()
+                .display_name(format!("tributary-{name}"))
+                .bin_name(format!("tributary {name}"))
+                .version(tributary::cli::VERSION)
+        }
+    };
+    let man = clap_mangen::Man::new(page);
+    let mut out = Vec::new();
+    man.render(&mut out).map_err(|e| format!("man: {e}"))?;
+    out.extend_from_slice(b".SH \"EXIT STATUS\"\n");
+    for (code, meaning) in tributary::cli::EXIT_CODES {
+        let meaning = meaning.replace('\\', "\\\\").replace('-', "\\-");
+        out.extend_from_slice(format!(".TP\n\\fB{code}\\fR\n{meaning}\n").as_bytes());
+    }
+    std::io::stdout()
+        .write_all(&out)
+        .map_err(|e| format!("man: {e}"))
 }
 
 /// Prints a benchmark's result as pretty JSON, or as its human table.
@@ -116,7 +168,7 @@ fn run_command(args: RunArgs) -> Result<(), String> {
         return Err("--resume-from EPOCH needs --checkpoint DIR".into());
     }
     if !args.quiet && args.process == 0 {
-        eprintln!(
+        tracing::info!(
             "tributary: {} window={} lateness={}ms ridge={} workers={}x{} out={}",
             job.source,
             job.windows.window,
@@ -127,8 +179,10 @@ fn run_command(args: RunArgs) -> Result<(), String> {
             job.out.display()
         );
     }
-    let summary = run(job, cluster, !args.quiet)?;
-    eprintln!("{}", summary.line());
+    // The progress line is for a terminal: on by default only when stderr is one.
+    let progress = !args.quiet && (args.progress || std::io::stderr().is_terminal());
+    let summary = run(job, cluster, progress)?;
+    tracing::info!("{}", summary.line());
     Ok(())
 }
 

@@ -151,7 +151,7 @@ impl RecordSink for Collect {
             return Err(SourceError::Malformed(error));
         }
         if self.malformed <= 10 {
-            eprintln!("warning: skipping malformed line: {error}");
+            tracing::warn!("skipping malformed line: {error}");
         }
         Ok(())
     }

@@ -124,11 +124,11 @@ impl Crashes {
             Ok(())
         };
         match write() {
-            Ok(()) => eprintln!(
-                "error: crash recorded against source batch {batch} in {}",
+            Ok(()) => tracing::error!(
+                "crash recorded against source batch {batch} in {}",
                 path.display()
             ),
-            Err(e) => eprintln!("error: recording the crash in {}: {e}", path.display()),
+            Err(e) => tracing::error!("recording the crash in {}: {e}", path.display()),
         }
     }
 }
@@ -139,7 +139,7 @@ impl Crashes {
 pub fn install(dir: Option<&Path>, process: usize, committed: Option<u64>) -> Result<(), String> {
     let crashes = Crashes::load(dir, process, committed)?;
     for (batch, why) in &crashes.quarantined {
-        eprintln!("warning: source batch {batch} is set aside (quarantined): {why}");
+        tracing::warn!("source batch {batch} is set aside (quarantined): {why}");
     }
     if CRASHES.set(crashes).is_err() {
         return Ok(()); // a second run in this process (tests, benchmarks): keep the first
@@ -166,13 +166,13 @@ pub fn install(dir: Option<&Path>, process: usize, committed: Option<u64>) -> Re
         let message = format!("thread '{name}' panicked at {place}: {payload}");
         let _ = FAILED.set(message.clone());
         if name.starts_with("timely:recv") || name.starts_with("timely:send") {
-            eprintln!(
-                "error: lost the connection to another process of the cluster ({payload}); \
+            tracing::error!(
+                "lost the connection to another process of the cluster ({payload}); \
                  stopping (exit {EXIT_PEER_LOST})"
             );
             std::process::exit(EXIT_PEER_LOST);
         }
-        eprintln!("error: {message}");
+        tracing::error!("{message}");
         // Only a worker's own fault is held against a batch: not a peer process lost
         // (the network threads' "timely communication error", and the workers'
         // "MergeQueue poisoned" that follows it), nor a source thread's.
@@ -180,7 +180,7 @@ pub fn install(dir: Option<&Path>, process: usize, committed: Option<u64>) -> Re
         if let (Some(crashes), true) = (CRASHES.get(), own_fault) {
             crashes.record(&message);
         }
-        eprintln!("error: the engine failed; stopping (exit {EXIT_PANIC})");
+        tracing::error!("the engine failed; stopping (exit {EXIT_PANIC})");
         std::process::exit(EXIT_PANIC);
     }));
     Ok(())

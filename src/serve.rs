@@ -136,6 +136,8 @@ pub struct HttpLimits {
     pub allow_hosts: Vec<String>,
     /// The bearer token's file (`--token-file`).
     pub token_file: Option<PathBuf>,
+    /// The live dashboard at `/` (`--no-dashboard` turns it off).
+    pub dashboard: bool,
 }
 
 impl Default for HttpLimits {
@@ -151,6 +153,7 @@ impl Default for HttpLimits {
             max_keys: DEFAULT_MAX_KEYS,
             allow_hosts: Vec::new(),
             token_file: None,
+            dashboard: true,
         }
     }
 }
@@ -197,6 +200,7 @@ impl HttpLimits {
             max_keys: positive(spec.max_keys, DEFAULT_MAX_KEYS, "--max-keys")?,
             allow_hosts: spec.allow_host.clone().unwrap_or_default(),
             token_file: spec.token_file.clone(),
+            dashboard: spec.dashboard.unwrap_or(true),
         };
         if limits.max_inflight_bytes < max_body {
             return Err(format!(
@@ -502,7 +506,7 @@ impl ModelStore {
         {
             let encoded = finals.into_iter().map(|(k, m)| (k, codec::encode(m)));
             if let Err(e) = store.put_models(encoded) {
-                eprintln!("warning: keeping models in the checkpoint store: {e}");
+                tracing::warn!("keeping models in the checkpoint store: {e}");
             }
         }
     }
@@ -1148,8 +1152,9 @@ impl Access {
         Ok(Access { hosts, token })
     }
 
-    /// `None` when the request's Host and token are accepted, else the answer.
-    fn refusal(&self, headers: &HeaderMap) -> Option<Response> {
+    /// `None` when the request's Host and (with `needs_token`) token are accepted, else
+    /// the answer.
+    fn refusal(&self, headers: &HeaderMap, needs_token: bool) -> Option<Response> {
         if let Some(hosts) = &self.hosts {
             let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
                 return Some(error(StatusCode::BAD_REQUEST, "a Host header is required"));
@@ -1166,7 +1171,7 @@ impl Access {
                 ));
             }
         }
-        if let Some(token) = &self.token {
+        if needs_token && let Some(token) = &self.token {
             let given = headers
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
@@ -1650,6 +1655,7 @@ pub fn start(address: SocketAddr, context: ServeContext) -> Result<SocketAddr, S
         .route("/predict", post(predict))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .merge(crate::dashboard::routes(app.limits.dashboard))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(app.clone(), guard))
         .layer(axum::middleware::from_fn(json_errors))
@@ -1668,7 +1674,7 @@ pub fn start(address: SocketAddr, context: ServeContext) -> Result<SocketAddr, S
                 let listener = match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => l,
                     Err(e) => {
-                        eprintln!("error: --serve {bound}: {e}");
+                        tracing::error!("--serve {bound}: {e}");
                         std::process::exit(2);
                     }
                 };
@@ -1692,6 +1698,8 @@ async fn observe(
         "/predict" => "/predict",
         "/metrics" => "/metrics",
         "/healthz" => "/healthz",
+        "/models/stream" => "/models/stream",
+        "/" => "/",
         _ => "other",
     };
     let started = Instant::now();
@@ -1706,14 +1714,16 @@ async fn observe(
     response
 }
 
-/// The Host allow-list and the bearer token, for every endpoint but `/healthz`.
+/// The Host allow-list and the bearer token, for every endpoint but `/healthz`; the
+/// dashboard's page (`/`, which holds no data) needs an allowed Host, not the token.
 async fn guard(
     State(app): State<App>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if request.uri().path() != "/healthz"
-        && let Some(refused) = app.access.refusal(request.headers())
+    let path = request.uri().path();
+    if path != "/healthz"
+        && let Some(refused) = app.access.refusal(request.headers(), path != "/")
     {
         return refused;
     }

@@ -145,7 +145,7 @@ where
                     Some((output.writer, output.len))
                 }
                 Err(e) => {
-                    eprintln!("error: cannot open output: {e}");
+                    tracing::error!("cannot open output: {e}");
                     std::process::exit(2);
                 }
             }
@@ -194,7 +194,7 @@ where
                             });
                             *len += counting.written;
                             if let Err(e) = written.and_then(|()| w.flush()) {
-                                eprintln!("error: writing output: {e}");
+                                tracing::error!("writing output: {e}");
                                 std::process::exit(2);
                             }
                             if let Some(ledger) = &ledger {

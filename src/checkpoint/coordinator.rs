@@ -56,7 +56,8 @@ impl<'scope> Coordinate<'scope> for StreamVec<'scope, Epoch, Ack> {
                         let time = *cap.least().expect("a message has a time");
                         let entry = pending.entry(time).or_insert_with(|| {
                             (
-                                cap.retain_least(output.output_index()).expect("total order"),
+                                cap.retain_least(output.output_index())
+                                    .expect("total order"),
                                 Vec::new(),
                             )
                         });
@@ -65,8 +66,8 @@ impl<'scope> Coordinate<'scope> for StreamVec<'scope, Epoch, Ack> {
                     while let Some((&epoch, (_, acks))) = pending.first_key_value() {
                         let complete = acks.len() == peers;
                         if !complete && !acks_frontier.less_equal(&epoch) {
-                            eprintln!(
-                                "error: checkpoint epoch {epoch}: {} of {peers} workers acknowledged",
+                            tracing::error!(
+                                "checkpoint epoch {epoch}: {} of {peers} workers acknowledged",
                                 acks.len()
                             );
                             std::process::exit(3);
@@ -83,7 +84,7 @@ impl<'scope> Coordinate<'scope> for StreamVec<'scope, Epoch, Ack> {
                         let (out_offset, late_offset) = match offsets {
                             Ok(o) => o,
                             Err(e) => {
-                                eprintln!("error: syncing output for checkpoint: {e}");
+                                tracing::error!("syncing output for checkpoint: {e}");
                                 std::process::exit(3);
                             }
                         };
@@ -103,7 +104,7 @@ impl<'scope> Coordinate<'scope> for StreamVec<'scope, Epoch, Ack> {
                             unix_ms: unix_ms(),
                         };
                         if let Err(e) = store.write_commit(&commit) {
-                            eprintln!("error: committing checkpoint: {e}");
+                            tracing::error!("committing checkpoint: {e}");
                             std::process::exit(3);
                         }
                         on_commit(epoch);

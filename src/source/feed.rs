@@ -168,12 +168,12 @@ impl<'a> Feed<'a> {
             if self.close_on_fail {
                 return Err(format!("malformed input (--on-error fail): {error}"));
             }
-            eprintln!("error: malformed input: {error}");
+            tracing::error!("malformed input: {error}");
             std::process::exit(2);
         }
         if self.reported < REPORT_MALFORMED {
             self.reported += 1;
-            eprintln!("warning: skipping malformed line: {error}");
+            tracing::warn!("skipping malformed line: {error}");
         }
         Ok(())
     }
@@ -210,7 +210,7 @@ impl<'a> Feed<'a> {
                     std::thread::sleep(Duration::from_millis(10))
                 }
                 Err(e) => {
-                    eprintln!("error: {}: {e}", self.origin);
+                    tracing::error!("{}: {e}", self.origin);
                     std::process::exit(3);
                 }
             }

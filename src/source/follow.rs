@@ -122,7 +122,7 @@ pub fn start(
         .name("follow".into())
         .spawn(move || {
             if let Err(e) = followed.follow(&context) {
-                eprintln!("error: {e}");
+                tracing::error!("{e}");
                 std::process::exit(3);
             }
         })

@@ -147,7 +147,7 @@ pub fn start(spec: &TcpSpec, limits: TcpLimits, context: FeedContext) -> Result<
                     let stream = match stream {
                         Ok(stream) => stream,
                         Err(e) => {
-                            eprintln!("warning: {shown}: accept failed: {e}");
+                            tracing::warn!("{shown}: accept failed: {e}");
                             // Out of file descriptors, say: let some connections end.
                             std::thread::sleep(Duration::from_millis(10));
                             continue;
@@ -160,8 +160,8 @@ pub fn start(spec: &TcpSpec, limits: TcpLimits, context: FeedContext) -> Result<
                         open.fetch_sub(1, Ordering::SeqCst);
                         let r = refused.fetch_add(1, Ordering::Relaxed) + 1;
                         if r <= REPORT_FIRST || r.is_multiple_of(REPORT_EVERY) {
-                            eprintln!(
-                                "warning: {shown}: closing connection {} from {peer}: {} \
+                            tracing::warn!(
+                                "{shown}: closing connection {} from {peer}: {} \
                                  connections are open, the limit (--tcp-max-connections); \
                                  {r} refused so far",
                                 n + 1,
@@ -181,7 +181,7 @@ pub fn start(spec: &TcpSpec, limits: TcpLimits, context: FeedContext) -> Result<
                                 read(stream, format, &origin, &context, limits.idle_timeout, true);
                             });
                     if let Err(e) = spawned {
-                        eprintln!("warning: {shown}: connection {}: {e}", n + 1);
+                        tracing::warn!("{shown}: connection {}: {e}", n + 1);
                     }
                 }
             })
@@ -218,7 +218,7 @@ fn read(
         feed = feed.close_on_fail();
     }
     if let Err(e) = read_lines(&mut reader, &mut feed, origin, idle) {
-        eprintln!("error: {e}; closing the connection");
+        tracing::error!("{e}; closing the connection");
     }
     feed.flush(None);
 }
@@ -249,8 +249,8 @@ fn read_lines(
                 if let Some(idle) = idle
                     && last_data.elapsed() >= idle
                 {
-                    eprintln!(
-                        "warning: {origin}: nothing received for {} s, the limit \
+                    tracing::warn!(
+                        "{origin}: nothing received for {} s, the limit \
                          (--tcp-idle-timeout): closing the connection",
                         idle.as_secs_f64()
                     );
@@ -260,7 +260,7 @@ fn read_lines(
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => {
-                eprintln!("warning: {origin}: read failed: {e}");
+                tracing::warn!("{origin}: read failed: {e}");
                 break;
             }
         };
