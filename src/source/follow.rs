@@ -112,7 +112,7 @@ pub fn start(
         _ => open(path)?,
     };
     if followed.path != shown {
-        eprintln!(
+        tracing::info!(
             "{shown}: the checkpoint was reading {} (rotated away): reading it to its end \
              first",
             followed.path
@@ -390,7 +390,7 @@ impl Followed {
             _ => format!("{} (renamed away)", self.path),
         };
         self.path = self.name.display().to_string();
-        eprintln!(
+        tracing::info!(
             "{}: rotated: {finished} was read to its end ({} lines); reading the new file \
              from its start",
             self.path, self.position.line
