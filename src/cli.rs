@@ -26,8 +26,7 @@ pub const EXIT_CODES: &[(u8, &str)] = &[
     ),
     (
         1,
-        "an error at start: bad flags or spec, a source that cannot be opened, a port taken, \
-         a checkpoint of another dataflow",
+        "an error at start: bad flags or spec, a source that cannot be opened, a port taken",
     ),
     (
         2,
@@ -40,8 +39,10 @@ pub const EXIT_CODES: &[(u8, &str)] = &[
     ),
     (
         4,
-        "the checkpoint store is refused at start (damaged, or data without its identity \
-         record); also checkpoint verify on damage",
+        "the checkpoint store is refused at start (damaged, data without its identity \
+         record, another dataflow's, held by another process, of another generation than \
+         the newest commit, or missing where the checkpoint needs it); also checkpoint \
+         verify on damage",
     ),
     (
         70,

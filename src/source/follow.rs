@@ -393,7 +393,8 @@ impl Followed {
         tracing::info!(
             "{}: rotated: {finished} was read to its end ({} lines); reading the new file \
              from its start",
-            self.path, self.position.line
+            self.path,
+            self.position.line
         );
         self.file = file;
         self.head.clear();
