@@ -290,14 +290,16 @@ fn start_and_wait_for_models(
 
 /// Starts the `-n 3` cluster on a followed CSV file in `dir` (a run that lasts until
 /// something breaks it) and waits until process 0 has written models. With `progress`,
-/// the processes print their progress lines (no `-q`).
+/// the processes print their progress lines (no `-q`, and `--progress`).
 fn start_cluster(net: &mut Net, dir: &TempDir, progress: bool) {
     let rows = generate(&GenSpec::new(20_000, 4, D, 18));
     let csv = dir.path("in.csv");
     write_csv(&csv, &rows, D);
     let mut args = cluster_args(dir, &format!("csv:{},follow", csv.display()), HOSTS, &[]);
     if progress {
+        // Not a terminal: the progress line is printed only when asked.
         args.retain(|a| a != "-q");
+        args.push("--progress".into());
     }
     start_and_wait_for_models(net, dir, &args, HOSTS, 0);
 }

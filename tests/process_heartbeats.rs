@@ -86,6 +86,7 @@ fn process_0_shows_every_process_and_a_stopped_one_ages() {
             "sliding:20s/5s",
             "--serve",
             "127.0.0.1:0",
+            "--progress",
             "--out",
         ])
         .arg(&out)
