@@ -88,6 +88,25 @@ fn main() -> ExitCode {
             std::time::Duration::from_millis(every_ms),
         )
         .map(|run| report(&run, json, tributary::bench::memory_table)),
+        Command::Bench(BenchCommand::Keys {
+            rows,
+            keys,
+            features,
+            window,
+            workers,
+            engine,
+            max_rss_mib,
+            json,
+        }) => tributary::bench::keys(&tributary::bench::KeysSettings {
+            rows,
+            keys,
+            features,
+            window,
+            workers,
+            engine,
+            max_rss_mib,
+        })
+        .map(|rows| report(&rows, json, |r| tributary::bench::keys_table(r))),
         Command::Bench(BenchCommand::Throughput(args)) => {
             let settings = ThroughputSettings {
                 rows: args.rows,
