@@ -739,7 +739,10 @@ pub fn keys(s: &KeysSettings) -> Result<Vec<KeysRow>, String> {
     };
     let mut rows = Vec::new();
     for &k in &s.keys {
-        let source = format!("gen:rows={},keys={k},features={},seed=3", s.rows, s.features);
+        let source = format!(
+            "gen:rows={},keys={k},features={},seed=3",
+            s.rows, s.features
+        );
         let mut child = Command::new(&exe)
             .args(["run", "-q", "--source", &source, "--window", &s.window])
             .args(["--out", "/dev/null", "-w", &s.workers.to_string()])

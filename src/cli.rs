@@ -176,7 +176,11 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1_000_000)]
         rows: u64,
         /// Key counts, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "16,1000,10000,100000,1000000")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "16,1000,10000,100000,1000000"
+        )]
         keys: Vec<u64>,
         /// Features.
         #[arg(long, default_value_t = 8)]
