@@ -330,7 +330,7 @@ fn is_zero_u32(v: &u32) -> bool {
 }
 
 impl crate::sink::JsonLine for ModelLine {
-    fn write_json(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+    fn write_json(&self, w: &mut Vec<u8>) -> std::io::Result<()> {
         let view = ModelJson {
             key: &self.key,
             window_start: self.window_start,
@@ -350,7 +350,7 @@ impl crate::sink::JsonLine for ModelLine {
 }
 
 impl crate::sink::JsonLine for SetAside {
-    fn write_json(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+    fn write_json(&self, w: &mut Vec<u8>) -> std::io::Result<()> {
         serde_json::to_writer(w, self).map_err(std::io::Error::other)
     }
 }
