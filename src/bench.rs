@@ -853,3 +853,62 @@ pub fn keys_table(rows: &[KeysRow]) -> String {
     }
     out
 }
+
+/// What `bench memory --many-keys K` measured: one memory run per record count, all on
+/// `K` keys.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ManyKeysMemory {
+    /// Keys.
+    pub keys: u64,
+    /// One run per record count, in the order asked.
+    pub runs: Vec<MemoryRun>,
+    /// Largest peak RSS over the smallest: 1 when memory is flat in the records read.
+    pub peak_ratio: f64,
+}
+
+/// Runs [`memory`] on `keys` keys for each record count in `rows`: peak RSS must follow
+/// the open windows (keys × panes × d²), not the records read or the windows emitted.
+pub fn memory_many_keys(
+    keys: u64,
+    rows: &[u64],
+    features: usize,
+    window: &str,
+    every: Duration,
+) -> Result<ManyKeysMemory, String> {
+    let runs = rows
+        .iter()
+        .map(|&n| memory(n, keys, features, window, every))
+        .collect::<Result<Vec<_>, _>>()?;
+    let peaks = runs.iter().map(|r| r.peak_rss_mib);
+    let (low, high) = peaks.fold((f64::INFINITY, 0.0f64), |(l, h), p| (l.min(p), h.max(p)));
+    Ok(ManyKeysMemory {
+        keys,
+        peak_ratio: if low > 0.0 { high / low } else { f64::NAN },
+        runs,
+    })
+}
+
+/// Formats a many-keys memory measurement.
+pub fn many_keys_table(m: &ManyKeysMemory) -> String {
+    let mut out = format!(
+        "{:>7} {:>11} {:>9} {:>11} {:>10} {:>13} {:>13}\n",
+        "keys", "records", "seconds", "records/s", "finals", "steady max", "peak RSS MiB"
+    );
+    for r in &m.runs {
+        out.push_str(&format!(
+            "{:>7} {:>11} {:>9.3} {:>11.0} {:>10} {:>13.1} {:>13.1}\n",
+            m.keys,
+            r.records,
+            r.seconds,
+            r.records_per_s,
+            r.windows_final,
+            r.steady_max_mib,
+            r.peak_rss_mib
+        ));
+    }
+    out.push_str(&format!(
+        "largest peak / smallest peak: {:.3}\n",
+        m.peak_ratio
+    ));
+    out
+}

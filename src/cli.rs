@@ -164,6 +164,14 @@ pub enum BenchCommand {
         /// Time between samples (ms).
         #[arg(long, default_value_t = 500)]
         every_ms: u64,
+        /// Many-keys mode: this many keys, one run per `--many-keys-rows` count, and the
+        /// ratio of the largest peak RSS to the smallest (flat: memory follows the open
+        /// windows, not the records read).
+        #[arg(long)]
+        many_keys: Option<u64>,
+        /// Record counts of the many-keys mode, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1000000,10000000")]
+        many_keys_rows: Vec<u64>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
