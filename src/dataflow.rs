@@ -33,7 +33,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::operator::source;
-use timely::dataflow::operators::vec::{Broadcast, Map};
+use timely::dataflow::operators::vec::{Broadcast, Map, Partition};
 use timely::dataflow::operators::{Capability, ConnectLoop, Feedback, Operator};
 use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 use timely::progress::frontier::AntichainRef;
@@ -564,18 +564,24 @@ pub fn ingest<'scope>(
             }
         }
     });
-    let panes = stream
-        .clone()
+    // Partitioned, not one stream read by three: a stream's every reader but the last
+    // gets a clone of each batch, statistics and all.
+    let [panes, control, aside] = split(stream, |o| match o {
+        IngestOut::Pane(_) => 0,
+        IngestOut::Progress(_) => 1,
+        IngestOut::Aside(_) => 2,
+    });
+    let panes = panes
         .flat_map(|o| match o {
             IngestOut::Pane(p) => Some(p),
             _ => None,
         })
         .as_collection();
-    let control = stream.clone().flat_map(|o| match o {
+    let control = control.flat_map(|o| match o {
         IngestOut::Progress(p) => Some(Control::Progress(p)),
         _ => None,
     });
-    let aside = stream.flat_map(|o| match o {
+    let aside = aside.flat_map(|o| match o {
         IngestOut::Aside(a) => Some(a),
         _ => None,
     });
@@ -942,20 +948,26 @@ impl<'scope> WindowedModels<'scope> for Arranged<'scope, PaneTrace> {
                 }
             },
         );
+        let [models, acks, estimates, retractions] = split(out, |e| match e {
+            Emission::Model(_) => 0,
+            Emission::Ack(_) => 1,
+            Emission::Estimate(_) => 2,
+            Emission::Retract(_) => 3,
+        });
         WindowOutputs {
-            models: out.clone().flat_map(|e| match e {
+            models: models.flat_map(|e| match e {
                 Emission::Model(m) => Some(m),
                 _ => None,
             }),
-            retractions: out.clone().flat_map(|e| match e {
+            retractions: retractions.flat_map(|e| match e {
                 Emission::Retract(r) => Some(r),
                 _ => None,
             }),
-            acks: out.clone().flat_map(|e| match e {
+            acks: acks.flat_map(|e| match e {
                 Emission::Ack(a) => Some(a),
                 _ => None,
             }),
-            estimates: out.flat_map(|e| match e {
+            estimates: estimates.flat_map(|e| match e {
                 Emission::Estimate(m) => Some(m),
                 _ => None,
             }),
@@ -1437,6 +1449,16 @@ impl Windows {
         self.trace
             .set_physical_compaction(AntichainRef::new(&[epoch]));
     }
+}
+
+/// Splits a stream `N` ways by `part` (`0..N`), moving each element, never cloning it (a
+/// stream's every reader but the last gets a clone of each batch).
+fn split<'scope, D: 'static, const N: usize>(
+    stream: StreamVec<'scope, Epoch, D>,
+    part: impl Fn(&D) -> u64 + 'static,
+) -> [StreamVec<'scope, Epoch, D>; N] {
+    let parts = stream.partition(N as u64, move |d| (part(&d), d));
+    parts.try_into().ok().expect("N parts")
 }
 
 /// The windows of one key's open panes, each with the indices of the panes it sums.

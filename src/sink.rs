@@ -186,7 +186,8 @@ where
                             break;
                         }
                         let (cap, mut items) = pending.remove(&epoch).expect("present");
-                        items.sort_by_key(|item| order(item));
+                        // The key once per item, not once per comparison (it may own a copy of the key).
+                        items.sort_by_cached_key(|item| order(item));
                         if let Some((w, len)) = writer.as_mut() {
                             let mut counting = Counting {
                                 inner: &mut **w,
