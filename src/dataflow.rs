@@ -303,9 +303,11 @@ impl ModelLine {
     }
 }
 
-/// The `--out` form of a [`ModelLine`]: `revision` only when non-zero. (The exchanged
+/// The `--out` form of a [`ModelLine`]: `revision` only when non-zero. (Written by hand
+/// by [`JsonLine::write_json`](crate::sink::JsonLine::write_json); this is its reference.) (The exchanged
 /// form keeps every field: bincode, which timely uses between processes, is not
 /// self-describing and cannot skip fields.)
+#[cfg(test)]
 #[derive(Serialize)]
 struct ModelJson<'a> {
     key: &'a str,
@@ -325,12 +327,74 @@ struct ModelJson<'a> {
     closed_by: Option<&'a str>,
 }
 
+#[cfg(test)]
 fn is_zero_u32(v: &u32) -> bool {
     *v == 0
 }
 
 impl crate::sink::JsonLine for ModelLine {
+    /// The bytes serde_json writes for [`ModelJson`] (a unit test holds them equal), with
+    /// the field names as literals: only the key and the numbers are formatted.
     fn write_json(&self, w: &mut Vec<u8>) -> std::io::Result<()> {
+        use std::io::Write;
+        fn number(w: &mut Vec<u8>, v: Option<f64>) -> std::io::Result<()> {
+            match v {
+                Some(v) => serde_json::to_writer(&mut *w, &v).map_err(std::io::Error::other),
+                None => {
+                    w.extend_from_slice(b"null");
+                    Ok(())
+                }
+            }
+        }
+        w.extend_from_slice(b"{\"key\":");
+        serde_json::to_writer(&mut *w, self.key.as_str()).map_err(std::io::Error::other)?;
+        write!(
+            w,
+            ",\"window_start\":{},\"window_end\":{},\"n\":{},\"coef\":",
+            self.window_start, self.window_end, self.n
+        )?;
+        match &self.coef {
+            Some(coef) => {
+                w.push(b'[');
+                for (i, c) in coef.iter().enumerate() {
+                    if i > 0 {
+                        w.push(b',');
+                    }
+                    number(w, Some(*c))?;
+                }
+                w.push(b']');
+            }
+            None => w.extend_from_slice(b"null"),
+        }
+        w.extend_from_slice(b",\"r2\":");
+        number(w, self.r2)?;
+        w.extend_from_slice(b",\"rmse\":");
+        number(w, self.rmse)?;
+        w.extend_from_slice(b",\"cond\":");
+        number(w, self.cond)?;
+        w.extend_from_slice(b",\"status\":");
+        serde_json::to_writer(&mut *w, &self.status).map_err(std::io::Error::other)?;
+        w.extend_from_slice(if self.is_final {
+            b",\"final\":true"
+        } else {
+            b",\"final\":false"
+        });
+        if self.revision != 0 {
+            write!(w, ",\"revision\":{}", self.revision)?;
+        }
+        if let Some(by) = &self.closed_by {
+            w.extend_from_slice(b",\"closed_by\":");
+            serde_json::to_writer(&mut *w, by.as_str()).map_err(std::io::Error::other)?;
+        }
+        w.push(b'}');
+        Ok(())
+    }
+}
+
+impl ModelLine {
+    /// The `--out` line through serde_json, as [`JsonLine::write_json`] writes it by hand.
+    #[cfg(test)]
+    fn serde_json_line(&self) -> Vec<u8> {
         let view = ModelJson {
             key: &self.key,
             window_start: self.window_start,
@@ -345,7 +409,7 @@ impl crate::sink::JsonLine for ModelLine {
             revision: self.revision,
             closed_by: self.closed_by.as_deref(),
         };
-        serde_json::to_writer(w, &view).map_err(std::io::Error::other)
+        serde_json::to_vec(&view).expect("serializable")
     }
 }
 
@@ -1569,6 +1633,72 @@ mod tests {
         let bytes = crate::checkpoint::codec::encode(&now);
         assert_eq!(ModelLine::decode_stored(&bytes).unwrap(), now);
         assert!(ModelLine::decode_stored(b"TRB1garbage").is_err());
+    }
+
+    /// The hand-written `--out` line is byte for byte serde_json's, whatever the key,
+    /// numbers and optional fields hold.
+    #[test]
+    fn model_lines_are_written_as_serde_json_writes_them() {
+        use super::{ModelLine, Status};
+        use crate::sink::JsonLine;
+        let base = ModelLine {
+            key: "k".into(),
+            window_start: -1_700_000_000_000,
+            window_end: 1_700_000_060_000,
+            n: 12,
+            coef: Some(vec![1.5, -2.0e-300, 3.25e17, 0.1, -0.0, 5e-324]),
+            r2: Some(0.999999999999),
+            rmse: Some(1e-7),
+            cond: Some(12345.678),
+            status: Status::Ok,
+            is_final: true,
+            revision: 0,
+            closed_by: None,
+        };
+        let mut lines = vec![base.clone()];
+        for key in [
+            "",
+            "quote\"back\\slash",
+            "tab\tnl\n\u{1}",
+            "ключ ✓",
+            "a\u{7f}",
+        ] {
+            lines.push(ModelLine {
+                key: key.into(),
+                ..base.clone()
+            });
+        }
+        lines.push(ModelLine {
+            coef: None,
+            r2: None,
+            rmse: None,
+            cond: None,
+            status: Status::Underdetermined,
+            is_final: false,
+            revision: 3,
+            closed_by: Some("idle".into()),
+            ..base.clone()
+        });
+        lines.push(ModelLine {
+            coef: Some(vec![f64::NAN, f64::INFINITY, f64::MAX]),
+            r2: Some(f64::NEG_INFINITY),
+            status: Status::IllConditioned,
+            n: -4,
+            ..base.clone()
+        });
+        lines.push(ModelLine {
+            coef: Some(vec![]),
+            status: Status::NotFinite,
+            ..base
+        });
+        for line in &lines {
+            let mut ours = Vec::new();
+            line.write_json(&mut ours).unwrap();
+            assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                String::from_utf8(line.serde_json_line()).unwrap()
+            );
+        }
     }
 
     /// A combiner of records with one feature, no lateness and no bound on jumps.
