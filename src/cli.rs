@@ -164,6 +164,47 @@ pub enum BenchCommand {
         /// Time between samples (ms).
         #[arg(long, default_value_t = 500)]
         every_ms: u64,
+        /// Many-keys mode: this many keys, one run per `--many-keys-rows` count, and the
+        /// ratio of the largest peak RSS to the smallest (flat: memory follows the open
+        /// windows, not the records read).
+        #[arg(long)]
+        many_keys: Option<u64>,
+        /// Record counts of the many-keys mode, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1000000,10000000")]
+        many_keys_rows: Vec<u64>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Scale in keys: the same generated records over several key counts (a child
+    /// process per count): records/s, final windows/s, µs per final window, peak RSS.
+    #[command(disable_help_flag = true)]
+    Keys {
+        /// Records per run.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+        /// Key counts, comma-separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "16,1000,10000,100000,1000000"
+        )]
+        keys: Vec<u64>,
+        /// Features.
+        #[arg(long, default_value_t = 8)]
+        features: usize,
+        /// Window.
+        #[arg(long, default_value = "sliding:60s/10s")]
+        window: String,
+        /// Worker threads.
+        #[arg(short = 'w', long, default_value_t = 1)]
+        workers: usize,
+        /// The engine to measure (default: this executable).
+        #[arg(long)]
+        engine: Option<PathBuf>,
+        /// Stop a run whose resident set passes this many MiB (0: no limit).
+        #[arg(long, default_value_t = 8192.0)]
+        max_rss_mib: f64,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,

@@ -33,7 +33,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::operator::source;
-use timely::dataflow::operators::vec::{Broadcast, Map};
+use timely::dataflow::operators::vec::{Broadcast, Map, Partition};
 use timely::dataflow::operators::{Capability, ConnectLoop, Feedback, Operator};
 use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 use timely::progress::frontier::AntichainRef;
@@ -303,9 +303,11 @@ impl ModelLine {
     }
 }
 
-/// The `--out` form of a [`ModelLine`]: `revision` only when non-zero. (The exchanged
+/// The `--out` form of a [`ModelLine`]: `revision` only when non-zero. (Written by hand
+/// by [`JsonLine::write_json`](crate::sink::JsonLine::write_json); this is its reference.) (The exchanged
 /// form keeps every field: bincode, which timely uses between processes, is not
 /// self-describing and cannot skip fields.)
+#[cfg(test)]
 #[derive(Serialize)]
 struct ModelJson<'a> {
     key: &'a str,
@@ -325,12 +327,74 @@ struct ModelJson<'a> {
     closed_by: Option<&'a str>,
 }
 
+#[cfg(test)]
 fn is_zero_u32(v: &u32) -> bool {
     *v == 0
 }
 
 impl crate::sink::JsonLine for ModelLine {
-    fn write_json(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+    /// The bytes serde_json writes for [`ModelJson`] (a unit test holds them equal), with
+    /// the field names as literals: only the key and the numbers are formatted.
+    fn write_json(&self, w: &mut Vec<u8>) -> std::io::Result<()> {
+        use std::io::Write;
+        fn number(w: &mut Vec<u8>, v: Option<f64>) -> std::io::Result<()> {
+            match v {
+                Some(v) => serde_json::to_writer(&mut *w, &v).map_err(std::io::Error::other),
+                None => {
+                    w.extend_from_slice(b"null");
+                    Ok(())
+                }
+            }
+        }
+        w.extend_from_slice(b"{\"key\":");
+        serde_json::to_writer(&mut *w, self.key.as_str()).map_err(std::io::Error::other)?;
+        write!(
+            w,
+            ",\"window_start\":{},\"window_end\":{},\"n\":{},\"coef\":",
+            self.window_start, self.window_end, self.n
+        )?;
+        match &self.coef {
+            Some(coef) => {
+                w.push(b'[');
+                for (i, c) in coef.iter().enumerate() {
+                    if i > 0 {
+                        w.push(b',');
+                    }
+                    number(w, Some(*c))?;
+                }
+                w.push(b']');
+            }
+            None => w.extend_from_slice(b"null"),
+        }
+        w.extend_from_slice(b",\"r2\":");
+        number(w, self.r2)?;
+        w.extend_from_slice(b",\"rmse\":");
+        number(w, self.rmse)?;
+        w.extend_from_slice(b",\"cond\":");
+        number(w, self.cond)?;
+        w.extend_from_slice(b",\"status\":");
+        serde_json::to_writer(&mut *w, &self.status).map_err(std::io::Error::other)?;
+        w.extend_from_slice(if self.is_final {
+            b",\"final\":true"
+        } else {
+            b",\"final\":false"
+        });
+        if self.revision != 0 {
+            write!(w, ",\"revision\":{}", self.revision)?;
+        }
+        if let Some(by) = &self.closed_by {
+            w.extend_from_slice(b",\"closed_by\":");
+            serde_json::to_writer(&mut *w, by.as_str()).map_err(std::io::Error::other)?;
+        }
+        w.push(b'}');
+        Ok(())
+    }
+}
+
+impl ModelLine {
+    /// The `--out` line through serde_json, as [`JsonLine::write_json`] writes it by hand.
+    #[cfg(test)]
+    fn serde_json_line(&self) -> Vec<u8> {
         let view = ModelJson {
             key: &self.key,
             window_start: self.window_start,
@@ -345,12 +409,12 @@ impl crate::sink::JsonLine for ModelLine {
             revision: self.revision,
             closed_by: self.closed_by.as_deref(),
         };
-        serde_json::to_writer(w, &view).map_err(std::io::Error::other)
+        serde_json::to_vec(&view).expect("serializable")
     }
 }
 
 impl crate::sink::JsonLine for SetAside {
-    fn write_json(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+    fn write_json(&self, w: &mut Vec<u8>) -> std::io::Result<()> {
         serde_json::to_writer(w, self).map_err(std::io::Error::other)
     }
 }
@@ -564,18 +628,24 @@ pub fn ingest<'scope>(
             }
         }
     });
-    let panes = stream
-        .clone()
+    // Partitioned, not one stream read by three: a stream's every reader but the last
+    // gets a clone of each batch, statistics and all.
+    let [panes, control, aside] = split(stream, |o| match o {
+        IngestOut::Pane(_) => 0,
+        IngestOut::Progress(_) => 1,
+        IngestOut::Aside(_) => 2,
+    });
+    let panes = panes
         .flat_map(|o| match o {
             IngestOut::Pane(p) => Some(p),
             _ => None,
         })
         .as_collection();
-    let control = stream.clone().flat_map(|o| match o {
+    let control = control.flat_map(|o| match o {
         IngestOut::Progress(p) => Some(Control::Progress(p)),
         _ => None,
     });
-    let aside = stream.flat_map(|o| match o {
+    let aside = aside.flat_map(|o| match o {
         IngestOut::Aside(a) => Some(a),
         _ => None,
     });
@@ -942,20 +1012,26 @@ impl<'scope> WindowedModels<'scope> for Arranged<'scope, PaneTrace> {
                 }
             },
         );
+        let [models, acks, estimates, retractions] = split(out, |e| match e {
+            Emission::Model(_) => 0,
+            Emission::Ack(_) => 1,
+            Emission::Estimate(_) => 2,
+            Emission::Retract(_) => 3,
+        });
         WindowOutputs {
-            models: out.clone().flat_map(|e| match e {
+            models: models.flat_map(|e| match e {
                 Emission::Model(m) => Some(m),
                 _ => None,
             }),
-            retractions: out.clone().flat_map(|e| match e {
+            retractions: retractions.flat_map(|e| match e {
                 Emission::Retract(r) => Some(r),
                 _ => None,
             }),
-            acks: out.clone().flat_map(|e| match e {
+            acks: acks.flat_map(|e| match e {
                 Emission::Ack(a) => Some(a),
                 _ => None,
             }),
-            estimates: out.flat_map(|e| match e {
+            estimates: estimates.flat_map(|e| match e {
                 Emission::Estimate(m) => Some(m),
                 _ => None,
             }),
@@ -1439,6 +1515,16 @@ impl Windows {
     }
 }
 
+/// Splits a stream `N` ways by `part` (`0..N`), moving each element, never cloning it (a
+/// stream's every reader but the last gets a clone of each batch).
+fn split<'scope, D: 'static, const N: usize>(
+    stream: StreamVec<'scope, Epoch, D>,
+    part: impl Fn(&D) -> u64 + 'static,
+) -> [StreamVec<'scope, Epoch, D>; N] {
+    let parts = stream.partition(N as u64, move |d| (part(&d), d));
+    parts.try_into().ok().expect("N parts")
+}
+
 /// The windows of one key's open panes, each with the indices of the panes it sums.
 fn windows_of(spec: WindowSpec, panes: &[(Pane, Stats)]) -> Vec<(Window, Vec<usize>)> {
     if spec.is_session() {
@@ -1547,6 +1633,72 @@ mod tests {
         let bytes = crate::checkpoint::codec::encode(&now);
         assert_eq!(ModelLine::decode_stored(&bytes).unwrap(), now);
         assert!(ModelLine::decode_stored(b"TRB1garbage").is_err());
+    }
+
+    /// The hand-written `--out` line is byte for byte serde_json's, whatever the key,
+    /// numbers and optional fields hold.
+    #[test]
+    fn model_lines_are_written_as_serde_json_writes_them() {
+        use super::{ModelLine, Status};
+        use crate::sink::JsonLine;
+        let base = ModelLine {
+            key: "k".into(),
+            window_start: -1_700_000_000_000,
+            window_end: 1_700_000_060_000,
+            n: 12,
+            coef: Some(vec![1.5, -2.0e-300, 3.25e17, 0.1, -0.0, 5e-324]),
+            r2: Some(0.999999999999),
+            rmse: Some(1e-7),
+            cond: Some(12345.678),
+            status: Status::Ok,
+            is_final: true,
+            revision: 0,
+            closed_by: None,
+        };
+        let mut lines = vec![base.clone()];
+        for key in [
+            "",
+            "quote\"back\\slash",
+            "tab\tnl\n\u{1}",
+            "ключ ✓",
+            "a\u{7f}",
+        ] {
+            lines.push(ModelLine {
+                key: key.into(),
+                ..base.clone()
+            });
+        }
+        lines.push(ModelLine {
+            coef: None,
+            r2: None,
+            rmse: None,
+            cond: None,
+            status: Status::Underdetermined,
+            is_final: false,
+            revision: 3,
+            closed_by: Some("idle".into()),
+            ..base.clone()
+        });
+        lines.push(ModelLine {
+            coef: Some(vec![f64::NAN, f64::INFINITY, f64::MAX]),
+            r2: Some(f64::NEG_INFINITY),
+            status: Status::IllConditioned,
+            n: -4,
+            ..base.clone()
+        });
+        lines.push(ModelLine {
+            coef: Some(vec![]),
+            status: Status::NotFinite,
+            ..base
+        });
+        for line in &lines {
+            let mut ours = Vec::new();
+            line.write_json(&mut ours).unwrap();
+            assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                String::from_utf8(line.serde_json_line()).unwrap()
+            );
+        }
     }
 
     /// A combiner of records with one feature, no lateness and no bound on jumps.

@@ -74,12 +74,30 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Bench(BenchCommand::Memory {
+            features,
+            window,
+            every_ms,
+            many_keys: Some(many_keys),
+            many_keys_rows,
+            json,
+            ..
+        }) => tributary::bench::memory_many_keys(
+            many_keys,
+            &many_keys_rows,
+            features,
+            &window,
+            std::time::Duration::from_millis(every_ms),
+        )
+        .map(|run| report(&run, json, tributary::bench::many_keys_table)),
+        Command::Bench(BenchCommand::Memory {
             rows,
             keys,
             features,
             window,
             every_ms,
+            many_keys: None,
             json,
+            ..
         }) => tributary::bench::memory(
             rows,
             keys,
@@ -88,6 +106,25 @@ fn main() -> ExitCode {
             std::time::Duration::from_millis(every_ms),
         )
         .map(|run| report(&run, json, tributary::bench::memory_table)),
+        Command::Bench(BenchCommand::Keys {
+            rows,
+            keys,
+            features,
+            window,
+            workers,
+            engine,
+            max_rss_mib,
+            json,
+        }) => tributary::bench::keys(&tributary::bench::KeysSettings {
+            rows,
+            keys,
+            features,
+            window,
+            workers,
+            engine,
+            max_rss_mib,
+        })
+        .map(|rows| report(&rows, json, |r| tributary::bench::keys_table(r))),
         Command::Bench(BenchCommand::Throughput(args)) => {
             let settings = ThroughputSettings {
                 rows: args.rows,

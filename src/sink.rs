@@ -94,9 +94,12 @@ impl Ledger {
 
 /// Elements written as one JSON object per line.
 pub trait JsonLine {
-    /// Writes the element as one JSON object (no newline).
-    fn write_json(&self, w: &mut dyn Write) -> io::Result<()>;
+    /// Appends the element to `out` as one JSON object (no newline).
+    fn write_json(&self, out: &mut Vec<u8>) -> io::Result<()>;
 }
+
+/// Bytes of formatted lines gathered before they are handed to the writer.
+const LINE_CHUNK: usize = 1 << 16;
 
 /// Writes a stream as JSON lines on worker 0.
 pub trait WriteLines<'scope, D> {
@@ -160,6 +163,7 @@ where
                     Epoch,
                     (timely::dataflow::operators::Capability<Epoch>, Vec<D>),
                 > = BTreeMap::new();
+                let mut line: Vec<u8> = Vec::with_capacity(2 * LINE_CHUNK);
                 move |(input, frontier),
                       output: &mut timely::dataflow::operators::generic::OutputBuilderSession<
                     '_,
@@ -182,16 +186,28 @@ where
                             break;
                         }
                         let (cap, mut items) = pending.remove(&epoch).expect("present");
-                        items.sort_by_key(|item| order(item));
+                        // The key once per item, not once per comparison (it may own a copy of the key).
+                        items.sort_by_cached_key(|item| order(item));
                         if let Some((w, len)) = writer.as_mut() {
                             let mut counting = Counting {
                                 inner: &mut **w,
                                 written: 0,
                             };
-                            let written = items.iter().try_for_each(|item| {
-                                item.write_json(&mut counting)?;
-                                counting.write_all(b"\n")
-                            });
+                            // Lines are formatted into one reused buffer, handed to the
+                            // writer a chunk at a time.
+                            let written = items
+                                .iter()
+                                .try_for_each(|item| {
+                                    item.write_json(&mut line)?;
+                                    line.push(b'\n');
+                                    if line.len() >= LINE_CHUNK {
+                                        counting.write_all(&line)?;
+                                        line.clear();
+                                    }
+                                    Ok(())
+                                })
+                                .and_then(|()| counting.write_all(&line));
+                            line.clear();
                             *len += counting.written;
                             if let Err(e) = written.and_then(|()| w.flush()) {
                                 tracing::error!("writing output: {e}");

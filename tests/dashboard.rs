@@ -399,6 +399,8 @@ fn the_dashboard_shows_every_key_its_coefficients_and_the_watermark_in_chromium(
     // A screenshot for people: target/dashboard.png.
     let png = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/dashboard.png");
     let _ = std::fs::remove_file(&png);
+    // The checkout's own target/, even when CARGO_TARGET_DIR builds elsewhere.
+    std::fs::create_dir_all(png.parent().unwrap()).unwrap();
     run_chromium(
         &chrome,
         &dir,

@@ -528,7 +528,7 @@ fn gen_csv_matches_oracle(name: &str, extra: &[&str]) {
 }
 
 /// The comparison is a witness: an engine output that differs from the oracle in any one
-/// field (n, a coefficient, r2, rmse, cond beyond its factor, status, window end, a window
+/// field (n, a coefficient, r2, rmse, cond outside its bracket, status, window end, a window
 /// missing, a revision out of its history) fails it, naming the window.
 #[test]
 fn the_comparison_fails_on_any_wrong_field() {
@@ -567,6 +567,7 @@ fn the_comparison_fails_on_any_wrong_field() {
     });
     fails("r2 null", &|m| m.r2 = None);
     fails("cond", &|m| m.cond *= 11.0);
+    fails("cond below the condition number", &|m| m.cond *= 0.5);
     fails("cond null", &|m| m.cond = f64::NAN);
     fails("status", &|m| m.status = Some("ill_conditioned".into()));
     // A window whose end is wrong is a window missing and one extra.
