@@ -1522,7 +1522,9 @@ fn split<'scope, D: 'static, const N: usize>(
     part: impl Fn(&D) -> u64 + 'static,
 ) -> [StreamVec<'scope, Epoch, D>; N] {
     let parts = stream.partition(N as u64, move |d| (part(&d), d));
-    parts.try_into().ok().expect("N parts")
+    parts
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("partition gives N parts"))
 }
 
 /// The windows of one key's open panes, each with the indices of the panes it sums.
