@@ -333,7 +333,7 @@ fn is_zero_u32(v: &u32) -> bool {
 }
 
 impl crate::sink::JsonLine for ModelLine {
-    /// The bytes serde_json writes for [`ModelJson`] (a unit test holds them equal), with
+    /// The bytes serde_json writes for `ModelJson` (a unit test holds them equal), with
     /// the field names as literals: only the key and the numbers are formatted.
     fn write_json(&self, w: &mut Vec<u8>) -> std::io::Result<()> {
         use std::io::Write;
