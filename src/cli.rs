@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::cluster::ClusterConfig;
-use crate::dataflow::OnError;
 use crate::job::JobSpec;
+use crate::types::OnError;
 
 /// `tributary --version`: the crate's version and the git commit it was built from
 /// (`unknown` outside a git checkout; see build.rs).

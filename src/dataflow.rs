@@ -51,25 +51,13 @@ use crate::stats::Stats;
 use crate::window::{Admission, Pane, Time, Watermark, Window, WindowSpec};
 use crate::{failpoint, quarantine};
 
-/// Timely timestamps: source batch numbers.
-pub type Epoch = u64;
+pub use crate::types::{Counts, Epoch, OnError};
 
 /// The arranged state: per key and pane, the pane's statistics.
 pub type PaneTrace = TraceAgent<ValSpine<String, Pane, Epoch, Stats>>;
 
 /// A pane update of the arrangement's input: ((key, pane), time, statistics).
 pub type PaneUpdate = ((String, Pane), Epoch, Stats);
-
-/// What to do with a malformed input line.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum OnError {
-    /// Count it, report the first ones on stderr, and go on.
-    #[default]
-    Skip,
-    /// Stop the run with an error naming file, line and field.
-    Fail,
-}
 
 /// Everything the windows need to know, fixed for a run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -84,19 +72,6 @@ pub struct WindowConfig {
     pub solve: SolveOptions,
     /// Number of features.
     pub features: usize,
-}
-
-/// Counters of what a source read, by kind.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counts {
-    /// Well-formed records (admitted or not).
-    pub records: u64,
-    /// Malformed lines.
-    pub malformed: u64,
-    /// Records set aside as late.
-    pub late: u64,
-    /// Records set aside as too far ahead.
-    pub too_far: u64,
 }
 
 /// A worker's event-time progress after one batch, broadcast to every worker.

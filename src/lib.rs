@@ -27,10 +27,12 @@ pub mod serve;
 pub mod sink;
 pub mod source;
 pub mod stats;
+pub mod types;
 pub mod window;
 
 pub use dataflow::{ModelLine, WindowConfig};
 pub use model::{Fit, SolveOptions, Status, solve};
 pub use record::{Record, RecordRef, Schema};
 pub use stats::Stats;
+pub use types::{Counts, Epoch, OnError};
 pub use window::{Pane, Window, WindowSpec};

@@ -119,7 +119,7 @@ pub struct Snapshot {
 
 impl Metrics {
     /// Adds one batch's source counts.
-    pub fn add(&self, counts: &crate::dataflow::Counts) {
+    pub fn add(&self, counts: &crate::types::Counts) {
         self.records.fetch_add(counts.records, Relaxed);
         self.malformed.fetch_add(counts.malformed, Relaxed);
         self.late.fetch_add(counts.late, Relaxed);

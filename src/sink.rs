@@ -11,7 +11,7 @@ use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Operator;
 
-use crate::dataflow::Epoch;
+use crate::types::Epoch;
 
 /// Opens `path` for JSON lines (`-` is stdout), truncating it or appending to it.
 pub fn open_lines(path: &Path, append: bool) -> io::Result<Box<dyn Write>> {

@@ -8,8 +8,9 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::{Capability, Operator};
 
 use super::{Commit, Store, unix_ms};
-use crate::dataflow::{Ack, Control, Epoch};
+use crate::dataflow::{Ack, Control};
 use crate::sink::SharedLedger;
+use crate::types::Epoch;
 
 /// Commits checkpoint epochs.
 pub trait Coordinate<'scope> {

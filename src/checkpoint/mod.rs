@@ -29,8 +29,7 @@ use crate::window::{Pane, Time};
 
 pub use codec::{CodecError, FORMAT_VERSION};
 
-/// Timely epochs (source batch numbers).
-pub type Epoch = u64;
+pub use crate::types::Epoch;
 
 /// Exit code of a run stopped because a checkpoint write failed (a part, a commit, a fold,
 /// the output sync): the state on disk is the last complete checkpoint, and a restart

@@ -19,9 +19,9 @@ use super::lines::shorten;
 use super::log::{AppendError, IngestLog, RecordBatch};
 use super::{FileFormat, LineParser, Malformed};
 use crate::checkpoint::SourcePosition;
-use crate::dataflow::OnError;
 use crate::metrics::Metrics;
 use crate::record::Schema;
+use crate::types::OnError;
 
 /// Largest batch appended to the log at once.
 pub const BATCH_RECORDS: usize = 8192;
