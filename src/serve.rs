@@ -61,7 +61,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, watch};
 
 use crate::checkpoint::{Store, codec};
 use crate::dataflow::{ModelLine, WindowConfig};
-use crate::job::JobSpec;
 use crate::metrics::Metrics;
 use crate::model::Status;
 use crate::record::Schema;
@@ -155,68 +154,6 @@ impl Default for HttpLimits {
             token_file: None,
             dashboard: true,
         }
-    }
-}
-
-impl HttpLimits {
-    /// The limits a job's settings give (defaults for those unset), checked.
-    pub fn from_spec(spec: &JobSpec) -> Result<HttpLimits, String> {
-        let duration = |value: &Option<String>, default: Duration, flag: &str| match value {
-            None => Ok(default),
-            Some(text) => match parse_duration(text).map_err(|e| format!("{flag}: {e}"))? {
-                ms if ms > 0 => Ok(Duration::from_millis(ms as u64)),
-                _ => Err(format!("{flag} must be positive, not {text:?}")),
-            },
-        };
-        let positive = |value: Option<usize>, default: usize, flag: &str| match value {
-            Some(0) => Err(format!("{flag} must be at least 1")),
-            v => Ok(v.unwrap_or(default)),
-        };
-        let max_body = spec.max_body.unwrap_or(DEFAULT_MAX_BODY);
-        let limits = HttpLimits {
-            max_body,
-            header_timeout: duration(
-                &spec.header_timeout,
-                DEFAULT_HEADER_TIMEOUT,
-                "--header-timeout",
-            )?,
-            body_timeout: duration(&spec.body_timeout, DEFAULT_BODY_TIMEOUT, "--body-timeout")?,
-            idle_timeout: duration(
-                &spec.http_idle_timeout,
-                DEFAULT_IDLE_TIMEOUT,
-                "--http-idle-timeout",
-            )?,
-            max_connections: positive(
-                spec.max_connections,
-                DEFAULT_MAX_CONNECTIONS,
-                "--max-connections",
-            )?,
-            max_inflight_bytes: positive(
-                spec.max_inflight_bytes,
-                DEFAULT_MAX_INFLIGHT_BYTES.max(max_body),
-                "--max-inflight-bytes",
-            )?,
-            max_key_bytes: positive(spec.max_key_bytes, DEFAULT_MAX_KEY_BYTES, "--max-key-bytes")?,
-            max_keys: positive(spec.max_keys, DEFAULT_MAX_KEYS, "--max-keys")?,
-            allow_hosts: spec.allow_host.clone().unwrap_or_default(),
-            token_file: spec.token_file.clone(),
-            dashboard: spec.dashboard.unwrap_or(true),
-        };
-        if limits.max_inflight_bytes < max_body {
-            return Err(format!(
-                "--max-inflight-bytes {} is below --max-body {max_body}: a body of the largest \
-                 size could never be read; raise the one or lower the other",
-                limits.max_inflight_bytes
-            ));
-        }
-        for host in &limits.allow_hosts {
-            if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
-                return Err(format!(
-                    "--allow-host {host:?}: expected a host name or address (no port, no path)"
-                ));
-            }
-        }
-        Ok(limits)
     }
 }
 
