@@ -24,7 +24,15 @@
 //! applies. It needs SSSE3 and SSE4.1 (every x86-64 CPU since 2008), checked at run time;
 //! elsewhere every line takes the general path.
 
-use super::lines::Slot;
+/// What a column or JSON field is used for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Slot {
+    Time,
+    Key,
+    /// Index into `z = [x, y]`.
+    Z(usize),
+    Skip,
+}
 
 /// Where a line's fields go: the parser's scratch record.
 pub(super) struct Scratch<'a> {
@@ -476,8 +484,8 @@ mod tests {
 
     #[test]
     fn in_order_is_exactly_time_key_z() {
+        use super::Slot::{Key, Skip, Time, Z};
         use super::in_order;
-        use crate::source::lines::Slot::{Key, Skip, Time, Z};
         assert!(in_order(&[Time, Key, Z(0), Z(1)], 2));
         assert!(!in_order(&[Time, Key, Z(1), Z(0)], 2));
         assert!(!in_order(&[Key, Time, Z(0), Z(1)], 2));

@@ -9,7 +9,8 @@ use std::collections::HashMap;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
-use super::{SourceError, decimal, fast_csv};
+use super::fast_csv::{self, Slot};
+use super::{SourceError, decimal};
 use crate::record::{MAX_ABS_VALUE, RecordRef, Schema, check_time, check_value};
 
 /// The line format of a source.
@@ -19,16 +20,6 @@ pub enum FileFormat {
     Csv,
     /// One JSON object per line.
     Jsonl,
-}
-
-/// What a column or JSON field is used for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Slot {
-    Time,
-    Key,
-    /// Index into `z = [x, y]`.
-    Z(usize),
-    Skip,
 }
 
 /// Parses lines of one format against a [`Schema`], one record at a time.
