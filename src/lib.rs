@@ -10,13 +10,11 @@
 
 pub mod bench;
 pub mod checkpoint;
-pub mod cli;
 pub mod cluster;
 pub mod dashboard;
 pub mod dataflow;
 pub mod failpoint;
 pub mod job;
-pub mod launch;
 pub mod logging;
 pub mod metrics;
 pub mod model;

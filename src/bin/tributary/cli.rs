@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::cluster::ClusterConfig;
-use crate::job::JobSpec;
-use crate::types::OnError;
+use tributary::cluster::ClusterConfig;
+use tributary::job::JobSpec;
+use tributary::types::OnError;
 
 /// `tributary --version`: the crate's version and the git commit it was built from
 /// (`unknown` outside a git checkout; see build.rs).
@@ -67,7 +67,7 @@ pub struct Cli {
     /// Log lines on stderr: `text` for people, `json` (one object per line) for machines;
     /// `RUST_LOG` filters them (e.g. `warn`, `tributary=debug`) [default: info].
     #[arg(long, value_enum, global = true, default_value = "text")]
-    pub log_format: crate::logging::LogFormat,
+    pub log_format: tributary::logging::LogFormat,
 }
 
 /// The subcommands.

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use crate::window::parse_duration;
+use tributary::window::parse_duration;
 
 /// `tributary launch` flags.
 #[derive(Clone, Debug, Args)]
@@ -536,7 +536,7 @@ pub fn launch(args: LaunchArgs) -> Result<(), String> {
                 p.pid,
                 describe_exit(&status)
             );
-        } else if status.code() == Some(crate::quarantine::EXIT_PEER_LOST) && failed.is_none() {
+        } else if status.code() == Some(tributary::quarantine::EXIT_PEER_LOST) && failed.is_none() {
             tracing::info!(
                 "launch: process {i} (pid {}) {}",
                 p.pid,

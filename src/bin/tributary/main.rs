@@ -1,11 +1,15 @@
-//! The `tributary` command.
+//! The `tributary` command: its flags ([`cli`]), `launch` ([`launch`]), and the
+//! subcommands, each a call of the library.
+
+mod cli;
+mod launch;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
+use crate::cli::{BenchCommand, CheckpointCommand, Cli, Command, GenArgs, RunArgs};
 use clap::{CommandFactory, Parser};
 use tributary::bench::{ThroughputSettings, throughput, throughput_table};
-use tributary::cli::{BenchCommand, CheckpointCommand, Cli, Command, GenArgs, RunArgs};
 use tributary::job::{JobSpec, run};
 use tributary::source::{GenReader, GenSpec};
 use tributary::window::parse_duration;
@@ -35,7 +39,7 @@ fn main() -> ExitCode {
         Command::Man { subcommand } => man(subcommand.as_deref()),
         Command::Run(args) => run_command(*args),
         Command::Gen(args) => gen_command(args),
-        Command::Launch(args) => tributary::launch::launch(args),
+        Command::Launch(args) => launch::launch(args),
         Command::Checkpoint(CheckpointCommand::Verify { dir }) => {
             return match tributary::checkpoint::verify::verify(&dir) {
                 Ok(report) => {
@@ -164,14 +168,14 @@ fn man(subcommand: Option<&str>) -> Result<(), String> {
             sub.clone()
                 .display_name(format!("tributary-{name}"))
                 .bin_name(format!("tributary {name}"))
-                .version(tributary::cli::VERSION)
+                .version(cli::VERSION)
         }
     };
     let man = clap_mangen::Man::new(page);
     let mut out = Vec::new();
     man.render(&mut out).map_err(|e| format!("man: {e}"))?;
     out.extend_from_slice(b".SH \"EXIT STATUS\"\n");
-    for (code, meaning) in tributary::cli::EXIT_CODES {
+    for (code, meaning) in cli::EXIT_CODES {
         let meaning = meaning.replace('\\', "\\\\").replace('-', "\\-");
         out.extend_from_slice(format!(".TP\n\\fB{code}\\fR\n{meaning}\n").as_bytes());
     }
