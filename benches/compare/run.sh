@@ -26,6 +26,16 @@
 #                   in the peers README: it does not fit in 24 GiB at 1M)
 #   SKIP_INSTALL=1  do not pip-install; use what the venv has
 #   DOC_CMD         the command line to quote in results.md [the default invocation]
+#
+# Many-keys mode (issue 15): KEYS="16 1000 10000" runs, instead of the 16-key suite above,
+# one generated file per key count (gen.py --k K, same N and seed) through Tributary -w 1 and
+# -w 2, numpy and bytewax (1 worker), each checked against its own lstsq oracle, and writes
+# results_keys.md, results_keys.json and keys.svg (records/s and peak RSS against keys).
+#   KEYS            key counts, e.g. "10000" or "16 1000 10000" [unset: the suite above]
+#   WINDOW_MS       window length in ms, many-keys mode only [600000]
+#   SLIDE_MS        window slide in ms, many-keys mode only [100000]. With one record per ms,
+#                   a (key, window) holds about WINDOW_MS / K records: 60 at 10 000 keys
+#   KEYS_PEERS      peers of the many-keys mode [numpy bytewax]; bytewax runs as bytewax_w1
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -43,6 +53,23 @@ REPEATS=${REPEATS:-1}
 PW_COLS=${PW_COLS:-0}
 SKIP_INSTALL=${SKIP_INSTALL:-0}
 DOC_CMD=${DOC_CMD:-bash benches/compare/run.sh}
+KEYS=${KEYS:-}
+if [ -n "$KEYS" ]; then
+  WINDOW_MS=${WINDOW_MS:-600000}
+  SLIDE_MS=${SLIDE_MS:-100000}
+  KEYS_PEERS=${KEYS_PEERS:-numpy bytewax}
+  PEERS=$KEYS_PEERS
+  for k in $KEYS; do
+    [[ "$k" =~ ^[1-9][0-9]*$ ]] || { echo "KEYS: '$k' is not a positive integer" >&2; exit 2; }
+  done
+  for p in $KEYS_PEERS; do
+    case $p in numpy|bytewax) ;; *) echo "KEYS_PEERS: '$p' is not numpy or bytewax" >&2; exit 2 ;; esac
+  done
+  for v in WINDOW_MS SLIDE_MS; do
+    [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || { echo "$v: '${!v}' is not a positive integer (ms)" >&2; exit 2; }
+  done
+  [ $((WINDOW_MS % SLIDE_MS)) = 0 ] || { echo "WINDOW_MS ($WINDOW_MS) must be a multiple of SLIDE_MS ($SLIDE_MS)" >&2; exit 2; }
+fi
 export PYTHONDONTWRITEBYTECODE=1   # never write __pycache__ into the (shared) peers folder
 
 log() { printf '[compare %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -179,6 +206,99 @@ trib_cfg() {  # workers n rep
   fi
 }
 
+write_machine() {  # the run's context, for the reports
+  {
+    echo "date_utc=$(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "nproc=$(nproc)"
+    echo "mem_total_gib=$(awk '/MemTotal/ {printf "%.1f", $2/1048576}' /proc/meminfo)"
+    echo "cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+    echo "loadavg_start=$LOAD_START"
+    echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "kernel=$(uname -r)"
+    echo "python=$("$PY" -c 'import sys; print(sys.version.split()[0])')"
+    echo "tributary=$(head -1 "$OUT/tributary_version.txt")"
+    echo "tributary_commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo -)$(git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' + uncommitted changes in src/Cargo')"
+    echo "tributary_bin=$TRIB"
+    echo "tributary_bin_mtime=$(date -u -r "$TRIB" '+%Y-%m-%d %H:%M UTC')"
+    echo "tributary_built_by_script=$([ -n "${TRIBUTARY_BIN:-}" ] && echo no || echo yes)"
+    echo "n=$N"
+    echo "n_big=$N_BIG"
+    echo "repeats=$REPEATS"
+    echo "command=$DOC_CMD"
+    echo "keys=$KEYS"
+    echo "window_ms=${WINDOW_MS:-60000}"
+    echo "slide_ms=${SLIDE_MS:-10000}"
+    echo "work=$WORK"
+    echo "peers_dir=$PEERS_DIR"
+  } > "$OUT/machine.txt"
+}
+
+# ---------------------------------------------------------------- many-keys mode (KEYS set)
+if [ -n "$KEYS" ]; then
+  SZ=$(label "$N")
+  O=$OUT/out
+  WS="w${WINDOW_MS}_s${SLIDE_MS}"
+  keys_data() {  # K -> generates (once, cached in $WORK) the K-key CSV and its lstsq oracle for these windows
+    local k=$1 d ref
+    d=$WORK/data_${SZ}_k$k.csv; ref=$WORK/reference_${SZ}_k${k}_$WS.csv
+    if [ ! -f "$d.ok" ]; then
+      log "generating $N records, $k keys -> $d"
+      (cd "$PEERS_DIR" && "$PY" gen.py --n "$N" --k "$k" --seed 42 --out "$d") >&2
+      touch "$d.ok"
+    fi
+    if [ ! -f "$ref.ok" ]; then
+      log "numpy lstsq oracle, $k keys, window ${WINDOW_MS}/${SLIDE_MS} ms -> $ref"
+      "$PY" "$PEERS_DIR/measure.py" "$OUT/logs/reference_${SZ}_k$k.log" -- \
+        "$PY" "$PEERS_DIR/reference.py" --data "$d" --out "$ref" --w "$WINDOW_MS" --s "$SLIDE_MS" >&2
+      touch "$ref.ok"
+    fi
+    cp "$ref" "$O/reference_${SZ}_k$k.csv"
+  }
+  for k in $KEYS; do
+    keys_data "$k"
+    D=$WORK/data_${SZ}_k$k.csv
+    for rep in $(seq 1 "$REPEATS"); do
+      for w in 1 2; do
+        name=tributary_w${w}__k$k
+        jl=$O/$name.jsonl; csv=$O/${name}_$SZ.csv
+        rm -f "$jl"
+        run_cfg "$name" tributary "$N" "$rep" "$csv" -- \
+          "$TRIB" run --source "csv:$D" --time ts --key key --features x0..x7 --target y \
+            --window "sliding:${WINDOW_MS}ms/${SLIDE_MS}ms" --lateness 0s --out "$jl" -q -w "$w"
+        if [ -f "$jl" ]; then
+          "$PY" "$HERE/tributary_to_csv.py" "$jl" "$csv" | tee -a "$OUT/logs/${name}_${SZ}_r$rep.log" >&2 || true
+          rm -f "$jl"
+        fi
+      done
+      for p in $KEYS_PEERS; do
+        if ! peer_ok "$p"; then
+          [ "$rep" = 1 ] && skip_cfg "${p}__k$k" "$p" "$N" "not-installed"
+          continue
+        fi
+        case $p in
+          numpy)
+            run_cfg "numpy__k$k" numpy "$N" "$rep" "$O/numpy__k${k}_$SZ.csv" -- "$PY" "$PEERS_DIR/numpy_windowed_ols.py" \
+              --data "$D" --out "$O/numpy__k${k}_$SZ.csv" --w "$WINDOW_MS" --s "$SLIDE_MS" ;;
+          bytewax)
+            run_cfg "bytewax_w1__k$k" bytewax "$N" "$rep" "$O/bytewax_w1__k${k}_$SZ.csv" -- "$PY" "$PEERS_DIR/bytewax_windowed_ols.py" \
+              --data "$D" --out "$O/bytewax_w1__k${k}_$SZ.csv" --w "$WINDOW_MS" --s "$SLIDE_MS" ;;
+        esac
+      done
+    done
+    log "checking the $k-key outputs against the oracle (compare.py)"
+    ls "$O"/*__k"${k}_$SZ".csv > "$OUT/files_${SZ}_k$k.txt" 2>/dev/null || true
+    if [ -s "$OUT/files_${SZ}_k$k.txt" ]; then
+      "$PY" "$PEERS_DIR/compare.py" --ref "$O/reference_${SZ}_k$k.csv" $(cat "$OUT/files_${SZ}_k$k.txt") \
+        > "$OUT/compare_${SZ}_k$k.txt" || log "compare.py failed for $k keys"
+      cat "$OUT/compare_${SZ}_k$k.txt" >&2
+    fi
+  done
+  write_machine
+  "$PY" "$HERE/keys_report.py" "$OUT" || die "keys_report.py failed"
+  log "done: $OUT/results_keys.md, $OUT/keys.svg"
+  exit 0
+fi
+
 SZ=$(label "$N")
 data_for "$N"
 D=$WORK/data_$SZ.csv
@@ -231,24 +351,6 @@ if [ "$N_BIG" != 0 ] && [ "$N_BIG" != "$N" ]; then
 fi
 
 # ---------------------------------------------------------------- machine, table, plot
-{
-  echo "date_utc=$(date -u '+%Y-%m-%d %H:%M UTC')"
-  echo "nproc=$(nproc)"
-  echo "mem_total_gib=$(awk '/MemTotal/ {printf "%.1f", $2/1048576}' /proc/meminfo)"
-  echo "cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
-  echo "loadavg_start=$LOAD_START"
-  echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "kernel=$(uname -r)"
-  echo "python=$("$PY" -c 'import sys; print(sys.version.split()[0])')"
-  echo "tributary=$(head -1 "$OUT/tributary_version.txt")"
-  echo "tributary_commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo -)$(git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' + uncommitted changes in src/Cargo')"
-  echo "tributary_bin=$TRIB"
-  echo "tributary_bin_mtime=$(date -u -r "$TRIB" '+%Y-%m-%d %H:%M UTC')"
-  echo "tributary_built_by_script=$([ -n "${TRIBUTARY_BIN:-}" ] && echo no || echo yes)"
-  echo "n=$N"
-  echo "n_big=$N_BIG"
-  echo "repeats=$REPEATS"
-  echo "command=$DOC_CMD"
-} > "$OUT/machine.txt"
+write_machine
 "$PY" "$HERE/report.py" "$OUT" || die "report.py failed"
 log "done: $OUT/results.md, $OUT/peers.svg"
