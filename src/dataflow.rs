@@ -51,6 +51,7 @@ use crate::stats::Stats;
 use crate::window::{Admission, Pane, Time, Watermark, Window, WindowSpec};
 use crate::{failpoint, quarantine};
 
+pub use crate::messages::{Ack, Control, Progress};
 pub use crate::types::{Counts, Epoch, OnError};
 
 /// The arranged state: per key and pane, the pane's statistics.
@@ -72,42 +73,6 @@ pub struct WindowConfig {
     pub solve: SolveOptions,
     /// Number of features.
     pub features: usize,
-}
-
-/// A worker's event-time progress after one batch, broadcast to every worker.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Progress {
-    /// The reporting worker.
-    pub worker: usize,
-    /// Largest event time it admitted so far (`Time::MAX` once its share is done).
-    pub max_seen: Time,
-    /// What the batch held.
-    pub counts: Counts,
-    /// Whether the epoch of this report is a checkpoint epoch.
-    pub checkpoint: bool,
-    /// Whether this batch was the source's idle close (`--close-after-idle`): the
-    /// partition's largest time was moved past every window open.
-    pub idle: bool,
-}
-
-/// What the windows operator hears besides the pane statistics (broadcast to every worker).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Control {
-    /// A worker's progress after one of its batches.
-    Progress(Progress),
-    /// Every worker's part of this checkpoint epoch is durable and committed.
-    Committed(Epoch),
-}
-
-/// A worker's part of a checkpoint epoch is durable.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Ack {
-    /// The checkpoint epoch.
-    pub epoch: Epoch,
-    /// The worker.
-    pub worker: usize,
-    /// Largest event time admitted by each worker, as of the epoch.
-    pub max_seen: Vec<Time>,
 }
 
 /// What a run shares with its operators beyond the window configuration.

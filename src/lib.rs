@@ -16,6 +16,7 @@ pub mod dataflow;
 pub mod failpoint;
 pub mod job;
 pub mod logging;
+pub mod messages;
 pub mod metrics;
 pub mod model;
 pub mod operators;

@@ -167,3 +167,51 @@ mod tests {
         assert!(parse_features("").is_err());
     }
 }
+
+/// Records in columns: what one append carries, and one batch of the log.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RecordBatch {
+    /// Event times.
+    pub time: Vec<Time>,
+    /// Keys.
+    pub key: Vec<String>,
+    /// Rows `z = [x, y]`, `d + 1` values each, one after the other.
+    pub z: Vec<f64>,
+}
+
+impl RecordBatch {
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.time.len()
+    }
+
+    /// Whether the batch holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.time.is_empty()
+    }
+
+    /// Appends a record.
+    pub fn push(&mut self, record: RecordRef<'_>) {
+        self.time.push(record.time);
+        self.key.push(record.key.to_owned());
+        self.z.extend_from_slice(record.z);
+    }
+
+    /// The batch's size in memory, as the ingest log counts it against
+    /// `--max-pending-bytes`: per record its key (bytes plus a `String`'s 24), its time
+    /// and its values (8 bytes each).
+    pub fn bytes(&self) -> u64 {
+        let keys: usize = self.key.iter().map(|k| k.len() + 24).sum();
+        (keys + 8 * self.time.len() + 8 * self.z.len()) as u64
+    }
+
+    /// The records, borrowed.
+    pub fn iter(&self) -> impl Iterator<Item = RecordRef<'_>> {
+        let width = self.z.len().checked_div(self.len()).unwrap_or(0);
+        self.time
+            .iter()
+            .zip(&self.key)
+            .zip(self.z.chunks_exact(width.max(1)))
+            .map(|((&time, key), z)| RecordRef { time, key, z })
+    }
+}

@@ -8,7 +8,7 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::{Capability, Operator};
 
 use super::{Commit, Store, unix_ms};
-use crate::dataflow::{Ack, Control};
+use crate::messages::{Ack, Control};
 use crate::sink::SharedLedger;
 use crate::types::Epoch;
 

@@ -637,7 +637,7 @@ impl Store {
     /// file's position: a damaged one is refused here, at start, naming its key.
     fn check_ingest(&self, from: u64) -> Result<(), CheckpointError> {
         for (seq, bytes) in self.ingest_batches(from)? {
-            self.decode::<crate::source::RecordBatch>(&keys::ingest(seq), &bytes)?;
+            self.decode::<crate::record::RecordBatch>(&keys::ingest(seq), &bytes)?;
         }
         self.source_position()?;
         Ok(())

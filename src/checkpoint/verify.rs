@@ -24,7 +24,7 @@ use super::{
     CheckpointError, Commit, Epoch, Meta, Part, Replay, SourcePosition, Store, keys, process_dir,
 };
 use crate::dataflow::ModelLine;
-use crate::source::RecordBatch;
+use crate::record::RecordBatch;
 use crate::stats::Stats;
 
 /// What `verify` found.

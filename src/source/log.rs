@@ -19,61 +19,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use timely::scheduling::SyncActivator;
 
 use super::{RecordSink, SourceError};
 use crate::checkpoint::{CheckpointError, SourcePosition, Store, codec};
-use crate::record::RecordRef;
+pub use crate::record::RecordBatch;
 use crate::window::{Time, Watermark};
-
-/// Records in columns: what one append carries, and one batch of the log.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct RecordBatch {
-    /// Event times.
-    pub time: Vec<Time>,
-    /// Keys.
-    pub key: Vec<String>,
-    /// Rows `z = [x, y]`, `d + 1` values each, one after the other.
-    pub z: Vec<f64>,
-}
-
-impl RecordBatch {
-    /// Number of records.
-    pub fn len(&self) -> usize {
-        self.time.len()
-    }
-
-    /// Whether the batch holds no record.
-    pub fn is_empty(&self) -> bool {
-        self.time.is_empty()
-    }
-
-    /// Appends a record.
-    pub fn push(&mut self, record: RecordRef<'_>) {
-        self.time.push(record.time);
-        self.key.push(record.key.to_owned());
-        self.z.extend_from_slice(record.z);
-    }
-
-    /// The batch's size in memory, as the ingest log counts it against
-    /// `--max-pending-bytes`: per record its key (bytes plus a `String`'s 24), its time
-    /// and its values (8 bytes each).
-    pub fn bytes(&self) -> u64 {
-        let keys: usize = self.key.iter().map(|k| k.len() + 24).sum();
-        (keys + 8 * self.time.len() + 8 * self.z.len()) as u64
-    }
-
-    /// The records, borrowed.
-    pub fn iter(&self) -> impl Iterator<Item = RecordRef<'_>> {
-        let width = self.z.len().checked_div(self.len()).unwrap_or(0);
-        self.time
-            .iter()
-            .zip(&self.key)
-            .zip(self.z.chunks_exact(width.max(1)))
-            .map(|((&time, key), z)| RecordRef { time, key, z })
-    }
-}
 
 /// Why an append was refused.
 #[derive(Debug, thiserror::Error)]
@@ -497,6 +449,7 @@ impl LogReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::RecordRef;
 
     fn batch(records: usize, key_len: usize) -> Arc<RecordBatch> {
         let mut b = RecordBatch::default();
