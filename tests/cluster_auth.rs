@@ -104,6 +104,7 @@ struct Setup {
     out: PathBuf,
     common: Vec<String>,
     port0: u16,
+    hostfile: PathBuf,
 }
 
 fn setup(dir: &TempDir) -> Setup {
@@ -114,21 +115,8 @@ fn setup(dir: &TempDir) -> Setup {
     let rows = generate(&spec);
     let csv = dir.path("in.csv");
     write_csv(&csv, &rows, d);
-    let ports: Vec<u16> = (0..2)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect::<Vec<_>>()
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect();
     let hostfile = dir.path("hosts.txt");
-    std::fs::write(
-        &hostfile,
-        ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}\n"))
-            .collect::<String>(),
-    )
-    .unwrap();
+    let port0 = write_hostfile(&hostfile);
     let out = dir.path("models.jsonl");
     let common = [
         "run",
@@ -155,8 +143,51 @@ fn setup(dir: &TempDir) -> Setup {
         want: oracle(&rows, d, win, None),
         out,
         common,
-        port0: ports[0],
+        port0,
+        hostfile,
     }
+}
+
+/// Writes a hostfile of two free ports on 127.0.0.1 (probed, then released for the
+/// processes to bind); returns process 0's.
+fn write_hostfile(hostfile: &Path) -> u16 {
+    let ports: Vec<u16> = (0..2)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    let lines: String = ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect();
+    std::fs::write(hostfile, lines).unwrap();
+    ports[0]
+}
+
+/// Starts process 0 with `extra` arguments and waits until it listens. Its port was
+/// probed free and released: if another process took it before process 0 bound it, the
+/// hostfile gets new ports and process 0 is started again (at most 3 times).
+fn start_p0(dir: &TempDir, s: &mut Setup, extra: &[&str]) -> Proc {
+    for attempt in 1..=3 {
+        let name = if attempt == 1 {
+            "p0".to_owned()
+        } else {
+            format!("p0-try{attempt}")
+        };
+        let mut p0 = Proc::start(
+            dir,
+            &name,
+            &with(&s.common, &[&["-p", "0"], extra].concat()),
+        );
+        if p0.wait_for_stderr("listening on").is_some() {
+            return p0;
+        }
+        let stderr = p0.stderr_text();
+        assert!(
+            attempt < 3 && stderr.contains("Address already in use"),
+            "process 0 exited before listening:\n{stderr}"
+        );
+        s.port0 = write_hostfile(&s.hostfile);
+    }
+    unreachable!()
 }
 
 fn with(common: &[String], extra: &[&str]) -> Vec<String> {
@@ -206,9 +237,9 @@ fn assert_completes(
 #[test]
 fn a_strangers_connection_during_start_up_is_dropped_and_the_cluster_completes() {
     let dir = TempDir::new("cluster-stranger");
-    let s = setup(&dir);
-    let mut p0 = Proc::start(&dir, "p0", &with(&s.common, &["-p", "0"]));
-    // Process 0 listens once it reaches the cluster's start-up.
+    let mut s = setup(&dir);
+    let mut p0 = start_p0(&dir, &mut s, &[]);
+    // Process 0 listens (it said so).
     let deadline = Instant::now() + WAIT;
     let mut stranger = loop {
         match TcpStream::connect(("127.0.0.1", s.port0)) {
@@ -259,19 +290,10 @@ fn a_strangers_connection_during_start_up_is_dropped_and_the_cluster_completes()
 #[test]
 fn a_process_with_another_token_is_refused_and_the_right_one_joins() {
     let dir = TempDir::new("cluster-token");
-    let s = setup(&dir);
+    let mut s = setup(&dir);
     let good = token_file(&dir, "token-a", "correct horse battery staple");
     let bad = token_file(&dir, "token-b", "another secret");
-    let mut p0 = Proc::start(
-        &dir,
-        "p0",
-        &with(&s.common, &["-p", "0", "--cluster-token-file", &good]),
-    );
-    assert!(
-        p0.wait_for_stderr("listening on").is_some(),
-        "process 0 exited:\n{}",
-        p0.stderr_text()
-    );
+    let mut p0 = start_p0(&dir, &mut s, &["--cluster-token-file", &good]);
     let mut wrong = Proc::start(
         &dir,
         "p1-wrong-token",
