@@ -7,29 +7,12 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use common::http::{BIN, Server, http_args, with};
+use common::http::*;
 use common::*;
-
-/// The key of the record that closes every window (not in the oracle).
-const SENTINEL: &str = "zz-sentinel";
-
-fn append(path: &Path, text: &str) {
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-        .unwrap();
-    f.write_all(text.as_bytes()).unwrap();
-}
-
-fn csv_lines(rows: &[Row]) -> String {
-    rows.iter().map(|r| csv_line(r) + "\n").collect()
-}
 
 fn inode(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
@@ -62,45 +45,6 @@ fn wait_position_at_end(server: &Server, ckpt: &Path, file: &Path, line: usize) 
         let got = stored_position(ckpt);
         (got == want).then_some(()).ok_or(got)
     });
-}
-
-/// Polls `--out` until its final models cover every oracle window.
-fn wait_for_out(
-    server: &Server,
-    out: &Path,
-    want: &BTreeMap<WinKey, Model>,
-) -> BTreeMap<WinKey, Model> {
-    let wanted: BTreeSet<&WinKey> = want.keys().collect();
-    server.wait_for("--out has every final window", || {
-        let got: BTreeMap<WinKey, Model> = read_models(out)
-            .into_iter()
-            .filter(|(k, _)| k.0 != SENTINEL)
-            .collect();
-        let have: BTreeSet<&WinKey> = got.keys().collect();
-        if wanted.is_subset(&have) {
-            Ok(got)
-        } else {
-            Err(format!(
-                "{} of {} windows final; first missing: {:?}",
-                wanted.intersection(&have).count(),
-                wanted.len(),
-                wanted.difference(&have).next()
-            ))
-        }
-    })
-}
-
-/// Every final model in `out` written once (per revision).
-fn assert_written_once(out: &Path) {
-    let text = std::fs::read_to_string(out).unwrap_or_default();
-    let mut seen: BTreeMap<(WinKey, u64), usize> = BTreeMap::new();
-    for e in parse_emissions(complete_lines(&text)) {
-        if e.model.is_final {
-            *seen.entry((e.key.clone(), e.model.revision)).or_default() += 1;
-        }
-    }
-    let twice: Vec<_> = seen.iter().filter(|(_, c)| **c > 1).take(5).collect();
-    assert!(twice.is_empty(), "windows written final twice: {twice:?}");
 }
 
 /// Write, rotate by rename, write the new file, with kill -9 in each phase (`-w 2`):
@@ -193,14 +137,11 @@ fn rotation_by_rename_is_read_exactly_once_across_kill_9() {
 
     // 4. The new file's last lines, and a record past every window.
     let server = Server::start(&dir, &args);
-    let closing = Row {
-        ts: want.keys().map(|k| k.2).max().unwrap() + lateness + 1000,
-        key: SENTINEL.into(),
-        x: vec![0.0; d],
-        y: 0.0,
-    };
     append(&data, &csv_lines(b2));
-    append(&data, &csv_lines(&[closing]));
+    append(
+        &data,
+        &csv_lines(&[sentinel(closing_time(&want, lateness), d)]),
+    );
     let got = wait_for_out(&server, &out, &want);
     assert_models_match(&got, &want, "rotation by rename across kill -9");
     assert_written_once(&out);
@@ -248,12 +189,7 @@ fn rotation_reads_late_lines_of_the_old_file_and_a_removed_one_is_an_error() {
         );
         text.contains(&said).then_some(()).ok_or(text)
     });
-    let closing = Row {
-        ts: want.keys().map(|k| k.2).max().unwrap() + 1000,
-        key: SENTINEL.into(),
-        x: vec![0.0; d],
-        y: 0.0,
-    };
+    let closing = sentinel(closing_time(&want, lateness), d);
     append(&data, &(csv_lines(new) + &csv_lines(&[closing])));
     let got = wait_for_out(&server, &out, &want);
     assert_models_match(&got, &want, "rotation while running");

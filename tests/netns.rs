@@ -424,18 +424,6 @@ fn a_killed_host_process_is_named_by_the_others() {
     );
 }
 
-/// Appends `rows` to the CSV file at `path`.
-fn append_csv(path: &Path, rows: &[Row]) {
-    use std::io::Write;
-    let mut text = String::new();
-    for r in rows {
-        text.push_str(&csv_line(r));
-        text.push('\n');
-    }
-    let mut file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
-    file.write_all(text.as_bytes()).unwrap();
-}
-
 /// Final models in process 0's `--out`, by window.
 fn finals_count(out: &Path) -> usize {
     read_models(out).len()
@@ -510,7 +498,7 @@ fn hosts_lost_mid_run_resume_as_other_shapes_from_a_shared_checkpoint() {
     // Two hosts from the same checkpoint directory, the second third appended; host 1's
     // process killed once more windows are final.
     let before = finals_count(&out);
-    append_csv(&csv, &rows[10_000..20_000]);
+    append(&csv, &csv_lines(&rows[10_000..20_000]));
     let args = cluster_args(&dir, &source, 2, common);
     for i in 0..2 {
         net.start(i, &args, &dir);
@@ -526,7 +514,7 @@ fn hosts_lost_mid_run_resume_as_other_shapes_from_a_shared_checkpoint() {
     assert_peer_lost(&mut net, 1);
     // Three hosts with two workers each, the last third appended, until every window of
     // the oracle is final.
-    append_csv(&csv, &rows[20_000..]);
+    append(&csv, &csv_lines(&rows[20_000..]));
     let args = cluster_args(&dir, &source, 3, &[common, &["-w", "2"]].concat());
     for i in 0..3 {
         net.start(i, &args, &dir);

@@ -18,60 +18,6 @@ use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The sentinel key: records of it only push the watermark; excluded from comparisons.
-const SENTINEL: &str = "zz";
-
-fn sentinel(ts: i64, d: usize) -> Row {
-    Row {
-        ts,
-        key: SENTINEL.into(),
-        x: vec![0.0; d],
-        y: 0.0,
-    }
-}
-
-/// Posts the sentinel, once: the ingest log is one partition, so one batch moves the
-/// watermark of every worker that reads it (no batch per worker needed).
-fn post_sentinel(server: &Server, ts: i64, d: usize) {
-    server.post_rows(&[sentinel(ts, d)], d, false);
-}
-
-/// A time past every window of `rows` plus the lateness: posting it closes them all.
-fn closing_time(want: &BTreeMap<WinKey, Model>, lateness_ms: i64) -> i64 {
-    want.keys().map(|k| k.2).max().unwrap() + lateness_ms + 1000
-}
-
-fn without_sentinel(models: BTreeMap<WinKey, Model>) -> BTreeMap<WinKey, Model> {
-    models
-        .into_iter()
-        .filter(|(k, _)| k.0 != SENTINEL)
-        .collect()
-}
-
-/// Polls `--out` until its final models cover exactly the oracle's windows (excluding
-/// the sentinel key), then returns them.
-fn wait_for_out(
-    server: &Server,
-    out: &Path,
-    want: &BTreeMap<WinKey, Model>,
-) -> BTreeMap<WinKey, Model> {
-    let wanted: BTreeSet<&WinKey> = want.keys().collect();
-    server.wait_for("--out has every final window", || {
-        let got = without_sentinel(read_models(out));
-        let have: BTreeSet<&WinKey> = got.keys().collect();
-        if wanted.is_subset(&have) {
-            Ok(got)
-        } else {
-            Err(format!(
-                "{} of {} windows final in --out; first missing: {:?}",
-                wanted.intersection(&have).count(),
-                wanted.len(),
-                wanted.difference(&have).next()
-            ))
-        }
-    })
-}
-
 /// A served model line (`final` or `open` of `/model`) parsed like an `--out` line.
 fn served(v: &Value) -> Option<Emission> {
     if v.is_null() {
@@ -130,24 +76,6 @@ fn oracle_one(rows: &[Row], key: &WinKey, d: usize, win: Win) -> BTreeMap<WinKey
         .get(key)
         .unwrap_or_else(|| panic!("oracle has no window {key:?}"));
     BTreeMap::from([(key.clone(), solve_window(g, d, None))])
-}
-
-/// Every final revision-0 line of `--out` appears once per window (windows written final
-/// are never written again, across restarts too).
-fn assert_written_once(out: &Path) {
-    let text = std::fs::read_to_string(out).unwrap_or_default();
-    let mut seen: BTreeMap<(WinKey, u64), usize> = BTreeMap::new();
-    for e in parse_emissions(complete_lines(&text)) {
-        if e.model.is_final {
-            *seen.entry((e.key.clone(), e.model.revision)).or_default() += 1;
-        }
-    }
-    let twice: Vec<_> = seen.iter().filter(|(_, c)| **c > 1).take(5).collect();
-    assert!(
-        twice.is_empty(),
-        "{}: windows written final more than once (first 5, with count): {twice:?}",
-        out.display()
-    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1483,20 +1411,6 @@ fn tcp_listen_source_reads_every_connection() {
 // ---------------------------------------------------------------------------------------
 // 6. A followed file (`csv:PATH,follow`)
 // ---------------------------------------------------------------------------------------
-
-/// Appends `text` to the file at `path`.
-fn append(path: &Path, text: &str) {
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-        .unwrap();
-    f.write_all(text.as_bytes()).unwrap();
-}
-
-fn csv_lines(rows: &[Row]) -> String {
-    rows.iter().map(|r| csv_line(r) + "\n").collect()
-}
 
 /// Waits until `/healthz` says `n` records were read since the process started.
 fn wait_for_records(server: &Server, n: usize, what: &str) {

@@ -396,3 +396,61 @@ pub fn spawn_tcp_client(dir: &TempDir, args: &[&str]) -> (Child, std::net::TcpSt
     stream.set_nonblocking(false).unwrap();
     (child, stream, stderr)
 }
+
+// ---------------------------------------------------------------------------------------
+// The sentinel, and waiting for --out
+// ---------------------------------------------------------------------------------------
+
+/// The sentinel key: records of it only push the watermark; excluded from comparisons.
+pub const SENTINEL: &str = "zz";
+
+pub fn sentinel(ts: i64, d: usize) -> Row {
+    Row {
+        ts,
+        key: SENTINEL.into(),
+        x: vec![0.0; d],
+        y: 0.0,
+    }
+}
+
+/// Posts the sentinel, once: the ingest log is one partition, so one batch moves the
+/// watermark of every worker that reads it (no batch per worker needed).
+pub fn post_sentinel(server: &Server, ts: i64, d: usize) {
+    server.post_rows(&[sentinel(ts, d)], d, false);
+}
+
+/// A time past every window of `rows` plus the lateness: posting it closes them all.
+pub fn closing_time(want: &BTreeMap<WinKey, Model>, lateness_ms: i64) -> i64 {
+    want.keys().map(|k| k.2).max().unwrap() + lateness_ms + 1000
+}
+
+pub fn without_sentinel(models: BTreeMap<WinKey, Model>) -> BTreeMap<WinKey, Model> {
+    models
+        .into_iter()
+        .filter(|(k, _)| k.0 != SENTINEL)
+        .collect()
+}
+
+/// Polls `--out` until its final models cover exactly the oracle's windows (excluding
+/// the sentinel key), then returns them.
+pub fn wait_for_out(
+    server: &Server,
+    out: &Path,
+    want: &BTreeMap<WinKey, Model>,
+) -> BTreeMap<WinKey, Model> {
+    let wanted: BTreeSet<&WinKey> = want.keys().collect();
+    server.wait_for("--out has every final window", || {
+        let got = without_sentinel(read_models(out));
+        let have: BTreeSet<&WinKey> = got.keys().collect();
+        if wanted.is_subset(&have) {
+            Ok(got)
+        } else {
+            Err(format!(
+                "{} of {} windows final in --out; first missing: {:?}",
+                wanted.intersection(&have).count(),
+                wanted.len(),
+                wanted.difference(&have).next()
+            ))
+        }
+    })
+}

@@ -1242,3 +1242,36 @@ pub fn oracle_stats(o: &BTreeMap<WinKey, Model>) -> (usize, usize, f64) {
         .fold(0.0, f64::max);
     (o.len(), under, maxc)
 }
+
+/// Appends `text` to the file at `path`.
+pub fn append(path: &Path, text: &str) {
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .unwrap();
+    std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+}
+
+/// `rows` as CSV lines, each with its newline.
+pub fn csv_lines(rows: &[Row]) -> String {
+    rows.iter().map(|r| csv_line(r) + "\n").collect()
+}
+
+/// Every final revision-0 line of `--out` appears once per window (windows written final
+/// are never written again, across restarts too).
+pub fn assert_written_once(out: &Path) {
+    let text = std::fs::read_to_string(out).unwrap_or_default();
+    let mut seen: BTreeMap<(WinKey, u64), usize> = BTreeMap::new();
+    for e in parse_emissions(complete_lines(&text)) {
+        if e.model.is_final {
+            *seen.entry((e.key.clone(), e.model.revision)).or_default() += 1;
+        }
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, c)| **c > 1).take(5).collect();
+    assert!(
+        twice.is_empty(),
+        "{}: windows written final more than once (first 5, with count): {twice:?}",
+        out.display()
+    );
+}
