@@ -544,41 +544,6 @@ impl Followed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::codec;
-
-    /// A position written before inodes were kept reads with inode 0 (unknown), and one
-    /// of this build reads as written.
-    #[test]
-    fn stored_positions_of_both_layouts_decode() {
-        #[derive(serde::Serialize)]
-        struct Before {
-            offset: u64,
-            line: u64,
-            head_len: u32,
-            head_crc: u32,
-            tail_len: u32,
-            tail_crc: u32,
-        }
-        let before = Before {
-            offset: 4096,
-            line: 17,
-            head_len: 4096,
-            head_crc: 7,
-            tail_len: 4096,
-            tail_crc: 9,
-        };
-        let read = SourcePosition::decode_stored(&codec::encode(&before)).unwrap();
-        assert_eq!(
-            (read.offset, read.line, read.tail_crc, read.ino),
-            (4096, 17, 9, 0)
-        );
-        let now = SourcePosition { ino: 42, ..read };
-        assert_eq!(
-            SourcePosition::decode_stored(&codec::encode(&now)).unwrap(),
-            now
-        );
-        assert!(SourcePosition::decode_stored(b"TRB1garbage").is_err());
-    }
 
     #[test]
     fn the_directory_of_a_bare_name_is_the_current_one() {
