@@ -10,7 +10,7 @@ mod common;
 
 use common::*;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -116,7 +116,7 @@ fn setup(dir: &TempDir) -> Setup {
     let csv = dir.path("in.csv");
     write_csv(&csv, &rows, d);
     let hostfile = dir.path("hosts.txt");
-    let port0 = write_hostfile(&hostfile);
+    let port0 = loopback_hostfile(&hostfile, 2)[0];
     let out = dir.path("models.jsonl");
     let common = [
         "run",
@@ -148,20 +148,6 @@ fn setup(dir: &TempDir) -> Setup {
     }
 }
 
-/// Writes a hostfile of two free ports on 127.0.0.1 (probed, then released for the
-/// processes to bind); returns process 0's.
-fn write_hostfile(hostfile: &Path) -> u16 {
-    let ports: Vec<u16> = (0..2)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect::<Vec<_>>()
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect();
-    let lines: String = ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect();
-    std::fs::write(hostfile, lines).unwrap();
-    ports[0]
-}
-
 /// Starts process 0 with `extra` arguments and waits until it listens. Its port was
 /// probed free and released: if another process took it before process 0 bound it, the
 /// hostfile gets new ports and process 0 is started again (at most 3 times).
@@ -185,7 +171,7 @@ fn start_p0(dir: &TempDir, s: &mut Setup, extra: &[&str]) -> Proc {
             attempt < 3 && stderr.contains("Address already in use"),
             "process 0 exited before listening:\n{stderr}"
         );
-        s.port0 = write_hostfile(&s.hostfile);
+        s.port0 = loopback_hostfile(&s.hostfile, 2)[0];
     }
     unreachable!()
 }

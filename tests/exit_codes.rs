@@ -142,15 +142,8 @@ impl Drop for Proc {
 #[test]
 fn exit_75_when_another_process_of_the_cluster_is_lost() {
     let dir = TempDir::new("exit75");
-    let ports: Vec<u16> = (0..2)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect::<Vec<_>>()
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect();
     let hostfile = dir.path("hosts.txt");
-    let hosts: String = ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect();
-    std::fs::write(&hostfile, hosts).unwrap();
+    loopback_hostfile(&hostfile, 2);
     let start = |p: usize| {
         let stderr = dir.path(&format!("p{p}.stderr"));
         let child = Command::new(BIN)

@@ -1275,3 +1275,19 @@ pub fn assert_written_once(out: &Path) {
         out.display()
     );
 }
+
+/// Writes a hostfile of `n` free ports on 127.0.0.1 and returns them. The ports are
+/// probed and released for the processes to bind: another process may take one in
+/// between, which a test meets by starting again on new ports.
+pub fn loopback_hostfile(path: &Path, n: usize) -> Vec<u16> {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let ports: Vec<u16> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    let lines: String = ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect();
+    std::fs::write(path, lines).unwrap();
+    ports
+}
