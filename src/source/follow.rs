@@ -276,17 +276,19 @@ impl Followed {
             .file
             .metadata()
             .map_err(|e| format!("{}: {e}", self.path))?;
-        match std::fs::metadata(&self.name) {
-            _ if self.rotate => {}
-            Ok(now) if (now.dev(), now.ino()) == (open.dev(), open.ino()) => {}
-            Ok(_) => {
-                return stop(
-                    "the path names another file (rotated or replaced; `,rotate` follows \
-                     rotation by rename)"
-                        .into(),
-                );
+        // With `,rotate` the path naming another file is a rotation (`rotation_due`).
+        if !self.rotate {
+            match std::fs::metadata(&self.name) {
+                Ok(now) if (now.dev(), now.ino()) == (open.dev(), open.ino()) => {}
+                Ok(_) => {
+                    return stop(
+                        "the path names another file (rotated or replaced; `,rotate` follows \
+                         rotation by rename)"
+                            .into(),
+                    );
+                }
+                Err(e) => return stop(format!("the path is gone ({e})")),
             }
-            Err(e) => return stop(format!("the path is gone ({e})")),
         }
         if open.len() < read_to {
             return stop(format!(
