@@ -357,7 +357,7 @@ pub fn checkpoint(rows: u64, workers: usize, dir: &Path) -> Result<Vec<Checkpoin
         let fill: Vec<_> = (0..state)
             .map(|i| {
                 (
-                    format!("k{}", i % 1000),
+                    crate::key::Key::from(format!("k{}", i % 1000)),
                     pane(i / 1000),
                     Some(stats.clone()),
                 )
@@ -372,7 +372,7 @@ pub fn checkpoint(rows: u64, workers: usize, dir: &Path) -> Result<Vec<Checkpoin
             let changes: Vec<_> = (0..changed)
                 .map(|i| {
                     (
-                        format!("k{}", i % 1000),
+                        crate::key::Key::from(format!("k{}", i % 1000)),
                         pane(i / 1000),
                         Some(stats.clone()),
                     )

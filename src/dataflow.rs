@@ -43,6 +43,7 @@ use std::time::{Duration, Instant};
 use differential_dataflow::Hashable;
 
 use crate::checkpoint::{Commit, Part, Recovered, Store};
+use crate::key::{Key, pack};
 use crate::metrics::Metrics;
 use crate::model::{Fit, SolveOptions, Status, solve};
 use crate::record::{MAX_ABS_VALUE, Record, TIME_LIMIT, check_time};
@@ -55,10 +56,10 @@ pub use crate::messages::{Ack, Control, Progress};
 pub use crate::types::{Counts, Epoch, OnError};
 
 /// The arranged state: per key and pane, the pane's statistics.
-pub type PaneTrace = TraceAgent<ValSpine<String, Pane, Epoch, Stats>>;
+pub type PaneTrace = TraceAgent<ValSpine<Key, Pane, Epoch, Stats>>;
 
 /// A pane update of the arrangement's input: ((key, pane), time, statistics).
-pub type PaneUpdate = ((String, Pane), Epoch, Stats);
+pub type PaneUpdate = ((Key, Pane), Epoch, Stats);
 
 /// Everything the windows need to know, fixed for a run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -145,7 +146,7 @@ impl CheckpointContext {
 }
 
 /// The worker that owns `key` among `peers`: the one differential's exchange routes it to.
-pub fn owner(key: &String, peers: usize) -> usize {
+pub fn owner(key: &Key, peers: usize) -> usize {
     (key.hashed() % peers as u64) as usize
 }
 
@@ -399,7 +400,7 @@ impl ModelLine {
 /// The streams that ingesting a source produces.
 pub struct Ingested<'scope> {
     /// Pre-aggregated pane statistics: one update per (key, pane) per batch.
-    pub panes: VecCollection<'scope, Epoch, (String, Pane), Stats>,
+    pub panes: VecCollection<'scope, Epoch, (Key, Pane), Stats>,
     /// Each worker's progress after each of its batches, as [`Control`] messages.
     pub control: StreamVec<'scope, Epoch, Control>,
     /// Records set aside (late or too far ahead).
@@ -453,8 +454,8 @@ pub fn ingest<'scope>(
         restored = recovered
             .panes
             .iter()
-            .filter(|(key, _, _)| owner(key, peers) == worker)
-            .map(|(key, pane, stats)| ((key.clone(), *pane), first, stats.clone()))
+            .map(|(key, pane, stats)| ((Key::from(key.as_str()), *pane), first, stats.clone()))
+            .filter(|((key, _), _, _)| owner(key, peers) == worker)
             .collect();
     }
     // Live sources (the ingest log) bound each batch's advance of the watermark.
@@ -628,13 +629,13 @@ pub(crate) struct Combiner {
 }
 
 /// A key as one 128-bit integer, so a record finds its pane with a single lookup of
-/// integers: a key of at most 15 bytes is its bytes and its length; a longer key is
-/// numbered in order of first sight, the number tagged apart from every short key. The
-/// numbers of long keys go with each drain, so keys that stop coming leave no trace.
+/// integers: a key of at most 15 bytes is its [`pack`] code; a longer key is numbered in
+/// order of first sight, the number tagged apart from every short key. The numbers of long
+/// keys go with each drain, so keys that stop coming leave no trace.
 #[derive(Default)]
 struct KeyCodes {
     long: FxHashMap<Box<str>, u32>,
-    names: Vec<String>,
+    keys: Vec<Key>,
 }
 
 /// The top byte of the code of a long key (a short key's is its length, at most 15).
@@ -650,9 +651,9 @@ impl KeyCodes {
         let number = match self.long.get(key) {
             Some(&k) => k,
             None => {
-                let k = self.names.len() as u32;
+                let k = self.keys.len() as u32;
                 self.long.insert(key.into(), k);
-                self.names.push(key.to_owned());
+                self.keys.push(Key::new(key));
                 k
             }
         };
@@ -660,34 +661,12 @@ impl KeyCodes {
     }
 
     /// The key whose code is `code`.
-    fn key(&self, code: u128) -> String {
+    fn key(&self, code: u128) -> Key {
         if code & LONG_KEY == LONG_KEY {
-            return self.names[code as u32 as usize].clone();
+            return self.keys[code as u32 as usize].clone();
         }
-        let len = (code >> 120) as usize;
-        let bytes = &code.to_le_bytes()[..len];
-        String::from_utf8(bytes.to_vec()).expect("packed from a str")
+        Key::short(code)
     }
-}
-
-/// Up to 15 bytes as one integer: the bytes from the lowest, and the length in the top
-/// byte (so `"a"` and `"a\0"` differ). Two loads that may overlap, not a copy loop.
-#[inline]
-fn pack(b: &[u8]) -> Option<u128> {
-    let n = b.len();
-    let word = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes")) as u128;
-    let half = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes")) as u128;
-    // Overlapping loads put equal bytes in the same places, so `|` keeps them as they are.
-    let bytes = match n {
-        16.. => return None,
-        8.. => word(0) | word(n - 8) << (8 * (n - 8)),
-        4.. => half(0) | half(n - 4) << (8 * (n - 4)),
-        1.. => {
-            b[0] as u128 | (b[n / 2] as u128) << (8 * (n / 2)) | (b[n - 1] as u128) << (8 * (n - 1))
-        }
-        0 => 0,
-    };
-    Some(bytes | (n as u128) << 120)
 }
 
 struct PaneAcc {
@@ -729,7 +708,7 @@ impl Combiner {
     }
 
     /// The panes of the records fed since the last drain, with their statistics.
-    pub(crate) fn drain_panes(&mut self) -> impl Iterator<Item = ((String, Pane), Stats)> + '_ {
+    pub(crate) fn drain_panes(&mut self) -> impl Iterator<Item = ((Key, Pane), Stats)> + '_ {
         let keys = std::mem::take(&mut self.keys);
         let window = self.window;
         self.panes.drain().map(move |((code, bucket), acc)| {
@@ -881,7 +860,7 @@ impl<'scope> WindowedModels<'scope> for Arranged<'scope, PaneTrace> {
             "Windows",
             move |_cap, _info| {
                 let mut caps: BTreeMap<Epoch, Capability<Epoch>> = BTreeMap::new();
-                let mut added: BTreeMap<Epoch, Vec<(String, Pane)>> = BTreeMap::new();
+                let mut added: BTreeMap<Epoch, Vec<(Key, Pane)>> = BTreeMap::new();
                 let mut reports: BTreeMap<Epoch, Vec<Control>> = BTreeMap::new();
                 move |(spans, spans_frontier), (progress, progress_frontier), output| {
                     spans.for_each(|cap, data| {
@@ -993,7 +972,7 @@ struct Checkpointer {
     context: CheckpointContext,
     worker: usize,
     /// Panes changed since the last part: alive (write the total) or expired (delete).
-    dirty: BTreeMap<(String, Pane), bool>,
+    dirty: BTreeMap<(Key, Pane), bool>,
     /// Whether older generations were dropped from the store yet.
     retired_old: bool,
 }
@@ -1004,9 +983,9 @@ struct Windows {
     trace: PaneTrace,
     /// Largest event time admitted by each worker, as last reported.
     max_seen: Vec<Time>,
-    keys: FxHashMap<String, KeyWindows>,
+    keys: FxHashMap<Key, KeyWindows>,
     /// `(time, key)`: the key has a window that may end at `time`.
-    agenda: BTreeSet<(Time, String)>,
+    agenda: BTreeSet<(Time, Key)>,
     metrics: Arc<Metrics>,
     /// Windows of a key first seen ending at or before this are final already (restored).
     restored_final_through: Time,
@@ -1082,9 +1061,10 @@ impl Windows {
             windows.restored_final_through = watermark;
             windows.metrics.watermark.store(watermark, Relaxed);
             for (key, start, end, n, revision) in &recovered.emitted {
-                if owner(key, peers) == worker {
+                let key = Key::from(key.as_str());
+                if owner(&key, peers) == worker {
                     windows
-                        .key_state(key)
+                        .key_state(&key)
                         .emitted
                         .insert(*start, (*end, *n, *revision));
                 }
@@ -1093,10 +1073,10 @@ impl Windows {
         windows
     }
 
-    fn key_state(&mut self, key: &str) -> &mut KeyWindows {
+    fn key_state(&mut self, key: &Key) -> &mut KeyWindows {
         let final_through = self.restored_final_through;
         self.keys
-            .entry(key.to_owned())
+            .entry(key.clone())
             .or_insert_with(|| KeyWindows {
                 final_through,
                 ..KeyWindows::default()
@@ -1117,7 +1097,7 @@ impl Windows {
     fn epoch(
         &mut self,
         epoch: Epoch,
-        added: Vec<(String, Pane)>,
+        added: Vec<(Key, Pane)>,
         reports: Vec<Control>,
         mut emit: impl FnMut(Emission),
     ) {
@@ -1142,8 +1122,8 @@ impl Windows {
         self.metrics.watermark.store(watermark, Relaxed);
 
         let spec = self.config.window;
-        let mut due: BTreeSet<String> = BTreeSet::new();
-        let mut touched: BTreeSet<String> = BTreeSet::new();
+        let mut due: BTreeSet<Key> = BTreeSet::new();
+        let mut touched: BTreeSet<Key> = BTreeSet::new();
         for (key, pane) in added {
             if self.estimates && !touched.contains(&key) {
                 touched.insert(key.clone());
@@ -1188,7 +1168,7 @@ impl Windows {
                     self.evaluate(epoch, &key, panes, frontier, watermark, &mut emit);
                     let Some(read) = read else { continue };
                     // As a read after the evaluation would see them: the panes still open.
-                    let open = self.keys.get(key.as_str()).map(|s| &s.panes);
+                    let open = self.keys.get(&key).map(|s| &s.panes);
                     panes = read;
                     panes.retain(|(pane, _)| open.is_some_and(|open| open.contains(pane)));
                 }
@@ -1218,12 +1198,12 @@ impl Windows {
             return;
         };
         let dirty = std::mem::take(&mut c.dirty);
-        let alive: BTreeSet<String> = dirty
+        let alive: BTreeSet<Key> = dirty
             .iter()
             .filter(|(_, alive)| **alive)
             .map(|((key, _), _)| key.clone())
             .collect();
-        let totals: FxHashMap<(String, Pane), Stats> = self
+        let totals: FxHashMap<(Key, Pane), Stats> = self
             .read(epoch, &alive)
             .into_iter()
             .flat_map(|(key, panes)| panes.into_iter().map(move |(p, s)| ((key.clone(), p), s)))
@@ -1246,7 +1226,7 @@ impl Windows {
         let mut emitted = Vec::new();
         for (key, state) in &self.keys {
             for (start, (end, n, revision)) in &state.emitted {
-                emitted.push((key.clone(), *start, *end, *n, *revision));
+                emitted.push((key.to_string(), *start, *end, *n, *revision));
             }
         }
         let part = Part {
@@ -1302,7 +1282,7 @@ impl Windows {
     }
 
     /// Reads the statistics of every open pane of the given keys, as of `epoch`.
-    fn read(&mut self, epoch: Epoch, keys: &BTreeSet<String>) -> Vec<(String, Vec<(Pane, Stats)>)> {
+    fn read(&mut self, epoch: Epoch, keys: &BTreeSet<Key>) -> Vec<(Key, Vec<(Pane, Stats)>)> {
         let batches = self
             .trace
             .batches_through(AntichainRef::new(&[]))
@@ -1313,7 +1293,7 @@ impl Windows {
             let mut panes = Vec::new();
             // Only the panes this operator holds open: an expired pane's retraction
             // reaches the trace `retraction_delay` epochs later.
-            let open = self.keys.get(key.as_str()).map(|s| &s.panes);
+            let open = self.keys.get(key).map(|s| &s.panes);
             cursor.seek_key(&storage, key);
             if cursor.get_key(&storage) == Some(key) {
                 while let Some(pane) = cursor.get_val(&storage) {
@@ -1342,7 +1322,7 @@ impl Windows {
     fn evaluate(
         &mut self,
         epoch: Epoch,
-        key: &str,
+        key: &Key,
         panes: Vec<(Pane, Stats)>,
         frontier: Time,
         watermark: Time,
@@ -1379,7 +1359,7 @@ impl Windows {
                 None => 0,
             };
             let fit = solve(&stats, self.config.solve);
-            let mut line = ModelLine::new(key, window, &stats, fit, is_final, revision);
+            let mut line = ModelLine::new(key.as_str(), window, &stats, fit, is_final, revision);
             if is_final && self.closing_idle {
                 line.closed_by = Some("idle".into());
                 self.metrics.windows_closed_idle.fetch_add(1, Relaxed);
@@ -1410,14 +1390,14 @@ impl Windows {
             };
             if expired {
                 if let Some(c) = self.checkpoint.as_mut() {
-                    c.dirty.insert((key.to_owned(), pane), false);
+                    c.dirty.insert((key.clone(), pane), false);
                 }
                 state.panes.remove(&pane);
                 self.metrics.open_panes.fetch_sub(1, Relaxed);
                 let mut retraction = stats;
                 retraction.negate();
                 emit(Emission::Retract((
-                    (key.to_owned(), pane),
+                    (key.clone(), pane),
                     epoch + self.retraction_delay,
                     retraction,
                 )));
@@ -1427,13 +1407,13 @@ impl Windows {
             self.keys.remove(key);
         }
         for time in revisit {
-            self.agenda.insert((time, key.to_owned()));
+            self.agenda.insert((time, key.clone()));
         }
     }
 
     /// The running estimate of `key`'s open window that closes next (the one ending
     /// first after `frontier`), from the statistics of its panes so far.
-    fn estimate(&self, key: &str, panes: &[(Pane, Stats)], frontier: Time) -> Option<ModelLine> {
+    fn estimate(&self, key: &Key, panes: &[(Pane, Stats)], frontier: Time) -> Option<ModelLine> {
         let (window, members) = windows_of(self.config.window, panes)
             .into_iter()
             .filter(|(w, _)| w.end > frontier)
@@ -1443,7 +1423,7 @@ impl Windows {
             stats.plus_equals(&panes[i].1);
         }
         let fit = solve(&stats, self.config.solve);
-        Some(ModelLine::new(key, window, &stats, fit, false, 0))
+        Some(ModelLine::new(key.as_str(), window, &stats, fit, false, 0))
     }
 
     /// Lets the trace forget history before `epoch`: it only answers "as of now" queries.
@@ -1510,7 +1490,7 @@ pub const RETRACTION_DELAY_PER_WORKER: Epoch = 16;
 /// caller must drop or keep advancing.
 pub fn windowed_regression<'scope>(
     scope: Scope<'scope, Epoch>,
-    panes: VecCollection<'scope, Epoch, (String, Pane), Stats>,
+    panes: VecCollection<'scope, Epoch, (Key, Pane), Stats>,
     control: StreamVec<'scope, Epoch, Control>,
     config: &WindowConfig,
     context: &RunContext,

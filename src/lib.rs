@@ -15,6 +15,7 @@ pub mod dashboard;
 pub mod dataflow;
 pub mod failpoint;
 pub mod job;
+pub mod key;
 pub mod logging;
 pub mod messages;
 pub mod metrics;
@@ -30,6 +31,7 @@ pub mod types;
 pub mod window;
 
 pub use dataflow::{ModelLine, WindowConfig};
+pub use key::Key;
 pub use model::{Fit, SolveOptions, Status, solve};
 pub use record::{Record, RecordRef, Schema};
 pub use stats::Stats;

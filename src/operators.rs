@@ -46,6 +46,7 @@ use crate::dataflow::{
     Combiner, Control, Counts, Epoch, MAX_AHEAD_PER_WORKER, OnError, Progress, RunContext,
     SetAside, WindowConfig,
 };
+use crate::key::Key;
 use crate::metrics::Metrics;
 use crate::record::{Record, RecordRef, check_time};
 use crate::source::{Malformed, RecordSink, SourceError, SourceReader};
@@ -161,7 +162,7 @@ impl RecordSink for Collect {
 /// [`windowed_regression`](crate::dataflow::windowed_regression), and the records set aside.
 pub struct Panes<'scope> {
     /// Per (key, pane) and epoch, the statistics of the pane's records admitted then.
-    pub panes: VecCollection<'scope, Epoch, (String, Pane), Stats>,
+    pub panes: VecCollection<'scope, Epoch, (Key, Pane), Stats>,
     /// This worker's event-time progress, one report per epoch that had records, and a
     /// last one (largest time `Time::MAX`) when its input ends.
     pub control: StreamVec<'scope, Epoch, Control>,
@@ -190,7 +191,7 @@ pub trait WindowPanes<'scope> {
 
 #[derive(Clone)]
 enum PaneOut {
-    Pane(((String, Pane), Epoch, Stats)),
+    Pane(((Key, Pane), Epoch, Stats)),
     Progress(Progress),
     Aside(SetAside),
 }

@@ -24,6 +24,7 @@ use rocksdb::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::key::Key;
 use crate::stats::Stats;
 use crate::window::{Pane, Time};
 
@@ -709,12 +710,12 @@ impl Store {
     pub fn write_part(
         &self,
         part: &Part,
-        changes: &[(String, Pane, Option<Stats>)],
+        changes: &[(Key, Pane, Option<Stats>)],
     ) -> Result<u64, CheckpointError> {
         let mut batch = WriteBatch::default();
         let mut bytes = 0;
         for (key, pane, stats) in changes {
-            let k = keys::delta(part.generation, part.epoch, part.worker, key, *pane);
+            let k = keys::delta(part.generation, part.epoch, part.worker, key.as_str(), *pane);
             let v = codec::encode(stats);
             bytes += k.len() + v.len();
             batch.put(k, v);
