@@ -4,10 +4,15 @@
 //! test.
 
 use super::*;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
+
+/// The `tributary` binary of this build.
+pub const BIN: &str = env!("CARGO_BIN_EXE_tributary");
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -85,30 +90,21 @@ pub fn run_engine_env(dir: &TempDir, args: &[String], env: &[(&str, &str)]) -> R
     let c = COUNTER.fetch_add(1, Ordering::SeqCst);
     let out_p = dir.path(&format!("stdout-{c}.txt"));
     let err_p = dir.path(&format!("stderr-{c}.txt"));
-    let bin = env!("CARGO_BIN_EXE_tributary");
-    let cmdline = format!("{bin} {}", args.join(" "));
-    let mut child = Command::new(bin)
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_p).unwrap())
-        .stderr(std::fs::File::create(&err_p).unwrap())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
-    let t = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if t.elapsed() > RUN_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "engine did not finish within {RUN_TIMEOUT:?}\ncommand: {cmdline}\nstderr:\n{}",
-                std::fs::read_to_string(&err_p).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    let cmdline = format!("{BIN} {}", args.join(" "));
+    let mut child = Reaped::spawn(
+        Command::new(BIN)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out_p).unwrap())
+            .stderr(std::fs::File::create(&err_p).unwrap()),
+    );
+    let Some(status) = child.wait_within(RUN_TIMEOUT) else {
+        child.kill_and_wait();
+        panic!(
+            "engine did not finish within {RUN_TIMEOUT:?}\ncommand: {cmdline}\nstderr:\n{}",
+            std::fs::read_to_string(&err_p).unwrap_or_default()
+        );
     };
     RunOutput {
         code: status.code(),
@@ -196,4 +192,170 @@ pub fn loopback_hostfile(path: &Path, n: usize) -> Vec<u16> {
     let lines: String = ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect();
     std::fs::write(path, lines).unwrap();
     ports
+}
+
+/// How often a wait of the harness polls a child.
+const POLL: Duration = Duration::from_millis(10);
+
+/// A child process that is killed (SIGKILL) and reaped when dropped: on every path out of
+/// a test, a failed assertion or a panic included, no process is left behind. Processes
+/// named with [`Reaped::also_kill`] (the children of a `tributary launch`) are continued
+/// (a stopped process ignores SIGTERM) and killed with it.
+///
+/// It dereferences to the [`Child`], so `try_wait`, `id`, `kill` and the pipes are at
+/// hand; dropping it (or [`Reaped::kill_and_wait`]) is the way to stop it.
+pub struct Reaped {
+    child: Option<Child>,
+    what: String,
+    also: Vec<u32>,
+}
+
+impl Reaped {
+    /// Guards a child started elsewhere.
+    pub fn new(child: Child) -> Reaped {
+        let what = format!("process {}", child.id());
+        Reaped {
+            child: Some(child),
+            what,
+            also: Vec::new(),
+        }
+    }
+
+    /// Starts `cmd` (panics naming it if it cannot be started).
+    pub fn spawn(cmd: &mut Command) -> Reaped {
+        let what = format!("{cmd:?}");
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        Reaped {
+            child: Some(child),
+            what,
+            also: Vec::new(),
+        }
+    }
+
+    /// Kills the process `pid` (SIGCONT, then SIGKILL) too when this is dropped.
+    pub fn also_kill(&mut self, pid: u32) {
+        self.also.push(pid);
+    }
+
+    /// How the process ended, once it has (`None` while it runs).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.try_wait().unwrap()
+    }
+
+    /// Whether the process still runs.
+    pub fn running(&mut self) -> bool {
+        self.exited().is_none()
+    }
+
+    /// Polls (every 10 ms) until the process ends, at most `limit`: its status, or `None`
+    /// if it still runs then (the caller decides whether that fails the test).
+    pub fn wait_within(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// kill -9, and waits until the process is gone (nothing if it had ended already).
+    pub fn kill_and_wait(&mut self) {
+        let child = self.child.as_mut().expect("a child");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Runs the process to its end, at most `limit`, collecting what it writes to piped
+    /// stdout/stderr (read as it comes, so a full pipe never stalls it); past `limit` it is
+    /// killed and the test fails with its stderr.
+    pub fn finish(mut self, limit: Duration) -> Output {
+        let child = self.child.as_mut().expect("a child");
+        let stdout = child.stdout.take().map(read_in_background);
+        let stderr = child.stderr.take().map(read_in_background);
+        let collect = |rx: Option<mpsc::Receiver<Vec<u8>>>, wait: Option<Duration>| {
+            rx.and_then(|rx| match wait {
+                None => rx.recv().ok(),
+                Some(d) => rx.recv_timeout(d).ok(),
+            })
+            .unwrap_or_default()
+        };
+        match self.wait_within(limit) {
+            Some(status) => Output {
+                status,
+                stdout: collect(stdout, None),
+                stderr: collect(stderr, None),
+            },
+            None => {
+                self.kill_and_wait();
+                // Not waiting long: a process it started may hold the pipe open.
+                let stderr = collect(stderr, Some(Duration::from_secs(5)));
+                panic!(
+                    "{} did not finish within {limit:?}\nstderr:\n{}",
+                    self.what,
+                    String::from_utf8_lossy(&stderr)
+                );
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for Reaped {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        self.child.as_ref().expect("a child")
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.child.as_mut().expect("a child")
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        for pid in &self.also {
+            for signal in ["-CONT", "-9"] {
+                let _ = Command::new("kill")
+                    .args([signal, &pid.to_string()])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Reads `from` to its end on a thread of its own; the bytes arrive on the channel.
+fn read_in_background(mut from: impl Read + Send + 'static) -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = from.read_to_end(&mut bytes);
+        let _ = tx.send(bytes);
+    });
+    rx
+}
+
+/// Collects the lines of `from` (a child's stderr, say) on a thread of its own, as they
+/// come; the thread drops its handle at the end of the input.
+pub fn lines_in_background(from: impl Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&lines);
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines() {
+            let Ok(line) = line else { break };
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
 }
