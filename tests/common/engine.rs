@@ -207,7 +207,9 @@ const POLL: Duration = Duration::from_millis(10);
 pub struct Reaped {
     child: Option<Child>,
     what: String,
-    also: Vec<u32>,
+    /// Other processes to kill with it: (pid, start time), so that a pid reused by
+    /// another process after they ended is left alone.
+    also: Vec<(u32, Option<u64>)>,
 }
 
 impl Reaped {
@@ -234,9 +236,10 @@ impl Reaped {
         }
     }
 
-    /// Kills the process `pid` (SIGCONT, then SIGKILL) too when this is dropped.
+    /// Kills the process `pid` (SIGCONT, then SIGKILL) too when this is dropped, if it
+    /// is still the process that had this pid now.
     pub fn also_kill(&mut self, pid: u32) {
-        self.also.push(pid);
+        self.also.push((pid, start_time(pid)));
     }
 
     /// How the process ended, once it has (`None` while it runs).
@@ -320,7 +323,10 @@ impl std::ops::DerefMut for Reaped {
 
 impl Drop for Reaped {
     fn drop(&mut self) {
-        for pid in &self.also {
+        for &(pid, started) in &self.also {
+            if started.is_none() || start_time(pid) != started {
+                continue;
+            }
             for signal in ["-CONT", "-9"] {
                 let _ = Command::new("kill")
                     .args([signal, &pid.to_string()])
@@ -333,6 +339,17 @@ impl Drop for Reaped {
             let _ = child.wait();
         }
     }
+}
+
+/// When process `pid` started (`/proc/PID/stat` field 22), while it exists.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
 }
 
 /// Reads `from` to its end on a thread of its own; the bytes arrive on the channel.
