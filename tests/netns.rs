@@ -118,21 +118,21 @@ impl Net {
     fn start(&mut self, i: usize, args: &[String], dir: &TempDir) {
         // Dropping the one before kills and reaps it.
         self.children[i] = None;
-        let child = Reaped::spawn(Command::new("ip")
-            .args(["netns", "exec", &self.hosts[i], BIN])
-            .args(args)
-            .args(["-p", &i.to_string()])
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.path(&format!("p{i}.stdout"))).unwrap())
-            .stderr(std::fs::File::create(dir.path(&format!("p{i}.stderr"))).unwrap()));
+        let child = Reaped::spawn(
+            Command::new("ip")
+                .args(["netns", "exec", &self.hosts[i], BIN])
+                .args(args)
+                .args(["-p", &i.to_string()])
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(dir.path(&format!("p{i}.stdout"))).unwrap())
+                .stderr(std::fs::File::create(dir.path(&format!("p{i}.stderr"))).unwrap()),
+        );
         self.children[i] = Some(child);
     }
 
     /// Whether process `i` is still running.
     fn running(&mut self, i: usize) -> bool {
-        self.children[i]
-            .as_mut()
-            .is_some_and(|c| c.running())
+        self.children[i].as_mut().is_some_and(|c| c.running())
     }
 
     /// Takes host `i`'s port on the bridge down: its packets go nowhere from now on.

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Rows of `keys` keys renamed by `name`.
 fn renamed(rows: Vec<Row>, name: impl Fn(usize) -> String) -> Vec<Row> {
@@ -400,25 +400,15 @@ fn plain_csv_killed_under_checkpoint_resumes_exactly_once_with_late_out() {
     let mut killed = 0;
     for fraction in [4, 2] {
         let err = std::fs::File::create(dir.path(&format!("kill-{fraction}.stderr"))).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tributary"))
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while child.try_wait().unwrap().is_none()
-            && finals_now() < total / fraction
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap();
-            killed += 1;
-        }
-        let _ = child.wait();
+        let mut child = Reaped::spawn(
+            Command::new(BIN)
+                .args(&args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(err),
+        );
+        killed +=
+            child.kill_when(Duration::from_secs(60), || finals_now() >= total / fraction) as usize;
     }
     assert!(killed >= 1, "the run ended before it could be killed");
     let run = run_engine(&dir, &args);

@@ -267,6 +267,23 @@ impl Reaped {
         }
     }
 
+    /// Polls (every 10 ms) until `reached()` holds or the process ends, at most `limit`;
+    /// then kills it (-9) and reaps it if it still runs. Whether it killed it (`false`: it
+    /// ended before).
+    pub fn kill_when(&mut self, limit: Duration, mut reached: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + limit;
+        while self.running() && !reached() && Instant::now() < deadline {
+            std::thread::sleep(POLL);
+        }
+        if self.running() {
+            self.kill().unwrap();
+            let _ = self.wait();
+            true
+        } else {
+            false
+        }
+    }
+
     /// kill -9, and waits until the process is gone (nothing if it had ended already).
     pub fn kill_and_wait(&mut self) {
         let child = self.child.as_mut().expect("a child");
@@ -339,6 +356,39 @@ impl Drop for Reaped {
             let _ = child.wait();
         }
     }
+}
+
+/// Waits for every process of a cluster, at most `limit`; once one has failed, the others
+/// (which would wait for it forever) are killed. Their outputs, in order; past `limit`
+/// every one is killed and the test fails.
+pub fn finish_all(mut children: Vec<Reaped>, limit: Duration) -> Vec<Output> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut done = 0;
+        let mut failed = false;
+        for c in children.iter_mut() {
+            if let Some(status) = c.exited() {
+                done += 1;
+                failed |= !status.success();
+            }
+        }
+        if done == children.len() || failed {
+            break;
+        }
+        if Instant::now() > deadline {
+            // Dropping them kills and reaps them.
+            drop(children);
+            panic!("the cluster did not finish within {limit:?}");
+        }
+        std::thread::sleep(POLL);
+    }
+    children
+        .into_iter()
+        .map(|mut c| {
+            c.kill_and_wait();
+            c.finish(Duration::from_secs(10))
+        })
+        .collect()
 }
 
 /// When process `pid` started (`/proc/PID/stat` field 22), while it exists.
