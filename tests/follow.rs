@@ -364,12 +364,8 @@ fn followed_file_is_read_as_it_grows_exactly_once_across_kill_9() {
         std::fs::metadata(&data).unwrap().len()
     });
     server.wait_for("the position past the malformed line, stored", || {
-        let o = Command::new(BIN)
-            .args(["checkpoint", "inspect", ckpt.to_str().unwrap()])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&o.stdout).to_string();
-        text.contains(&stored).then_some(()).ok_or(text)
+        let got = stored_position(&ckpt);
+        got.contains(&stored).then_some(()).ok_or(got)
     });
     server.kill();
     drop(server);
