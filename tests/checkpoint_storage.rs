@@ -9,20 +9,8 @@
 mod common;
 
 use common::*;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_tributary");
-
-/// A child killed on drop.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn run_args(ckpt: &std::path::Path, out: &std::path::Path, rows: u64) -> Vec<String> {
     let mut args: Vec<String> = [
@@ -47,31 +35,16 @@ fn run_args(ckpt: &std::path::Path, out: &std::path::Path, rows: u64) -> Vec<Str
 
 /// Runs `cmd` to its end within `limit` (killed and failed otherwise).
 fn finish(cmd: &mut Command, limit: Duration) -> (Option<i32>, String) {
-    let mut child = Running(
+    let output = Reaped::spawn(
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + limit;
-    while child.0.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "{cmd:?} did not end within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut stderr = String::new();
-    use std::io::Read;
-    child
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    (child.0.wait().unwrap().code(), stderr)
+            .stderr(Stdio::piped()),
+    )
+    .finish(limit);
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -79,19 +52,17 @@ fn a_store_another_process_holds_is_refused_by_name() {
     let dir = TempDir::new("ckpt-locked");
     let (ckpt, out) = (dir.path("ckpt"), dir.path("out.jsonl"));
     let args = run_args(&ckpt, &out, 500_000_000);
-    let mut first = Running(
+    let mut first = Reaped::spawn(
         Command::new(BIN)
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+            .stderr(Stdio::null()),
     );
     // Running for real: models written (so the store is open and committing).
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::fs::metadata(&out).map_or(0, |m| m.len()) == 0 {
-        assert!(first.0.try_wait().unwrap().is_none(), "the first run ended");
+        assert!(first.try_wait().unwrap().is_none(), "the first run ended");
         assert!(Instant::now() < deadline, "the first run wrote no model");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -107,10 +78,7 @@ fn a_store_another_process_holds_is_refused_by_name() {
     assert!(stderr.contains(&named), "no {named:?} in: {stderr}");
     assert!(stderr.contains("LOCK"), "{stderr}");
     // The first run goes on, and its output was not cut back by the refused one.
-    assert!(
-        first.0.try_wait().unwrap().is_none(),
-        "the first run stopped"
-    );
+    assert!(first.try_wait().unwrap().is_none(), "the first run stopped");
     assert!(std::fs::metadata(&out).unwrap().len() >= before);
 }
 

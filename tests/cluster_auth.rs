@@ -13,17 +13,15 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_tributary");
 
 /// Longest any wait of these tests lasts.
 const WAIT: Duration = Duration::from_secs(90);
 
-/// One engine process; killed on drop.
+/// One engine process (killed on drop), its stderr file and its name.
 struct Proc {
-    child: Child,
+    child: Reaped,
     stderr: PathBuf,
     name: String,
 }
@@ -31,13 +29,13 @@ struct Proc {
 impl Proc {
     fn start(dir: &TempDir, name: &str, args: &[String]) -> Proc {
         let stderr = dir.path(&format!("{name}.stderr"));
-        let child = Command::new(BIN)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.path(&format!("{name}.stdout"))).unwrap())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap();
+        let child = Reaped::spawn(
+            Command::new(BIN)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(dir.path(&format!("{name}.stdout"))).unwrap())
+                .stderr(std::fs::File::create(&stderr).unwrap()),
+        );
         Proc {
             child,
             stderr,
@@ -56,7 +54,7 @@ impl Proc {
             if self.stderr_text().contains(text) {
                 return Some(());
             }
-            if self.child.try_wait().unwrap().is_some() {
+            if self.child.exited().is_some() {
                 return None;
             }
             assert!(
@@ -73,7 +71,7 @@ impl Proc {
     fn wait(&mut self) -> ExitStatus {
         let deadline = Instant::now() + WAIT;
         loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if let Some(status) = self.child.exited() {
                 return status;
             }
             assert!(
@@ -87,14 +85,7 @@ impl Proc {
     }
 
     fn running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.running()
     }
 }
 

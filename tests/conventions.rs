@@ -9,20 +9,23 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tributary");
 const WAIT: Duration = Duration::from_secs(60);
 
+/// Runs the binary to its end, within [`WAIT`].
 fn tributary(args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    Reaped::spawn(
+        Command::new(BIN)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+    .finish(WAIT)
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -178,40 +181,33 @@ fn log_lines_are_json_with_log_format_json_and_filtered_by_rust_log() {
     assert!(odd.contains("done: "), "{odd}");
 }
 
-/// A server process, killed on drop.
-struct Proc(Child, PathBuf);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+/// A server process (killed on drop) and its stderr file.
+struct Proc(Reaped, PathBuf);
 
 #[test]
 fn the_progress_line_is_for_terminals_unless_asked_for() {
     let dir = TempDir::new("progress");
     let start = |name: &str, extra: &[&str]| {
         let stderr = dir.path(&format!("{name}.stderr"));
-        let child = Command::new(BIN)
-            .args([
-                "run",
-                "--source",
-                "http",
-                "--serve",
-                "127.0.0.1:0",
-                "--features",
-                "x0",
-                "--out",
-                dir.path(&format!("{name}.jsonl")).to_str().unwrap(),
-            ])
-            .args(extra)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap();
+        let child = Reaped::spawn(
+            Command::new(BIN)
+                .args([
+                    "run",
+                    "--source",
+                    "http",
+                    "--serve",
+                    "127.0.0.1:0",
+                    "--features",
+                    "x0",
+                    "--out",
+                    dir.path(&format!("{name}.jsonl")).to_str().unwrap(),
+                ])
+                .args(extra)
+                .env_remove("RUST_LOG")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&stderr).unwrap()),
+        );
         Proc(child, stderr)
     };
     // stderr is a file here, not a terminal: only --progress prints the line.

@@ -17,7 +17,7 @@ use common::*;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "dashboard-test-token-7f3a";
@@ -47,60 +47,41 @@ fn chromium() -> Option<PathBuf> {
     None
 }
 
-/// A Chromium run, killed on drop.
-struct Browser(Option<Child>);
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// Runs headless Chromium with `args` then `url`, bounded by [`BROWSER_WAIT`]; its
 /// stdout.
 fn run_chromium(chrome: &Path, dir: &TempDir, name: &str, args: &[String], url: &str) -> String {
     let stdout = dir.path(&format!("{name}.stdout"));
     let stderr = dir.path(&format!("{name}.stderr"));
-    let child = Command::new(chrome)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-extensions",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-        ])
-        .arg(format!(
-            "--user-data-dir={}",
-            dir.path(&format!("{name}-profile")).display()
-        ))
-        .args(args)
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&stdout).unwrap())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", chrome.display()));
-    let mut browser = Browser(Some(child));
-    let deadline = Instant::now() + BROWSER_WAIT;
-    let status = loop {
-        if let Some(status) = browser.0.as_mut().unwrap().try_wait().unwrap() {
-            browser.0 = None;
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
+    // Killed on drop (a failed wait included).
+    let mut browser = Reaped::spawn(
+        Command::new(chrome)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-extensions",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--hide-scrollbars",
+            ])
+            .arg(format!(
+                "--user-data-dir={}",
+                dir.path(&format!("{name}-profile")).display()
+            ))
+            .args(args)
+            .arg(url)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(&stderr).unwrap()),
+    );
+    let status = browser.wait_within(BROWSER_WAIT).unwrap_or_else(|| {
+        panic!(
             "chromium did not finish within {BROWSER_WAIT:?}; stderr:\n{}",
             std::fs::read_to_string(&stderr).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+        )
+    });
     assert!(
         status.success(),
         "chromium {status}; stderr:\n{}",

@@ -11,37 +11,25 @@ mod common;
 use common::*;
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tributary");
 const WAIT: Duration = Duration::from_secs(90);
 
 /// Runs the binary to its end (bounded): exit code and stderr.
 fn run(args: &[&str]) -> (Option<i32>, String) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            let output = child.wait_with_output().unwrap();
-            return (
-                output.status.code(),
-                String::from_utf8_lossy(&output.stderr).into_owned(),
-            );
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{args:?} did not end within {WAIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let output = Reaped::spawn(
+        Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    )
+    .finish(WAIT);
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -129,15 +117,8 @@ fn exit_2_when_a_source_or_output_fails_during_the_run() {
     assert!(stderr.contains("output"), "{stderr}");
 }
 
-/// One process of the loopback cluster, killed on drop.
-struct Proc(Child, PathBuf);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+/// One process of the loopback cluster (killed on drop) and its stderr file.
+struct Proc(Reaped, PathBuf);
 
 #[test]
 fn exit_75_when_another_process_of_the_cluster_is_lost() {
@@ -146,30 +127,30 @@ fn exit_75_when_another_process_of_the_cluster_is_lost() {
     loopback_hostfile(&hostfile, 2);
     let start = |p: usize| {
         let stderr = dir.path(&format!("p{p}.stderr"));
-        let child = Command::new(BIN)
-            .args([
-                "run",
-                "--progress",
-                "--source",
-                "gen:rows=100000000000,keys=4,features=2,seed=3",
-                "--window",
-                "tumbling:10s",
-                "--out",
-                dir.path(&format!("p{p}.jsonl")).to_str().unwrap(),
-                "--peer-timeout",
-                "5s",
-                "-n",
-                "2",
-                "-p",
-                &p.to_string(),
-                "-h",
-                hostfile.to_str().unwrap(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap();
+        let child = Reaped::spawn(
+            Command::new(BIN)
+                .args([
+                    "run",
+                    "--progress",
+                    "--source",
+                    "gen:rows=100000000000,keys=4,features=2,seed=3",
+                    "--window",
+                    "tumbling:10s",
+                    "--out",
+                    dir.path(&format!("p{p}.jsonl")).to_str().unwrap(),
+                    "--peer-timeout",
+                    "5s",
+                    "-n",
+                    "2",
+                    "-p",
+                    &p.to_string(),
+                    "-h",
+                    hostfile.to_str().unwrap(),
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&stderr).unwrap()),
+        );
         Proc(child, stderr)
     };
     let mut p0 = start(0);

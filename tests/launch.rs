@@ -6,13 +6,10 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_tributary");
 
 /// Longest a launched cluster may take before the test kills it and fails.
 const LIMIT: Duration = Duration::from_secs(90);
@@ -43,32 +40,12 @@ fn launch_cmd(launch: &[&str], run: &[String]) -> Command {
     c
 }
 
-/// Waits for `child` at most `limit`; on timeout kills it (and `also`) and panics.
-fn finish(mut child: Child, limit: Duration, also: &[i32]) -> Output {
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            for pid in also {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            }
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "launch did not finish within {limit:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().unwrap()
-}
-
 /// Runs a launch to its end. The launcher probes free ports and releases them for its
 /// children to bind: if another process takes one in between, the cluster fails with
 /// "Address already in use" and is launched again (at most 3 times).
 fn launch_to_end(launch: &[&str], run: &[String]) -> Output {
     for attempt in 1..=3 {
-        let out = finish(launch_cmd(launch, run).spawn().unwrap(), LIMIT, &[]);
+        let out = Reaped::spawn(&mut launch_cmd(launch, run)).finish(LIMIT);
         let stderr = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() && stderr.contains("Address already in use") && attempt < 3 {
             eprintln!("launch: a port was taken; launching again: {stderr}");
@@ -183,9 +160,10 @@ fn stdout_models_stay_pipeable_unless_prefixed() {
     );
 }
 
-/// A long-running 2-process launch; returns it, its collected stderr, and the two pids
-/// (read from the launcher's `launch: process i pid N` lines).
-fn start_long_cluster(dir: &TempDir) -> (Child, Arc<Mutex<Vec<String>>>, Vec<i32>) {
+/// A long-running 2-process launch; returns it (the launcher, killed on drop with the two
+/// processes), its collected stderr, and the two pids (read from the launcher's
+/// `launch: process i pid N` lines).
+fn start_long_cluster(dir: &TempDir) -> (Reaped, Arc<Mutex<Vec<String>>>, Vec<i32>) {
     let out = dir.path("out.jsonl");
     let mut run = strings(&[
         "run",
@@ -197,19 +175,10 @@ fn start_long_cluster(dir: &TempDir) -> (Child, Arc<Mutex<Vec<String>>>, Vec<i32
         "--out",
     ]);
     run.push(out.display().to_string());
-    let mut child = launch_cmd(&["-n", "2", "-w", "1", "--grace", "3s"], &run)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let stderr = child.stderr.take().unwrap();
-    let sink = Arc::clone(&lines);
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            sink.lock().unwrap().push(line);
-        }
-    });
+    let mut child = Reaped::spawn(
+        launch_cmd(&["-n", "2", "-w", "1", "--grace", "3s"], &run).stdout(Stdio::null()),
+    );
+    let lines = lines_in_background(child.stderr.take().unwrap());
     let deadline = Instant::now() + Duration::from_secs(30);
     let pids = loop {
         let pids: Vec<i32> = (0..2)
@@ -228,21 +197,17 @@ fn start_long_cluster(dir: &TempDir) -> (Child, Arc<Mutex<Vec<String>>>, Vec<i32
             break pids;
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
             panic!("the launcher did not print two pids: {:?}", lines.lock());
         }
         std::thread::sleep(Duration::from_millis(10));
     };
+    for pid in &pids {
+        child.also_kill(*pid as u32);
+    }
     // Running for real: process 0 writes models (the cluster is connected and working).
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::fs::read(&out).map_or(0, |b| b.len()) == 0 {
-        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
-            let _ = child.kill();
-            let _ = child.wait();
-            for pid in &pids {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            }
+        if Instant::now() > deadline || child.exited().is_some() {
             panic!("the cluster wrote no model: {:?}", lines.lock());
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -255,23 +220,12 @@ fn alive(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-fn wait_until_done(child: Child, pids: &[i32]) -> std::process::ExitStatus {
-    let mut child = child;
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            let _ = child.wait();
-            for pid in pids {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            }
-            panic!("launch did not exit within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+/// Waits (at most 30 s) for the launcher to exit; its processes are killed with it if the
+/// test fails, and not before the test has checked them.
+fn wait_until_done(child: &mut Reaped) -> ExitStatus {
+    child
+        .wait_within(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("launch did not exit within 30 s"))
 }
 
 /// The launcher's stderr after it exited (the reader thread reaches end of file).
@@ -286,13 +240,13 @@ fn final_stderr(lines: &Arc<Mutex<Vec<String>>>) -> String {
 #[test]
 fn a_killed_process_stops_the_cluster_and_is_named() {
     let dir = TempDir::new("launch-kill");
-    let (child, lines, pids) = start_long_cluster(&dir);
+    let (mut child, lines, pids) = start_long_cluster(&dir);
     let killed = Command::new("kill")
         .args(["-9", &pids[1].to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
-    let status = wait_until_done(child, &pids);
+    let status = wait_until_done(&mut child);
     let stderr = final_stderr(&lines);
     assert!(
         !status.success(),
@@ -311,13 +265,13 @@ fn a_killed_process_stops_the_cluster_and_is_named() {
 #[test]
 fn sigterm_to_the_launcher_stops_every_process() {
     let dir = TempDir::new("launch-term");
-    let (child, lines, pids) = start_long_cluster(&dir);
+    let (mut child, lines, pids) = start_long_cluster(&dir);
     let sent = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(sent.success());
-    let status = wait_until_done(child, &pids);
+    let status = wait_until_done(&mut child);
     let stderr = final_stderr(&lines);
     assert!(!status.success());
     assert!(
@@ -331,13 +285,8 @@ fn sigterm_to_the_launcher_stops_every_process() {
 
 #[test]
 fn cluster_flags_in_the_forwarded_command_are_refused() {
-    let out = finish(
-        launch_cmd(&["-n", "2"], &strings(&["run", "-w", "2"]))
-            .spawn()
-            .unwrap(),
-        Duration::from_secs(10),
-        &[],
-    );
+    let out = Reaped::spawn(&mut launch_cmd(&["-n", "2"], &strings(&["run", "-w", "2"])))
+        .finish(Duration::from_secs(10));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

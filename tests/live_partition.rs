@@ -87,7 +87,8 @@ fn one_tcp_connection_that_stays_open_gives_the_final_models_on_two_workers() {
     let features = feature_list(d);
     let window = WIN.arg();
     let lateness = format!("{LATENESS_MS}ms");
-    let (mut child, mut stream, _) = spawn_tcp_client(
+    // The engine is a `Reaped` child: killed and reaped on drop, a failed test included.
+    let (child, mut stream, _) = spawn_tcp_client(
         &dir,
         &[
             "--features",
@@ -102,7 +103,6 @@ fn one_tcp_connection_that_stays_open_gives_the_final_models_on_two_workers() {
             "2",
         ],
     );
-    let guard = KillOnDrop(&mut child);
     // The file in several writes, then the connection stays open.
     let text = csv_text(&rows, d);
     for chunk in text.as_bytes().chunks(64 << 10) {
@@ -111,17 +111,7 @@ fn one_tcp_connection_that_stays_open_gives_the_final_models_on_two_workers() {
     stream.flush().unwrap();
     wait_for_models(&out, &want, "one TCP connection, still open, -w 2");
     drop(stream);
-    drop(guard);
-}
-
-/// Kills (SIGKILL) and reaps a child when dropped, even when the test fails.
-struct KillOnDrop<'a>(&'a mut std::process::Child);
-
-impl Drop for KillOnDrop<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    drop(child);
 }
 
 /// `--close-after-idle`: once the source has been quiet that long, every window open is

@@ -19,10 +19,8 @@ mod common;
 
 use common::*;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_tributary");
 
 /// Hosts (processes) of the cluster.
 const HOSTS: usize = 3;
@@ -67,7 +65,7 @@ fn ip(args: &[&str]) -> Result<(), String> {
 struct Net {
     hosts: Vec<String>,
     bridge: String,
-    children: Vec<Option<Child>>,
+    children: Vec<Option<Reaped>>,
 }
 
 impl Net {
@@ -118,27 +116,23 @@ impl Net {
     /// Starts process `i` of the cluster in host `i`'s namespace (after the one before it
     /// there has ended).
     fn start(&mut self, i: usize, args: &[String], dir: &TempDir) {
-        if let Some(mut old) = self.children[i].take() {
-            let _ = old.kill();
-            let _ = old.wait();
-        }
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.hosts[i], BIN])
-            .args(args)
-            .args(["-p", &i.to_string()])
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.path(&format!("p{i}.stdout"))).unwrap())
-            .stderr(std::fs::File::create(dir.path(&format!("p{i}.stderr"))).unwrap())
-            .spawn()
-            .unwrap();
+        // Dropping the one before kills and reaps it.
+        self.children[i] = None;
+        let child = Reaped::spawn(
+            Command::new("ip")
+                .args(["netns", "exec", &self.hosts[i], BIN])
+                .args(args)
+                .args(["-p", &i.to_string()])
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(dir.path(&format!("p{i}.stdout"))).unwrap())
+                .stderr(std::fs::File::create(dir.path(&format!("p{i}.stderr"))).unwrap()),
+        );
         self.children[i] = Some(child);
     }
 
     /// Whether process `i` is still running.
     fn running(&mut self, i: usize) -> bool {
-        self.children[i]
-            .as_mut()
-            .is_some_and(|c| c.try_wait().unwrap().is_none())
+        self.children[i].as_mut().is_some_and(|c| c.running())
     }
 
     /// Takes host `i`'s port on the bridge down: its packets go nowhere from now on.
@@ -178,10 +172,9 @@ impl Net {
 
 impl Drop for Net {
     fn drop(&mut self) {
-        for child in self.children.iter_mut().flatten() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        // The processes first (dropping a `Reaped` kills and reaps it), then their
+        // namespaces.
+        self.children.clear();
         for ns in self.hosts.iter().chain([&self.bridge]) {
             if let Err(e) = ip(&["netns", "del", ns]) {
                 eprintln!("netns cleanup: {e}");

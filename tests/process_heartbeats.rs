@@ -8,36 +8,16 @@ mod common;
 
 use common::http::{agent, http_get};
 use common::*;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tributary");
-
 /// The launcher and its children: continued (a stopped process ignores SIGTERM) and
-/// killed on drop.
+/// killed on drop (the launcher is a [`Reaped`] told of its children).
 struct Cluster {
-    launcher: Child,
+    launcher: Reaped,
     pids: Vec<i32>,
     lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for pid in &self.pids {
-            let _ = Command::new("kill")
-                .args(["-CONT", &pid.to_string()])
-                .stderr(Stdio::null())
-                .status();
-            let _ = Command::new("kill")
-                .args(["-9", &pid.to_string()])
-                .stderr(Stdio::null())
-                .status();
-        }
-        let _ = self.launcher.kill();
-        let _ = self.launcher.wait();
-    }
 }
 
 impl Cluster {
@@ -52,7 +32,7 @@ impl Cluster {
             if let Some(found) = self.lines.lock().unwrap().iter().find_map(|l| find(l)) {
                 return found;
             }
-            if Instant::now() > deadline || self.launcher.try_wait().unwrap().is_some() {
+            if Instant::now() > deadline || self.launcher.exited().is_some() {
                 panic!("no {what} within {limit:?}: {}", self.stderr());
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -76,34 +56,26 @@ fn per_process(text: &str, family: &str) -> Vec<(usize, f64)> {
 fn process_0_shows_every_process_and_a_stopped_one_ages() {
     let dir = TempDir::new("heartbeats");
     let out = dir.path("out.jsonl");
-    let mut launcher = Command::new(BIN)
-        .args(["launch", "-n", "2", "-w", "1", "--grace", "2s", "--"])
-        .args([
-            "run",
-            "--source",
-            "gen:rows=500000000,keys=8,features=3,seed=3",
-            "--window",
-            "sliding:20s/5s",
-            "--serve",
-            "127.0.0.1:0",
-            "--progress",
-            "--out",
-        ])
-        .arg(&out)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let stderr = launcher.stderr.take().unwrap();
-    let sink = Arc::clone(&lines);
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            sink.lock().unwrap().push(line);
-        }
-    });
+    let mut launcher = Reaped::spawn(
+        Command::new(BIN)
+            .args(["launch", "-n", "2", "-w", "1", "--grace", "2s", "--"])
+            .args([
+                "run",
+                "--source",
+                "gen:rows=500000000,keys=8,features=3,seed=3",
+                "--window",
+                "sliding:20s/5s",
+                "--serve",
+                "127.0.0.1:0",
+                "--progress",
+                "--out",
+            ])
+            .arg(&out)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    let lines = lines_in_background(launcher.stderr.take().unwrap());
     let mut cluster = Cluster {
         launcher,
         pids: Vec::new(),
@@ -118,6 +90,7 @@ fn process_0_shows_every_process_and_a_stopped_one_ages() {
                 .parse()
                 .ok()
         });
+        cluster.launcher.also_kill(pid as u32);
         cluster.pids.push(pid);
     }
     let url = cluster.wait_line("serving line", Duration::from_secs(60), |l| {

@@ -3,38 +3,17 @@
 //! cluster; rescaling; refusal of a checkpoint of another dataflow, of damaged stores;
 //! and bounded checkpoint state. Everything runs on 127.0.0.1 with bounded time.
 
-use std::collections::BTreeMap;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tributary");
+use common::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// A generated stream long enough to be killed in the middle of.
 const SOURCE: &str = "gen:rows=15000000,keys=8,features=3,seed=5,disorder=200,batch=4096";
 const WINDOW: &str = "sliding:20s/5s";
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("tributary-recovery-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn args(out: &Path, checkpoint: Option<&Path>, extra: &[&str]) -> Vec<String> {
     let mut a: Vec<String> = [
@@ -60,76 +39,22 @@ fn args(out: &Path, checkpoint: Option<&Path>, extra: &[&str]) -> Vec<String> {
     a
 }
 
-fn spawn(args: &[String]) -> Child {
-    Command::new(BIN)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tributary")
+/// Starts the binary with `args` (stderr piped); killed on drop.
+fn spawn(args: &[String]) -> Reaped {
+    Reaped::spawn(
+        Command::new(BIN)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    )
 }
 
-fn finish(child: Child, limit: Duration) -> Output {
-    let started = Instant::now();
-    let mut child = child;
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "tributary did not finish within {limit:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Waits for every process of a cluster; once one has failed, the others (which would wait
-/// for it forever) are killed. Panics after `limit`.
-fn finish_all(mut children: Vec<Child>, limit: Duration) -> Vec<Output> {
-    let started = Instant::now();
-    loop {
-        let mut done = 0;
-        let mut failed = false;
-        for c in children.iter_mut() {
-            if let Some(status) = c.try_wait().unwrap() {
-                done += 1;
-                failed |= !status.success();
-            }
-        }
-        if done == children.len() || failed {
-            break;
-        }
-        if started.elapsed() > limit {
-            for c in children.iter_mut() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-            panic!("the cluster did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    children
-        .into_iter()
-        .map(|mut c| {
-            let _ = c.kill();
-            c.wait_with_output().unwrap()
-        })
-        .collect()
-}
-
-fn run_ok(args: &[String]) -> Output {
-    let out = finish(spawn(args), Duration::from_secs(120));
-    assert!(
-        out.status.success(),
-        "tributary {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+/// Runs the binary with `args` to its end (within [`RUN_TIMEOUT`], 120 s) and asserts it
+/// succeeded.
+fn run_to_end(dir: &TempDir, args: &[String]) -> RunOutput {
+    let run = run_engine(dir, args);
+    run.assert_success();
+    run
 }
 
 /// Final emissions, keyed by (key, start, end): the highest revision's line. Panics on
@@ -199,35 +124,31 @@ fn kill_times(seed: u64, count: usize, max: Duration) -> Vec<Duration> {
 /// Runs `args` to completion, first killing it (kill -9) each time its output file has
 /// reached the next of `kill_at_lines` lines, and restarting it. Returns how many runs
 /// were killed and how many resumed from a checkpoint.
-fn run_with_kills(args: &[String], out: &Path, kill_at_lines: &[usize]) -> (usize, usize) {
+fn run_with_kills(
+    dir: &TempDir,
+    args: &[String],
+    out: &Path,
+    kill_at_lines: &[usize],
+) -> (usize, usize) {
     let lines = || line_count(out);
     let mut killed = 0;
     let mut resumed = 0;
     for &at in kill_at_lines {
         let mut child = spawn(args);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while child.try_wait().unwrap().is_none() && lines() < at && Instant::now() < deadline {
-            std::thread::sleep(POLL);
-        }
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap();
-            killed += 1;
-        }
-        let out = child.wait_with_output().unwrap();
+        // Polled every 10 ms: often enough to kill near the point, rare enough not to keep
+        // a core busy re-reading the file.
+        killed += child.kill_when(Duration::from_secs(60), || lines() >= at) as usize;
+        let out = child.finish(Duration::from_secs(60));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!stderr.contains("panicked"), "run panicked: {stderr}");
         resumed += stderr.contains("resuming from checkpoint") as usize;
     }
-    let last = run_ok(args);
-    resumed += String::from_utf8_lossy(&last.stderr).contains("resuming from checkpoint") as usize;
+    let last = run_to_end(dir, args);
+    resumed += last.stderr.contains("resuming from checkpoint") as usize;
     (killed, resumed)
 }
 
 /// The number of complete lines in a file (0 when it does not exist yet).
-/// How often a growing output file is counted while waiting for a kill point: often
-/// enough to kill near it, rare enough not to keep a core busy re-reading the file.
-const POLL: Duration = Duration::from_millis(10);
-
 fn line_count(path: &Path) -> usize {
     std::fs::read(path).map_or(0, |b| b.iter().filter(|c| **c == b'\n').count())
 }
@@ -248,7 +169,7 @@ fn reference(
 ) -> (BTreeMap<(String, i64, i64), serde_json::Value>, Duration) {
     let out = dir.path(&format!("reference-w{workers}.jsonl"));
     let started = Instant::now();
-    run_ok(&args(&out, None, &["-w", workers]));
+    run_to_end(dir, &args(&out, None, &["-w", workers]));
     (finals(&out), started.elapsed())
 }
 
@@ -263,7 +184,7 @@ fn kill_9_at_random_moments_changes_nothing() {
         .unwrap()
         .lines()
         .count();
-    let (killed, resumed) = run_with_kills(&a, &out, &kill_points(42, 5, total));
+    let (killed, resumed) = run_with_kills(&dir, &a, &out, &kill_points(42, 5, total));
     assert!(killed >= 3, "only {killed} of the runs were killed mid-way");
     assert!(
         resumed >= 3,
@@ -273,11 +194,10 @@ fn kill_9_at_random_moments_changes_nothing() {
     // The output file holds every line once, in the order of an uninterrupted run (the
     // restored panes sum in another order, so numbers may differ in the last bits).
     let uninterrupted = dir.path("uninterrupted.jsonl");
-    run_ok(&args(
-        &uninterrupted,
-        Some(&dir.path("ckpt2")),
-        &["-w", "2"],
-    ));
+    run_to_end(
+        &dir,
+        &args(&uninterrupted, Some(&dir.path("ckpt2")), &["-w", "2"]),
+    );
     assert_same_lines(&out, &uninterrupted);
 }
 
@@ -324,36 +244,17 @@ fn rescaling_a_checkpoint_gives_identical_models() {
         let ckpt = dir.path(&format!("ckpt-{workers}"));
         // Checkpoint with 4 workers, killed half-way through…
         let mut child = spawn(&args(&out, Some(&ckpt), &["-w", "4"]));
-        let deadline = Instant::now() + Duration::from_secs(60);
         let lines = || line_count(&out);
-        while child.try_wait().unwrap().is_none()
-            && lines() < total / 2
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(POLL);
-        }
         assert!(
-            child.try_wait().unwrap().is_none(),
+            child.kill_when(Duration::from_secs(60), || lines() >= total / 2),
             "finished before the kill"
         );
-        let _ = child.kill();
-        let _ = child.wait();
         // …restored onto another worker count.
-        let o = run_ok(&args(&out, Some(&ckpt), &["-w", workers]));
-        let stderr = String::from_utf8_lossy(&o.stderr);
+        let o = run_to_end(&dir, &args(&out, Some(&ckpt), &["-w", workers]));
+        let stderr = &o.stderr;
         assert!(stderr.contains("resuming from checkpoint"), "{stderr}");
         assert_same_models(&finals(&out), &expected);
     }
-}
-
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
 }
 
 #[test]
@@ -364,12 +265,7 @@ fn two_process_cluster_survives_killing_one_process() {
     let ckpt = dir.path("ckpt");
     let hostfile = dir.path("hosts");
     let cluster = || {
-        let ports = free_ports(2);
-        std::fs::write(
-            &hostfile,
-            format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1]),
-        )
-        .unwrap();
+        loopback_hostfile(&hostfile, 2);
         let h = hostfile.display().to_string();
         (0..2)
             .map(|i| {
@@ -389,21 +285,15 @@ fn two_process_cluster_survives_killing_one_process() {
     for (round, at) in kill_points(7, 3, total).into_iter().enumerate() {
         let mut children = cluster();
         let deadline = Instant::now() + Duration::from_secs(60);
-        while lines() < at
-            && Instant::now() < deadline
-            && children.iter_mut().all(|c| c.try_wait().unwrap().is_none())
+        while lines() < at && Instant::now() < deadline && children.iter_mut().all(|c| c.running())
         {
-            std::thread::sleep(POLL);
+            std::thread::sleep(Duration::from_millis(10));
         }
         // Kill one process; the other fails when its peer disappears (or is stopped).
         let _ = children[round % 2].kill();
+        // The other is given 10 s to stop, then killed (dropping it kills and reaps it).
         for mut c in children {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().unwrap().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            c.wait_within(Duration::from_secs(10));
         }
     }
     // The last run, to its end. Ports are probed free and then bound by the processes: if
@@ -442,11 +332,11 @@ fn a_checkpoint_of_another_dataflow_is_refused() {
     let dir = TempDir::new("fingerprint");
     let out = dir.path("out.jsonl");
     let ckpt = dir.path("ckpt");
-    run_ok(&args(&out, Some(&ckpt), &[]));
+    run_to_end(&dir, &args(&out, Some(&ckpt), &[]));
     let mut other = args(&out, Some(&ckpt), &[]);
     let w = other.iter().position(|a| a == WINDOW).unwrap();
     other[w] = "tumbling:30s".into();
-    let o = finish(spawn(&other), Duration::from_secs(60));
+    let o = spawn(&other).finish(Duration::from_secs(60));
     assert!(!o.status.success());
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("another dataflow"), "{stderr}");
@@ -459,7 +349,7 @@ fn a_damaged_store_is_refused() {
     let out = dir.path("out.jsonl");
     let ckpt = dir.path("ckpt");
     // A finished run: its store holds table files (SST) with the commits and state.
-    run_ok(&args(&out, Some(&ckpt), &[]));
+    run_to_end(&dir, &args(&out, Some(&ckpt), &[]));
     let store = ckpt.join("process-0");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&store)
         .unwrap()
@@ -474,10 +364,7 @@ fn a_damaged_store_is_refused() {
         let f = std::fs::OpenOptions::new().write(true).open(f).unwrap();
         f.set_len(len / 2).unwrap();
     }
-    let o = finish(
-        spawn(&args(&out, Some(&ckpt), &[])),
-        Duration::from_secs(60),
-    );
+    let o = spawn(&args(&out, Some(&ckpt), &[])).finish(Duration::from_secs(60));
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success(),
@@ -504,11 +391,14 @@ fn checkpoint_state_stays_bounded_and_inspect_reports_it() {
     let ckpt = dir.path("ckpt");
     let a = args(&out, Some(&ckpt), &["-w", "2"]);
     let inspect = || {
-        let o = Command::new(BIN)
-            .args(["checkpoint", "inspect"])
-            .arg(&ckpt)
-            .output()
-            .unwrap();
+        let o = Reaped::spawn(
+            Command::new(BIN)
+                .args(["checkpoint", "inspect"])
+                .arg(&ckpt)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        )
+        .finish(Duration::from_secs(60));
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
@@ -523,19 +413,10 @@ fn checkpoint_state_stays_bounded_and_inspect_reports_it() {
     // 8 keys × the 4 panes of a 20 s / 5 s window, and one more pane each at most.
     let mut child = spawn(&a);
     let lines = || line_count(&out);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none()
-        && lines() < total * 3 / 4
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(POLL);
-    }
     assert!(
-        child.try_wait().unwrap().is_none(),
+        child.kill_when(Duration::from_secs(60), || lines() >= total * 3 / 4),
         "finished before the kill"
     );
-    let _ = child.kill();
-    let _ = child.wait();
     let text = inspect();
     assert!(
         panes(&text) <= 8 * 5,
@@ -543,11 +424,11 @@ fn checkpoint_state_stays_bounded_and_inspect_reports_it() {
     );
     assert!(text.contains("newest complete epoch"), "{text}");
     // Finished: every window closed, so no pane is left.
-    run_ok(&a);
+    run_to_end(&dir, &a);
     let text = inspect();
     assert_eq!(panes(&text), 0, "{text}");
     // The same command after completion has nothing left to do and writes nothing twice.
     let before = std::fs::read_to_string(&out).unwrap();
-    run_ok(&a);
+    run_to_end(&dir, &a);
     assert_eq!(before, std::fs::read_to_string(&out).unwrap());
 }

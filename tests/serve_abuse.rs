@@ -237,6 +237,32 @@ impl Server {
         self.inner.wait_for(what, check)
     }
 
+    /// Polls `GET /healthz` on a new connection each time (for at most `WAIT`) until it is
+    /// answered `status`; that answer.
+    fn wait_for_status(&self, what: &str, status: u16) -> Answer {
+        self.wait_for(what, || {
+            let a = exchange(
+                &self.addr,
+                &request("GET", "/healthz", Some(&self.addr), &[], b""),
+            )?;
+            if a.status == status {
+                Ok(a)
+            } else {
+                Err(format!("{a:?}"))
+            }
+        })
+    }
+
+    /// Posts `rows`, then a record of key `zz` 30 s later that closes their windows;
+    /// asserts both are accepted.
+    fn post_and_close(&self, rows: &[(i64, &str, f64, f64)]) {
+        assert_eq!(self.post_csv(&csv(rows)).status, 200);
+        assert_eq!(
+            self.post_csv(&csv(&[(T0 + 30_000, "zz", 0.0, 0.0)])).status,
+            200
+        );
+    }
+
     fn pid(&self) -> u32 {
         self.inner.child.as_ref().unwrap().id()
     }
@@ -256,7 +282,6 @@ fn csv(rows: &[(i64, &str, f64, f64)]) -> String {
 fn closed_within(stream: &mut TcpStream, within: Duration) -> Result<Vec<u8>, String> {
     let deadline = Instant::now() + within;
     let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -266,16 +291,26 @@ fn closed_within(stream: &mut TcpStream, within: Duration) -> Result<Vec<u8>, St
             ));
         }
         stream.set_read_timeout(Some(left)).unwrap();
-        match stream.read(&mut buf) {
-            Ok(0) => return Ok(got),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => return Ok(got),
+        if !read_more(stream, &mut got) {
+            return Ok(got);
         }
+    }
+}
+
+/// One read of `stream` (within its read timeout), appended to `got`: `false` once the
+/// peer has closed it (end of stream, or a reset), `true` after data or a timeout.
+fn read_more(stream: &mut TcpStream, got: &mut Vec<u8>) -> bool {
+    let mut buf = [0u8; 4096];
+    match stream.read(&mut buf) {
+        Ok(0) => false,
+        Ok(n) => {
+            got.extend_from_slice(&buf[..n]);
+            true
+        }
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
     }
 }
 
@@ -343,20 +378,9 @@ fn slow_clients_are_cut_off_and_healthz_stays_fast() {
                 s.set_read_timeout(Some(Duration::from_millis(100)))
                     .unwrap();
                 let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
                 while started.elapsed() < Duration::from_secs(20) {
-                    if s.write_all(b"1").is_err() {
+                    if s.write_all(b"1").is_err() || !read_more(&mut s, &mut got) {
                         break;
-                    }
-                    match s.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                        Err(e)
-                            if matches!(
-                                e.kind(),
-                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                            ) => {}
-                        Err(_) => break,
                     }
                 }
                 (started.elapsed(), got)
@@ -439,17 +463,7 @@ fn connections_over_the_cap_are_refused_with_503() {
     let mut held: Vec<TcpStream> = (0..20)
         .map(|_| TcpStream::connect(&server.addr).unwrap())
         .collect();
-    let refused = server.wait_for("a 503 over --max-connections 20", || {
-        let a = exchange(
-            &server.addr,
-            &request("GET", "/healthz", Some(&server.addr), &[], b""),
-        )?;
-        if a.status == 503 {
-            Ok(a)
-        } else {
-            Err(format!("{a:?}"))
-        }
-    });
+    let refused = server.wait_for_status("a 503 over --max-connections 20", 503);
     let message = refused.assert_error(503, "over --max-connections");
     assert!(
         message.contains("--max-connections") && message.contains("20"),
@@ -460,17 +474,7 @@ fn connections_over_the_cap_are_refused_with_503() {
     let again = server.send(&request("GET", "/models", Some(&server.addr), &[], b""));
     again.assert_error(503, "still over --max-connections");
     held.truncate(10);
-    let h = server.wait_for("served again once connections closed", || {
-        let a = exchange(
-            &server.addr,
-            &request("GET", "/healthz", Some(&server.addr), &[], b""),
-        )?;
-        if a.status == 200 {
-            Ok(a)
-        } else {
-            Err(format!("{a:?}"))
-        }
-    });
+    let h = server.wait_for_status("served again once connections closed", 200);
     assert_eq!(h.json()["status"], "ok");
     assert!(
         server
@@ -673,14 +677,8 @@ fn models_pages_cover_every_key_exactly_once() {
     let names: Vec<String> = (0..2500).map(|i| format!("key-{i:05}")).collect();
     let rows: Vec<(i64, &str, f64, f64)> =
         names.iter().map(|k| (T0, k.as_str(), 1.0, 2.0)).collect();
-    assert_eq!(server.post_csv(&csv(&rows)).status, 200);
     // Close the windows: every key gets a final model.
-    assert_eq!(
-        server
-            .post_csv(&csv(&[(T0 + 30_000, "zz", 0.0, 0.0)]))
-            .status,
-        200
-    );
+    server.post_and_close(&rows);
     let mut want: BTreeSet<String> = names.iter().cloned().collect();
     want.insert("zz".into());
     server.wait_for("every key served", || {
@@ -913,13 +911,7 @@ fn predict_overflow_is_not_200() {
             )
         })
         .collect();
-    assert_eq!(server.post_csv(&csv(&rows)).status, 200);
-    assert_eq!(
-        server
-            .post_csv(&csv(&[(T0 + 30_000, "zz", 0.0, 0.0)]))
-            .status,
-        200
-    );
+    server.post_and_close(&rows);
     server.wait_for("a final model of a", || {
         let v = server.get("/model?key=a").json();
         (!v["final"].is_null()).then_some(()).ok_or(v.to_string())

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Rows of `keys` keys renamed by `name`.
 fn renamed(rows: Vec<Row>, name: impl Fn(usize) -> String) -> Vec<Row> {
@@ -36,23 +36,57 @@ fn csv_vs_oracle(name: &str, rows: &[Row], d: usize, win: Win) -> BTreeMap<WinKe
     let (read_back, bad) = read_csv_oracle(&csv, d);
     assert_eq!((read_back.len(), bad), (rows.len(), 0));
     let want = oracle(&read_back, d, win, None);
-    for w in [1usize, 2] {
-        let mut cfg = RunCfg::csv(&csv, d, win);
-        cfg.workers = w;
-        cfg.source = format!("csv:{},block={}", csv.display(), block_for(&csv, w));
-        let (run, _) = run_ok(&dir, &cfg, &format!("out-{w}.jsonl"));
-        let ctx = format!("{name} -w {w} ({})", run.cmdline);
-        assert_eq!(run.summary("malformed"), Some(0), "{ctx}: {}", run.stderr);
-        assert_eq!(run.summary("late"), Some(0), "{ctx}: {}", run.stderr);
-        assert_every_worker_read(&run.stderr, w, rows.len() as u64, &ctx);
-        assert_out_matches(
-            &dir.path(&format!("out-{w}.jsonl")),
-            &want,
-            want.len(),
-            &ctx,
-        );
-    }
+    let input = Input {
+        format: "csv",
+        path: &csv,
+        d,
+        win,
+        records: rows.len(),
+    };
+    on_1_and_2_workers(&dir, name, &input, &want, &["malformed", "late"]);
     want
+}
+
+/// A file the tests run on 1 and 2 workers.
+struct Input<'a> {
+    /// `csv` or `jsonl`.
+    format: &'a str,
+    path: &'a Path,
+    d: usize,
+    win: Win,
+    /// The records in it.
+    records: usize,
+}
+
+/// Runs `input` on 1 and 2 workers, with blocks small enough that both read: each exit
+/// summary has every count of `zero` at 0 and `input.records` read over all workers, and
+/// each output equals `want` in every field.
+fn on_1_and_2_workers(
+    dir: &TempDir,
+    name: &str,
+    input: &Input,
+    want: &BTreeMap<WinKey, Model>,
+    zero: &[&str],
+) {
+    let Input {
+        format,
+        path,
+        d,
+        win,
+        records,
+    } = *input;
+    for w in [1usize, 2] {
+        let mut cfg = RunCfg::csv(path, d, win);
+        cfg.workers = w;
+        cfg.source = format!("{format}:{},block={}", path.display(), block_for(path, w));
+        let (run, _) = run_ok(dir, &cfg, &format!("out-{w}.jsonl"));
+        let ctx = format!("{name} -w {w} ({})", run.cmdline);
+        for count in zero {
+            assert_eq!(run.summary(count), Some(0), "{ctx}: {}", run.stderr);
+        }
+        assert_every_worker_read(&run.stderr, w, records as u64, &ctx);
+        assert_out_matches(&dir.path(&format!("out-{w}.jsonl")), want, want.len(), &ctx);
+    }
 }
 
 /// 10 000 keys, half of them 70 bytes long, about 4 rows each in one window: 10 000
@@ -249,21 +283,20 @@ fn json_lines_with_extra_fields_give_the_same_models() {
     std::fs::write(&path, text).unwrap();
     let win = Win::Sliding(10_000, 5_000);
     let want = oracle(&rows, d, win, None);
-    for w in [1usize, 2] {
-        let mut cfg = RunCfg::csv(&path, d, win);
-        cfg.workers = w;
-        cfg.source = format!("jsonl:{},block={}", path.display(), block_for(&path, w));
-        let (run, _) = run_ok(&dir, &cfg, &format!("out-{w}.jsonl"));
-        let ctx = format!("jsonl with extra fields -w {w} ({})", run.cmdline);
-        assert_eq!(run.summary("malformed"), Some(0), "{ctx}: {}", run.stderr);
-        assert_every_worker_read(&run.stderr, w, rows.len() as u64, &ctx);
-        assert_out_matches(
-            &dir.path(&format!("out-{w}.jsonl")),
-            &want,
-            want.len(),
-            &ctx,
-        );
-    }
+    let input = Input {
+        format: "jsonl",
+        path: &path,
+        d,
+        win,
+        records: rows.len(),
+    };
+    on_1_and_2_workers(
+        &dir,
+        "jsonl with extra fields",
+        &input,
+        &want,
+        &["malformed"],
+    );
 }
 
 /// Times before 1970 and across 0: windows are aligned by floor division (the window of
@@ -400,25 +433,15 @@ fn plain_csv_killed_under_checkpoint_resumes_exactly_once_with_late_out() {
     let mut killed = 0;
     for fraction in [4, 2] {
         let err = std::fs::File::create(dir.path(&format!("kill-{fraction}.stderr"))).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tributary"))
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while child.try_wait().unwrap().is_none()
-            && finals_now() < total / fraction
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap();
-            killed += 1;
-        }
-        let _ = child.wait();
+        let mut child = Reaped::spawn(
+            Command::new(BIN)
+                .args(&args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(err),
+        );
+        killed +=
+            child.kill_when(Duration::from_secs(60), || finals_now() >= total / fraction) as usize;
     }
     assert!(killed >= 1, "the run ended before it could be killed");
     let run = run_engine(&dir, &args);

@@ -12,18 +12,16 @@ use serde_json::Value;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_tributary");
 
 /// Longest any wait of these tests lasts.
 const WAIT: Duration = Duration::from_secs(60);
 
 /// A `tributary run` reading `tcp:127.0.0.1:PORT,listen` (fields `ts,key,x0,y`), serving
-/// HTTP on a free port; killed on drop.
+/// HTTP on a free port; killed on drop (a [`Reaped`] child).
 struct Engine {
-    child: Child,
+    child: Reaped,
     stderr: PathBuf,
     /// The TCP source's port.
     port: u16,
@@ -65,13 +63,13 @@ impl Engine {
             .collect();
             args.push(dir.path("models.jsonl").display().to_string());
             args.extend(extra.iter().map(|s| s.to_string()));
-            let child = Command::new(BIN)
-                .args(&args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&stderr).unwrap())
-                .spawn()
-                .unwrap();
+            let child = Reaped::spawn(
+                Command::new(BIN)
+                    .args(&args)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(&stderr).unwrap()),
+            );
             let mut engine = Engine {
                 child,
                 stderr,
@@ -85,7 +83,7 @@ impl Engine {
                     engine.http = rest.split_whitespace().next().unwrap().to_owned();
                     return engine;
                 }
-                if let Some(status) = engine.child.try_wait().unwrap() {
+                if let Some(status) = engine.child.exited() {
                     if text.contains("cannot listen") {
                         break;
                     }
@@ -143,7 +141,7 @@ impl Engine {
     fn wait_for(&mut self, what: &str, ok: impl Fn(&Engine) -> bool) {
         let deadline = Instant::now() + WAIT;
         while !ok(self) {
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if let Some(status) = self.child.exited() {
                 self.fail(&format!("the engine exited ({status}) waiting for {what}"));
             }
             if Instant::now() > deadline {
@@ -159,13 +157,6 @@ impl Engine {
             .unwrap_or_else(|e| self.fail(&format!("/proc status: {e}")));
         let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -355,10 +346,7 @@ fn under_on_error_fail_a_bad_line_closes_its_connection_not_the_process() {
     good.write_all(format!("ts,key,x0,y\n{}", line(4)).as_bytes())
         .unwrap();
     engine.wait_records(2);
-    assert!(
-        engine.child.try_wait().unwrap().is_none(),
-        "the engine runs on"
-    );
+    assert!(engine.child.running(), "the engine runs on");
     assert!(!closed(&mut good));
 }
 

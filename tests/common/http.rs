@@ -1,14 +1,13 @@
 //! The HTTP harness of the serving tests: a `ureq` client, and the real binary started
-//! with `--serve 127.0.0.1:0`, killed (SIGKILL) on drop.
+//! with `--serve 127.0.0.1:0`, killed (SIGKILL) on drop (a [`Reaped`] child).
 
 use super::*;
 use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-
-pub const BIN: &str = env!("CARGO_BIN_EXE_tributary");
 
 /// Longest wait for anything asynchronous (server ready, models caught up).
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -108,7 +107,7 @@ pub fn http_post(
 
 /// A running `tributary run --serve`: killed (SIGKILL) on drop.
 pub struct Server {
-    pub child: Option<Child>,
+    pub child: Option<Reaped>,
     pub addr: String,
     pub stderr: PathBuf,
     pub agent: ureq::Agent,
@@ -145,14 +144,14 @@ impl Server {
         let stderr = dir.path(&format!("server-{n}.stderr"));
         // A measurement may run another build of the binary (a release one).
         let bin = std::env::var("TRIBUTARY_BIN").unwrap_or_else(|_| BIN.to_owned());
-        let child = Command::new(&bin)
-            .args(args)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        let child = Reaped::spawn(
+            Command::new(&bin)
+                .args(args)
+                .envs(env.iter().copied())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&stderr).unwrap()),
+        );
         let mut server = Server {
             child: Some(child),
             addr: String::new(),
@@ -210,7 +209,7 @@ impl Server {
 
     /// How the process ended, once it has (`None` while it runs, or once killed).
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut()?.try_wait().unwrap()
+        self.child.as_mut()?.exited()
     }
 
     pub fn stderr_text(&self) -> String {
@@ -270,21 +269,13 @@ impl Server {
 
     /// kill -9, and wait for the process to be gone.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        // Dropping the guard kills and reaps the process.
+        self.child.take();
     }
 
     /// The value of an unlabelled (or exactly labelled) metric line of `/metrics`.
     pub fn metric(&self, name: &str) -> Option<f64> {
         metric_value(&self.get("/metrics").body, name)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -358,31 +349,31 @@ pub fn with(mut args: Vec<String>, extra: &[&str]) -> Vec<String> {
 
 /// Starts `tributary run -q --source tcp:ADDR ARGS…` (client mode) against a listener of
 /// the test on 127.0.0.1, and waits (bounded) for the connection it makes. Returns the
-/// engine (the caller kills or waits for it), the connection, and its stderr file.
-pub fn spawn_tcp_client(dir: &TempDir, args: &[&str]) -> (Child, std::net::TcpStream, PathBuf) {
+/// engine (killed on drop, unless the caller waits for it), the connection, and its
+/// stderr file.
+pub fn spawn_tcp_client(dir: &TempDir, args: &[&str]) -> (Reaped, std::net::TcpStream, PathBuf) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let stderr = dir.path(&format!(
         "tcp-client-{}.stderr",
         STARTS.fetch_add(1, Ordering::SeqCst)
     ));
-    let mut child = Command::new(BIN)
-        .args(["run", "-q", "--source", &format!("tcp:{addr}")])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+    let mut child = Reaped::spawn(
+        Command::new(BIN)
+            .args(["run", "-q", "--source", &format!("tcp:{addr}")])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap()),
+    );
     listener.set_nonblocking(true).unwrap();
     let deadline = Instant::now() + WAIT;
     let stream = loop {
         match listener.accept() {
             Ok((s, _)) => break s,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
-                    let _ = child.kill();
-                    let _ = child.wait();
+                if Instant::now() > deadline || child.exited().is_some() {
+                    child.kill_and_wait();
                     panic!(
                         "the engine did not connect: {e}\nstderr:\n{}",
                         std::fs::read_to_string(&stderr).unwrap_or_default()
@@ -453,4 +444,75 @@ pub fn wait_for_out(
             ))
         }
     })
+}
+
+// ---------------------------------------------------------------------------------------
+// What the server says: served models, the resumed epoch, records read
+// ---------------------------------------------------------------------------------------
+
+/// A served model line (`final` or `open` of `/model`) parsed like an `--out` line.
+pub fn served(v: &Value) -> Option<Emission> {
+    if v.is_null() {
+        return None;
+    }
+    Some(
+        parse_emissions(&v.to_string())
+            .pop()
+            .expect("one model line"),
+    )
+}
+
+/// A key's served (final, open) models.
+pub type Served = BTreeMap<String, (Option<Emission>, Option<Emission>)>;
+
+/// The served models of every key: key -> (final, open).
+pub fn served_models(server: &Server) -> (i64, Served) {
+    let r = server.get("/models");
+    assert_eq!(r.status, 200, "/models: {}", r.body);
+    let v = r.json();
+    let watermark = v["watermark"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("/models without a watermark: {}", r.body));
+    let mut out = BTreeMap::new();
+    for m in v["models"]
+        .as_array()
+        .unwrap_or_else(|| panic!("/models without models: {}", r.body))
+    {
+        let key = m["key"].as_str().expect("key").to_owned();
+        let fin = served(&m["final"]);
+        let open = served(&m["open"]);
+        if let Some(f) = &fin {
+            assert!(f.model.is_final, "final of {key} is not final: {m}");
+            assert_eq!(f.key.0, key);
+        }
+        if let Some(o) = &open {
+            assert!(!o.model.is_final, "open of {key} says final: {m}");
+            assert_eq!(o.key.0, key);
+        }
+        out.insert(key, (fin, open));
+    }
+    (watermark, out)
+}
+
+/// One model as a map, for `assert_matches_oracle`.
+pub fn one(e: &Emission) -> BTreeMap<WinKey, Model> {
+    BTreeMap::from([(e.key.clone(), e.model.clone())])
+}
+
+/// The epoch of `tributary: resuming from checkpoint epoch E` on the server's stderr.
+pub fn resumed_epoch(server: &Server) -> u64 {
+    let text = server.stderr_text();
+    text.split("resuming from checkpoint epoch ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|e| e.parse().ok())
+        .unwrap_or_else(|| server.fail("the restart did not resume from a checkpoint"))
+}
+
+/// Waits until `/healthz` says `n` records were read since the process started.
+pub fn wait_for_records(server: &Server, n: usize, what: &str) {
+    server.wait_for(what, || {
+        let v = server.get("/healthz").json();
+        (v["records"] == n).then_some(()).ok_or(v.to_string())
+    });
 }
