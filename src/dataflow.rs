@@ -42,12 +42,13 @@ use std::time::{Duration, Instant};
 
 use differential_dataflow::Hashable;
 
-use crate::checkpoint::{Commit, Part, Recovered, Store};
+use crate::checkpoint::{Commit, EXIT_WRITE_FAILED, Part, Recovered, Store};
 use crate::metrics::Metrics;
 use crate::model::{SolveOptions, solve};
 use crate::record::{MAX_ABS_VALUE, Record, TIME_LIMIT, check_time};
 use crate::source::{Malformed, RecordSink, SourceError, SourceReader};
 use crate::stats::Stats;
+use crate::types::{EXIT_SOURCE_OR_OUTPUT, OnFatal, fatal};
 use crate::window::{Admission, Pane, Time, Watermark, Window, WindowSpec};
 use crate::{failpoint, quarantine};
 
@@ -82,8 +83,11 @@ pub struct RunContext {
     pub on_error: OnError,
     /// Counters.
     pub metrics: Arc<Metrics>,
-    /// Called with a fatal source error; must not return.
-    pub on_fatal: fn(SourceError) -> !,
+    /// Where the run's operators hand an error they cannot go on from (a source error, a
+    /// failed checkpoint write), once they logged it: the one fatal-error hook of a run
+    /// (see [`OnFatal`]). It must not return; whether the process ends, with
+    /// [`Fatal::code`](crate::types::Fatal::code), is the hook's choice.
+    pub on_fatal: OnFatal,
     /// Checkpointing, when enabled.
     pub checkpoint: Option<CheckpointContext>,
     /// Whether the windows operator also emits a running estimate of each key's open
@@ -98,7 +102,7 @@ pub struct RunContext {
 
 impl RunContext {
     /// A context without checkpoints.
-    pub fn new(on_error: OnError, metrics: Arc<Metrics>, on_fatal: fn(SourceError) -> !) -> Self {
+    pub fn new(on_error: OnError, metrics: Arc<Metrics>, on_fatal: OnFatal) -> Self {
         RunContext {
             on_error,
             metrics,
@@ -266,7 +270,7 @@ pub fn ingest<'scope>(
                         reader.read_batch(&mut combiner)
                     };
                     if let Err(e) = read {
-                        on_fatal(e);
+                        fatal!(on_fatal, EXIT_SOURCE_OR_OUTPUT, "{e}");
                     }
                     if let Some(to) = idle_close {
                         // The source was idle: its watermark moves past every open window.
@@ -749,6 +753,8 @@ struct Checkpointer {
     dirty: BTreeMap<(String, Pane), bool>,
     /// Whether older generations were dropped from the store yet.
     retired_old: bool,
+    /// The run's fatal-error hook ([`RunContext::on_fatal`]): a failed write ends the run.
+    on_fatal: OnFatal,
 }
 
 /// The windows operator's state: an index of open panes per key (no statistics).
@@ -824,6 +830,7 @@ impl Windows {
                 worker,
                 dirty: BTreeMap::new(),
                 retired_old: false,
+                on_fatal: context.on_fatal,
             }),
         };
         let restored = context.checkpoint.as_ref().and_then(|c| c.restored.clone());
@@ -1019,8 +1026,7 @@ impl Windows {
                     .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
             }
             Err(e) => {
-                tracing::error!("writing checkpoint: {e}");
-                std::process::exit(3);
+                fatal!(c.on_fatal, EXIT_WRITE_FAILED, "writing checkpoint: {e}");
             }
         }
         emit(Emission::Ack(Ack {
@@ -1048,8 +1054,7 @@ impl Windows {
                 }
             });
         if let Err(e) = result {
-            tracing::error!("folding checkpoint: {e}");
-            std::process::exit(3);
+            fatal!(c.on_fatal, EXIT_WRITE_FAILED, "folding checkpoint: {e}");
         }
         self.metrics.checkpoint_epoch.fetch_max(committed, Relaxed);
     }

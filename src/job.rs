@@ -32,8 +32,9 @@ use crate::record::{Schema, parse_features};
 use crate::serve::{self, ModelStore, ServeContext};
 use crate::sink::{Ledger, WriteLines, open_output};
 use crate::source::feed::FeedContext;
-use crate::source::{FileFormat, IngestLog, LogReader, SourceError, SourceReader, SourceSpec};
+use crate::source::{FileFormat, IngestLog, LogReader, SourceReader, SourceSpec};
 use crate::source::{follow, tcp};
+use crate::types::{EXIT_SOURCE_OR_OUTPUT, Fatal, OnFatal, fatal};
 use crate::window::{Time, WindowSpec, parse_duration};
 
 /// The settings of a job as written in a SPEC.toml file; every field is optional there
@@ -425,15 +426,16 @@ pub struct Summary {
     pub worker_records: Vec<u64>,
 }
 
-fn fatal(error: SourceError) -> ! {
-    tracing::error!("{error}");
-    std::process::exit(2);
-}
-
 /// Opens the checkpoint store of this process and recovers the newest complete state.
-/// A store that cannot be used (damaged, another dataflow's, unreadable) ends the process
-/// with [`checkpoint::EXIT_REFUSED`] and a message naming the directory and the reason.
-fn open_checkpoint(job: &Job, dir: &Path, process: usize) -> Result<CheckpointContext, String> {
+/// A store that cannot be used (damaged, another dataflow's, unreadable) is logged, with a
+/// message naming the directory and the reason, and handed to `on_fatal` with
+/// [`checkpoint::EXIT_REFUSED`].
+fn open_checkpoint(
+    job: &Job,
+    dir: &Path,
+    process: usize,
+    on_fatal: OnFatal,
+) -> Result<CheckpointContext, String> {
     let refuse = |e: checkpoint::CheckpointError| -> ! {
         tracing::error!("{e}");
         if let checkpoint::CheckpointError::Corrupt { .. }
@@ -444,7 +446,7 @@ fn open_checkpoint(job: &Job, dir: &Path, process: usize) -> Result<CheckpointCo
                 dir.display()
             );
         }
-        std::process::exit(checkpoint::EXIT_REFUSED);
+        on_fatal(Fatal::new(checkpoint::EXIT_REFUSED, e.to_string()))
     };
     let fingerprint = job.fingerprint();
     let restored =
@@ -485,7 +487,19 @@ fn open_checkpoint(job: &Job, dir: &Path, process: usize) -> Result<CheckpointCo
 
 /// Runs a job on a timely cluster; prints a progress line about once a second on stderr
 /// (process 0) and returns the counters when every worker is done.
-pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, String> {
+///
+/// An error at start (a source that cannot be opened, a port taken, …) is returned. An
+/// error the run cannot go on from — a checkpoint store refused at start, a source or
+/// output failing, a checkpoint write failing, a panic — is logged where it happens and
+/// handed to `on_fatal` ([`RunContext::on_fatal`]) with the exit code the `tributary`
+/// command ends with for it; the command's hook ends the process, and library code never
+/// does.
+pub fn run(
+    job: Job,
+    cluster: ClusterConfig,
+    progress: bool,
+    on_fatal: OnFatal,
+) -> Result<Summary, String> {
     // Fail early, on this thread, on a source that cannot be opened at all.
     if !job.source.is_logged() {
         SourceReader::open(&job.source, &job.schema, 0, 1).map_err(|e| e.to_string())?;
@@ -493,7 +507,7 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
 
     let metrics = Arc::new(Metrics::default());
     let checkpoint = match &job.checkpoint {
-        Some(dir) => Some(open_checkpoint(&job, dir, cluster.process)?),
+        Some(dir) => Some(open_checkpoint(&job, dir, cluster.process, on_fatal)?),
         None => None,
     };
     let store = checkpoint.as_ref().map(|c| Arc::clone(&c.store));
@@ -507,6 +521,7 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
             .and_then(|c| c.restored.as_ref())
             .and_then(|r| r.commit.as_ref())
             .map(|c| c.epoch),
+        on_fatal,
     )?;
     // HTTP, TCP and followed-file records go through the ingest log of process 0 (durable
     // with a store).
@@ -569,6 +584,7 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
             metrics: Arc::clone(&metrics),
             on_error: job.on_error,
             max_line: job.max_line,
+            on_fatal,
         };
         match &job.source {
             SourceSpec::Tcp(spec) => tcp::start(spec, job.tcp, feed)?,
@@ -603,6 +619,7 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
                     max_body: job.max_body,
                     limits: job.http.clone(),
                     key_horizon: serve::key_horizon(&job.windows),
+                    on_fatal,
                 },
             )?;
             tracing::info!("tributary: serving on http://{bound}");
@@ -624,7 +641,7 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
         checkpoint,
         estimates: serving,
         one_partition: log.is_some(),
-        ..RunContext::new(job.on_error, Arc::clone(&metrics), fatal)
+        ..RunContext::new(job.on_error, Arc::clone(&metrics), on_fatal)
     };
     let log_readers = cluster.workers;
     // The clock starts when the first worker does: after a cluster's processes have
@@ -643,7 +660,7 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
         let reader = match &log {
             Some(log) => SourceReader::Log(LogReader::new(Arc::clone(log), index, log_readers)),
             None => SourceReader::open(&job.source, &job.schema, index, worker.peers())
-                .unwrap_or_else(|e| fatal(e)),
+                .unwrap_or_else(|e| fatal!(context.on_fatal, EXIT_SOURCE_OR_OUTPUT, "{e}")),
         };
         let models = models.clone();
         let probe = ProbeHandle::new();
@@ -680,6 +697,7 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
                     (a, b.to_owned(), c, d, e)
                 },
                 Some(Rc::clone(&out_ledger)),
+                context.on_fatal,
             );
             // Served models: what worker 0 wrote, and the running estimates.
             let written = if serving {
@@ -731,6 +749,7 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
                         move || open_output(&late, Some(late_from)),
                         |a: &SetAside| (a.ts, a.key.clone()),
                         Some(ledger),
+                        context.on_fatal,
                     );
                     written.concat(late_written.map(|_| ()))
                 }
@@ -756,10 +775,14 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
                             // that it covers leave the store.
                             metrics.checkpoint_epoch.fetch_max(epoch, Relaxed);
                             if let Err(e) = log.as_ref().map_or(Ok(()), |l| l.committed(epoch)) {
-                                tracing::error!("truncating the ingest log: {e}");
-                                std::process::exit(3);
+                                fatal!(
+                                    on_fatal,
+                                    checkpoint::EXIT_WRITE_FAILED,
+                                    "truncating the ingest log: {e}"
+                                );
                             }
                         },
+                        on_fatal,
                     )
                     .probe_with(&probe)
                     .connect_loop(handle);
