@@ -202,7 +202,7 @@ fn run_command(args: RunArgs) -> Result<(), String> {
         Some(path) => JobSpec::from_file(path)?,
         None => JobSpec::default(),
     };
-    let spec = spec.overridden_by(args.job_flags());
+    let spec = spec.overridden_by(args.job.clone());
     let cluster = args.cluster(spec.workers);
     let mut job = spec.resolve()?;
     job.resume_from = args.resume_from;
