@@ -325,7 +325,7 @@ static PEERS: Mutex<Vec<Option<String>>> = Mutex::new(Vec::new());
 /// Chains a panic hook (once per process) that, when one of timely's network threads
 /// (`timely:recv-J`, `timely:send-J`: `J` is the remote process) fails, first prints
 /// which peer was lost and why, then hands over to the hook before it (`quarantine`'s,
-/// which stops the process with exit 75).
+/// which stops the run with exit code 75).
 fn name_lost_peers(me: usize, peers: Vec<Option<String>>, timeout: Duration) {
     *PEERS.lock().unwrap_or_else(|p| p.into_inner()) = peers;
     static HOOK: Once = Once::new();

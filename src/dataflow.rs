@@ -42,17 +42,18 @@ use std::time::{Duration, Instant};
 
 use differential_dataflow::Hashable;
 
-use crate::checkpoint::{Commit, Part, Recovered, Store};
+use crate::checkpoint::{Commit, EXIT_WRITE_FAILED, Part, Recovered, Store};
 use crate::key::{Key, pack};
 use crate::metrics::Metrics;
-use crate::model::{Fit, SolveOptions, Status, solve};
+use crate::model::{SolveOptions, solve};
 use crate::record::{MAX_ABS_VALUE, Record, TIME_LIMIT, check_time};
 use crate::source::{Malformed, RecordSink, SourceError, SourceReader};
 use crate::stats::Stats;
+use crate::types::{EXIT_SOURCE_OR_OUTPUT, OnFatal, fatal};
 use crate::window::{Admission, Pane, Time, Watermark, Window, WindowSpec};
 use crate::{failpoint, quarantine};
 
-pub use crate::messages::{Ack, Control, Progress};
+pub use crate::messages::{Ack, Control, ModelLine, Progress, SetAside};
 pub use crate::types::{Counts, Epoch, OnError};
 
 /// The arranged state: per key and pane, the pane's statistics.
@@ -83,8 +84,11 @@ pub struct RunContext {
     pub on_error: OnError,
     /// Counters.
     pub metrics: Arc<Metrics>,
-    /// Called with a fatal source error; must not return.
-    pub on_fatal: fn(SourceError) -> !,
+    /// Where the run's operators hand an error they cannot go on from (a source error, a
+    /// failed checkpoint write), once they logged it: the one fatal-error hook of a run
+    /// (see [`OnFatal`]). It must not return; whether the process ends, with
+    /// [`Fatal::code`](crate::types::Fatal::code), is the hook's choice.
+    pub on_fatal: OnFatal,
     /// Checkpointing, when enabled.
     pub checkpoint: Option<CheckpointContext>,
     /// Whether the windows operator also emits a running estimate of each key's open
@@ -99,7 +103,7 @@ pub struct RunContext {
 
 impl RunContext {
     /// A context without checkpoints.
-    pub fn new(on_error: OnError, metrics: Arc<Metrics>, on_fatal: fn(SourceError) -> !) -> Self {
+    pub fn new(on_error: OnError, metrics: Arc<Metrics>, on_fatal: OnFatal) -> Self {
         RunContext {
             on_error,
             metrics,
@@ -148,253 +152,6 @@ impl CheckpointContext {
 /// The worker that owns `key` among `peers`: the one differential's exchange routes it to.
 pub fn owner(key: &Key, peers: usize) -> usize {
     (key.hashed() % peers as u64) as usize
-}
-
-/// A record set aside instead of being folded into its windows.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SetAside {
-    /// Event time.
-    pub ts: Time,
-    /// Key.
-    pub key: String,
-    /// Features.
-    pub x: Vec<f64>,
-    /// Target.
-    pub y: f64,
-    /// Why: `late`, `too_far_ahead`, `time_out_of_range`, `value_out_of_range` or
-    /// `quarantined` (see [`crate::quarantine`]).
-    pub reason: String,
-    /// The watermark of its partition when it arrived.
-    pub watermark: Time,
-}
-
-/// One model emission: a line of `--out`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ModelLine {
-    /// Key.
-    pub key: String,
-    /// Window start (ms, inclusive).
-    pub window_start: Time,
-    /// Window end (ms, exclusive).
-    pub window_end: Time,
-    /// Rows in the window.
-    pub n: i64,
-    /// `[b₀, b₁, …, b_d]`, null when underdetermined.
-    pub coef: Option<Vec<f64>>,
-    /// Coefficient of determination.
-    pub r2: Option<f64>,
-    /// Root mean squared residual.
-    pub rmse: Option<f64>,
-    /// Condition number of the scaled normal matrix.
-    pub cond: Option<f64>,
-    /// `ok`, `ill_conditioned`, `underdetermined` or `not_finite`.
-    pub status: Status,
-    /// Whether the window has closed (no record can change it any more).
-    #[serde(rename = "final")]
-    pub is_final: bool,
-    /// How many times late records changed the window after its first emission.
-    #[serde(default)]
-    pub revision: u32,
-    /// `Some("idle")` for a final model whose window was closed because the source was
-    /// idle for `--close-after-idle`, not because event time passed it.
-    #[serde(default)]
-    pub closed_by: Option<String>,
-}
-
-/// The layout of [`ModelLine`] before `closed_by`, as stores written by earlier builds
-/// hold their served models (bincode does not skip missing fields).
-#[derive(Deserialize)]
-#[cfg_attr(test, derive(Serialize))]
-struct ModelLineV1 {
-    key: String,
-    window_start: Time,
-    window_end: Time,
-    n: i64,
-    coef: Option<Vec<f64>>,
-    r2: Option<f64>,
-    rmse: Option<f64>,
-    cond: Option<f64>,
-    status: Status,
-    is_final: bool,
-    revision: u32,
-}
-
-impl ModelLine {
-    /// Decodes a model kept in a checkpoint store, of this build's layout or the one
-    /// before `closed_by`.
-    pub fn decode_stored(bytes: &[u8]) -> Result<ModelLine, crate::checkpoint::codec::CodecError> {
-        use crate::checkpoint::codec::decode;
-        decode::<ModelLine>(bytes).or_else(|e| {
-            let v1: ModelLineV1 = decode(bytes).map_err(|_| e)?;
-            Ok(ModelLine {
-                key: v1.key,
-                window_start: v1.window_start,
-                window_end: v1.window_end,
-                n: v1.n,
-                coef: v1.coef,
-                r2: v1.r2,
-                rmse: v1.rmse,
-                cond: v1.cond,
-                status: v1.status,
-                is_final: v1.is_final,
-                revision: v1.revision,
-                closed_by: None,
-            })
-        })
-    }
-}
-
-/// The `--out` form of a [`ModelLine`]: `revision` only when non-zero. (Written by hand
-/// by [`JsonLine::write_json`](crate::sink::JsonLine::write_json); this is its reference.) (The exchanged
-/// form keeps every field: bincode, which timely uses between processes, is not
-/// self-describing and cannot skip fields.)
-#[cfg(test)]
-#[derive(Serialize)]
-struct ModelJson<'a> {
-    key: &'a str,
-    window_start: Time,
-    window_end: Time,
-    n: i64,
-    coef: &'a Option<Vec<f64>>,
-    r2: Option<f64>,
-    rmse: Option<f64>,
-    cond: Option<f64>,
-    status: Status,
-    #[serde(rename = "final")]
-    is_final: bool,
-    #[serde(skip_serializing_if = "is_zero_u32")]
-    revision: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    closed_by: Option<&'a str>,
-}
-
-#[cfg(test)]
-fn is_zero_u32(v: &u32) -> bool {
-    *v == 0
-}
-
-impl crate::sink::JsonLine for ModelLine {
-    /// The bytes serde_json writes for `ModelJson` (a unit test holds them equal), with
-    /// the field names as literals: only the key and the numbers are formatted.
-    fn write_json(&self, w: &mut Vec<u8>) -> std::io::Result<()> {
-        use std::io::Write;
-        fn number(w: &mut Vec<u8>, v: Option<f64>) -> std::io::Result<()> {
-            match v {
-                Some(v) => serde_json::to_writer(&mut *w, &v).map_err(std::io::Error::other),
-                None => {
-                    w.extend_from_slice(b"null");
-                    Ok(())
-                }
-            }
-        }
-        w.extend_from_slice(b"{\"key\":");
-        serde_json::to_writer(&mut *w, self.key.as_str()).map_err(std::io::Error::other)?;
-        write!(
-            w,
-            ",\"window_start\":{},\"window_end\":{},\"n\":{},\"coef\":",
-            self.window_start, self.window_end, self.n
-        )?;
-        match &self.coef {
-            Some(coef) => {
-                w.push(b'[');
-                for (i, c) in coef.iter().enumerate() {
-                    if i > 0 {
-                        w.push(b',');
-                    }
-                    number(w, Some(*c))?;
-                }
-                w.push(b']');
-            }
-            None => w.extend_from_slice(b"null"),
-        }
-        w.extend_from_slice(b",\"r2\":");
-        number(w, self.r2)?;
-        w.extend_from_slice(b",\"rmse\":");
-        number(w, self.rmse)?;
-        w.extend_from_slice(b",\"cond\":");
-        number(w, self.cond)?;
-        w.extend_from_slice(b",\"status\":");
-        serde_json::to_writer(&mut *w, &self.status).map_err(std::io::Error::other)?;
-        w.extend_from_slice(if self.is_final {
-            b",\"final\":true"
-        } else {
-            b",\"final\":false"
-        });
-        if self.revision != 0 {
-            write!(w, ",\"revision\":{}", self.revision)?;
-        }
-        if let Some(by) = &self.closed_by {
-            w.extend_from_slice(b",\"closed_by\":");
-            serde_json::to_writer(&mut *w, by.as_str()).map_err(std::io::Error::other)?;
-        }
-        w.push(b'}');
-        Ok(())
-    }
-}
-
-impl ModelLine {
-    /// The `--out` line through serde_json, as [`JsonLine::write_json`] writes it by hand.
-    #[cfg(test)]
-    fn serde_json_line(&self) -> Vec<u8> {
-        let view = ModelJson {
-            key: &self.key,
-            window_start: self.window_start,
-            window_end: self.window_end,
-            n: self.n,
-            coef: &self.coef,
-            r2: self.r2,
-            rmse: self.rmse,
-            cond: self.cond,
-            status: self.status,
-            is_final: self.is_final,
-            revision: self.revision,
-            closed_by: self.closed_by.as_deref(),
-        };
-        serde_json::to_vec(&view).expect("serializable")
-    }
-}
-
-impl crate::sink::JsonLine for SetAside {
-    fn write_json(&self, w: &mut Vec<u8>) -> std::io::Result<()> {
-        serde_json::to_writer(w, self).map_err(std::io::Error::other)
-    }
-}
-
-impl ModelLine {
-    fn new(
-        key: &str,
-        window: Window,
-        stats: &Stats,
-        fit: Fit,
-        is_final: bool,
-        revision: u32,
-    ) -> Self {
-        ModelLine {
-            key: key.to_owned(),
-            window_start: window.start,
-            window_end: window.end,
-            n: stats.n,
-            coef: fit.coef,
-            r2: fit.r2,
-            rmse: fit.rmse,
-            cond: fit.cond,
-            status: fit.status,
-            is_final,
-            revision,
-            closed_by: None,
-        }
-    }
-
-    /// The order lines are written in within an epoch.
-    pub fn order(&self) -> (Time, &str, Time, bool, u32) {
-        (
-            self.window_end,
-            &self.key,
-            self.window_start,
-            self.is_final,
-            self.revision,
-        )
-    }
 }
 
 /// The streams that ingesting a source produces.
@@ -514,7 +271,7 @@ pub fn ingest<'scope>(
                         reader.read_batch(&mut combiner)
                     };
                     if let Err(e) = read {
-                        on_fatal(e);
+                        fatal!(on_fatal, EXIT_SOURCE_OR_OUTPUT, "{e}");
                     }
                     if let Some(to) = idle_close {
                         // The source was idle: its watermark moves past every open window.
@@ -975,6 +732,8 @@ struct Checkpointer {
     dirty: BTreeMap<(Key, Pane), bool>,
     /// Whether older generations were dropped from the store yet.
     retired_old: bool,
+    /// The run's fatal-error hook ([`RunContext::on_fatal`]): a failed write ends the run.
+    on_fatal: OnFatal,
 }
 
 /// The windows operator's state: an index of open panes per key (no statistics).
@@ -1050,6 +809,7 @@ impl Windows {
                 worker,
                 dirty: BTreeMap::new(),
                 retired_old: false,
+                on_fatal: context.on_fatal,
             }),
         };
         let restored = context.checkpoint.as_ref().and_then(|c| c.restored.clone());
@@ -1246,8 +1006,7 @@ impl Windows {
                     .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
             }
             Err(e) => {
-                tracing::error!("writing checkpoint: {e}");
-                std::process::exit(3);
+                fatal!(c.on_fatal, EXIT_WRITE_FAILED, "writing checkpoint: {e}");
             }
         }
         emit(Emission::Ack(Ack {
@@ -1275,8 +1034,7 @@ impl Windows {
                 }
             });
         if let Err(e) = result {
-            tracing::error!("folding checkpoint: {e}");
-            std::process::exit(3);
+            fatal!(c.on_fatal, EXIT_WRITE_FAILED, "folding checkpoint: {e}");
         }
         self.metrics.checkpoint_epoch.fetch_max(committed, Relaxed);
     }
@@ -1526,100 +1284,6 @@ mod tests {
                     prop_assert_eq!(q.is_none(), b.len() >= 16);
                 }
             }
-        }
-    }
-
-    /// A served model kept by an earlier build (without `closed_by`) still decodes.
-    #[test]
-    fn stored_models_of_the_layout_before_closed_by_decode() {
-        use super::{ModelLine, ModelLineV1, Status};
-        let old = ModelLineV1 {
-            key: "k".into(),
-            window_start: 0,
-            window_end: 10,
-            n: 3,
-            coef: Some(vec![1.0, 2.0]),
-            r2: Some(0.5),
-            rmse: Some(0.1),
-            cond: Some(1.0),
-            status: Status::Ok,
-            is_final: true,
-            revision: 2,
-        };
-        let bytes = crate::checkpoint::codec::encode(&old);
-        let line = ModelLine::decode_stored(&bytes).unwrap();
-        assert_eq!((line.key.as_str(), line.n, line.revision), ("k", 3, 2));
-        assert_eq!(line.closed_by, None);
-        let mut now = line.clone();
-        now.closed_by = Some("idle".into());
-        let bytes = crate::checkpoint::codec::encode(&now);
-        assert_eq!(ModelLine::decode_stored(&bytes).unwrap(), now);
-        assert!(ModelLine::decode_stored(b"TRB1garbage").is_err());
-    }
-
-    /// The hand-written `--out` line is byte for byte serde_json's, whatever the key,
-    /// numbers and optional fields hold.
-    #[test]
-    fn model_lines_are_written_as_serde_json_writes_them() {
-        use super::{ModelLine, Status};
-        use crate::sink::JsonLine;
-        let base = ModelLine {
-            key: "k".into(),
-            window_start: -1_700_000_000_000,
-            window_end: 1_700_000_060_000,
-            n: 12,
-            coef: Some(vec![1.5, -2.0e-300, 3.25e17, 0.1, -0.0, 5e-324]),
-            r2: Some(0.999999999999),
-            rmse: Some(1e-7),
-            cond: Some(12345.678),
-            status: Status::Ok,
-            is_final: true,
-            revision: 0,
-            closed_by: None,
-        };
-        let mut lines = vec![base.clone()];
-        for key in [
-            "",
-            "quote\"back\\slash",
-            "tab\tnl\n\u{1}",
-            "ключ ✓",
-            "a\u{7f}",
-        ] {
-            lines.push(ModelLine {
-                key: key.into(),
-                ..base.clone()
-            });
-        }
-        lines.push(ModelLine {
-            coef: None,
-            r2: None,
-            rmse: None,
-            cond: None,
-            status: Status::Underdetermined,
-            is_final: false,
-            revision: 3,
-            closed_by: Some("idle".into()),
-            ..base.clone()
-        });
-        lines.push(ModelLine {
-            coef: Some(vec![f64::NAN, f64::INFINITY, f64::MAX]),
-            r2: Some(f64::NEG_INFINITY),
-            status: Status::IllConditioned,
-            n: -4,
-            ..base.clone()
-        });
-        lines.push(ModelLine {
-            coef: Some(vec![]),
-            status: Status::NotFinite,
-            ..base
-        });
-        for line in &lines {
-            let mut ours = Vec::new();
-            line.write_json(&mut ours).unwrap();
-            assert_eq!(
-                String::from_utf8(ours).unwrap(),
-                String::from_utf8(line.serde_json_line()).unwrap()
-            );
         }
     }
 

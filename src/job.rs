@@ -32,85 +32,165 @@ use crate::record::{Schema, parse_features};
 use crate::serve::{self, ModelStore, ServeContext};
 use crate::sink::{Ledger, WriteLines, open_output};
 use crate::source::feed::FeedContext;
-use crate::source::{FileFormat, IngestLog, LogReader, SourceError, SourceReader, SourceSpec};
+use crate::source::{FileFormat, IngestLog, LogReader, SourceReader, SourceSpec};
 use crate::source::{follow, tcp};
+use crate::types::{EXIT_SOURCE_OR_OUTPUT, Fatal, OnFatal, fatal};
 use crate::window::{Time, WindowSpec, parse_duration};
 
-/// The settings of a job as written in a SPEC.toml file; every field is optional there
-/// and on the command line, and flags override the file.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JobSpec {
-    /// `csv:PATH[,follow]`, `jsonl:PATH[,follow]`, `gen:...`, `tcp:...` or `http` (relative
-    /// paths are relative to the spec file).
-    pub source: Option<String>,
-    /// Time field (default `ts`).
-    pub time: Option<String>,
-    /// Key field (default `key`).
-    pub key: Option<String>,
-    /// Feature fields, e.g. `x0..x7` (default: the generator's, or every other CSV column).
-    pub features: Option<String>,
-    /// Target field (default `y`).
-    pub target: Option<String>,
-    /// `tumbling:60s`, `sliding:60s/10s` or `session:30s` (default `sliding:60s/10s`).
-    pub window: Option<String>,
-    /// Allowed lateness (default `0s`).
-    pub lateness: Option<String>,
-    /// Largest advance of the watermark by one record (default `1h`).
-    pub max_jump: Option<String>,
-    /// Ridge penalty λ (default 0: OLS).
-    pub ridge: Option<f64>,
-    /// Model output, JSON lines (`-` = stdout, the default).
-    pub out: Option<PathBuf>,
-    /// Output for records set aside (late or too far ahead).
-    pub late_out: Option<PathBuf>,
-    /// `skip` (default) or `fail`.
-    pub on_error: Option<OnError>,
-    /// Worker threads per process (default 1).
-    pub workers: Option<usize>,
-    /// Checkpoint directory (RocksDB stores); none: no checkpoints.
-    pub checkpoint: Option<PathBuf>,
-    /// Time between checkpoints (default `1s`).
-    pub checkpoint_every: Option<String>,
-    /// Serve HTTP on this address (`HOST:PORT`, or a port on 127.0.0.1) in process 0.
-    pub serve: Option<String>,
-    /// Largest number of records the ingest log holds unread before `POST /data`
-    /// answers 503 (default 1 000 000).
-    pub max_pending: Option<u64>,
-    /// Largest `POST /data` body in bytes (default 16 MiB).
-    pub max_body: Option<usize>,
-    /// Longest line of a TCP source or followed file, in bytes (default 1 MiB).
-    pub max_line_bytes: Option<usize>,
-    /// Connections a listening TCP source reads at once (default 64).
-    pub tcp_max_connections: Option<usize>,
-    /// A listening TCP source closes a connection silent this long (default `5m`; `0s`:
-    /// never).
-    pub tcp_idle_timeout: Option<String>,
-    /// Live sources: close every open window after the source was idle this long
-    /// (default off).
-    pub close_after_idle: Option<String>,
-    /// Bytes the ingest log holds unread before `POST /data` answers 503 (default 256 MiB).
-    pub max_pending_bytes: Option<u64>,
-    /// HTTP: longest time from a request's first byte to the end of its head (default `10s`).
-    pub header_timeout: Option<String>,
-    /// HTTP: longest time to read a request body (default `30s`).
-    pub body_timeout: Option<String>,
-    /// HTTP: idle keep-alive timeout (default `10s`).
-    pub http_idle_timeout: Option<String>,
-    /// HTTP: open connections (default 512).
-    pub max_connections: Option<usize>,
-    /// HTTP: bytes of request bodies held at once (default 64 MiB).
-    pub max_inflight_bytes: Option<usize>,
-    /// Longest key of a posted record, in bytes (default 256).
-    pub max_key_bytes: Option<usize>,
-    /// Live keys `POST /data` may add to, and keys served (default 100 000).
-    pub max_keys: Option<usize>,
-    /// HTTP: Host names accepted besides the loopback names and the bound address.
-    pub allow_host: Option<Vec<String>>,
-    /// HTTP: a file holding the bearer token every endpoint but `/healthz` needs.
-    pub token_file: Option<PathBuf>,
-    /// HTTP: the live dashboard at `/` (default `true`; `--no-dashboard` is `false`).
-    pub dashboard: Option<bool>,
+/// Declares [`JobSpec`] and [`JobSpec::overridden_by`] from one list of fields, so that a
+/// setting is written once (its key, flag, help and type) and no merge can forget it.
+macro_rules! job_spec {
+    (
+        $(#[$meta:meta])*
+        pub struct JobSpec {
+            $( $(#[$field_meta:meta])* pub $name:ident: $ty:ty, )*
+        }
+    ) => {
+        $(#[$meta])*
+        pub struct JobSpec {
+            $( $(#[$field_meta])* pub $name: $ty, )*
+        }
+
+        impl JobSpec {
+            /// `self` with every field that `flags` sets replaced.
+            pub fn overridden_by(self, flags: JobSpec) -> JobSpec {
+                JobSpec {
+                    $( $name: flags.$name.or(self.$name), )*
+                }
+            }
+        }
+    };
+}
+
+job_spec! {
+    /// The settings of a job, each declared once here: a key of a SPEC.toml file (serde:
+    /// the field's name) and a flag of `tributary run` (clap: the doc comment is its help;
+    /// the command flattens this struct into its flags). Every field is optional in both;
+    /// flags override the file ([`JobSpec::overridden_by`]), and [`JobSpec::resolve`] fills
+    /// in the defaults. Relative `csv:`/`jsonl:` source paths in a file are relative to the
+    /// file. docs/dataflow-spec.md has the table (a test holds it to these fields).
+    #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, clap::Args)]
+    #[serde(deny_unknown_fields)]
+    pub struct JobSpec {
+        /// `csv:PATH[,block=SIZE]`, `jsonl:PATH[,block=SIZE]`, `csv:PATH,follow` (a growing file),
+        /// `gen:rows=N,keys=K,features=D,seed=S[,disorder=MS][,step=MS]`,
+        /// `tcp:HOST:PORT[,listen][,format=jsonl]` or `http` (with --serve)
+        #[arg(long)]
+        pub source: Option<String>,
+        /// Time field (integer ms since the epoch, or an RFC 3339 date-time) [default: ts].
+        #[arg(long)]
+        pub time: Option<String>,
+        /// Key field [default: key].
+        #[arg(long)]
+        pub key: Option<String>,
+        /// Feature fields: a,b,c or x0..x7 [default: the generator's, or every other CSV column].
+        #[arg(long)]
+        pub features: Option<String>,
+        /// Target field [default: y].
+        #[arg(long)]
+        pub target: Option<String>,
+        /// tumbling:60s | sliding:60s/10s | session:30s [default: sliding:60s/10s].
+        #[arg(long)]
+        pub window: Option<String>,
+        /// Allowed lateness: the watermark trails the largest event time by this much [default: 0s].
+        #[arg(long)]
+        pub lateness: Option<String>,
+        /// Largest advance of the watermark by a single record; records further ahead are set aside [default: 1h].
+        #[arg(long)]
+        pub max_jump: Option<String>,
+        /// Ridge penalty λ on the slopes (not the intercept, not scaled by n) [default: 0].
+        #[arg(long)]
+        pub ridge: Option<f64>,
+        /// Model output, JSON lines; `-` is stdout [default: -].
+        #[arg(long)]
+        pub out: Option<PathBuf>,
+        /// Where records set aside (late, too far ahead) are written, JSON lines.
+        #[arg(long)]
+        pub late_out: Option<PathBuf>,
+        /// What a malformed line does [default: skip].
+        #[arg(long, value_enum)]
+        pub on_error: Option<OnError>,
+        /// Worker threads per process [default: 1].
+        #[arg(short = 'w', long = "workers")]
+        pub workers: Option<usize>,
+        /// Checkpoint directory: state and positions are saved there, and a run restarted
+        /// with the same command resumes from the newest complete checkpoint.
+        #[arg(long)]
+        pub checkpoint: Option<PathBuf>,
+        /// Time between checkpoints [default: 1s].
+        #[arg(long)]
+        pub checkpoint_every: Option<String>,
+        /// Serve HTTP (POST /data, /model, /models, /predict, /metrics, /healthz) in process 0
+        /// on HOST:PORT, or on 127.0.0.1 with a bare port or no value [default: 127.0.0.1:8080].
+        #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:8080", value_name = "ADDRESS")]
+        pub serve: Option<String>,
+        /// Records the ingest log may hold unread before POST /data answers 503 [default: 1000000].
+        #[arg(long)]
+        pub max_pending: Option<u64>,
+        /// Largest POST /data body, in bytes [default: 16777216].
+        #[arg(long)]
+        pub max_body: Option<usize>,
+        /// Longest line of a TCP source or followed file, in bytes; a longer one is skipped
+        /// as malformed without being held in memory [default: 1048576].
+        #[arg(long)]
+        pub max_line_bytes: Option<usize>,
+        /// Connections a `tcp:…,listen` source reads at once; more are closed [default: 64].
+        #[arg(long)]
+        pub tcp_max_connections: Option<usize>,
+        /// A `tcp:…,listen` source closes a connection that sent nothing this long; `0s`:
+        /// never [default: 5m].
+        #[arg(long)]
+        pub tcp_idle_timeout: Option<String>,
+        /// Live sources: when nothing has arrived for this long, close every open window as
+        /// if event time had passed it (finals marked `"closed_by":"idle"`) [default: off].
+        #[arg(long, value_name = "DUR")]
+        pub close_after_idle: Option<String>,
+        /// Bytes the ingest log may hold unread (records' size in memory) before POST /data
+        /// answers 503 [default: 268435456].
+        #[arg(long)]
+        pub max_pending_bytes: Option<u64>,
+        /// HTTP: longest time from a request's first byte to the end of its head [default: 10s].
+        #[arg(long)]
+        pub header_timeout: Option<String>,
+        /// HTTP: longest time to read a request body (POST /data, /predict) [default: 30s].
+        #[arg(long)]
+        pub body_timeout: Option<String>,
+        /// HTTP: a connection with no request under way is closed after this [default: 10s].
+        #[arg(long)]
+        pub http_idle_timeout: Option<String>,
+        /// HTTP: open connections; more are answered 503 and closed [default: 512].
+        #[arg(long)]
+        pub max_connections: Option<usize>,
+        /// HTTP: bytes of request bodies held at once, over all requests; over it, 503
+        /// [default: 67108864].
+        #[arg(long)]
+        pub max_inflight_bytes: Option<usize>,
+        /// Longest key of a posted record, in bytes; a POST with a longer key is refused
+        /// whole (400) [default: 256].
+        #[arg(long)]
+        pub max_key_bytes: Option<usize>,
+        /// Live keys (whose windows are still open) POST /data may add to, and keys served;
+        /// a POST that would go over is refused whole (503) [default: 100000].
+        #[arg(long)]
+        pub max_keys: Option<usize>,
+        /// HTTP: a Host name accepted besides the loopback names and the bound address
+        /// (repeatable; `*` accepts any).
+        #[arg(long = "allow-host", value_name = "NAME")]
+        pub allow_host: Option<Vec<String>>,
+        /// HTTP: every endpoint but /healthz needs `Authorization: Bearer <the file's
+        /// content>` (surrounding whitespace ignored).
+        #[arg(long, value_name = "PATH")]
+        pub token_file: Option<PathBuf>,
+        /// HTTP: the live dashboard at `/` (default `true`); the flag `--no-dashboard` sets it
+        /// `false`.
+        #[arg(
+            long = "no-dashboard",
+            num_args = 0,
+            default_missing_value = "false",
+            help = "HTTP: no live dashboard at `/` (a 404 there, like any unknown path)"
+        )]
+        pub dashboard: Option<bool>,
+    }
 }
 
 impl JobSpec {
@@ -128,45 +208,6 @@ impl JobSpec {
             spec.source = Some(format!("{kind}:{}", dir.join(rest).display()));
         }
         Ok(spec)
-    }
-
-    /// `self` with every field that `flags` sets replaced.
-    pub fn overridden_by(self, flags: JobSpec) -> JobSpec {
-        JobSpec {
-            source: flags.source.or(self.source),
-            time: flags.time.or(self.time),
-            key: flags.key.or(self.key),
-            features: flags.features.or(self.features),
-            target: flags.target.or(self.target),
-            window: flags.window.or(self.window),
-            lateness: flags.lateness.or(self.lateness),
-            max_jump: flags.max_jump.or(self.max_jump),
-            ridge: flags.ridge.or(self.ridge),
-            out: flags.out.or(self.out),
-            late_out: flags.late_out.or(self.late_out),
-            on_error: flags.on_error.or(self.on_error),
-            workers: flags.workers.or(self.workers),
-            checkpoint: flags.checkpoint.or(self.checkpoint),
-            checkpoint_every: flags.checkpoint_every.or(self.checkpoint_every),
-            serve: flags.serve.or(self.serve),
-            max_pending: flags.max_pending.or(self.max_pending),
-            max_body: flags.max_body.or(self.max_body),
-            max_line_bytes: flags.max_line_bytes.or(self.max_line_bytes),
-            tcp_max_connections: flags.tcp_max_connections.or(self.tcp_max_connections),
-            tcp_idle_timeout: flags.tcp_idle_timeout.or(self.tcp_idle_timeout),
-            close_after_idle: flags.close_after_idle.or(self.close_after_idle),
-            max_pending_bytes: flags.max_pending_bytes.or(self.max_pending_bytes),
-            header_timeout: flags.header_timeout.or(self.header_timeout),
-            body_timeout: flags.body_timeout.or(self.body_timeout),
-            http_idle_timeout: flags.http_idle_timeout.or(self.http_idle_timeout),
-            max_connections: flags.max_connections.or(self.max_connections),
-            max_inflight_bytes: flags.max_inflight_bytes.or(self.max_inflight_bytes),
-            max_key_bytes: flags.max_key_bytes.or(self.max_key_bytes),
-            max_keys: flags.max_keys.or(self.max_keys),
-            allow_host: flags.allow_host.or(self.allow_host),
-            token_file: flags.token_file.or(self.token_file),
-            dashboard: flags.dashboard.or(self.dashboard),
-        }
     }
 
     /// Checks and completes the settings into a runnable [`Job`].
@@ -425,15 +466,16 @@ pub struct Summary {
     pub worker_records: Vec<u64>,
 }
 
-fn fatal(error: SourceError) -> ! {
-    tracing::error!("{error}");
-    std::process::exit(2);
-}
-
 /// Opens the checkpoint store of this process and recovers the newest complete state.
-/// A store that cannot be used (damaged, another dataflow's, unreadable) ends the process
-/// with [`checkpoint::EXIT_REFUSED`] and a message naming the directory and the reason.
-fn open_checkpoint(job: &Job, dir: &Path, process: usize) -> Result<CheckpointContext, String> {
+/// A store that cannot be used (damaged, another dataflow's, unreadable) is logged, with a
+/// message naming the directory and the reason, and handed to `on_fatal` with
+/// [`checkpoint::EXIT_REFUSED`].
+fn open_checkpoint(
+    job: &Job,
+    dir: &Path,
+    process: usize,
+    on_fatal: OnFatal,
+) -> Result<CheckpointContext, String> {
     let refuse = |e: checkpoint::CheckpointError| -> ! {
         tracing::error!("{e}");
         if let checkpoint::CheckpointError::Corrupt { .. }
@@ -444,7 +486,7 @@ fn open_checkpoint(job: &Job, dir: &Path, process: usize) -> Result<CheckpointCo
                 dir.display()
             );
         }
-        std::process::exit(checkpoint::EXIT_REFUSED);
+        on_fatal(Fatal::new(checkpoint::EXIT_REFUSED, e.to_string()))
     };
     let fingerprint = job.fingerprint();
     let restored =
@@ -485,7 +527,19 @@ fn open_checkpoint(job: &Job, dir: &Path, process: usize) -> Result<CheckpointCo
 
 /// Runs a job on a timely cluster; prints a progress line about once a second on stderr
 /// (process 0) and returns the counters when every worker is done.
-pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, String> {
+///
+/// An error at start (a source that cannot be opened, a port taken, …) is returned. An
+/// error the run cannot go on from — a checkpoint store refused at start, a source or
+/// output failing, a checkpoint write failing, a panic — is logged where it happens and
+/// handed to `on_fatal` ([`RunContext::on_fatal`]) with the exit code the `tributary`
+/// command ends with for it; the command's hook ends the process, and library code never
+/// does.
+pub fn run(
+    job: Job,
+    cluster: ClusterConfig,
+    progress: bool,
+    on_fatal: OnFatal,
+) -> Result<Summary, String> {
     // Fail early, on this thread, on a source that cannot be opened at all.
     if !job.source.is_logged() {
         SourceReader::open(&job.source, &job.schema, 0, 1).map_err(|e| e.to_string())?;
@@ -493,7 +547,7 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
 
     let metrics = Arc::new(Metrics::default());
     let checkpoint = match &job.checkpoint {
-        Some(dir) => Some(open_checkpoint(&job, dir, cluster.process)?),
+        Some(dir) => Some(open_checkpoint(&job, dir, cluster.process, on_fatal)?),
         None => None,
     };
     let store = checkpoint.as_ref().map(|c| Arc::clone(&c.store));
@@ -507,6 +561,7 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
             .and_then(|c| c.restored.as_ref())
             .and_then(|r| r.commit.as_ref())
             .map(|c| c.epoch),
+        on_fatal,
     )?;
     // HTTP, TCP and followed-file records go through the ingest log of process 0 (durable
     // with a store).
@@ -569,6 +624,7 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
             metrics: Arc::clone(&metrics),
             on_error: job.on_error,
             max_line: job.max_line,
+            on_fatal,
         };
         match &job.source {
             SourceSpec::Tcp(spec) => tcp::start(spec, job.tcp, feed)?,
@@ -603,6 +659,7 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
                     max_body: job.max_body,
                     limits: job.http.clone(),
                     key_horizon: serve::key_horizon(&job.windows),
+                    on_fatal,
                 },
             )?;
             tracing::info!("tributary: serving on http://{bound}");
@@ -624,7 +681,7 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
         checkpoint,
         estimates: serving,
         one_partition: log.is_some(),
-        ..RunContext::new(job.on_error, Arc::clone(&metrics), fatal)
+        ..RunContext::new(job.on_error, Arc::clone(&metrics), on_fatal)
     };
     let log_readers = cluster.workers;
     // The clock starts when the first worker does: after a cluster's processes have
@@ -643,7 +700,7 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
         let reader = match &log {
             Some(log) => SourceReader::Log(LogReader::new(Arc::clone(log), index, log_readers)),
             None => SourceReader::open(&job.source, &job.schema, index, worker.peers())
-                .unwrap_or_else(|e| fatal(e)),
+                .unwrap_or_else(|e| fatal!(context.on_fatal, EXIT_SOURCE_OR_OUTPUT, "{e}")),
         };
         let models = models.clone();
         let probe = ProbeHandle::new();
@@ -680,6 +737,7 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
                     (a, b.to_owned(), c, d, e)
                 },
                 Some(Rc::clone(&out_ledger)),
+                context.on_fatal,
             );
             // Served models: what worker 0 wrote, and the running estimates.
             let written = if serving {
@@ -731,6 +789,7 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
                         move || open_output(&late, Some(late_from)),
                         |a: &SetAside| (a.ts, a.key.clone()),
                         Some(ledger),
+                        context.on_fatal,
                     );
                     written.concat(late_written.map(|_| ()))
                 }
@@ -756,10 +815,14 @@ pub fn run(job: Job, cluster: ClusterConfig, progress: bool) -> Result<Summary, 
                             // that it covers leave the store.
                             metrics.checkpoint_epoch.fetch_max(epoch, Relaxed);
                             if let Err(e) = log.as_ref().map_or(Ok(()), |l| l.committed(epoch)) {
-                                tracing::error!("truncating the ingest log: {e}");
-                                std::process::exit(3);
+                                fatal!(
+                                    on_fatal,
+                                    checkpoint::EXIT_WRITE_FAILED,
+                                    "truncating the ingest log: {e}"
+                                );
                             }
                         },
+                        on_fatal,
                     )
                     .probe_with(&probe)
                     .connect_loop(handle);
@@ -896,4 +959,88 @@ fn http_limits(spec: &JobSpec) -> Result<serve::HttpLimits, String> {
         }
     }
     Ok(limits)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use clap::Args;
+
+    use super::JobSpec;
+
+    /// docs/dataflow-spec.md's table of settings has one row per [`JobSpec`] field, once,
+    /// naming its SPEC.toml key and its flag as clap declares them.
+    #[test]
+    fn the_settings_table_is_the_job_spec() {
+        let doc = include_str!("../docs/dataflow-spec.md");
+        let mut rows: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for line in doc.lines().take_while(|l| !l.starts_with("## ")) {
+            let cells: Vec<&str> = line.split(" | ").collect();
+            if let Some(key) = cells[0]
+                .strip_prefix("| `")
+                .and_then(|k| k.strip_suffix('`'))
+                .filter(|_| cells.len() >= 3)
+            {
+                rows.entry(key).or_default().push(cells[1]);
+            }
+        }
+        let command = JobSpec::augment_args(clap::Command::new("run"));
+        let mut fields = Vec::new();
+        for arg in command.get_arguments() {
+            let key = arg.get_id().as_str();
+            fields.push(key);
+            let flags = rows
+                .get(key)
+                .unwrap_or_else(|| panic!("no row for `{key}` in docs/dataflow-spec.md"));
+            assert_eq!(flags.len(), 1, "`{key}` has {} rows", flags.len());
+            let long = format!("`--{}", arg.get_long().expect("every setting has a flag"));
+            assert!(
+                flags[0].contains(&long),
+                "`{key}`: {} lacks {long}",
+                flags[0]
+            );
+            if let Some(short) = arg.get_short() {
+                assert!(
+                    flags[0].contains(&format!("`-{short}`")),
+                    "`{key}`: -{short}"
+                );
+            }
+        }
+        let documented: Vec<&str> = rows.keys().copied().collect();
+        fields.sort();
+        assert_eq!(
+            documented, fields,
+            "rows of the table against JobSpec's fields"
+        );
+    }
+
+    /// A flag overrides the file's value of the same setting and leaves the others.
+    #[test]
+    fn flags_override_the_file_setting_by_setting() {
+        let file: JobSpec = toml::from_str(
+            "window = \"tumbling:1m\"\nridge = 0.5\nallow_host = [\"a\"]\ndashboard = false\n",
+        )
+        .unwrap();
+        let run = clap::Command::new("run").no_binary_name(true);
+        let matches = JobSpec::augment_args(run)
+            .try_get_matches_from(["--ridge", "2", "--allow-host", "b", "-w", "3"])
+            .unwrap();
+        let flags = <JobSpec as clap::FromArgMatches>::from_arg_matches(&matches).unwrap();
+        let spec = file.overridden_by(flags);
+        assert_eq!(spec.window.as_deref(), Some("tumbling:1m"));
+        assert_eq!(spec.ridge, Some(2.0));
+        assert_eq!(spec.allow_host, Some(vec!["b".to_owned()]));
+        assert_eq!(spec.workers, Some(3));
+        assert_eq!(spec.dashboard, Some(false), "no --no-dashboard: the file's");
+        let matches = JobSpec::augment_args(clap::Command::new("run").no_binary_name(true))
+            .try_get_matches_from(["--no-dashboard"])
+            .unwrap();
+        let flags = <JobSpec as clap::FromArgMatches>::from_arg_matches(&matches).unwrap();
+        assert_eq!(flags.dashboard, Some(false));
+        assert_eq!(
+            JobSpec::default().overridden_by(JobSpec::default()),
+            JobSpec::default()
+        );
+    }
 }

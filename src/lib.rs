@@ -35,5 +35,5 @@ pub use key::Key;
 pub use model::{Fit, SolveOptions, Status, solve};
 pub use record::{Record, RecordRef, Schema};
 pub use stats::Stats;
-pub use types::{Counts, Epoch, OnError};
+pub use types::{Counts, Epoch, Fatal, OnError, OnFatal};
 pub use window::{Pane, Window, WindowSpec};

@@ -51,6 +51,7 @@ use crate::metrics::Metrics;
 use crate::record::{Record, RecordRef, check_time};
 use crate::source::{Malformed, RecordSink, SourceError, SourceReader};
 use crate::stats::Stats;
+use crate::types::{EXIT_SOURCE_OR_OUTPUT, fatal};
 use crate::window::{Pane, Time, Window, WindowSpec};
 
 /// A source read as records.
@@ -114,7 +115,7 @@ impl<'scope> ReadRecords<'scope> for Scope<'scope, Epoch> {
                     Some(batch) => {
                         c.downgrade(&batch);
                         if let Err(e) = reader.read_batch(&mut sink) {
-                            on_fatal(e);
+                            fatal!(on_fatal, EXIT_SOURCE_OR_OUTPUT, "{e}");
                         }
                         let counts = Counts {
                             records: sink.records.len() as u64,

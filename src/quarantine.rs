@@ -4,7 +4,8 @@
 //! [`install`] sets a panic hook for the run. A panic on any thread but the HTTP server's
 //! (whose tokio runtime drops the one request) prints `error: thread '…' panicked at
 //! FILE:LINE: MESSAGE`, marks the process failed (`/healthz` answers 503 from then on),
-//! and ends the process with [`EXIT_PANIC`], so a supervisor restarts it and the other
+//! and hands the run's fatal-error hook exit code [`EXIT_PANIC`] (the `tributary`
+//! command's hook ends the process with it), so a supervisor restarts it and the other
 //! processes of a cluster stop too (their connections to it close). Timely would
 //! otherwise leave the other workers waiting for the dead one forever.
 //!
@@ -27,6 +28,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
+
+use crate::types::{Fatal, OnFatal, fatal};
 
 /// The exit code of a process ended by a panic (`EX_SOFTWARE`).
 pub const EXIT_PANIC: i32 = 70;
@@ -136,7 +139,18 @@ impl Crashes {
 /// Installs the panic hook and loads the crashes recorded in `dir` (the checkpoint
 /// directory, if any) by process `process`; `committed` is the epoch the run resumes
 /// after. Call once per process, before the workers start.
-pub fn install(dir: Option<&Path>, process: usize, committed: Option<u64>) -> Result<(), String> {
+///
+/// The panic hook logs a panic (and records it against the batch being read) and then
+/// hands `on_fatal` a [`Fatal`]: exit code [`EXIT_PEER_LOST`] for a lost peer process,
+/// [`EXIT_PANIC`] (with the panic's thread, place and message) for any other. It is
+/// called inside the panic hook, so it must not panic itself (that aborts the process).
+/// A second call in the same process keeps the first call's hook and crashes.
+pub fn install(
+    dir: Option<&Path>,
+    process: usize,
+    committed: Option<u64>,
+    on_fatal: OnFatal,
+) -> Result<(), String> {
     let crashes = Crashes::load(dir, process, committed)?;
     for (batch, why) in &crashes.quarantined {
         tracing::warn!("source batch {batch} is set aside (quarantined): {why}");
@@ -166,11 +180,12 @@ pub fn install(dir: Option<&Path>, process: usize, committed: Option<u64>) -> Re
         let message = format!("thread '{name}' panicked at {place}: {payload}");
         let _ = FAILED.set(message.clone());
         if name.starts_with("timely:recv") || name.starts_with("timely:send") {
-            tracing::error!(
+            fatal!(
+                on_fatal,
+                EXIT_PEER_LOST,
                 "lost the connection to another process of the cluster ({payload}); \
                  stopping (exit {EXIT_PEER_LOST})"
             );
-            std::process::exit(EXIT_PEER_LOST);
         }
         tracing::error!("{message}");
         // Only a worker's own fault is held against a batch: not a peer process lost
@@ -181,7 +196,7 @@ pub fn install(dir: Option<&Path>, process: usize, committed: Option<u64>) -> Re
             crashes.record(&message);
         }
         tracing::error!("the engine failed; stopping (exit {EXIT_PANIC})");
-        std::process::exit(EXIT_PANIC);
+        on_fatal(Fatal::new(EXIT_PANIC, message));
     }));
     Ok(())
 }

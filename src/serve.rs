@@ -66,6 +66,7 @@ use crate::model::Status;
 use crate::record::Schema;
 use crate::source::log::AppendError;
 use crate::source::{FileFormat, IngestLog, LineParser, RecordBatch};
+use crate::types::{EXIT_SOURCE_OR_OUTPUT, OnFatal, fatal};
 use crate::window::{Time, WindowSpec, parse_duration};
 
 /// Default largest `POST /data` (and `POST /predict`) body (bytes): `--max-body`.
@@ -1512,6 +1513,9 @@ pub struct ServeContext {
     pub limits: HttpLimits,
     /// How long a posted key stays live.
     pub key_horizon: KeyHorizon,
+    /// The run's fatal-error hook ([`crate::dataflow::RunContext::on_fatal`]): the server's
+    /// thread hands it a listener it cannot serve on.
+    pub on_fatal: OnFatal,
 }
 
 #[derive(Clone)]
@@ -1610,10 +1614,11 @@ pub fn start(address: SocketAddr, context: ServeContext) -> Result<SocketAddr, S
             runtime.block_on(async move {
                 let listener = match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => l,
-                    Err(e) => {
-                        tracing::error!("--serve {bound}: {e}");
-                        std::process::exit(2);
-                    }
+                    Err(e) => fatal!(
+                        app.context.on_fatal,
+                        EXIT_SOURCE_OR_OUTPUT,
+                        "--serve {bound}: {e}"
+                    ),
                 };
                 accept_loop(listener, router, Arc::clone(&app.limits), app.stats).await;
             })

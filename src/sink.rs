@@ -11,7 +11,7 @@ use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Operator;
 
-use crate::types::Epoch;
+use crate::types::{EXIT_SOURCE_OR_OUTPUT, Epoch, OnFatal, fatal};
 
 /// Opens `path` for JSON lines (`-` is stdout), truncating it or appending to it.
 pub fn open_lines(path: &Path, append: bool) -> io::Result<Box<dyn Write>> {
@@ -105,12 +105,15 @@ const LINE_CHUNK: usize = 1 << 16;
 pub trait WriteLines<'scope, D> {
     /// Routes every element to worker 0, which writes each completed epoch's elements,
     /// sorted by `order`, to `writer` (opened by `open` on worker 0 only) and flushes.
-    /// Returns the stream of written elements, for probing.
+    /// Returns the stream of written elements, for probing. An output that cannot be
+    /// opened or written is logged and handed to `on_fatal` (exit code
+    /// [`EXIT_SOURCE_OR_OUTPUT`]).
     fn write_lines<K: Ord, O, F>(
         self,
         open: F,
         order: O,
         ledger: Option<SharedLedger>,
+        on_fatal: OnFatal,
     ) -> StreamVec<'scope, Epoch, D>
     where
         F: FnOnce() -> io::Result<Output> + 'static,
@@ -126,6 +129,7 @@ where
         open: F,
         order: O,
         ledger: Option<SharedLedger>,
+        on_fatal: OnFatal,
     ) -> StreamVec<'scope, Epoch, D>
     where
         F: FnOnce() -> io::Result<Output> + 'static,
@@ -147,10 +151,7 @@ where
                     }
                     Some((output.writer, output.len))
                 }
-                Err(e) => {
-                    tracing::error!("cannot open output: {e}");
-                    std::process::exit(2);
-                }
+                Err(e) => fatal!(on_fatal, EXIT_SOURCE_OR_OUTPUT, "cannot open output: {e}"),
             }
         } else {
             None
@@ -210,8 +211,7 @@ where
                             line.clear();
                             *len += counting.written;
                             if let Err(e) = written.and_then(|()| w.flush()) {
-                                tracing::error!("writing output: {e}");
-                                std::process::exit(2);
+                                fatal!(on_fatal, EXIT_SOURCE_OR_OUTPUT, "writing output: {e}");
                             }
                             if let Some(ledger) = &ledger {
                                 ledger.borrow_mut().offsets.insert(epoch, *len);
@@ -239,5 +239,39 @@ impl Write for Counting<'_> {
     }
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::panic::{AssertUnwindSafe, catch_unwind, panic_any};
+
+    use timely::dataflow::operators::ToStream;
+
+    use super::*;
+    use crate::messages::SetAside;
+    use crate::types::Fatal;
+
+    /// An output that cannot be opened is handed to the run's hook with exit code 2: the
+    /// hook (here one that panics) decides what follows, not the sink.
+    #[test]
+    fn an_output_that_cannot_be_opened_goes_to_the_run_hook() {
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            timely::execute_directly(|worker| {
+                worker.dataflow::<Epoch, _, _>(|scope| {
+                    Vec::<SetAside>::new().to_stream(scope).write_lines(
+                        || Err(io::Error::other("disk gone")),
+                        |a: &SetAside| a.ts,
+                        None,
+                        |f| panic_any(f),
+                    );
+                });
+            })
+        }));
+        let fatal = caught.unwrap_err().downcast::<Fatal>().unwrap();
+        assert_eq!(
+            *fatal,
+            Fatal::new(EXIT_SOURCE_OR_OUTPUT, "cannot open output: disk gone")
+        );
     }
 }

@@ -10,9 +10,16 @@
 //! Decoding checks the magic, refuses a newer version, verifies the checksum, and only
 //! then deserializes with serde (bounded by the payload length): corrupted or truncated
 //! bytes give an error, never undefined behaviour.
+//!
+//! Bincode does not skip missing fields, so a value whose layout grew is decoded here in
+//! the layouts of earlier builds too: [`ModelLine::decode_stored`] (served models).
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::messages::ModelLine;
+use crate::model::Status;
+use crate::window::Time;
 
 /// Magic bytes at the start of every value.
 pub const MAGIC: &[u8; 4] = b"TRB1";
@@ -79,6 +86,48 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     bincode::deserialize(payload).map_err(|e| CodecError::Payload(e.to_string()))
 }
 
+/// The layout of [`ModelLine`] before `closed_by`, as stores written by earlier builds
+/// hold their served models (bincode does not skip missing fields).
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct ModelLineV1 {
+    key: String,
+    window_start: Time,
+    window_end: Time,
+    n: i64,
+    coef: Option<Vec<f64>>,
+    r2: Option<f64>,
+    rmse: Option<f64>,
+    cond: Option<f64>,
+    status: Status,
+    is_final: bool,
+    revision: u32,
+}
+
+impl ModelLine {
+    /// Decodes a model kept in a checkpoint store, of this build's layout or the one
+    /// before `closed_by`.
+    pub fn decode_stored(bytes: &[u8]) -> Result<ModelLine, CodecError> {
+        decode::<ModelLine>(bytes).or_else(|e| {
+            let v1: ModelLineV1 = decode(bytes).map_err(|_| e)?;
+            Ok(ModelLine {
+                key: v1.key,
+                window_start: v1.window_start,
+                window_end: v1.window_end,
+                n: v1.n,
+                coef: v1.coef,
+                r2: v1.r2,
+                rmse: v1.rmse,
+                cond: v1.cond,
+                status: v1.status,
+                is_final: v1.is_final,
+                revision: v1.revision,
+                closed_by: None,
+            })
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,5 +149,33 @@ mod tests {
         newer[4] = 9;
         assert_eq!(decode::<Stats>(&newer), Err(CodecError::Version(9)));
         assert_eq!(decode::<Stats>(b"XXXX0000000000"), Err(CodecError::Magic));
+    }
+
+    /// A served model kept by an earlier build (without `closed_by`) still decodes.
+    #[test]
+    fn stored_models_of_the_layout_before_closed_by_decode() {
+        use super::{ModelLine, ModelLineV1, Status};
+        let old = ModelLineV1 {
+            key: "k".into(),
+            window_start: 0,
+            window_end: 10,
+            n: 3,
+            coef: Some(vec![1.0, 2.0]),
+            r2: Some(0.5),
+            rmse: Some(0.1),
+            cond: Some(1.0),
+            status: Status::Ok,
+            is_final: true,
+            revision: 2,
+        };
+        let bytes = encode(&old);
+        let line = ModelLine::decode_stored(&bytes).unwrap();
+        assert_eq!((line.key.as_str(), line.n, line.revision), ("k", 3, 2));
+        assert_eq!(line.closed_by, None);
+        let mut now = line.clone();
+        now.closed_by = Some("idle".into());
+        let bytes = encode(&now);
+        assert_eq!(ModelLine::decode_stored(&bytes).unwrap(), now);
+        assert!(ModelLine::decode_stored(b"TRB1garbage").is_err());
     }
 }

@@ -7,10 +7,10 @@ use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::{Capability, Operator};
 
-use super::{Commit, Store, unix_ms};
+use super::{Commit, EXIT_WRITE_FAILED, Store, unix_ms};
 use crate::messages::{Ack, Control};
 use crate::sink::SharedLedger;
-use crate::types::Epoch;
+use crate::types::{Epoch, OnFatal, fatal};
 
 /// Commits checkpoint epochs.
 pub trait Coordinate<'scope> {
@@ -18,7 +18,9 @@ pub trait Coordinate<'scope> {
     /// `E` and the sinks (whose written streams are `written`) are through `E`, makes the
     /// output files durable, writes the commit record of `E` into `store` (process 0's),
     /// calls `on_commit(E)` at once, and emits [`Control::Committed`]`(E)`, for the workers
-    /// to fold their deltas.
+    /// to fold their deltas. An epoch that cannot be committed (a worker's
+    /// acknowledgement missing, an output or the commit record not written) is logged and
+    /// handed to `on_fatal` (exit code [`EXIT_WRITE_FAILED`]).
     #[allow(clippy::too_many_arguments)]
     fn coordinate(
         self,
@@ -29,6 +31,7 @@ pub trait Coordinate<'scope> {
         out: Option<SharedLedger>,
         late: Option<SharedLedger>,
         on_commit: impl FnMut(Epoch) + 'static,
+        on_fatal: OnFatal,
     ) -> StreamVec<'scope, Epoch, Control>;
 }
 
@@ -42,6 +45,7 @@ impl<'scope> Coordinate<'scope> for StreamVec<'scope, Epoch, Ack> {
         out: Option<SharedLedger>,
         late: Option<SharedLedger>,
         mut on_commit: impl FnMut(Epoch) + 'static,
+        on_fatal: OnFatal,
     ) -> StreamVec<'scope, Epoch, Control> {
         let peers = self.scope().peers();
         self.binary_frontier(
@@ -67,11 +71,12 @@ impl<'scope> Coordinate<'scope> for StreamVec<'scope, Epoch, Ack> {
                     while let Some((&epoch, (_, acks))) = pending.first_key_value() {
                         let complete = acks.len() == peers;
                         if !complete && !acks_frontier.less_equal(&epoch) {
-                            tracing::error!(
+                            fatal!(
+                                on_fatal,
+                                EXIT_WRITE_FAILED,
                                 "checkpoint epoch {epoch}: {} of {peers} workers acknowledged",
                                 acks.len()
                             );
-                            std::process::exit(3);
                         }
                         if !complete || written_frontier.less_equal(&epoch) {
                             break;
@@ -84,10 +89,11 @@ impl<'scope> Coordinate<'scope> for StreamVec<'scope, Epoch, Ack> {
                         let offsets = durable(&out).and_then(|o| Ok((o, durable(&late)?)));
                         let (out_offset, late_offset) = match offsets {
                             Ok(o) => o,
-                            Err(e) => {
-                                tracing::error!("syncing output for checkpoint: {e}");
-                                std::process::exit(3);
-                            }
+                            Err(e) => fatal!(
+                                on_fatal,
+                                EXIT_WRITE_FAILED,
+                                "syncing output for checkpoint: {e}"
+                            ),
                         };
                         let max_seen = acks
                             .iter()
@@ -105,8 +111,7 @@ impl<'scope> Coordinate<'scope> for StreamVec<'scope, Epoch, Ack> {
                             unix_ms: unix_ms(),
                         };
                         if let Err(e) = store.write_commit(&commit) {
-                            tracing::error!("committing checkpoint: {e}");
-                            std::process::exit(3);
+                            fatal!(on_fatal, EXIT_WRITE_FAILED, "committing checkpoint: {e}");
                         }
                         on_commit(epoch);
                         output.session(&cap).give(Control::Committed(epoch));

@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use super::{
     CheckpointError, Commit, Epoch, Meta, Part, Replay, SourcePosition, Store, keys, process_dir,
 };
-use crate::dataflow::ModelLine;
+use crate::messages::ModelLine;
 use crate::record::RecordBatch;
 use crate::stats::Stats;
 

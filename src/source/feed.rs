@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use super::lines::shorten;
 use super::log::{AppendError, IngestLog, RecordBatch};
 use super::{FileFormat, LineParser, Malformed};
-use crate::checkpoint::SourcePosition;
+use crate::checkpoint::{EXIT_WRITE_FAILED, SourcePosition};
 use crate::metrics::Metrics;
 use crate::record::Schema;
-use crate::types::OnError;
+use crate::types::{EXIT_SOURCE_OR_OUTPUT, OnError, OnFatal, fatal};
 
 /// Largest batch appended to the log at once.
 pub const BATCH_RECORDS: usize = 8192;
@@ -44,9 +44,12 @@ pub struct FeedContext {
     pub log: Arc<IngestLog>,
     /// Counters (malformed lines).
     pub metrics: Arc<Metrics>,
-    /// Malformed-line policy: `fail` stops the process with the line's error (or only
-    /// the feed, see [`Feed::close_on_fail`]).
+    /// Malformed-line policy: `fail` stops the run with the line's error, through
+    /// `on_fatal` (or only the feed, see [`Feed::close_on_fail`]).
     pub on_error: OnError,
+    /// The run's fatal-error hook ([`crate::dataflow::RunContext::on_fatal`]): a malformed
+    /// line under `--on-error fail`, a batch the log cannot keep.
+    pub on_fatal: OnFatal,
     /// Longest line in bytes (`--max-line-bytes`); a longer one is malformed.
     pub max_line: usize,
 }
@@ -168,8 +171,11 @@ impl<'a> Feed<'a> {
             if self.close_on_fail {
                 return Err(format!("malformed input (--on-error fail): {error}"));
             }
-            tracing::error!("malformed input: {error}");
-            std::process::exit(2);
+            fatal!(
+                self.context.on_fatal,
+                EXIT_SOURCE_OR_OUTPUT,
+                "malformed input: {error}"
+            );
         }
         if self.reported < REPORT_MALFORMED {
             self.reported += 1;
@@ -195,8 +201,9 @@ impl<'a> Feed<'a> {
 
     /// Appends the batch (if it holds records) to the log, with `position` (the stream's
     /// position after the last line given) when the stream is a followed file;
-    /// waits while the dataflow is behind. A failed durable write stops the process: the
-    /// records would be lost otherwise.
+    /// waits while the dataflow is behind. A failed durable write stops the run (through
+    /// the context's `on_fatal`, exit code [`EXIT_WRITE_FAILED`]): the records would be
+    /// lost otherwise.
     pub fn flush(&mut self, position: Option<&SourcePosition>) {
         self.oldest = None;
         if self.batch.is_empty() {
@@ -210,8 +217,12 @@ impl<'a> Feed<'a> {
                     std::thread::sleep(Duration::from_millis(10))
                 }
                 Err(e) => {
-                    tracing::error!("{}: {e}", self.origin);
-                    std::process::exit(3);
+                    fatal!(
+                        self.context.on_fatal,
+                        EXIT_WRITE_FAILED,
+                        "{}: {e}",
+                        self.origin
+                    )
                 }
             }
         }
@@ -230,6 +241,7 @@ mod tests {
             metrics: Arc::new(Metrics::default()),
             on_error,
             max_line,
+            on_fatal: |f| panic!("{f}"),
         }
     }
 
@@ -275,5 +287,32 @@ mod tests {
         assert!(e.contains("--max-line-bytes"), "{e}");
         feed.flush(None);
         assert_eq!(ctx.log.stats().appended, 1, "the lines before are kept");
+    }
+
+    /// Under `--on-error fail`, a feed that does not close hands the run's hook the line's
+    /// error with exit code 2, and the hook decides what follows: here it panics, and the
+    /// process goes on.
+    #[test]
+    fn under_fail_the_run_hook_gets_the_error_and_its_exit_code() {
+        let mut ctx = context(OnError::Fail, 100);
+        ctx.on_fatal = |f| std::panic::panic_any(f);
+        let mut feed = Feed::new(FileFormat::Csv, "file.csv".into(), 0, &ctx);
+        feed.line(b"ts,key,x0,y").unwrap();
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = feed.line(b"1,k,oops,2");
+        }));
+        let fatal = caught
+            .unwrap_err()
+            .downcast::<crate::types::Fatal>()
+            .unwrap();
+        assert_eq!(fatal.code, EXIT_SOURCE_OR_OUTPUT);
+        assert!(
+            fatal
+                .message
+                .starts_with("malformed input: file.csv: line 2")
+                && fatal.message.contains("x0"),
+            "{}",
+            fatal.message
+        );
     }
 }

@@ -39,6 +39,7 @@ use super::FileFormat;
 use super::feed::{Feed, FeedContext};
 use super::log::IngestLog;
 use crate::checkpoint::SourcePosition;
+use crate::types::fatal;
 
 /// How often the end of the file is looked at for new lines.
 pub const POLL: Duration = Duration::from_millis(10);
@@ -82,9 +83,15 @@ struct Followed {
     head: Vec<u8>,
 }
 
+/// Exit code of a run whose followed file fails while it is followed (truncated, rewritten
+/// or rotated away without `,rotate`, unreadable): docs/serving.md.
+pub const EXIT_FOLLOW_FAILED: i32 = 3;
+
 /// Opens `path` and checks it against `resume` (the position stored with the newest
 /// batch of the log, when restarting), then follows it on a new thread. Errors here
-/// (missing file, another file than the checkpoint's) stop the run before it starts.
+/// (missing file, another file than the checkpoint's) stop the run before it starts;
+/// errors while following are logged and handed to the context's `on_fatal` (exit code
+/// [`EXIT_FOLLOW_FAILED`]).
 /// With `rotate`, a restart whose file was renamed away finds it by inode in the path's
 /// directory and reads it to its end first.
 pub fn start(
@@ -122,8 +129,7 @@ pub fn start(
         .name("follow".into())
         .spawn(move || {
             if let Err(e) = followed.follow(&context) {
-                tracing::error!("{e}");
-                std::process::exit(3);
+                fatal!(context.on_fatal, EXIT_FOLLOW_FAILED, "{e}");
             }
         })
         .map_err(|e| e.to_string())?;

@@ -20,7 +20,7 @@
 //! with a warning) and closes a connection that sent nothing for `--tcp-idle-timeout`.
 //! Under `--on-error fail`, a malformed line on a listening source closes that connection
 //! (the lines before it are kept), not the process: any client can connect. In client
-//! mode the one connection is the source, and a malformed line stops the process.
+//! mode the one connection is the source, and a malformed line stops the run.
 
 use std::fmt;
 use std::io::{BufRead, BufReader, ErrorKind};

@@ -6,7 +6,6 @@ use clap::{Args, Parser, Subcommand};
 
 use tributary::cluster::ClusterConfig;
 use tributary::job::JobSpec;
-use tributary::types::OnError;
 
 /// `tributary --version`: the crate's version and the git commit it was built from
 /// (`unknown` outside a git checkout; see build.rs).
@@ -265,116 +264,13 @@ pub struct ThroughputArgs {
 pub struct RunArgs {
     /// A dataflow spec (TOML); flags override it.
     pub spec: Option<PathBuf>,
-    /// `csv:PATH[,block=SIZE]`, `jsonl:PATH[,block=SIZE]`, `csv:PATH,follow` (a growing file),
-    /// `gen:rows=N,keys=K,features=D,seed=S[,disorder=MS][,step=MS]`,
-    /// `tcp:HOST:PORT[,listen][,format=jsonl]` or `http` (with --serve)
-    #[arg(long)]
-    pub source: Option<String>,
-    /// Time field (integer ms since the epoch, or an RFC 3339 date-time) [default: ts].
-    #[arg(long)]
-    pub time: Option<String>,
-    /// Key field [default: key].
-    #[arg(long)]
-    pub key: Option<String>,
-    /// Feature fields: a,b,c or x0..x7 [default: the generator's, or every other CSV column].
-    #[arg(long)]
-    pub features: Option<String>,
-    /// Target field [default: y].
-    #[arg(long)]
-    pub target: Option<String>,
-    /// tumbling:60s | sliding:60s/10s | session:30s [default: sliding:60s/10s].
-    #[arg(long)]
-    pub window: Option<String>,
-    /// Allowed lateness: the watermark trails the largest event time by this much [default: 0s].
-    #[arg(long)]
-    pub lateness: Option<String>,
-    /// Largest advance of the watermark by a single record; records further ahead are set aside [default: 1h].
-    #[arg(long)]
-    pub max_jump: Option<String>,
-    /// Ridge penalty λ on the slopes (not the intercept, not scaled by n) [default: 0].
-    #[arg(long)]
-    pub ridge: Option<f64>,
-    /// Model output, JSON lines; `-` is stdout [default: -].
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Where records set aside (late, too far ahead) are written, JSON lines.
-    #[arg(long)]
-    pub late_out: Option<PathBuf>,
-    /// What a malformed line does [default: skip].
-    #[arg(long, value_enum)]
-    pub on_error: Option<OnError>,
-    /// Checkpoint directory: state and positions are saved there, and a run restarted
-    /// with the same command resumes from the newest complete checkpoint.
-    #[arg(long)]
-    pub checkpoint: Option<PathBuf>,
-    /// Time between checkpoints [default: 1s].
-    #[arg(long)]
-    pub checkpoint_every: Option<String>,
+    /// The job's settings (SPEC.toml keys as flags).
+    #[command(flatten)]
+    pub job: JobSpec,
     /// Resume from this checkpoint epoch, the newest complete one intact before damage
     /// that `tributary checkpoint verify` names; writes after the damage are dropped.
     #[arg(long, value_name = "EPOCH")]
     pub resume_from: Option<u64>,
-    /// Serve HTTP (POST /data, /model, /models, /predict, /metrics, /healthz) in process 0
-    /// on HOST:PORT, or on 127.0.0.1 with a bare port or no value [default: 127.0.0.1:8080].
-    #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:8080", value_name = "ADDRESS")]
-    pub serve: Option<String>,
-    /// Records the ingest log may hold unread before POST /data answers 503 [default: 1000000].
-    #[arg(long)]
-    pub max_pending: Option<u64>,
-    /// Largest POST /data body, in bytes [default: 16777216].
-    #[arg(long)]
-    pub max_body: Option<usize>,
-    /// Longest line of a TCP source or followed file, in bytes; a longer one is skipped
-    /// as malformed without being held in memory [default: 1048576].
-    #[arg(long)]
-    pub max_line_bytes: Option<usize>,
-    /// Connections a `tcp:…,listen` source reads at once; more are closed [default: 64].
-    #[arg(long)]
-    pub tcp_max_connections: Option<usize>,
-    /// A `tcp:…,listen` source closes a connection that sent nothing this long; `0s`:
-    /// never [default: 5m].
-    #[arg(long)]
-    pub tcp_idle_timeout: Option<String>,
-    /// Live sources: when nothing has arrived for this long, close every open window as
-    /// if event time had passed it (finals marked `"closed_by":"idle"`) [default: off].
-    #[arg(long, value_name = "DUR")]
-    pub close_after_idle: Option<String>,
-    /// Bytes the ingest log may hold unread (records' size in memory) before POST /data
-    /// answers 503 [default: 268435456].
-    #[arg(long)]
-    pub max_pending_bytes: Option<u64>,
-    /// HTTP: longest time from a request's first byte to the end of its head [default: 10s].
-    #[arg(long)]
-    pub header_timeout: Option<String>,
-    /// HTTP: longest time to read a request body (POST /data, /predict) [default: 30s].
-    #[arg(long)]
-    pub body_timeout: Option<String>,
-    /// HTTP: a connection with no request under way is closed after this [default: 10s].
-    #[arg(long)]
-    pub http_idle_timeout: Option<String>,
-    /// HTTP: open connections; more are answered 503 and closed [default: 512].
-    #[arg(long)]
-    pub max_connections: Option<usize>,
-    /// HTTP: bytes of request bodies held at once, over all requests; over it, 503
-    /// [default: 67108864].
-    #[arg(long)]
-    pub max_inflight_bytes: Option<usize>,
-    /// Longest key of a posted record, in bytes; a POST with a longer key is refused
-    /// whole (400) [default: 256].
-    #[arg(long)]
-    pub max_key_bytes: Option<usize>,
-    /// Live keys (whose windows are still open) POST /data may add to, and keys served;
-    /// a POST that would go over is refused whole (503) [default: 100000].
-    #[arg(long)]
-    pub max_keys: Option<usize>,
-    /// HTTP: a Host name accepted besides the loopback names and the bound address
-    /// (repeatable; `*` accepts any).
-    #[arg(long = "allow-host", value_name = "NAME")]
-    pub allow_host: Vec<String>,
-    /// HTTP: every endpoint but /healthz needs `Authorization: Bearer <the file's
-    /// content>` (surrounding whitespace ignored).
-    #[arg(long, value_name = "PATH")]
-    pub token_file: Option<PathBuf>,
     /// No progress line on stderr.
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -382,12 +278,6 @@ pub struct RunArgs {
     /// printed only to a terminal).
     #[arg(long, conflicts_with = "quiet")]
     pub progress: bool,
-    /// HTTP: no live dashboard at `/` (a 404 there, like any unknown path).
-    #[arg(long)]
-    pub no_dashboard: bool,
-    /// Worker threads per process [default: 1].
-    #[arg(short = 'w', long = "workers")]
-    pub workers: Option<usize>,
     /// Number of processes.
     #[arg(short = 'n', long = "processes", default_value_t = 1)]
     pub processes: usize,
@@ -409,45 +299,6 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    /// The job settings these flags give (unset flags are `None`).
-    pub fn job_flags(&self) -> JobSpec {
-        JobSpec {
-            source: self.source.clone(),
-            time: self.time.clone(),
-            key: self.key.clone(),
-            features: self.features.clone(),
-            target: self.target.clone(),
-            window: self.window.clone(),
-            lateness: self.lateness.clone(),
-            max_jump: self.max_jump.clone(),
-            ridge: self.ridge,
-            out: self.out.clone(),
-            late_out: self.late_out.clone(),
-            on_error: self.on_error,
-            workers: self.workers,
-            checkpoint: self.checkpoint.clone(),
-            checkpoint_every: self.checkpoint_every.clone(),
-            serve: self.serve.clone(),
-            max_pending: self.max_pending,
-            max_body: self.max_body,
-            max_line_bytes: self.max_line_bytes,
-            tcp_max_connections: self.tcp_max_connections,
-            tcp_idle_timeout: self.tcp_idle_timeout.clone(),
-            close_after_idle: self.close_after_idle.clone(),
-            max_pending_bytes: self.max_pending_bytes,
-            header_timeout: self.header_timeout.clone(),
-            body_timeout: self.body_timeout.clone(),
-            http_idle_timeout: self.http_idle_timeout.clone(),
-            max_connections: self.max_connections,
-            max_inflight_bytes: self.max_inflight_bytes,
-            max_key_bytes: self.max_key_bytes,
-            max_keys: self.max_keys,
-            allow_host: (!self.allow_host.is_empty()).then(|| self.allow_host.clone()),
-            token_file: self.token_file.clone(),
-            dashboard: self.no_dashboard.then_some(false),
-        }
-    }
-
     /// The cluster settings, with the worker count from the flags or the spec.
     pub fn cluster(&self, workers: Option<usize>) -> ClusterConfig {
         ClusterConfig {

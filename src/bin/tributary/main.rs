@@ -18,6 +18,7 @@ use clap::{CommandFactory, Parser};
 use tributary::bench::{ThroughputSettings, throughput, throughput_table};
 use tributary::job::{JobSpec, run};
 use tributary::source::{GenReader, GenSpec};
+use tributary::types::Fatal;
 use tributary::window::parse_duration;
 
 fn main() -> ExitCode {
@@ -207,7 +208,7 @@ fn run_command(args: RunArgs) -> Result<(), String> {
         Some(path) => JobSpec::from_file(path)?,
         None => JobSpec::default(),
     };
-    let spec = spec.overridden_by(args.job_flags());
+    let spec = spec.overridden_by(args.job.clone());
     let cluster = args.cluster(spec.workers);
     let mut job = spec.resolve()?;
     job.resume_from = args.resume_from;
@@ -228,9 +229,16 @@ fn run_command(args: RunArgs) -> Result<(), String> {
     }
     // The progress line is for a terminal: on by default only when stderr is one.
     let progress = !args.quiet && (args.progress || std::io::stderr().is_terminal());
-    let summary = run(job, cluster, progress)?;
+    let summary = run(job, cluster, progress, exit_with_code)?;
     tracing::info!("{}", summary.line());
     Ok(())
+}
+
+/// The run's fatal-error hook ([`tributary::types::OnFatal`]): the library logged the
+/// error where it happened; the command ends the process with the error's exit code (the
+/// table of [`cli::EXIT_CODES`]). The only place below `main` that ends the process.
+fn exit_with_code(fatal: Fatal) -> ! {
+    std::process::exit(fatal.code)
 }
 
 fn gen_command(args: GenArgs) -> Result<(), String> {
