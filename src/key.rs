@@ -148,6 +148,12 @@ impl PartialEq<str> for Key {
     }
 }
 
+impl PartialEq<&str> for Key {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 impl From<&str> for Key {
     fn from(text: &str) -> Self {
         Key::new(text)
