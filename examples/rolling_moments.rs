@@ -57,7 +57,7 @@ fn main() {
                 .consolidate() // one update per (key, window) and batch, on its owner
                 .inspect(move |((key, w), _batch, stats)| {
                     sums.borrow_mut()
-                        .entry((key.clone(), *w))
+                        .entry((key.to_string(), *w))
                         .or_insert_with(Stats::zero)
                         .plus_equals(stats);
                 })

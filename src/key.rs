@@ -214,7 +214,10 @@ mod tests {
 
     #[test]
     fn long_keys_whose_words_collide_are_still_told_apart() {
-        let (a, b) = (Key::new("first long key, sixteen+"), Key::new("second long key, 16+"));
+        let (a, b) = (
+            Key::new("first long key, sixteen+"),
+            Key::new("second long key, 16+"),
+        );
         // Forge a collision of the words: the text must still decide.
         let forged = Key {
             word: a.word,

@@ -715,7 +715,13 @@ impl Store {
         let mut batch = WriteBatch::default();
         let mut bytes = 0;
         for (key, pane, stats) in changes {
-            let k = keys::delta(part.generation, part.epoch, part.worker, key.as_str(), *pane);
+            let k = keys::delta(
+                part.generation,
+                part.epoch,
+                part.worker,
+                key.as_str(),
+                *pane,
+            );
             let v = codec::encode(stats);
             bytes += k.len() + v.len();
             batch.put(k, v);

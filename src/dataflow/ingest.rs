@@ -1,0 +1,250 @@
+//! The source operator: reads this worker's share of a source, batch by batch, into pane
+//! statistics, its progress reports and the records set aside.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use differential_dataflow::{AsCollection, VecCollection};
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::{ProbeHandle, Scope, StreamVec};
+
+use super::combiner::{Combiner, Quarantined};
+use super::{
+    Control, Counts, Epoch, PaneUpdate, Progress, RunContext, SetAside, WindowConfig, owner,
+    resumed_max_seen, split,
+};
+use crate::key::Key;
+use crate::source::SourceReader;
+use crate::stats::Stats;
+use crate::types::{EXIT_SOURCE_OR_OUTPUT, fatal};
+use crate::window::{Pane, Time};
+use crate::{failpoint, quarantine};
+
+/// The streams that ingesting a source produces.
+pub struct Ingested<'scope> {
+    /// Pre-aggregated pane statistics: one update per (key, pane) per batch.
+    pub panes: VecCollection<'scope, Epoch, (Key, Pane), Stats>,
+    /// Each worker's progress after each of its batches, as [`Control`] messages.
+    pub control: StreamVec<'scope, Epoch, Control>,
+    /// Records set aside (late or too far ahead).
+    pub aside: StreamVec<'scope, Epoch, SetAside>,
+    /// Backpressure: attach it (`probe_with`) to the end of the dataflow, and the source
+    /// stays at most [`MAX_AHEAD_PER_WORKER`] × workers batches, and at most
+    /// [`MAX_PANES_AHEAD_PER_WORKER`] pane updates of its own, ahead of it, so buffers (and
+    /// memory) stay bounded. Unattached, the source is not held back.
+    pub throttle: ProbeHandle<Epoch>,
+}
+
+/// How many batches per worker a source may run ahead of the probe attached to
+/// [`Ingested::throttle`].
+pub const MAX_AHEAD_PER_WORKER: u64 = 256;
+
+/// How many pane updates a worker's source may have emitted beyond the probe attached to
+/// [`Ingested::throttle`]. With few keys a batch is a few panes and the bound in batches
+/// holds first; with many keys a batch is up to one pane per record, and this bound keeps
+/// the arrangement's batcher from holding (and re-sorting at every seal) the whole input.
+pub const MAX_PANES_AHEAD_PER_WORKER: usize = 1 << 18;
+
+#[derive(Clone)]
+enum IngestOut {
+    Pane(PaneUpdate),
+    Progress(Progress),
+    Aside(SetAside),
+}
+
+/// Reads this worker's share of a source, batch by batch, into pane statistics.
+///
+/// Per batch, records are checked against the partition's
+/// [`Watermark`](crate::window::Watermark) and folded into
+/// per-(key, pane) statistics (the combiner), so differential sees one update per key and
+/// pane per batch, not one per record. A source error (with `--on-error fail`, a malformed
+/// line) is fatal: it is reported through `on_fatal`, which must not return.
+pub fn ingest<'scope>(
+    scope: Scope<'scope, Epoch>,
+    mut reader: SourceReader,
+    config: &WindowConfig,
+    context: &RunContext,
+) -> Ingested<'scope> {
+    let worker = scope.index();
+    let peers = scope.peers();
+    let on_fatal = context.on_fatal;
+    let mut combiner = Combiner::new(config, context.on_error);
+    let metrics = Arc::clone(&context.metrics);
+    // Resuming: skip the batches in the checkpoint, restore the partition's watermark, and
+    // hand the checkpointed panes this worker owns to the arrangement first.
+    let checkpoint = context.checkpoint.clone();
+    let every = checkpoint.as_ref().map(|c| c.every);
+    let mut first = 0;
+    let mut restored: Vec<PaneUpdate> = Vec::new();
+    if let Some(recovered) = checkpoint.as_ref().and_then(|c| c.restored.clone())
+        && let Some(commit) = &recovered.commit
+    {
+        first = commit.epoch + 1;
+        reader.seek(first);
+        combiner.watermark.max_seen = resumed_max_seen(commit, peers, false)[worker];
+        restored = recovered
+            .panes
+            .iter()
+            .map(|(key, pane, stats)| ((Key::from(key.as_str()), *pane), first, stats.clone()))
+            .filter(|((key, _), _, _)| owner(key, peers) == worker)
+            .collect();
+    }
+    // Live sources (the ingest log) bound each batch's advance of the watermark.
+    let bounded_batches = matches!(reader, SourceReader::Log(_));
+    let mut last_mark = Instant::now();
+    let throttle = ProbeHandle::new();
+    let held_back = throttle.clone();
+    let max_ahead = MAX_AHEAD_PER_WORKER * peers as u64;
+    // This worker's batches the probe has not passed yet, with their pane updates.
+    let mut in_flight: VecDeque<(Epoch, usize)> = VecDeque::new();
+    let mut panes_ahead = 0;
+    let stream = source(scope, "Ingest", move |capability, info| {
+        reader.wake(scope.worker().sync_activator_for(info.address.to_vec()));
+        let activator = scope.activator_for(info.address);
+        let mut cap = Some(capability);
+        move |output| {
+            let Some(c) = cap.as_mut() else { return };
+            if !restored.is_empty() {
+                c.downgrade(&first);
+                output
+                    .session(&*c)
+                    .give_iterator(restored.drain(..).map(IngestOut::Pane));
+            }
+            let mut mark = |done: bool| {
+                let due = every.is_some_and(|every| done || last_mark.elapsed() >= every);
+                if due {
+                    last_mark = Instant::now();
+                }
+                due
+            };
+            while let Some(&(epoch, panes)) = in_flight.front() {
+                if held_back.less_equal(&epoch) {
+                    break;
+                }
+                in_flight.pop_front();
+                panes_ahead -= panes;
+            }
+            match reader.next_batch() {
+                Some(batch)
+                    if held_back.less_than(&batch.saturating_sub(max_ahead))
+                        || panes_ahead >= MAX_PANES_AHEAD_PER_WORKER =>
+                {
+                    // Too far ahead of the end of the dataflow: wait for it.
+                    activator.activate_after(Duration::from_micros(200));
+                }
+                Some(batch) if !reader.ready() => {
+                    // A live source whose next batch has not arrived: hold its epoch and
+                    // wait; the source wakes this operator when the batch comes.
+                    c.downgrade(&batch.max(first));
+                    activator.activate_after(Duration::from_millis(100));
+                }
+                Some(batch) => {
+                    c.downgrade(&batch.max(first));
+                    let idle_close = reader.idle_close_to();
+                    if let Some(before) = reader.partition_before() {
+                        // One partition read by several workers: this batch is judged
+                        // against the largest time of every batch before it.
+                        combiner.watermark.max_seen = before;
+                    }
+                    if bounded_batches {
+                        combiner.watermark.begin_batch();
+                    }
+                    let read = if quarantine::begin_batch(batch) {
+                        reader.read_batch(&mut Quarantined(&mut combiner))
+                    } else {
+                        if failpoint::active() {
+                            failpoint::hit("ingest.batch", Some(&batch.to_string()));
+                        }
+                        reader.read_batch(&mut combiner)
+                    };
+                    if let Err(e) = read {
+                        fatal!(on_fatal, EXIT_SOURCE_OR_OUTPUT, "{e}");
+                    }
+                    if let Some(to) = idle_close {
+                        // The source was idle: its watermark moves past every open window.
+                        combiner.watermark.max_seen = combiner.watermark.max_seen.max(to);
+                    }
+                    let done = reader.next_batch().is_none();
+                    metrics.add(&combiner.counts);
+                    let mut session = output.session(&*c);
+                    let panes = combiner.pane_count();
+                    if panes > 0 {
+                        in_flight.push_back((batch, panes));
+                        panes_ahead += panes;
+                    }
+                    for (pane, stats) in combiner.drain_panes() {
+                        session.give(IngestOut::Pane((pane, batch, stats)));
+                    }
+                    for aside in combiner.aside.drain(..) {
+                        session.give(IngestOut::Aside(aside));
+                    }
+                    session.give(IngestOut::Progress(Progress {
+                        worker,
+                        max_seen: if done {
+                            Time::MAX
+                        } else {
+                            combiner.watermark.max_seen
+                        },
+                        counts: std::mem::take(&mut combiner.counts),
+                        checkpoint: mark(done),
+                        idle: idle_close.is_some(),
+                    }));
+                    drop(session);
+                    match reader.next_batch() {
+                        // Release this batch's epoch at once: downstream can complete it
+                        // (and the other workers' sources see progress) without waiting
+                        // for this source's next activation and read.
+                        Some(next) if !done => {
+                            c.downgrade(&next.max(first));
+                            activator.activate();
+                        }
+                        _ => cap = None,
+                    }
+                }
+                None => {
+                    // A worker with no share (left), or whose live source was closed while
+                    // it waited, still reports that it is done.
+                    let at = (worker as Epoch).max(first).max(*c.time());
+                    c.downgrade(&at);
+                    output.session(&*c).give(IngestOut::Progress(Progress {
+                        worker,
+                        max_seen: Time::MAX,
+                        counts: Counts::default(),
+                        checkpoint: mark(true),
+                        idle: false,
+                    }));
+                    cap = None;
+                }
+            }
+        }
+    });
+    // Partitioned, not one stream read by three: a stream's every reader but the last
+    // gets a clone of each batch, statistics and all.
+    let [panes, control, aside] = split(stream, |o| match o {
+        IngestOut::Pane(_) => 0,
+        IngestOut::Progress(_) => 1,
+        IngestOut::Aside(_) => 2,
+    });
+    let panes = panes
+        .flat_map(|o| match o {
+            IngestOut::Pane(p) => Some(p),
+            _ => None,
+        })
+        .as_collection();
+    let control = control.flat_map(|o| match o {
+        IngestOut::Progress(p) => Some(Control::Progress(p)),
+        _ => None,
+    });
+    let aside = aside.flat_map(|o| match o {
+        IngestOut::Aside(a) => Some(a),
+        _ => None,
+    });
+    Ingested {
+        panes,
+        control,
+        aside,
+        throttle,
+    }
+}
