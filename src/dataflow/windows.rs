@@ -1,6 +1,7 @@
 //! The windows operator: arranged pane statistics in, models and retractions out.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -482,7 +483,7 @@ impl Windows {
             }
             let is_final = window.end <= watermark;
             let mut stats = Stats::zero();
-            for &i in &members {
+            for i in members.clone() {
                 stats.plus_equals(&panes[i].1);
             }
             let revision = match state.emitted.get(&window.start) {
@@ -576,20 +577,26 @@ impl Windows {
 }
 
 /// The windows of one key's open panes, each with the indices of the panes it sums.
-fn windows_of(spec: WindowSpec, panes: &[(Pane, Stats)]) -> Vec<(Window, Vec<usize>)> {
+///
+/// `panes` are sorted by start (as the trace gives them), so a window's panes are a range.
+fn windows_of(spec: WindowSpec, panes: &[(Pane, Stats)]) -> Vec<(Window, Range<usize>)> {
+    debug_assert!(panes.windows(2).all(|w| w[0].0.start < w[1].0.start));
     if spec.is_session() {
         let bounds: Vec<Pane> = panes.iter().map(|(p, _)| *p).collect();
-        spec.sessions(&bounds)
-            .into_iter()
-            .map(|(w, range)| (w, range.collect()))
-            .collect()
-    } else {
-        let mut seen: BTreeMap<Window, Vec<usize>> = BTreeMap::new();
-        for (i, (pane, _)) in panes.iter().enumerate() {
-            for w in spec.windows_of_pane(pane.start) {
-                seen.entry(w).or_default().push(i);
-            }
-        }
-        seen.into_iter().collect()
+        return spec.sessions(&bounds);
     }
+    let mut windows: Vec<Window> = panes
+        .iter()
+        .flat_map(|(pane, _)| spec.windows_of_pane(pane.start))
+        .collect();
+    windows.sort_unstable();
+    windows.dedup();
+    windows
+        .into_iter()
+        .map(|w| {
+            let from = panes.partition_point(|(p, _)| p.start < w.start);
+            let to = from + panes[from..].partition_point(|(p, _)| p.end <= w.end);
+            (w, from..to)
+        })
+        .collect()
 }
