@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{parse_summary, run_cluster};
+use super::engine::{parse_summary, run_cluster};
 
 /// One row of `bench checkpoint`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::parse_summary;
+use super::engine::parse_summary;
 
 /// One row of `bench keys`: the engine on the same generated records, spread over a
 /// number of keys.

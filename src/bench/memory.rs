@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::parse_summary;
+use super::engine::parse_summary;
 
 /// What `tributary bench memory` measured: the resident set of one engine run, sampled
 /// while it ran.

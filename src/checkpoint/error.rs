@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::CodecError;
+use super::codec::CodecError;
 
 /// What went wrong with a checkpoint store.
 #[derive(Debug, thiserror::Error)]

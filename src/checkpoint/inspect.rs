@@ -2,8 +2,10 @@
 
 use std::path::Path;
 
-use super::store::Entry;
-use super::{CheckpointError, Commit, Part, Store, keys, process_dir};
+use super::error::CheckpointError;
+use super::keys;
+use super::records::{Commit, Part};
+use super::store::{Entry, Store, process_dir};
 
 impl Store {
     /// A summary of the store's contents, for `tributary checkpoint inspect`.

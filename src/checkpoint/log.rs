@@ -3,7 +3,10 @@
 
 use rocksdb::{IteratorMode, ReadOptions, WriteBatch};
 
-use super::{CheckpointError, LogEntry, SourcePosition, Store, codec, keys};
+use super::error::CheckpointError;
+use super::records::{LogEntry, SourcePosition};
+use super::store::Store;
+use super::{codec, keys};
 
 impl Store {
     /// Writes batch `seq` of the ingest log (encoded), and the position of its source

@@ -6,7 +6,10 @@ use std::path::Path;
 
 use rocksdb::{IteratorMode, ReadOptions};
 
-use super::{CheckpointError, Commit, Part, Recovered, Replay, Store, keys, process_dir};
+use super::error::CheckpointError;
+use super::keys;
+use super::records::{Commit, Part, Recovered};
+use super::store::{Replay, Store, process_dir};
 use crate::stats::Stats;
 use crate::types::Epoch;
 use crate::window::Pane;

@@ -9,7 +9,10 @@ use rocksdb::{
 };
 use serde::de::DeserializeOwned;
 
-use super::{CheckpointError, CodecError, Commit, Meta, Part, codec, keys};
+use super::codec::{self, CodecError};
+use super::error::CheckpointError;
+use super::keys;
+use super::records::{Commit, Meta, Part};
 use crate::key::Key;
 use crate::stats::Stats;
 use crate::types::Epoch;

@@ -258,3 +258,61 @@ impl ClusterConfig {
         self.workers * self.processes
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn peer_timeout_sets_keepalive_and_user_timeout() {
+        fn get(s: &TcpStream, level: libc::c_int, name: libc::c_int) -> libc::c_int {
+            use std::os::fd::AsRawFd;
+            let mut value: libc::c_int = -1;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: reads one c_int option of an open socket into `value`.
+            let r = unsafe {
+                libc::getsockopt(
+                    s.as_raw_fd(),
+                    level,
+                    name,
+                    (&mut value as *mut libc::c_int).cast(),
+                    &mut len,
+                )
+            };
+            assert_eq!(r, 0, "{}", io::Error::last_os_error());
+            value
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        assert_eq!(get(&s, libc::SOL_SOCKET, libc::SO_KEEPALIVE), 0);
+        set_peer_timeout(&s, Duration::from_secs(12)).unwrap();
+        assert_ne!(get(&s, libc::SOL_SOCKET, libc::SO_KEEPALIVE), 0);
+        assert_eq!(get(&s, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), 6);
+        assert_eq!(get(&s, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL), 2);
+        assert_eq!(get(&s, libc::IPPROTO_TCP, libc::TCP_KEEPCNT), 3);
+        assert_eq!(get(&s, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT), 12_000);
+        let config = |t: &str| ClusterConfig {
+            peer_timeout: Some(t.into()),
+            ..ClusterConfig::default()
+        };
+        assert_eq!(
+            config("10s").peer_timeout().unwrap(),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            ClusterConfig::default().peer_timeout().unwrap(),
+            DEFAULT_PEER_TIMEOUT
+        );
+        assert!(
+            config("500ms")
+                .peer_timeout()
+                .unwrap_err()
+                .contains("--peer-timeout")
+        );
+        assert!(config("ten").peer_timeout().is_err());
+    }
+}

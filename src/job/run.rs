@@ -14,7 +14,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Concat, ConnectLoop, Exchange, Feedback, Inspect, Probe};
 
-use super::Job;
+use super::settings::Job;
 use crate::checkpoint::coordinator::Coordinate;
 use crate::checkpoint::{self, Store};
 use crate::cluster::ClusterConfig;
