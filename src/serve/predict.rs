@@ -1,5 +1,5 @@
-//! `POST /predict`: `ŷ = b₀ + b·x` from the newest final model
-//! of a key, or its running estimate.
+//! `POST /predict`: `ŷ = b₀ + b·x` ([`crate::model::predict`], after checking the number of
+//! features) from the newest final model of a key, or its running estimate.
 
 use axum::Json;
 use axum::body::Body;
@@ -142,7 +142,7 @@ pub(super) async fn predict(
                 format!("{row}expected {d} features, got {}", x.len()),
             ));
         }
-        let y = coef[0] + x.iter().zip(&coef[1..]).map(|(a, b)| a * b).sum::<f64>();
+        let y = crate::model::predict(coef, x);
         if !y.is_finite() {
             return Err((
                 StatusCode::UNPROCESSABLE_ENTITY,
