@@ -26,14 +26,14 @@
 //! for slow or missing request heads and idle keep-alive, request bodies are read against
 //! a deadline and a global budget of bytes in flight, posted keys are capped in length and
 //! in number (`--max-key-bytes`, `--max-keys`), and the models served are bounded too.
-
 //!
 //! One concept a file: [`ServeContext`] and the state handlers share (`app.rs`); the
 //! served models (`models.rs`) and their event stream (`stream.rs`); the endpoints
 //! `POST /data` (`data.rs`), `GET /model(s)` with fresh reads (`reads.rs`) and
 //! `POST /predict` (`predict.rs`); the limits and the accept loop (`limits.rs`), live
-//! keys (`keys.rs`), Host and token checks (`access.rs`), `/metrics` (`prometheus.rs`)
-//! and the JSON error answers (`errors.rs`). This file wires them into the router.
+//! keys (`keys.rs`), Host and token checks (`access.rs`), the Prometheus instruments
+//! (`prometheus.rs`) and the JSON error answers (`errors.rs`). This file wires them into
+//! the router and answers `/metrics` and `/healthz`.
 
 mod access;
 mod app;
@@ -72,16 +72,16 @@ use axum::routing::{get, post};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
+use self::access::{Access, guard};
+use self::app::App;
+use self::data::data;
+use self::errors::{error, json_errors};
+use self::keys::KeyTracker;
+use self::limits::accept_loop;
+use self::predict::predict;
+use self::prometheus::{Instruments, observe};
+use self::reads::{model, models};
 use crate::types::{EXIT_SOURCE_OR_OUTPUT, fatal};
-use access::{Access, guard};
-use app::App;
-use data::data;
-use errors::{error, json_errors};
-use keys::KeyTracker;
-use limits::accept_loop;
-use predict::predict;
-use prometheus::{Instruments, observe};
-use reads::{model, models};
 
 /// Starts the server on `address` on its own thread (with its own tokio runtime). The
 /// address is bound here, so that a taken port is an error at once.

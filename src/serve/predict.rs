@@ -29,7 +29,8 @@ pub(crate) struct PredictRequest {
     /// Answer once this ingest-log batch is folded into the served models (the query
     /// parameter `after_batch` does the same; this field wins).
     pub after_batch: Option<u64>,
-    /// How long to wait for `after_batch` (default [`DEFAULT_READ_WAIT`]).
+    /// How long to wait for `after_batch` (default
+    /// [`DEFAULT_READ_WAIT`](super::DEFAULT_READ_WAIT)).
     pub wait: Option<Wait>,
     /// Which model predicts (default [`Use::Final`]).
     #[serde(rename = "use", default)]

@@ -41,7 +41,7 @@ pub(super) struct Scrape {
     pub(super) serve: ServeSnapshot,
 }
 
-/// A copy of [`ServeStats`] and the body budget.
+/// A copy of [`ServeStats`](super::limits::ServeStats) and the body budget.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub(super) struct ServeSnapshot {
     pub(super) connections_open: i64,
