@@ -1,0 +1,384 @@
+//! The served models: the newest final model and running estimate of every key
+//! ([`ModelStore`]), written by the dataflow's model sink and read by the server.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::stream::ModelFeed;
+use crate::checkpoint::{Store, codec};
+use crate::dataflow::ModelLine;
+use crate::window::Time;
+
+/// The models of one key, as served.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct KeyModels {
+    /// The key.
+    pub key: String,
+    /// The newest final model (highest window end, then revision).
+    #[serde(rename = "final")]
+    pub last_final: Option<ModelLine>,
+    /// The running estimate of the open window that closes next.
+    pub open: Option<ModelLine>,
+}
+
+impl KeyModels {
+    /// The end of the newest window this key has a model of: its age for eviction.
+    fn newest_end(&self) -> Time {
+        let end = |m: &Option<ModelLine>| m.as_ref().map_or(Time::MIN, |m| m.window_end);
+        end(&self.last_final).max(end(&self.open))
+    }
+}
+
+/// Counts of a [`ModelStore`], kept as it changes (so reading them is O(1)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ModelCounts {
+    /// Keys held.
+    pub keys: usize,
+    /// Keys with a final model.
+    pub finals: usize,
+    /// Keys with a running estimate.
+    pub open: usize,
+    /// Keys forgotten to stay within `--max-keys` since the process started.
+    pub evicted: u64,
+}
+
+#[derive(Default)]
+struct Models {
+    keys: BTreeMap<String, KeyModels>,
+    /// `(newest window end, key)` of every key: the oldest is evicted first.
+    by_age: BTreeSet<(Time, String)>,
+    counts: ModelCounts,
+}
+
+impl Models {
+    /// Applies `change` to `key`'s models, keeping the index and counts.
+    fn change<R>(&mut self, key: &str, change: impl FnOnce(&mut KeyModels) -> R) -> R {
+        let Models {
+            keys,
+            by_age,
+            counts,
+        } = self;
+        if !keys.contains_key(key) {
+            counts.keys += 1;
+            by_age.insert((Time::MIN, key.to_owned()));
+            keys.insert(
+                key.to_owned(),
+                KeyModels {
+                    key: key.to_owned(),
+                    ..KeyModels::default()
+                },
+            );
+        }
+        let entry = keys.get_mut(key).expect("inserted above");
+        let (age, had_final, had_open) = (
+            entry.newest_end(),
+            entry.last_final.is_some(),
+            entry.open.is_some(),
+        );
+        let result = change(entry);
+        let new_age = entry.newest_end();
+        counts.finals = counts.finals + entry.last_final.is_some() as usize - had_final as usize;
+        counts.open = counts.open + entry.open.is_some() as usize - had_open as usize;
+        if new_age != age {
+            by_age.remove(&(age, key.to_owned()));
+            by_age.insert((new_age, key.to_owned()));
+        }
+        result
+    }
+
+    /// Forgets the keys with the oldest models until at most `max_keys` are left.
+    fn evict(&mut self, max_keys: usize) {
+        while self.keys.len() > max_keys {
+            let Some((_, key)) = self.by_age.pop_first() else {
+                break;
+            };
+            if let Some(gone) = self.keys.remove(&key) {
+                self.counts.keys -= 1;
+                self.counts.finals -= gone.last_final.is_some() as usize;
+                self.counts.open -= gone.open.is_some() as usize;
+                self.counts.evicted += 1;
+            }
+        }
+    }
+}
+
+/// The newest models of every key: written by the dataflow's sink, read by the server.
+///
+/// It holds at most `max_keys` keys (`--max-keys`): past that, the keys whose newest
+/// model (final or running estimate) has the oldest window end are forgotten first, so
+/// that keys still receiving records stay. A forgotten key answers 404 until it has a
+/// model again; its final models stay in `--out` (and in the checkpoint store, from which
+/// a restart loads the newest `max_keys`).
+pub struct ModelStore {
+    models: RwLock<Models>,
+    store: Option<Arc<Store>>,
+    max_keys: usize,
+    /// The served mark: every epoch (ingest-log batch) through it is folded into
+    /// `models` (`None`: none yet). Reads with `after_batch` wait on it.
+    served: watch::Sender<Option<u64>>,
+    /// The final models emitted by this process, for `GET /models/stream`.
+    pub(super) feed: ModelFeed,
+}
+
+impl Default for ModelStore {
+    fn default() -> ModelStore {
+        ModelStore {
+            models: RwLock::default(),
+            store: None,
+            max_keys: usize::MAX,
+            served: watch::channel(None).0,
+            feed: ModelFeed::new(),
+        }
+    }
+}
+
+impl ModelStore {
+    /// A model store of at most `max_keys` keys, kept in `store` too if given (and loaded
+    /// from it now: the newest `max_keys`).
+    pub fn open(store: Option<Arc<Store>>, max_keys: usize) -> Result<ModelStore, String> {
+        let mut models = Models::default();
+        if let Some(store) = &store {
+            for bytes in store.models().map_err(|e| e.to_string())? {
+                let model = ModelLine::decode_stored(&bytes)
+                    .map_err(|e| format!("{}: stored model: {e}", store.path().display()))?;
+                models.change(&model.key.clone(), |entry| entry.last_final = Some(model));
+            }
+            models.evict(max_keys);
+            models.counts.evicted = 0;
+        }
+        Ok(ModelStore {
+            models: RwLock::new(models),
+            store,
+            max_keys: max_keys.max(1),
+            served: watch::channel(None).0,
+            feed: ModelFeed::new(),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Models> {
+        self.models.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes model emissions (final, provisional, revised, or running estimates).
+    pub fn update<'a>(&self, lines: impl IntoIterator<Item = &'a ModelLine>) {
+        let mut finals: BTreeMap<&str, &ModelLine> = BTreeMap::new();
+        {
+            let mut models = self.models.write().unwrap_or_else(|e| e.into_inner());
+            for line in lines {
+                let newest = |m: &ModelLine| (m.window_end, m.window_start, m.revision);
+                let kept = models.change(&line.key, |entry| {
+                    if line.is_final {
+                        let newer = entry
+                            .last_final
+                            .as_ref()
+                            .is_none_or(|f| newest(line) >= newest(f));
+                        if newer {
+                            entry.last_final = Some(line.clone());
+                        }
+                        if entry
+                            .open
+                            .as_ref()
+                            .is_some_and(|o| o.window_end <= line.window_end)
+                        {
+                            entry.open = None;
+                        }
+                        newer
+                    } else {
+                        if entry
+                            .last_final
+                            .as_ref()
+                            .is_none_or(|f| line.window_end > f.window_end)
+                        {
+                            entry.open = Some(line.clone());
+                        }
+                        false
+                    }
+                });
+                if kept {
+                    finals.insert(&line.key, line);
+                }
+                if line.is_final {
+                    self.feed.push(line);
+                }
+            }
+            models.evict(self.max_keys);
+        }
+        if let Some(store) = &self.store
+            && !finals.is_empty()
+        {
+            let encoded = finals.into_iter().map(|(k, m)| (k, codec::encode(m)));
+            if let Err(e) = store.put_models(encoded) {
+                tracing::warn!("keeping models in the checkpoint store: {e}");
+            }
+        }
+    }
+
+    /// Every epoch (batch of the ingest log) through `epoch` has been folded in: the
+    /// final models and running estimates of those epochs are all here. Called by the
+    /// dataflow as the frontier of the streams that update the store passes `epoch`;
+    /// the mark never goes back (`u64::MAX`: the dataflow has ended).
+    pub fn served_through(&self, epoch: u64) {
+        self.served.send_if_modified(|served| {
+            let newer = served.is_none_or(|s| s < epoch);
+            if newer {
+                *served = Some(epoch);
+            }
+            newer
+        });
+    }
+
+    /// The served mark: the last epoch folded in, if any (see
+    /// [`served_through`](Self::served_through)).
+    pub fn served(&self) -> Option<u64> {
+        *self.served.borrow()
+    }
+
+    /// Waits (without blocking a thread) until batch `batch` has been folded in, at most
+    /// `wait`: the served mark then, or, when the wait ran out, the mark as it is.
+    pub async fn wait_served(&self, batch: u64, wait: Duration) -> Result<u64, Option<u64>> {
+        let mut changes = self.served.subscribe();
+        let reached =
+            tokio::time::timeout(wait, changes.wait_for(|s| s.is_some_and(|s| s >= batch))).await;
+        match reached {
+            Ok(Ok(served)) => Ok(served.expect("the mark is at least `batch`")),
+            _ => Err(self.served()),
+        }
+    }
+
+    /// The models of `key`.
+    pub fn get(&self, key: &str) -> Option<KeyModels> {
+        self.read().keys.get(key).cloned()
+    }
+
+    /// The models of every key, by key (O(keys): `/models` reads [`page`](Self::page)s).
+    pub fn all(&self) -> Vec<KeyModels> {
+        self.read().keys.values().cloned().collect()
+    }
+
+    /// Up to `limit` keys' models in key order, from the first key after `after` (from
+    /// the first key without it), and the key to give as `after` for the next page
+    /// (`None`: this page is the last).
+    pub fn page(&self, after: Option<&str>, limit: usize) -> (Vec<KeyModels>, Option<String>) {
+        let models = self.read();
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut page: Vec<KeyModels> = models
+            .keys
+            .range::<str, _>((from, Bound::Unbounded))
+            .take(limit.saturating_add(1))
+            .map(|(_, m)| m.clone())
+            .collect();
+        let next = if page.len() > limit {
+            page.pop();
+            page.last().map(|m| m.key.clone())
+        } else {
+            None
+        };
+        (page, next)
+    }
+
+    /// Keys held, with a final model, with a running estimate, and forgotten.
+    pub fn counts(&self) -> ModelCounts {
+        self.read().counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Status;
+    use std::time::Instant;
+
+    fn line(key: &str, end: Time, is_final: bool) -> ModelLine {
+        ModelLine {
+            key: key.into(),
+            window_start: end - 10,
+            window_end: end,
+            n: 1,
+            coef: None,
+            r2: None,
+            rmse: None,
+            cond: None,
+            status: Status::Underdetermined,
+            is_final,
+            revision: 0,
+            closed_by: None,
+        }
+    }
+
+    #[test]
+    fn model_store_counts_pages_and_evicts_the_oldest() {
+        let store = ModelStore::open(None, 3).unwrap();
+        store.update(&[
+            line("a", 10, true),
+            line("b", 20, false),
+            line("c", 30, true),
+        ]);
+        store.update(&[line("c", 40, false)]);
+        assert_eq!(
+            store.counts(),
+            ModelCounts {
+                keys: 3,
+                finals: 2,
+                open: 2,
+                evicted: 0
+            }
+        );
+        // A fourth key: the one with the oldest newest window ("a", 10) goes.
+        store.update(&[line("d", 50, false)]);
+        assert!(store.get("a").is_none());
+        assert_eq!(store.counts().keys, 3);
+        assert_eq!(store.counts().evicted, 1);
+        assert_eq!(store.counts().finals, 1);
+        // "b" gets a newer model (60), and a fifth key comes: "c" (40) is the oldest.
+        store.update(&[line("b", 60, true), line("e", 70, false)]);
+        assert!(store.get("c").is_none(), "{:?}", store.all());
+        let (page, next) = store.page(None, 2);
+        let keys: Vec<&str> = page.iter().map(|m| m.key.as_str()).collect();
+        assert_eq!((keys, next.as_deref()), (vec!["b", "d"], Some("d")));
+        let (page, next) = store.page(Some("d"), 2);
+        assert_eq!(page.len(), 1);
+        assert_eq!((page[0].key.as_str(), next), ("e", None));
+        let c = store.counts();
+        assert_eq!((c.keys, c.finals, c.open), (3, 1, 2), "{c:?}");
+    }
+
+    #[test]
+    fn the_served_mark_only_advances_and_wakes_waiting_reads() {
+        let store = Arc::new(ModelStore::default());
+        assert_eq!(store.served(), None);
+        store.served_through(3);
+        store.served_through(1);
+        assert_eq!(store.served(), Some(3));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            // Already folded in: at once.
+            assert_eq!(store.wait_served(2, Duration::ZERO).await, Ok(3));
+            // Not yet: the wait runs out, with the mark as it is.
+            let started = Instant::now();
+            assert_eq!(
+                store.wait_served(5, Duration::from_millis(50)).await,
+                Err(Some(3))
+            );
+            assert!(started.elapsed() >= Duration::from_millis(50));
+            // Folded in while waiting: woken, not at the end of the wait.
+            let advancing = Arc::clone(&store);
+            let advance = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                advancing.served_through(4);
+                advancing.served_through(6);
+            });
+            let started = Instant::now();
+            assert_eq!(store.wait_served(5, Duration::from_secs(30)).await, Ok(6));
+            assert!(started.elapsed() < Duration::from_secs(10));
+            advance.await.unwrap();
+        });
+    }
+}
