@@ -9,11 +9,13 @@ use std::time::Instant;
 
 use rustc_hash::FxHashMap;
 
-use super::{Ack, CheckpointContext, Epoch};
+use super::context::CheckpointContext;
 use crate::checkpoint::{EXIT_WRITE_FAILED, Part, ProvisionalWindow};
 use crate::key::Key;
+use crate::messages::Ack;
 use crate::metrics::Metrics;
 use crate::stats::Stats;
+use crate::types::Epoch;
 use crate::types::{OnFatal, fatal};
 use crate::window::{Pane, Time};
 

@@ -3,11 +3,13 @@
 
 use rustc_hash::FxHashMap;
 
-use super::{Counts, OnError, SetAside, WindowConfig};
+use super::context::WindowConfig;
 use crate::key::{Key, pack};
+use crate::messages::SetAside;
 use crate::record::{MAX_ABS_VALUE, Record, TIME_LIMIT, check_time};
 use crate::source::{Malformed, RecordSink, SourceError};
 use crate::stats::Stats;
+use crate::types::{Counts, OnError};
 use crate::window::{Admission, Pane, Time, Watermark, WindowSpec};
 
 /// The per-worker combiner: watermark, lateness, and per-(key, pane) pre-aggregation of

@@ -11,13 +11,12 @@ use timely::dataflow::operators::vec::Map;
 use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 
 use super::combiner::{Combiner, Quarantined};
-use super::{
-    Control, Counts, Epoch, PaneUpdate, Progress, RunContext, SetAside, WindowConfig, owner,
-    resumed_max_seen, split,
-};
+use super::context::{PaneUpdate, RunContext, WindowConfig, owner, resumed_max_seen, split};
 use crate::key::Key;
+use crate::messages::{Control, Progress, SetAside};
 use crate::source::SourceReader;
 use crate::stats::Stats;
+use crate::types::{Counts, Epoch};
 use crate::types::{EXIT_SOURCE_OR_OUTPUT, fatal};
 use crate::window::{Pane, Time};
 use crate::{failpoint, quarantine};

@@ -22,175 +22,32 @@
 //! One concept per file: [`ingest`] (the source operator) folds records into panes with
 //! the per-batch `combiner`; the `windows` operator ([`WindowedModels`]) turns arranged
 //! panes into models and retractions; its `checkpointer` writes what changed beside it.
-//! This file holds what they share: the configuration, the run context, and the wiring
-//! ([`windowed_regression`]).
+//! What they share (configuration, run context, key owners, frontier) is in `context`;
+//! this file wires them together ([`windowed_regression`]).
 
 mod checkpointer;
 mod combiner;
+mod context;
 mod ingest;
 mod windows;
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use differential_dataflow::operators::arrange::TraceAgent;
-use differential_dataflow::trace::implementations::ValSpine;
-use differential_dataflow::{AsCollection, Hashable, VecCollection};
-use serde::{Deserialize, Serialize};
-use timely::dataflow::operators::vec::Partition;
+use differential_dataflow::{AsCollection, VecCollection};
 use timely::dataflow::operators::{ConnectLoop, Feedback};
 use timely::dataflow::{Scope, StreamVec};
 
-use crate::checkpoint::{Commit, Recovered, Store};
 use crate::key::Key;
-use crate::metrics::Metrics;
-use crate::model::SolveOptions;
 use crate::stats::Stats;
-use crate::types::OnFatal;
-use crate::window::{Pane, Time, WindowSpec};
+use crate::window::Pane;
 
 pub use crate::messages::{Ack, Control, ModelLine, Progress, SetAside};
 pub use crate::types::{Counts, Epoch, OnError};
 pub(crate) use combiner::Combiner;
+pub use context::{
+    CheckpointContext, PaneTrace, PaneUpdate, RETRACTION_DELAY_PER_WORKER, RunContext,
+    WindowConfig, frontier_of, owner, resumed_max_seen, retraction_delay,
+};
 pub use ingest::{Ingested, MAX_AHEAD_PER_WORKER, MAX_PANES_AHEAD_PER_WORKER, ingest};
 pub use windows::{WindowOutputs, WindowedModels};
-
-/// The arranged state: per key and pane, the pane's statistics.
-pub type PaneTrace = TraceAgent<ValSpine<Key, Pane, Epoch, Stats>>;
-
-/// A pane update of the arrangement's input: ((key, pane), time, statistics).
-pub type PaneUpdate = ((Key, Pane), Epoch, Stats);
-
-/// Everything the windows need to know, fixed for a run.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct WindowConfig {
-    /// Window kind and size.
-    pub window: WindowSpec,
-    /// Allowed lateness (ms).
-    pub lateness: Time,
-    /// Largest advance of the watermark by one record (ms).
-    pub max_jump: Time,
-    /// Solver options.
-    pub solve: SolveOptions,
-    /// Number of features.
-    pub features: usize,
-}
-
-/// What a run shares with its operators beyond the window configuration.
-#[derive(Clone)]
-pub struct RunContext {
-    /// Malformed-line policy.
-    pub on_error: OnError,
-    /// Counters.
-    pub metrics: Arc<Metrics>,
-    /// Where the run's operators hand an error they cannot go on from (a source error, a
-    /// failed checkpoint write), once they logged it: the one fatal-error hook of a run
-    /// (see [`OnFatal`]). It must not return; whether the process ends, with
-    /// [`Fatal::code`](crate::types::Fatal::code), is the hook's choice.
-    pub on_fatal: OnFatal,
-    /// Checkpointing, when enabled.
-    pub checkpoint: Option<CheckpointContext>,
-    /// Whether the windows operator also emits a running estimate of each key's open
-    /// window whenever new records change it ([`WindowOutputs::estimates`]).
-    pub estimates: bool,
-    /// Whether the source is one ordered partition however many workers read it (the
-    /// ingest log: HTTP, TCP, followed files). Its watermark is then the log's: each
-    /// batch is judged against the largest time of the batches before it, and the global
-    /// frontier is the newest report, not the slowest worker's (see [`frontier_of`]).
-    pub one_partition: bool,
-}
-
-impl RunContext {
-    /// A context without checkpoints.
-    pub fn new(on_error: OnError, metrics: Arc<Metrics>, on_fatal: OnFatal) -> Self {
-        RunContext {
-            on_error,
-            metrics,
-            on_fatal,
-            checkpoint: None,
-            estimates: false,
-            one_partition: false,
-        }
-    }
-}
-
-/// The global frontier of the workers' reported largest times: for partitioned sources
-/// the smallest (each worker reads a partition of its own); for one partition read by
-/// several workers the largest, since each report already covers every batch before its
-/// own. A worker with no share reports `Time::MAX` (done) at once: for one partition that
-/// means "no more from me", not the end, until every worker says so.
-pub fn frontier_of(max_seen: &[Time], one_partition: bool) -> Time {
-    if one_partition {
-        let live = max_seen.iter().copied().filter(|&t| t != Time::MAX).max();
-        live.unwrap_or(Time::MAX)
-    } else {
-        max_seen.iter().copied().min().unwrap_or(Time::MIN)
-    }
-}
-
-/// Checkpoint settings of a run.
-#[derive(Clone)]
-pub struct CheckpointContext {
-    /// This process's store.
-    pub store: Arc<Store>,
-    /// Time between checkpoints (per worker; every worker's marks are checkpoint epochs).
-    pub every: Duration,
-    /// The generation this run writes.
-    pub generation: u64,
-    /// The state recovered at start, if any.
-    pub restored: Option<Arc<Recovered>>,
-}
-
-impl CheckpointContext {
-    /// The epoch the run resumes after, if it was restored.
-    pub fn resumed_at(&self) -> Option<Epoch> {
-        self.restored.as_ref()?.commit.as_ref().map(|c| c.epoch)
-    }
-}
-
-/// The worker that owns `key` among `peers`: the one differential's exchange routes it to.
-pub fn owner(key: &Key, peers: usize) -> usize {
-    (key.hashed() % peers as u64) as usize
-}
-
-/// Each worker's largest admitted event time after resuming from `commit` with `peers`
-/// workers: the recorded ones when the worker count is unchanged; otherwise, partitions
-/// being different, every worker starts from the global frontier (their minimum), which
-/// keeps lateness decisions consistent with the windows already closed.
-pub fn resumed_max_seen(commit: &Commit, peers: usize, one_partition: bool) -> Vec<Time> {
-    if commit.max_seen.len() == peers {
-        commit.max_seen.clone()
-    } else {
-        vec![frontier_of(&commit.max_seen, one_partition); peers]
-    }
-}
-/// Splits a stream `N` ways by `part` (`0..N`), moving each element, never cloning it (a
-/// stream's every reader but the last gets a clone of each batch).
-fn split<'scope, D: 'static, const N: usize>(
-    stream: StreamVec<'scope, Epoch, D>,
-    part: impl Fn(&D) -> u64 + 'static,
-) -> [StreamVec<'scope, Epoch, D>; N] {
-    let parts = stream.partition(N as u64, move |d| (part(&d), d));
-    parts
-        .try_into()
-        .unwrap_or_else(|_| unreachable!("partition gives N parts"))
-}
-/// How many epochs after a pane expires its retraction enters the arrangement.
-///
-/// The retractions loop back into the arrangement's input, so the arrangement cannot seal
-/// epoch `e + delay` before the windows operator has finished epoch `e`. With a delay of
-/// one, the whole dataflow advanced about one epoch per round trip of that loop (three
-/// worker steps), far slower than the sources: the sources ran ahead until throttled, and
-/// the arrangement's batcher re-sorted the growing backlog at every step, so a long run
-/// slowed down as it went (a 120 M-record run on two workers fell to the speed of one).
-/// A delay of a few epochs per worker lets the loop keep up. Expired panes stay in the
-/// trace until then, invisible: the windows operator reads only panes it holds open.
-pub fn retraction_delay(peers: usize) -> Epoch {
-    RETRACTION_DELAY_PER_WORKER * peers as Epoch
-}
-
-/// See [`retraction_delay`].
-pub const RETRACTION_DELAY_PER_WORKER: Epoch = 16;
 
 /// Builds the windowed-regression dataflow on `panes`: the arrangement, the windows
 /// operator, and the loop that retracts expired panes. `control` carries the workers'

@@ -17,15 +17,17 @@ use timely::dataflow::operators::{Capability, Operator};
 use timely::progress::frontier::AntichainRef;
 
 use super::checkpointer::Checkpointer;
-use super::{
-    Ack, Control, Epoch, ModelLine, PaneTrace, PaneUpdate, RunContext, WindowConfig, frontier_of,
-    owner, resumed_max_seen, retraction_delay, split,
+use super::context::{
+    PaneTrace, PaneUpdate, RunContext, WindowConfig, frontier_of, owner, resumed_max_seen,
+    retraction_delay, split,
 };
 use crate::checkpoint::ProvisionalWindow;
 use crate::key::Key;
+use crate::messages::{Ack, Control, ModelLine};
 use crate::metrics::Metrics;
 use crate::model::solve;
 use crate::stats::Stats;
+use crate::types::Epoch;
 use crate::window::{Pane, Time, Window, WindowSpec};
 
 /// The streams the windows operator produces.
