@@ -974,9 +974,11 @@ fn posting_to_a_run_that_reads_another_source_is_409() {
         };
         let source = make(0)[3].clone();
         let (mut server, _) = Server::start_on_free_port(&dir, make);
-        let v = server
-            .post("/data", Some("text/csv"), &body)
-            .assert_error(409, &format!("POST /data with --source {source}"));
+        let answer = server.post("/data", Some("text/csv"), &body);
+        let v = answer.assert_error(409, &format!("POST /data with --source {source}"));
+        // Answered before its body was read: the connection closes after the answer, and
+        // says so, so the client's next request goes down a new one.
+        assert_eq!(answer.connection.as_deref(), Some("close"));
         assert!(
             v["error"].as_str().unwrap().contains("http"),
             "the 409 message says what is needed: {v}"

@@ -580,13 +580,13 @@ impl Windows {
 
 /// The windows of one key's open panes, each with the indices of the panes it sums.
 ///
-/// `panes` are sorted by start (as the trace gives them), so a window's panes are a range.
+/// `panes` are sorted (as the trace gives them), so a window's panes are a range.
 fn windows_of(spec: WindowSpec, panes: &[(Pane, Stats)]) -> Vec<(Window, Range<usize>)> {
-    debug_assert!(panes.windows(2).all(|w| w[0].0.start < w[1].0.start));
     if spec.is_session() {
         let bounds: Vec<Pane> = panes.iter().map(|(p, _)| *p).collect();
         return spec.sessions(&bounds);
     }
+    debug_assert!(panes.windows(2).all(|w| w[0].0.start < w[1].0.start));
     let mut windows: Vec<Window> = panes
         .iter()
         .flat_map(|(pane, _)| spec.windows_of_pane(pane.start))

@@ -128,24 +128,35 @@ pub(crate) fn parse_body(
     Ok((batch, answer))
 }
 
+/// An answer given before the request's body was read: the server drops the connection
+/// after it (the unread body is still coming), so it says `Connection: close`, and the
+/// client does not send its next request down a connection about to close.
+fn unread(mut answer: Response) -> Response {
+    answer.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    answer
+}
+
 pub(super) async fn data(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
     let context = &app.context;
     let Some(log) = context.log.clone().filter(|_| context.accepts_posts) else {
-        return error(
+        return unread(error(
             StatusCode::CONFLICT,
             format!(
                 "this run reads {}; POST /data needs --source http",
                 context.source
             ),
-        );
+        ));
     };
     let format = match body_format(&headers) {
         Ok(f) => f,
-        Err(message) => return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, message),
+        Err(message) => return unread(error(StatusCode::UNSUPPORTED_MEDIA_TYPE, message)),
     };
     let limit = app.limits.max_body;
     if declared_over(&headers, limit) {
-        return too_large(limit);
+        return unread(too_large(limit));
     }
     let (bytes, held) = match read_body(&app.limits, &app.stats, &app.budget, body, limit).await {
         Ok(read) => read,

@@ -32,6 +32,7 @@ pub struct Resp {
     pub status: u16,
     pub retry_after: Option<String>,
     pub content_type: Option<String>,
+    pub connection: Option<String>,
     pub body: String,
 }
 
@@ -69,6 +70,7 @@ pub fn finish(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Resul
     };
     let retry_after = header("retry-after");
     let content_type = header("content-type");
+    let connection = header("connection");
     let status = r.status().as_u16();
     let body = r
         .body_mut()
@@ -80,6 +82,7 @@ pub fn finish(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Resul
         status,
         retry_after,
         content_type,
+        connection,
         body,
     })
 }
