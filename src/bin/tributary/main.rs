@@ -4,12 +4,6 @@
 mod cli;
 mod launch;
 
-/// mimalloc: the pane statistics are many small, short-lived allocations, freed in another
-/// order than made; glibc's allocator spent ~30 % of a many-keys run in malloc and free and
-/// kept freed memory fragmented.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
