@@ -41,14 +41,15 @@ pub struct WindowConfig {
     pub features: usize,
 }
 
-/// The largest advance of the watermark by one record that [`WindowConfig::new`] allows:
-/// one hour (in ms), the default of `tributary run --max-jump`.
-pub const DEFAULT_MAX_JUMP: Time = 3_600_000;
-
 impl WindowConfig {
+    /// The largest advance of the watermark by one record that [`WindowConfig::new`]
+    /// allows: one hour (in ms), the default of `tributary run --max-jump`.
+    pub const DEFAULT_MAX_JUMP: Time = 3_600_000;
+
     /// Windows `window` over models of `features` features, with what `tributary run`
-    /// takes by default: no lateness, a watermark advancing at most [`DEFAULT_MAX_JUMP`]
-    /// per record, and ordinary least squares (no ridge). The setters change one each:
+    /// takes by default: no lateness, a watermark advancing at most
+    /// [`DEFAULT_MAX_JUMP`](Self::DEFAULT_MAX_JUMP) per record, and ordinary least squares
+    /// (no ridge). The setters change one each:
     ///
     /// ```
     /// use tributary::WindowConfig;
@@ -63,7 +64,7 @@ impl WindowConfig {
         WindowConfig {
             window,
             lateness: 0,
-            max_jump: DEFAULT_MAX_JUMP,
+            max_jump: Self::DEFAULT_MAX_JUMP,
             solve: SolveOptions::default(),
             features,
         }
