@@ -72,15 +72,15 @@ pub mod types;
 pub mod window;
 
 pub use dataflow::{
-    Ingested, ModelLine, RunContext, WindowConfig, WindowOutputs, WindowedModels, ingest,
-    windowed_regression,
+    Control, Ingested, ModelLine, RunContext, SetAside, WindowConfig, WindowOutputs,
+    WindowedModels, ingest, windowed_regression,
 };
 pub use key::Key;
 pub use metrics::Metrics;
 pub use model::{Fit, SolveOptions, Status, solve};
 pub use operators::{Panes, ReadRecords, RecordStream, Row, WindowPanes, WindowStats};
 pub use record::{Record, RecordRef, Schema};
-pub use source::{FileSpec, GenSpec, SourceReader, SourceSpec};
+pub use source::{FileSpec, GenReader, GenSpec, SourceReader, SourceSpec};
 pub use stats::Stats;
 pub use types::{Counts, Epoch, Fatal, OnError, OnFatal};
 pub use window::{Pane, Window, WindowSpec};
