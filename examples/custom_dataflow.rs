@@ -63,12 +63,14 @@ fn main() {
 /// window, each window solved by SVD least squares on [1, x] (not from sums); n must be
 /// equal, the coefficients and r² within 1e-9; one final model per kept key and window.
 fn check(spec: &GenSpec, models: &[ModelLine]) {
-    let mut rows: BTreeMap<(String, i64), Vec<(Vec<f64>, f64)>> = BTreeMap::new();
+    let mut rows = BTreeMap::new(); // (key, window start) → [(x, y)]
     GenReader::new(spec, 0, 1).generate(0, spec.rows, |r| {
         if r.key == "k0" || r.key == "k1" {
             let window = (r.key.to_owned(), r.time.div_euclid(20_000) * 20_000);
             let y = r.z[r.z.len() - 1];
-            rows.entry(window).or_default().push((r.x().to_vec(), y));
+            rows.entry(window)
+                .or_insert_with(Vec::new)
+                .push((r.x().to_vec(), y));
         }
     });
     assert_eq!(
