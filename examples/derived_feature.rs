@@ -10,11 +10,8 @@ use std::sync::{Arc, Mutex};
 use timely::dataflow::ProbeHandle;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Inspect, Probe};
-use tributary::dataflow::{ModelLine, OnError, RunContext, WindowConfig, windowed_regression};
-use tributary::metrics::Metrics;
-use tributary::operators::{ReadRecords, WindowPanes};
-use tributary::source::{GenReader, GenSpec, SourceReader, SourceSpec};
-use tributary::{Record, Schema, SolveOptions};
+use tributary::{GenReader, GenSpec, ModelLine, Record, RunContext, Schema, SourceReader};
+use tributary::{ReadRecords, SourceSpec, WindowConfig, WindowPanes, windowed_regression};
 
 mod oracle;
 use oracle::least_squares;
@@ -26,27 +23,14 @@ fn main() {
         .unwrap();
     let source = SourceSpec::Gen(spec.clone());
     // 2. The windows and the model: 3 features once x0·x1 is added.
-    let config = WindowConfig {
-        window: "tumbling:20s".parse().unwrap(),
-        lateness: 0,
-        max_jump: 3_600_000,
-        solve: SolveOptions { ridge: 0.0 },
-        features: 3,
-    };
-    let context = RunContext::new(OnError::Fail, Arc::new(Metrics::default()), |e| {
-        panic!("{e}")
-    });
+    let config = WindowConfig::new("tumbling:20s".parse().unwrap(), 3);
+    let context = RunContext::default();
     let models: Arc<Mutex<Vec<ModelLine>>> = Arc::default();
     let out = Arc::clone(&models);
 
     timely::execute(timely::Config::process(2), move |worker| {
-        let reader = SourceReader::open(
-            &source,
-            &Schema::generated(2),
-            worker.index(),
-            worker.peers(),
-        )
-        .unwrap();
+        let (index, peers) = (worker.index(), worker.peers());
+        let reader = SourceReader::open(&source, &Schema::generated(2), index, peers).unwrap();
         let out = Arc::clone(&out);
         let probe = ProbeHandle::new();
         worker.dataflow(|scope| {
@@ -65,13 +49,10 @@ fn main() {
             windows
                 .models
                 .inspect(move |m| {
+                    let coef = m.coef.as_deref().unwrap_or_default();
                     println!(
-                        "{} [{}, {}) n={} coef={:.3?}",
-                        m.key,
-                        m.window_start,
-                        m.window_end,
-                        m.n,
-                        m.coef.as_deref().unwrap_or_default()
+                        "{} [{}, {}) n={} coef={coef:.3?}",
+                        m.key, m.window_start, m.window_end, m.n
                     );
                     out.lock().unwrap().push(m.clone());
                 })
@@ -84,13 +65,17 @@ fn main() {
     })
     .unwrap();
 
-    // The check: least squares of y on [1, x0, x1, x0·x1] over each window's rows.
+    check(&spec, &models.lock().unwrap());
+}
+
+/// The check: least squares of y on [1, x0, x1, x0·x1] over each window's rows, computed
+/// directly from the regenerated records; one final model per key and window.
+fn check(spec: &GenSpec, models: &[ModelLine]) {
     let mut rows: Vec<(String, i64, Vec<f64>)> = Vec::new();
-    GenReader::new(&spec, 0, 1).generate(0, spec.rows, |r| {
+    GenReader::new(spec, 0, 1).generate(0, spec.rows, |r| {
         let (x0, x1, y) = (r.z[0], r.z[1], r.z[2]);
         rows.push((r.key.to_owned(), r.time, vec![x0, x1, x0 * x1, y]));
     });
-    let models = models.lock().unwrap();
     let windows = rows.last().unwrap().1 / 20_000 - rows[0].1 / 20_000 + 1;
     assert_eq!(
         models.len() as i64,

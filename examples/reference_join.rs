@@ -7,9 +7,7 @@
 use std::sync::{Arc, Mutex};
 
 use differential_dataflow::input::Input;
-use tributary::operators::{Row, WindowStats};
-use tributary::window::Window;
-use tributary::{SolveOptions, Stats, WindowSpec, solve};
+use tributary::{Row, SolveOptions, Stats, Window, WindowSpec, WindowStats, solve};
 
 mod oracle;
 use oracle::least_squares;

@@ -12,10 +12,8 @@ use std::sync::Arc;
 
 use differential_dataflow::difference::Semigroup;
 use timely::dataflow::ProbeHandle;
-use tributary::dataflow::{OnError, RunContext, WindowConfig, ingest};
-use tributary::metrics::Metrics;
-use tributary::source::{GenReader, GenSpec, SourceReader, SourceSpec};
-use tributary::{Schema, SolveOptions, Stats, Window, WindowSpec};
+use tributary::{GenReader, GenSpec, RunContext, Schema, SourceReader, SourceSpec, Stats};
+use tributary::{Window, WindowConfig, WindowSpec, ingest};
 
 fn main() {
     let spec: GenSpec = "rows=30000,keys=3,features=2,seed=9,step=2,disorder=40"
@@ -23,24 +21,14 @@ fn main() {
         .unwrap();
     let source = SourceSpec::Gen(spec.clone());
     let window: WindowSpec = "sliding:10s/5s".parse().unwrap();
-    let config = WindowConfig {
-        window,
-        lateness: 1_000, // more than the disorder: no record is late
-        max_jump: 3_600_000,
-        solve: SolveOptions { ridge: 0.0 },
-        features: 2,
-    };
-    let metrics = Arc::new(Metrics::default());
-    let context = RunContext::new(OnError::Fail, Arc::clone(&metrics), |e| panic!("{e}"));
+    // Lateness more than the disorder: no record is late.
+    let config = WindowConfig::new(window, 2).lateness(1_000);
+    let context = RunContext::default();
+    let metrics = Arc::clone(&context.metrics);
 
     let per_worker = timely::execute(timely::Config::process(2), move |worker| {
-        let reader = SourceReader::open(
-            &source,
-            &Schema::generated(2),
-            worker.index(),
-            worker.peers(),
-        )
-        .unwrap();
+        let (index, peers) = (worker.index(), worker.peers());
+        let reader = SourceReader::open(&source, &Schema::generated(2), index, peers).unwrap();
         let totals: Rc<RefCell<BTreeMap<(String, Window), Stats>>> = Rc::default();
         let sums = Rc::clone(&totals);
         let probe = ProbeHandle::new();

@@ -5,17 +5,12 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Instant;
 
 use timely::dataflow::ProbeHandle;
 use timely::dataflow::operators::{Inspect, Probe};
-use tributary::dataflow::{
-    Control, OnError, RunContext, WindowConfig, ingest, windowed_regression,
-};
-use tributary::metrics::Metrics;
-use tributary::source::{GenReader, GenSpec, SourceReader, SourceSpec};
-use tributary::{Schema, SolveOptions};
+use tributary::{Control, GenReader, GenSpec, RunContext, Schema, SourceReader, SourceSpec};
+use tributary::{WindowConfig, ingest, windowed_regression};
 
 const WORKERS: usize = 4;
 
@@ -24,16 +19,8 @@ fn main() {
         .parse()
         .unwrap();
     let source = SourceSpec::Gen(spec.clone());
-    let config = WindowConfig {
-        window: "sliding:60s/10s".parse().unwrap(),
-        lateness: 0,
-        max_jump: 3_600_000,
-        solve: SolveOptions { ridge: 0.0 },
-        features: 4,
-    };
-    let context = RunContext::new(OnError::Fail, Arc::new(Metrics::default()), |e| {
-        panic!("{e}")
-    });
+    let config = WindowConfig::new("sliding:60s/10s".parse().unwrap(), 4);
+    let context = RunContext::default();
 
     let results = timely::execute(timely::Config::process(WORKERS), move |worker| {
         let index = worker.index();

@@ -5,8 +5,49 @@
 //! abelian group, and so the difference type of a differential-dataflow arrangement — to
 //! [`model`]s emitted when windows close. The [`dataflow`] module holds the operators,
 //! [`job`] runs a whole dataflow from its settings.
+//!
+//! A dataflow of your own needs only the crate root: a [`SourceSpec`] opened per worker as
+//! a [`SourceReader`], a [`WindowConfig`] and a [`RunContext`], then either [`ingest`]
+//! (the source straight into pane statistics) or [`ReadRecords`] and [`WindowPanes`]
+//! (records you transform on the way), and [`windowed_regression`] for the models;
+//! [`WindowStats`] sums windows of a collection whose records change. For example, per-key
+//! models of 20-second windows of generated records:
+//!
+//! ```
+//! use timely::dataflow::ProbeHandle;
+//! use timely::dataflow::operators::{Inspect, Probe};
+//! use tributary::{RunContext, Schema, SourceReader, SourceSpec, WindowConfig};
+//! use tributary::{ingest, windowed_regression};
+//!
+//! let source: SourceSpec = "gen:rows=6000,keys=3,features=2,step=5".parse().unwrap();
+//! let config = WindowConfig::new("tumbling:20s".parse().unwrap(), 2);
+//! let context = RunContext::default();
+//! let models = timely::execute(timely::Config::process(2), move |worker| {
+//!     let (index, peers) = (worker.index(), worker.peers());
+//!     let reader = SourceReader::open(&source, &Schema::generated(2), index, peers).unwrap();
+//!     let probe = ProbeHandle::new();
+//!     let count = std::rc::Rc::new(std::cell::Cell::new(0));
+//!     let counted = count.clone();
+//!     worker.dataflow(|scope| {
+//!         let input = ingest(scope, reader, &config, &context);
+//!         let (windows, _trace) =
+//!             windowed_regression(scope, input.panes, input.control, &config, &context);
+//!         windows
+//!             .models
+//!             .inspect(move |_| counted.set(counted.get() + 1))
+//!             .probe_with(&probe)
+//!             .probe_with(&input.throttle);
+//!     });
+//!     while !probe.done() {
+//!         worker.step();
+//!     }
+//!     count.get()
+//! });
+//! let models: usize = models.unwrap().join().into_iter().map(Result::unwrap).sum();
+//! assert_eq!(models, 3 * 2, "30 s of records: two 20 s windows for each of 3 keys");
+//! ```
 
-#![deny(missing_docs)]
+#![forbid(missing_docs)]
 
 pub mod bench;
 pub mod checkpoint;
@@ -30,10 +71,16 @@ pub mod stats;
 pub mod types;
 pub mod window;
 
-pub use dataflow::{ModelLine, WindowConfig};
+pub use dataflow::{
+    Control, Ingested, ModelLine, RunContext, SetAside, WindowConfig, WindowOutputs,
+    WindowedModels, ingest, windowed_regression,
+};
 pub use key::Key;
+pub use metrics::Metrics;
 pub use model::{Fit, SolveOptions, Status, solve};
+pub use operators::{Panes, ReadRecords, RecordStream, Row, WindowPanes, WindowStats};
 pub use record::{Record, RecordRef, Schema};
+pub use source::{FileSpec, GenReader, GenSpec, SourceReader, SourceSpec};
 pub use stats::Stats;
 pub use types::{Counts, Epoch, Fatal, OnError, OnFatal};
 pub use window::{Pane, Window, WindowSpec};

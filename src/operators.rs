@@ -65,6 +65,42 @@ pub struct RecordStream<'scope> {
 }
 
 /// Reads a source into a stream of records: an extension of a timely scope.
+///
+/// ```
+/// use timely::dataflow::operators::Capture;
+/// use timely::dataflow::operators::capture::Extract;
+/// use timely::dataflow::operators::vec::Map;
+/// use tributary::{GenReader, GenSpec, ReadRecords, RunContext, Schema, SourceReader, SourceSpec};
+///
+/// // 3 000 generated records in batches of 1 024, all read by one worker.
+/// let spec: GenSpec = "rows=3000,keys=2,features=2,batch=1024".parse().unwrap();
+/// let source = SourceSpec::Gen(spec.clone());
+/// let reader = SourceReader::open(&source, &Schema::generated(2), 0, 1).unwrap();
+/// let context = RunContext::default();
+/// let metrics = context.metrics.clone();
+/// // A record as (time, key, the bits of z): comparable, and compared exactly.
+/// let exact = |time, key: &str, z: &[f64]| {
+///     (time, key.to_owned(), z.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+/// };
+/// let captured = timely::example(move |scope| {
+///     let read = scope.read_records(reader, &context);
+///     read.records.map(move |r| exact(r.time, &r.key, &r.z())).capture()
+/// });
+/// // Batch k at epoch k: the generator's records k·1024 up to (k + 1)·1024, to the bit.
+/// let mut generated = Vec::new();
+/// GenReader::new(&spec, 0, 1).generate(0, spec.rows, |r| {
+///     generated.push(exact(r.time, r.key, r.z));
+/// });
+/// let batches = captured.extract();
+/// assert_eq!(batches.iter().map(|(epoch, _)| *epoch).collect::<Vec<_>>(), [0, 1, 2]);
+/// for (epoch, records) in batches {
+///     let start = epoch as usize * 1024;
+///     let mut want = generated[start..(start + 1024).min(3000)].to_vec();
+///     want.sort();
+///     assert_eq!(records, want, "batch {epoch}");
+/// }
+/// assert_eq!(metrics.snapshot().records, 3000);
+/// ```
 pub trait ReadRecords<'scope> {
     /// Reads this worker's share of `reader` (opened for this worker), batch by batch:
     /// batch `k` becomes the records of epoch `k`. Malformed lines follow
@@ -173,6 +209,51 @@ pub struct Panes<'scope> {
 
 /// Folds an insert-only stream of records into pane statistics: an extension of timely
 /// streams of [`Record`]s.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+///
+/// use timely::dataflow::InputHandleVec;
+/// use timely::dataflow::operators::Inspect;
+/// use timely::dataflow::operators::vec::Input;
+/// use tributary::{ModelLine, Record, RunContext, SetAside, WindowConfig, WindowPanes};
+/// use tributary::windowed_regression;
+///
+/// let config = WindowConfig::new("tumbling:10s".parse().unwrap(), 1);
+/// let context = RunContext::default();
+/// let models: Arc<Mutex<Vec<ModelLine>>> = Arc::default();
+/// let aside: Arc<Mutex<Vec<SetAside>>> = Arc::default();
+/// let (out, set_aside) = (Arc::clone(&models), Arc::clone(&aside));
+/// timely::execute_directly(move |worker| {
+///     let mut input = InputHandleVec::new();
+///     worker.dataflow(|scope| {
+///         let panes = scope.input_from(&mut input).window_panes(&config);
+///         panes.aside.inspect(move |a| set_aside.lock().unwrap().push(a.clone()));
+///         let (windows, _trace) =
+///             windowed_regression(scope, panes.panes, panes.control, &config, &context);
+///         windows.models.inspect(move |m| out.lock().unwrap().push(m.clone()));
+///     });
+///     let record = |time, x: f64, y| Record { time, key: "a".into(), x: vec![x], y };
+///     // Epoch 0: y = 1 + 2x in [0 s, 10 s), and a record at 25 s.
+///     for i in 0..10 {
+///         input.send(record(i * 1_000, i as f64, 1.0 + 2.0 * i as f64));
+///     }
+///     input.send(record(25_000, 0.0, 0.0));
+///     // Epoch 1: a record of the first window, behind the watermark (25 s) now.
+///     input.advance_to(1);
+///     input.send(record(5_000, 1.0, 100.0));
+/// });
+/// let models = models.lock().unwrap();
+/// let first: Vec<&ModelLine> = models.iter().filter(|m| m.window_start == 0).collect();
+/// assert_eq!(first.len(), 1, "one model of [0 s, 10 s): final at once, lateness 0");
+/// let coef = first[0].coef.as_ref().unwrap();
+/// assert!(first[0].is_final && first[0].n == 10);
+/// assert!((coef[0] - 1.0).abs() < 1e-9 && (coef[1] - 2.0).abs() < 1e-9, "{coef:?}");
+/// let aside = aside.lock().unwrap();
+/// assert_eq!(aside.len(), 1);
+/// let late = &aside[0];
+/// assert_eq!((late.ts, late.reason.as_str(), late.watermark), (5_000, "late", 25_000));
+/// ```
 pub trait WindowPanes<'scope> {
     /// Per worker (no exchange: each worker's input is one partition with its own
     /// watermark), in epoch order: every record is checked against the watermark (largest
@@ -359,6 +440,54 @@ impl Eq for Row {}
 
 /// Exact per-(key, window) statistics of a changing collection of rows: an extension of
 /// differential collections of [`Row`]s.
+///
+/// A row replaced by another of the same window changes that window's statistics (an
+/// equal-count replacement, which [`WindowPanes`] could not take) and no other window's:
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+///
+/// use differential_dataflow::input::Input;
+/// use tributary::{Row, Window, WindowStats};
+///
+/// // (key, window, rows, Σy, epoch, +1 added / −1 retracted)
+/// type Change = (String, Window, i64, f64, u64, isize);
+/// let changes: Arc<Mutex<Vec<Change>>> = Arc::default();
+/// let seen = Arc::clone(&changes);
+/// timely::execute_directly(move |worker| {
+///     let mut rows = worker.dataflow::<u64, _, _>(|scope| {
+///         let (input, rows) = scope.new_collection::<Row, isize>();
+///         rows.window_stats("tumbling:10s".parse().unwrap())
+///             .inspect(move |(((key, w), stats), epoch, diff)| {
+///                 let change = (key.clone(), *w, stats.n, stats.sum()[1], *epoch, *diff);
+///                 seen.lock().unwrap().push(change);
+///             });
+///         input
+///     });
+///     let row = |time, x, y| Row { time, key: "a".into(), z: vec![x, y] };
+///     // Epoch 0: two rows in [0 s, 10 s), one in [10 s, 20 s).
+///     rows.insert(row(1_000, 1.0, 2.0));
+///     rows.insert(row(2_000, 2.0, 4.0));
+///     rows.insert(row(12_000, 3.0, 6.0));
+///     // Epoch 1: the row at 2 s replaced by one with another target.
+///     rows.advance_to(1);
+///     rows.remove(row(2_000, 2.0, 4.0));
+///     rows.insert(row(2_000, 2.0, 5.0));
+/// });
+/// let mut changes = changes.lock().unwrap().clone();
+/// changes.sort_by(|a, b| a.partial_cmp(b).unwrap());
+/// let (first, second) = (Window { start: 0, end: 10_000 }, Window { start: 10_000, end: 20_000 });
+/// let a = String::from("a");
+/// assert_eq!(
+///     changes,
+///     [
+///         (a.clone(), first, 2, 6.0, 0, 1),
+///         (a.clone(), first, 2, 6.0, 1, -1),
+///         (a.clone(), first, 2, 7.0, 1, 1),
+///         (a.clone(), second, 1, 6.0, 0, 1),
+///     ]
+/// );
+/// ```
 pub trait WindowStats<'scope, T: Timestamp> {
     /// For every key and every tumbling or sliding `window` holding at least one row, the
     /// statistics of the rows in it, as a collection `((key, window), stats)`. Rows may be

@@ -17,7 +17,7 @@ use crate::key::Key;
 use crate::metrics::Metrics;
 use crate::model::SolveOptions;
 use crate::stats::Stats;
-use crate::types::{Epoch, OnError, OnFatal};
+use crate::types::{Epoch, Fatal, OnError, OnFatal};
 use crate::window::{Pane, Time, WindowSpec};
 
 /// The arranged state: per key and pane, the pane's statistics.
@@ -39,6 +39,60 @@ pub struct WindowConfig {
     pub solve: SolveOptions,
     /// Number of features.
     pub features: usize,
+}
+
+impl WindowConfig {
+    /// The largest advance of the watermark by one record that [`WindowConfig::new`]
+    /// allows: one hour (in ms), the default of `tributary run --max-jump`.
+    pub const DEFAULT_MAX_JUMP: Time = 3_600_000;
+
+    /// Windows `window` over models of `features` features, with what `tributary run`
+    /// takes by default: no lateness, a watermark advancing at most
+    /// [`DEFAULT_MAX_JUMP`](Self::DEFAULT_MAX_JUMP) per record, and ordinary least squares
+    /// (no ridge). The setters change one each:
+    ///
+    /// ```
+    /// use tributary::WindowConfig;
+    ///
+    /// let config = WindowConfig::new("sliding:60s/10s".parse().unwrap(), 2)
+    ///     .lateness(1_000)
+    ///     .ridge(0.5);
+    /// assert_eq!((config.features, config.lateness, config.max_jump), (2, 1_000, 3_600_000));
+    /// assert_eq!(config.solve.ridge, 0.5);
+    /// ```
+    pub fn new(window: WindowSpec, features: usize) -> Self {
+        WindowConfig {
+            window,
+            lateness: 0,
+            max_jump: Self::DEFAULT_MAX_JUMP,
+            solve: SolveOptions::default(),
+            features,
+        }
+    }
+
+    /// The same configuration with allowed lateness `ms` (milliseconds of event time).
+    pub fn lateness(self, ms: Time) -> Self {
+        WindowConfig {
+            lateness: ms,
+            ..self
+        }
+    }
+
+    /// The same configuration with the watermark advancing at most `ms` per record.
+    pub fn max_jump(self, ms: Time) -> Self {
+        WindowConfig {
+            max_jump: ms,
+            ..self
+        }
+    }
+
+    /// The same configuration with ridge penalty `lambda` on the slopes (`0` is OLS).
+    pub fn ridge(self, lambda: f64) -> Self {
+        WindowConfig {
+            solve: SolveOptions { ridge: lambda },
+            ..self
+        }
+    }
 }
 
 /// What a run shares with its operators beyond the window configuration.
@@ -77,6 +131,31 @@ impl RunContext {
             one_partition: false,
         }
     }
+}
+
+impl Default for RunContext {
+    /// The context of a program that wants to stop at the first problem: malformed lines
+    /// are fatal ([`OnError::Fail`]), fresh [`Metrics`], no checkpoints, no running
+    /// estimates, a partitioned source; and a fatal error (a malformed line, a source that
+    /// cannot be read) panics with its message on the worker that met it, so that
+    /// `timely::execute(..)`'s `join` reports it, rather than ending the process.
+    ///
+    /// ```
+    /// use tributary::{OnError, RunContext};
+    ///
+    /// let context = RunContext::default();
+    /// assert_eq!(context.on_error, OnError::Fail);
+    /// assert_eq!(context.metrics.snapshot().records, 0);
+    /// assert!(context.checkpoint.is_none());
+    /// ```
+    fn default() -> Self {
+        RunContext::new(OnError::Fail, Arc::default(), panic_on_fatal)
+    }
+}
+
+/// The fatal-error hook of [`RunContext::default`]: panics with the error's message.
+fn panic_on_fatal(error: Fatal) -> ! {
+    panic!("{error}")
 }
 
 /// The global frontier of the workers' reported largest times: for partitioned sources

@@ -44,6 +44,37 @@ pub struct WindowOutputs<'scope> {
 }
 
 /// Windowed models from arranged pane statistics: the `windows` operator.
+///
+/// [`windowed_regression`](super::windowed_regression) arranges the panes and feeds the
+/// expired ones back as retractions; by hand, on one worker:
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+///
+/// use timely::dataflow::operators::Inspect;
+/// use tributary::{ModelLine, RunContext, Schema, SourceReader, SourceSpec, WindowConfig};
+/// use tributary::{WindowedModels, ingest};
+///
+/// // 4 096 records of one key, one every 5 ms: 20.48 s of event time, 10 s windows.
+/// let source: SourceSpec = "gen:rows=4096,keys=1,features=1,step=5".parse().unwrap();
+/// let reader = SourceReader::open(&source, &Schema::generated(1), 0, 1).unwrap();
+/// let config = WindowConfig::new("tumbling:10s".parse().unwrap(), 1);
+/// let context = RunContext::default();
+/// let models: Arc<Mutex<Vec<ModelLine>>> = Arc::default();
+/// let out = Arc::clone(&models);
+/// timely::example(move |scope| {
+///     let input = ingest(scope, reader, &config, &context);
+///     let arranged = input.panes.arrange_by_key();
+///     let outputs = arranged.windowed_models(input.control, &config, &context);
+///     outputs.models.inspect(move |m| out.lock().unwrap().push(m.clone()));
+/// });
+/// let mut models = models.lock().unwrap().clone();
+/// models.sort_by_key(|m| m.window_start);
+/// // Three windows, each emitted once, final, with the records of its 10 s.
+/// let n: Vec<i64> = models.iter().map(|m| m.n).collect();
+/// assert_eq!(n, [2000, 2000, 96]);
+/// assert!(models.iter().all(|m| m.is_final && m.window_end - m.window_start == 10_000));
+/// ```
 pub trait WindowedModels<'scope> {
     /// Emits each window's model: provisionally when the largest event time seen passes
     /// its end (if the lateness is positive), again (with a higher `revision`) when late

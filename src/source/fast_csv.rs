@@ -19,7 +19,7 @@
 //!
 //! Any line that does not qualify (an exponent, a `+` sign, a long number, a quote, a
 //! wrong field count, the last line of a file without a newline) is declined as a whole,
-//! and the caller parses it with [`LineParser::parse`](super::LineParser::parse), which
+//! and the caller parses it with [`LineParser::parse`](super::lines::LineParser::parse), which
 //! gives the errors. The fast path never decides a different value, only whether it
 //! applies. It needs SSSE3 and SSE4.1 (every x86-64 CPU since 2008), checked at run time;
 //! elsewhere every line takes the general path.
@@ -390,98 +390,6 @@ mod x86 {
 
 #[cfg(test)]
 mod tests {
-    use proptest::prelude::*;
-
-    use crate::source::LineParser;
-    use crate::source::lines::tests::parser;
-
-    /// The fast path on `line` preceded and followed by other text (so that its loads
-    /// reach past the line, as in a file), checked against the general parser: whatever
-    /// it accepts, it reads as [`LineParser::parse`] does, to the bit, and it resumes
-    /// after the line's newline. Returns whether it accepted. `parser` gives a parser with
-    /// the header read.
-    fn check_with(parser: fn() -> LineParser, line: &str) -> bool {
-        let before = "0,k,1,n,2,3\n".repeat(2);
-        let bytes = format!("{before}{line}{}", "9,k,1,n,2,3\n".repeat(12));
-        let mut fast = parser();
-        let Some((record, next)) = fast.parse_csv_at(bytes.as_bytes(), before.len()) else {
-            return false;
-        };
-        let line_end = before.len() + line.find('\n').expect("accepted a line without newline");
-        assert_eq!(next, line_end + 1, "{line:?}");
-        let mut general = parser();
-        let expected = general
-            .parse(&bytes.as_bytes()[before.len()..line_end])
-            .unwrap_or_else(|e| panic!("fast path accepted {line:?}, general parser: {e:?}"))
-            .expect("a record");
-        assert_eq!(record.time, expected.time, "{line:?}");
-        assert_eq!(record.key, expected.key, "{line:?}");
-        let bits = |z: &[f64]| z.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(record.z), bits(expected.z), "{line:?}");
-        true
-    }
-
-    /// Columns `ts,key,x0,x1,y`: the schema's order, read without dispatch per field.
-    fn in_order_parser() -> LineParser {
-        let mut parser = parser();
-        parser.header(b"ts,key,x0,x1,y\n", "test").unwrap();
-        parser
-    }
-
-    /// [`check_with`] on a line of columns `ts,key,x0,note,x1,y`; and on the line without
-    /// its `note`, with the columns in the schema's order. Returns whether the fast path
-    /// took each.
-    fn check(line: &str) -> (bool, bool) {
-        let mut fields: Vec<&str> = line.split(',').collect();
-        if fields.len() > 3 {
-            fields.remove(3);
-        }
-        let in_order = fields.join(",");
-        (
-            check_with(parser, line),
-            check_with(in_order_parser, &in_order),
-        )
-    }
-
-    #[test]
-    fn takes_short_decimals() {
-        if !super::available() {
-            return; // nothing to check on this CPU: every line takes the general path
-        }
-        for line in [
-            "1700000000000,k7,-0.949412727,abc,12.5,3\n",
-            "0,15,1.43395829,,-0.0,.5\n",
-            "-42,a_b,5.,note w spaces,123456789012345,0.0000000000001\r\n",
-            "7,K,999999999999999,x,-1,-99999999999999\n",
-        ] {
-            assert_eq!(check(line), (true, true), "declined {line:?}");
-        }
-    }
-
-    #[test]
-    fn declines_what_needs_the_general_parser() {
-        for line in [
-            "1,k,1e5,n,2,3\n",                     // exponent
-            "1,k,+1,n,2,3\n",                      // plus sign
-            "1,k,1.2.3,n,2,3\n",                   // two points
-            "1,k,-,n,2,3\n",                       // no digits
-            "1,k,,n,2,3\n",                        // empty number
-            "1,k,1234567890123456,n,2,3\n",        // 16 digits
-            "1,k, 1,n,2,3\n",                      // space
-            "1,\"k\",1,n,2,3\n",                   // quoted key
-            "1,k,1,\"a,b\",2,3\n",                 // quoted skipped field
-            "1,a b,1,n,2,3\n",                     // space in a key
-            "1,ключ,1,n,2,3\n",                    // non-ASCII key
-            "1.5,k,1,n,2,3\n",                     // fractional time
-            "1,k,1,n,2\n",                         // too few fields
-            "1,k,1,n,2,3,4\n",                     // too many fields
-            "1,k,1,n,2,3\r5\n",                    // stray carriage return
-            "1,k,1,a very long note indeed,2,3\n", // skipped field of 16+ bytes
-        ] {
-            assert!(!check(line).0, "accepted {line:?}");
-        }
-    }
-
     #[test]
     fn in_order_is_exactly_time_key_z() {
         use super::Slot::{Key, Skip, Time, Z};
@@ -492,61 +400,5 @@ mod tests {
         assert!(!in_order(&[Time, Key, Z(0), Skip, Z(1)], 2));
         assert!(!in_order(&[Time, Key, Z(0)], 2));
         assert!(!in_order(&[Time, Key, Z(0), Z(1), Skip], 2));
-    }
-
-    #[test]
-    fn declines_a_line_that_runs_past_the_bytes() {
-        // The third line starts 24 bytes in, with 12 bytes after it: fewer than the 64
-        // the separator masks read.
-        let bytes = b"0,k,1,n,2,3\n0,k,1,n,2,3\n1,k,2,n,3,4\n";
-        assert!(parser().parse_csv_at(bytes, 24).is_none());
-        // Enough bytes after it, and the same line is taken (where the CPU allows).
-        let padded = [&bytes[..], &[b'\n'; 64]].concat();
-        let taken = parser()
-            .parse_csv_at(&padded, 24)
-            .map(|(r, next)| (r.time, next));
-        assert_eq!(taken, super::available().then_some((1, 36)));
-    }
-
-    fn number() -> impl Strategy<Value = String> {
-        prop_oneof![
-            (any::<f64>(), 0usize..17).prop_map(|(v, p)| format!("{v:.p$}")),
-            (-1e6f64..1e6, 0usize..12).prop_map(|(v, p)| format!("{v:.p$}")),
-            (-1e3f64..1e3, 1usize..10).prop_map(|(v, p)| format!("{v:.p$e}")),
-            any::<i32>().prop_map(|v| v.to_string()),
-            "[-+.0-9e]{0,17}",
-        ]
-    }
-
-    proptest! {
-        /// Lines of numbers in many forms, valid and not: the fast path reads every line
-        /// it accepts exactly as the general parser does.
-        #[test]
-        fn agrees_with_the_general_parser(
-            ts in prop_oneof![any::<i64>().prop_map(|t| (t / 1000).to_string()), "[-0-9.]{0,17}"],
-            key in "[a-zA-Z0-9_ \"é]{0,17}",
-            x0 in number(), note in "[a-z ,\"]{0,17}", x1 in number(), y in number(),
-            end in prop_oneof![Just("\n"), Just("\r\n")],
-        ) {
-            check(&format!("{ts},{key},{x0},{note},{x1},{y}{end}"));
-        }
-
-        /// Short decimals are always accepted.
-        #[test]
-        fn accepts_every_short_decimal(
-            ts in -99_999_999_999_999i64..=99_999_999_999_999,
-            key in "[a-zA-Z0-9_]{1,15}",
-            digits in "[0-9]{1,13}", point in 0usize..=14, negative: bool,
-        ) {
-            prop_assume!(super::available());
-            // At most 15 bytes: a sign, 13 digits, a point.
-            let sign = if negative { "-" } else { "" };
-            let x = match point.min(digits.len() + 1) {
-                p if p > digits.len() => format!("{sign}{digits}"),
-                p => format!("{sign}{}.{}", &digits[..p], &digits[p..]),
-            };
-            let line = format!("{ts},{key},{x},n,{x},{x}\n");
-            prop_assert_eq!(check(&line), (true, true), "declined {:?}", line);
-        }
     }
 }

@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use super::lines::shorten;
+use super::lines::{FileFormat, LineParser, shorten};
 use super::log::{AppendError, IngestLog, RecordBatch};
-use super::{FileFormat, LineParser, Malformed};
+use super::sink::Malformed;
 use crate::checkpoint::{EXIT_WRITE_FAILED, SourcePosition};
 use crate::metrics::Metrics;
 use crate::record::Schema;

@@ -13,7 +13,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::lines::{FileFormat, LineParser};
-use super::{Malformed, RecordSink, SourceError};
+use super::sink::{Malformed, RecordSink, SourceError};
 use crate::record::Schema;
 
 /// Bytes read from the file at a time.

@@ -35,8 +35,8 @@ use std::os::unix::fs::{DirEntryExt, FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::FileFormat;
 use super::feed::{Feed, FeedContext};
+use super::lines::FileFormat;
 use super::log::IngestLog;
 use crate::checkpoint::SourcePosition;
 use crate::types::fatal;

@@ -15,7 +15,7 @@ use rand_distr::StandardNormal;
 use rand_pcg::Pcg64Mcg;
 use serde::{Deserialize, Serialize};
 
-use super::RecordSink;
+use super::sink::RecordSink;
 use crate::record::{RecordRef, TIME_LIMIT};
 use crate::window::{Time, parse_duration};
 
@@ -246,8 +246,8 @@ mod tests {
             }
             fn malformed(
                 &mut self,
-                _: super::super::Malformed,
-            ) -> Result<(), super::super::SourceError> {
+                _: crate::source::sink::Malformed,
+            ) -> Result<(), crate::source::sink::SourceError> {
                 unreachable!()
             }
         }

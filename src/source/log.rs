@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use timely::scheduling::SyncActivator;
 
-use super::{RecordSink, SourceError};
+use super::sink::{RecordSink, SourceError};
 use crate::checkpoint::{CheckpointError, SourcePosition, Store, codec};
 pub use crate::record::RecordBatch;
 use crate::window::{Time, Watermark};
@@ -490,7 +490,7 @@ mod tests {
             fn record(&mut self, _: RecordRef<'_>) {
                 self.0 += 1;
             }
-            fn malformed(&mut self, _: super::super::Malformed) -> Result<(), SourceError> {
+            fn malformed(&mut self, _: crate::source::sink::Malformed) -> Result<(), SourceError> {
                 Ok(())
             }
         }

@@ -5,7 +5,7 @@
 //! and reads every connection that comes, until the process stops. `,format=jsonl` reads
 //! JSON lines; the default, CSV, takes the first line of each connection as its header.
 //!
-//! Lines are parsed as they arrive and appended to the [`IngestLog`](super::IngestLog) in
+//! Lines are parsed as they arrive and appended to the [`IngestLog`](super::log::IngestLog) in
 //! batches by a [`Feed`] (at most [`BATCH_RECORDS`](super::feed::BATCH_RECORDS) records,
 //! or what arrived within [`BATCH_WAIT`]). Delivery: a record is
 //! safe once its batch is in the log — durable with `--checkpoint` — and from there it is
@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::FileFormat;
 use super::feed::{BATCH_WAIT, Feed, FeedContext};
+use super::lines::FileFormat;
 
 /// `tcp:HOST:PORT[,listen][,format=csv|jsonl]`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,57 @@
+//! What a reader hands on and how it fails: the [`RecordSink`] every reader fills, a
+//! [`Malformed`] line, a [`SourceError`]. A leaf of `source/`: it imports none of its
+//! siblings, so every reader imports it and it imports no reader.
+
+use std::fmt;
+
+use crate::record::RecordRef;
+
+/// A line that could not be read as a record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Malformed {
+    /// The source's file (or `gen`).
+    pub file: String,
+    /// 1-based line number.
+    pub line: u64,
+    /// The field at fault, when one is.
+    pub field: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Malformed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: line {}", self.file, self.line)?;
+        if let Some(field) = &self.field {
+            write!(f, ", field {field:?}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Errors that stop a source.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The source could not be opened or read.
+    #[error("{path}: {message}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The source does not fit the schema (e.g. a missing column).
+    #[error("{0}")]
+    Schema(String),
+    /// A malformed line with `--on-error fail`.
+    #[error("malformed input: {0}")]
+    Malformed(Malformed),
+}
+
+/// Receives what a source reads.
+pub trait RecordSink {
+    /// A well-formed record.
+    fn record(&mut self, record: RecordRef<'_>);
+    /// A malformed line; returning an error stops the source with it.
+    fn malformed(&mut self, error: Malformed) -> Result<(), SourceError>;
+}
