@@ -62,7 +62,10 @@ fn data(dir: &TempDir, d: usize) -> (std::path::PathBuf, Vec<Row>) {
     let mut rows = generate(&spec);
     // Keys of more than 15 bytes travel as text beside a hash, shorter ones as one word:
     // both kinds cross between the processes.
-    for r in rows.iter_mut().filter(|r| !r.key.ends_with(['0', '2', '4'])) {
+    for r in rows
+        .iter_mut()
+        .filter(|r| !r.key.ends_with(['0', '2', '4']))
+    {
         r.key = format!("{}: a key of more than fifteen bytes", r.key);
     }
     assert!(rows.iter().any(|r| r.key.len() <= 15) && rows.iter().any(|r| r.key.len() > 15));
