@@ -55,6 +55,7 @@ pub mod cluster;
 pub mod dashboard;
 pub mod dataflow;
 pub mod failpoint;
+pub mod held;
 pub mod job;
 pub mod key;
 pub mod logging;

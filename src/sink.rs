@@ -11,6 +11,7 @@ use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Operator;
 
+use crate::held::Held;
 use crate::types::{EXIT_SOURCE_OR_OUTPUT, Epoch, OnFatal, fatal};
 
 /// Opens `path` for JSON lines (`-` is stdout), truncating it or appending to it.
@@ -160,10 +161,7 @@ where
             Exchange::new(|_: &D| 0),
             "WriteLines",
             move |_cap, _info| {
-                let mut pending: BTreeMap<
-                    Epoch,
-                    (timely::dataflow::operators::Capability<Epoch>, Vec<D>),
-                > = BTreeMap::new();
+                let mut held: Held<D> = Held::default();
                 let mut line: Vec<u8> = Vec::with_capacity(2 * LINE_CHUNK);
                 move |(input, frontier),
                       output: &mut timely::dataflow::operators::generic::OutputBuilderSession<
@@ -171,22 +169,9 @@ where
                     Epoch,
                     _,
                 >| {
-                    input.for_each(|cap, data| {
-                        let time = *cap.least().expect("a message has a time");
-                        let entry = pending.entry(time).or_insert_with(|| {
-                            (
-                                cap.retain_least(output.output_index())
-                                    .expect("total order"),
-                                Vec::new(),
-                            )
-                        });
-                        entry.1.append(data);
-                    });
-                    while let Some((&epoch, _)) = pending.first_key_value() {
-                        if frontier.less_equal(&epoch) {
-                            break;
-                        }
-                        let (cap, mut items) = pending.remove(&epoch).expect("present");
+                    input.for_each(|cap, data| held.hold(&cap, output.output_index(), data));
+                    while let Some((cap, mut items)) = held.take_passed(frontier.frontier()) {
+                        let epoch = *cap.time();
                         // The key once per item, not once per comparison (it may own a copy of the key).
                         items.sort_by_cached_key(|item| order(item));
                         if let Some((w, len)) = writer.as_mut() {

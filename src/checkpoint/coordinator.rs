@@ -1,13 +1,13 @@
 //! The checkpoint coordinator: worker 0 commits an epoch once it is durable everywhere.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
-use timely::dataflow::operators::{Capability, Operator};
+use timely::dataflow::operators::Operator;
 
 use super::{Commit, EXIT_WRITE_FAILED, Store, unix_ms};
+use crate::held::Held;
 use crate::messages::{Ack, Control};
 use crate::sink::SharedLedger;
 use crate::types::{Epoch, OnFatal, fatal};
@@ -54,21 +54,11 @@ impl<'scope> Coordinate<'scope> for StreamVec<'scope, Epoch, Ack> {
             Pipeline,
             "Coordinate",
             move |_cap, _info| {
-                let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Vec<Ack>)> = BTreeMap::new();
+                let mut held: Held<Ack> = Held::default();
                 move |(acks, acks_frontier), (written, written_frontier), output| {
                     written.for_each(|_, data| data.clear());
-                    acks.for_each(|cap, data| {
-                        let time = *cap.least().expect("a message has a time");
-                        let entry = pending.entry(time).or_insert_with(|| {
-                            (
-                                cap.retain_least(output.output_index())
-                                    .expect("total order"),
-                                Vec::new(),
-                            )
-                        });
-                        entry.1.append(data);
-                    });
-                    while let Some((&epoch, (_, acks))) = pending.first_key_value() {
+                    acks.for_each(|cap, data| held.hold(&cap, output.output_index(), data));
+                    while let Some((epoch, acks)) = held.first() {
                         let complete = acks.len() == peers;
                         if !complete && !acks_frontier.less_equal(&epoch) {
                             fatal!(
@@ -81,7 +71,7 @@ impl<'scope> Coordinate<'scope> for StreamVec<'scope, Epoch, Ack> {
                         if !complete || written_frontier.less_equal(&epoch) {
                             break;
                         }
-                        let (cap, acks) = pending.remove(&epoch).expect("present");
+                        let (cap, acks) = held.take_first().expect("present");
                         let durable = |ledger: &Option<SharedLedger>| match ledger {
                             Some(l) => l.borrow_mut().durable_offset(epoch),
                             None => Ok(None),
