@@ -49,7 +49,7 @@ use crate::dataflow::{
 use crate::key::Key;
 use crate::metrics::Metrics;
 use crate::record::{Record, RecordRef, check_time};
-use crate::source::{Malformed, RecordSink, SourceError, SourceReader};
+use crate::source::{Malformed, REPORT_MALFORMED, RecordSink, SourceError, SourceReader};
 use crate::stats::Stats;
 use crate::types::{EXIT_SOURCE_OR_OUTPUT, fatal};
 use crate::window::{Pane, Time, Window, WindowSpec};
@@ -134,6 +134,7 @@ impl<'scope> ReadRecords<'scope> for Scope<'scope, Epoch> {
             records: Vec::new(),
             on_error: context.on_error,
             malformed: 0,
+            reported: 0,
             metrics: Arc::clone(&context.metrics),
         };
         let throttle = ProbeHandle::new();
@@ -174,7 +175,10 @@ impl<'scope> ReadRecords<'scope> for Scope<'scope, Epoch> {
 struct Collect {
     records: Vec<Record>,
     on_error: OnError,
+    /// Malformed lines of the current batch (counted into the metrics with it).
     malformed: u64,
+    /// Malformed lines reported so far, across batches ([`REPORT_MALFORMED`]).
+    reported: u64,
     metrics: Arc<Metrics>,
 }
 
@@ -188,7 +192,8 @@ impl RecordSink for Collect {
         if self.on_error == OnError::Fail {
             return Err(SourceError::Malformed(error));
         }
-        if self.malformed <= 10 {
+        if self.reported < REPORT_MALFORMED {
+            self.reported += 1;
             tracing::warn!("skipping malformed line: {error}");
         }
         Ok(())
@@ -573,6 +578,74 @@ mod tests {
         change.negate();
         change.plus_equals(&Stats::of_row(&[5.0, 7.0]));
         assert!(change.is_zero(), "the change of the sums is lost");
+    }
+
+    /// `--on-error skip` promises the first 10 malformed lines per worker on stderr, not 10
+    /// per batch: a file of three batches with six bad lines each warns 10 times and
+    /// counts all 18.
+    #[test]
+    fn read_records_reports_the_first_malformed_lines_of_the_worker_not_of_each_batch() {
+        use std::io::Write;
+        use std::sync::Mutex;
+
+        use timely::dataflow::operators::Probe;
+
+        use crate::record::Schema;
+        use crate::source::SourceSpec;
+
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl Write for Buffer {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+
+        let dir = std::env::temp_dir().join(format!("tributary-warn-cap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("in.csv");
+        // Blocks of about 64 bytes (ending on line boundaries): the 18 bad lines spread
+        // over several batches, none with more than 10.
+        let mut text = String::from("ts,key,x0,y\n");
+        let mut bad = 0;
+        for group in 0..3 {
+            for i in 0..6 {
+                text.push_str(&format!("bad{group}{i},k,1,2\n"));
+                bad += 1;
+            }
+            text.push_str(&format!("{},k,1,2\n", 1000 * group));
+        }
+        std::fs::write(&path, &text).unwrap();
+        let spec: SourceSpec = format!("csv:{},block=64", path.display()).parse().unwrap();
+        let reader = SourceReader::open(&spec, &Schema::generated(1), 0, 1).unwrap();
+
+        let context = RunContext {
+            on_error: OnError::Skip,
+            ..RunContext::default()
+        };
+        let metrics = Arc::clone(&context.metrics);
+        let log = Buffer::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            timely::example(move |scope| {
+                let read = scope.read_records(reader, &context);
+                read.records.probe();
+            });
+        });
+        let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        let warned = log.matches("skipping malformed line").count();
+        assert_eq!(metrics.snapshot().malformed, bad, "every bad line counted");
+        assert!(bad > REPORT_MALFORMED, "more bad lines than are reported");
+        assert_eq!(warned as u64, REPORT_MALFORMED, "warnings: {log}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

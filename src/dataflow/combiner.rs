@@ -7,7 +7,7 @@ use super::context::WindowConfig;
 use crate::key::{Key, pack};
 use crate::messages::SetAside;
 use crate::record::{MAX_ABS_VALUE, Record, TIME_LIMIT, check_time};
-use crate::source::{Malformed, RecordSink, SourceError};
+use crate::source::{Malformed, REPORT_MALFORMED, RecordSink, SourceError};
 use crate::stats::Stats;
 use crate::types::{Counts, OnError};
 use crate::window::{Admission, Pane, Time, Watermark, WindowSpec};
@@ -76,9 +76,6 @@ struct PaneAcc {
     last: Time,
     stats: Stats,
 }
-
-/// Malformed lines reported on stderr per worker before going quiet (all are counted).
-const REPORT_MALFORMED: u64 = 10;
 
 impl Combiner {
     pub(crate) fn new(config: &WindowConfig, on_error: OnError) -> Self {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::lines::{FileFormat, LineParser, shorten};
 use super::log::{AppendError, IngestLog, RecordBatch};
-use super::sink::Malformed;
+use super::sink::{Malformed, REPORT_MALFORMED};
 use crate::checkpoint::{EXIT_WRITE_FAILED, SourcePosition};
 use crate::metrics::Metrics;
 use crate::record::Schema;
@@ -28,9 +28,6 @@ pub const BATCH_RECORDS: usize = 8192;
 
 /// Longest a received record waits before its batch is appended.
 pub const BATCH_WAIT: Duration = Duration::from_millis(20);
-
-/// Malformed lines reported on stderr per feed (all are counted).
-const REPORT_MALFORMED: u64 = 10;
 
 /// Default longest line, in bytes (`--max-line-bytes`).
 pub const DEFAULT_MAX_LINE: usize = 1 << 20;

@@ -6,6 +6,10 @@ use std::fmt;
 
 use crate::record::RecordRef;
 
+/// Malformed lines a reader reports as warnings, per worker (or per feed), before going
+/// quiet; all of them are counted. `--on-error skip` promises "the first 10 per worker".
+pub const REPORT_MALFORMED: u64 = 10;
+
 /// A line that could not be read as a record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Malformed {
