@@ -49,7 +49,7 @@ use crate::dataflow::{
 use crate::key::Key;
 use crate::metrics::Metrics;
 use crate::record::{Record, RecordRef, check_time};
-use crate::source::{Malformed, REPORT_MALFORMED, RecordSink, SourceError, SourceReader};
+use crate::source::{Malformed, MalformedPolicy, RecordSink, SourceError, SourceReader};
 use crate::stats::Stats;
 use crate::types::{EXIT_SOURCE_OR_OUTPUT, fatal};
 use crate::window::{Pane, Time, Window, WindowSpec};
@@ -132,9 +132,8 @@ impl<'scope> ReadRecords<'scope> for Scope<'scope, Epoch> {
         let on_fatal = context.on_fatal;
         let mut sink = Collect {
             records: Vec::new(),
-            on_error: context.on_error,
+            on_malformed: MalformedPolicy::new(context.on_error),
             malformed: 0,
-            reported: 0,
             metrics: Arc::clone(&context.metrics),
         };
         let throttle = ProbeHandle::new();
@@ -174,11 +173,10 @@ impl<'scope> ReadRecords<'scope> for Scope<'scope, Epoch> {
 /// Collects a batch's records.
 struct Collect {
     records: Vec<Record>,
-    on_error: OnError,
+    /// `--on-error`, and the warnings given so far (across batches).
+    on_malformed: MalformedPolicy,
     /// Malformed lines of the current batch (counted into the metrics with it).
     malformed: u64,
-    /// Malformed lines reported so far, across batches ([`REPORT_MALFORMED`]).
-    reported: u64,
     metrics: Arc<Metrics>,
 }
 
@@ -189,14 +187,7 @@ impl RecordSink for Collect {
 
     fn malformed(&mut self, error: Malformed) -> Result<(), SourceError> {
         self.malformed += 1;
-        if self.on_error == OnError::Fail {
-            return Err(SourceError::Malformed(error));
-        }
-        if self.reported < REPORT_MALFORMED {
-            self.reported += 1;
-            tracing::warn!("skipping malformed line: {error}");
-        }
-        Ok(())
+        self.on_malformed.apply(error)
     }
 }
 
@@ -591,7 +582,7 @@ mod tests {
         use timely::dataflow::operators::Probe;
 
         use crate::record::Schema;
-        use crate::source::SourceSpec;
+        use crate::source::{REPORT_MALFORMED, SourceSpec};
 
         #[derive(Clone, Default)]
         struct Buffer(Arc<Mutex<Vec<u8>>>);

@@ -7,7 +7,7 @@ use super::context::WindowConfig;
 use crate::key::{Key, pack};
 use crate::messages::SetAside;
 use crate::record::{MAX_ABS_VALUE, Record, TIME_LIMIT, check_time};
-use crate::source::{Malformed, REPORT_MALFORMED, RecordSink, SourceError};
+use crate::source::{Malformed, MalformedPolicy, RecordSink, SourceError};
 use crate::stats::Stats;
 use crate::types::{Counts, OnError};
 use crate::window::{Admission, Pane, Time, Watermark, WindowSpec};
@@ -18,8 +18,7 @@ pub(crate) struct Combiner {
     window: WindowSpec,
     pub(crate) watermark: Watermark,
     features: usize,
-    on_error: OnError,
-    reported: u64,
+    on_malformed: MalformedPolicy,
     keys: KeyCodes,
     panes: FxHashMap<(u128, Time), PaneAcc>,
     /// The bounds of the last record's bucket.
@@ -83,8 +82,7 @@ impl Combiner {
             window: config.window,
             watermark: Watermark::new(config.lateness, config.max_jump),
             features: config.features,
-            on_error,
-            reported: 0,
+            on_malformed: MalformedPolicy::new(on_error),
             keys: KeyCodes::default(),
             panes: FxHashMap::default(),
             bucket: (0, 0),
@@ -190,14 +188,7 @@ impl RecordSink for Combiner {
 
     fn malformed(&mut self, error: Malformed) -> Result<(), SourceError> {
         self.counts.malformed += 1;
-        if self.on_error == OnError::Fail {
-            return Err(SourceError::Malformed(error));
-        }
-        if self.reported < REPORT_MALFORMED {
-            self.reported += 1;
-            tracing::warn!("skipping malformed line: {error}");
-        }
-        Ok(())
+        self.on_malformed.apply(error)
     }
 }
 

@@ -5,10 +5,42 @@
 use std::fmt;
 
 use crate::record::RecordRef;
+use crate::types::OnError;
 
 /// Malformed lines a reader reports as warnings, per worker (or per feed), before going
 /// quiet; all of them are counted. `--on-error skip` promises "the first 10 per worker".
 pub const REPORT_MALFORMED: u64 = 10;
+
+/// `--on-error` applied to a reader's malformed lines: under `fail` the first one stops the
+/// source; under `skip` each is passed over, and the first [`REPORT_MALFORMED`] of the
+/// reader's life are reported as warnings. Counting them is the caller's.
+#[derive(Clone, Copy, Debug)]
+pub struct MalformedPolicy {
+    on_error: OnError,
+    reported: u64,
+}
+
+impl MalformedPolicy {
+    /// The policy of `on_error`, nothing reported yet.
+    pub fn new(on_error: OnError) -> Self {
+        MalformedPolicy {
+            on_error,
+            reported: 0,
+        }
+    }
+
+    /// Applies the policy to `error`: the error that stops the source, or `Ok` to go on.
+    pub fn apply(&mut self, error: Malformed) -> Result<(), SourceError> {
+        if self.on_error == OnError::Fail {
+            return Err(SourceError::Malformed(error));
+        }
+        if self.reported < REPORT_MALFORMED {
+            self.reported += 1;
+            tracing::warn!("skipping malformed line: {error}");
+        }
+        Ok(())
+    }
+}
 
 /// A line that could not be read as a record.
 #[derive(Clone, Debug, PartialEq, Eq)]
