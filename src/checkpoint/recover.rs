@@ -4,8 +4,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use rocksdb::{IteratorMode, ReadOptions};
-
 use super::error::CheckpointError;
 use super::keys;
 use super::records::{Commit, Part, Recovered};
@@ -48,25 +46,12 @@ impl Store {
             });
         }
         let from = folded.map_or(0, |e| e + 1);
-        let start = keys::delta_prefix(generation, from, 0);
-        let end = keys::delta_prefix(generation, epoch + 1, 0);
-        let mut options = ReadOptions::default();
-        options.set_iterate_upper_bound(end);
-        for item in self.db.iterator_opt(
-            IteratorMode::From(&start, rocksdb::Direction::Forward),
-            options,
-        ) {
-            let (k, v) = item.map_err(|e| Self::err(&self.path, e))?;
-            if k.len() < 21 || u32::from_be_bytes(k[17..21].try_into().unwrap()) as usize != worker
-            {
-                continue;
-            }
-            let (key, pane) = keys::parse_pane(&k[21..]).ok_or_else(|| self.bad_key(&k))?;
-            match self.decode::<Option<Stats>>(&k, &v)? {
-                Some(s) => panes.insert((key, pane), s),
-                None => panes.remove(&(key, pane)),
+        self.each_delta(generation, worker, from, epoch, |_, pane, stats| {
+            match stats {
+                Some(s) => panes.insert(pane, s),
+                None => panes.remove(&pane),
             };
-        }
+        })?;
         self.get::<Part>(&keys::part(generation, epoch, worker))?
             .ok_or_else(|| CheckpointError::Incomplete {
                 path: self.path.display().to_string(),

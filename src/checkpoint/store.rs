@@ -422,10 +422,45 @@ impl Store {
             return Ok(());
         }
         let mut batch = WriteBatch::default();
+        self.each_delta(
+            generation,
+            worker,
+            from,
+            through,
+            |k, (key, pane), stats| {
+                let base = keys::base(generation, worker, &key, pane);
+                match stats {
+                    Some(s) => batch.put(base, codec::encode(&s)),
+                    None => batch.delete(base),
+                }
+                batch.delete(k);
+            },
+        )?;
+        for (k, _) in self.scan(&[&b"P"[..], &generation.to_be_bytes()].concat())? {
+            let epoch = keys::u64_at(&k, 9);
+            let owner = u32::from_be_bytes(k[17..21].try_into().expect("4 bytes")) as usize;
+            if owner == worker && epoch < through {
+                batch.delete(&k);
+            }
+        }
+        batch.put(keys::folded(generation, worker), codec::encode(&through));
+        self.write(batch)
+    }
+
+    /// Visits worker `worker`'s deltas of `generation` in epochs `from..=through`, in key
+    /// order: `visit(stored key, (key, pane), statistics, or None for a pane deleted)`.
+    pub(super) fn each_delta(
+        &self,
+        generation: u64,
+        worker: usize,
+        from: Epoch,
+        through: Epoch,
+        mut visit: impl FnMut(&[u8], (String, Pane), Option<Stats>),
+    ) -> Result<(), CheckpointError> {
         let start = keys::delta_prefix(generation, from, worker);
         let end = keys::delta_prefix(generation, through + 1, 0);
         let mut options = ReadOptions::default();
-        options.set_iterate_upper_bound(end.clone());
+        options.set_iterate_upper_bound(end);
         for item in self.db.iterator_opt(
             IteratorMode::From(&start, rocksdb::Direction::Forward),
             options,
@@ -436,29 +471,10 @@ impl Store {
             {
                 continue;
             }
-            let (key, pane) =
-                keys::parse_pane(&k[21..]).ok_or_else(|| CheckpointError::Corrupt {
-                    path: self.path.display().to_string(),
-                    key: keys::printable(&k),
-                    error: CodecError::Payload("bad delta key".into()),
-                })?;
-            let stats: Option<Stats> = self.decode(&k, &v)?;
-            let base = keys::base(generation, worker, &key, pane);
-            match stats {
-                Some(s) => batch.put(base, codec::encode(&s)),
-                None => batch.delete(base),
-            }
-            batch.delete(&k);
+            let pane = keys::parse_pane(&k[21..]).ok_or_else(|| self.bad_key(&k))?;
+            visit(&k, pane, self.decode(&k, &v)?);
         }
-        for (k, _) in self.scan(&[&b"P"[..], &generation.to_be_bytes()].concat())? {
-            let epoch = keys::u64_at(&k, 9);
-            let owner = u32::from_be_bytes(k[17..21].try_into().expect("4 bytes")) as usize;
-            if owner == worker && epoch < through {
-                batch.delete(&k);
-            }
-        }
-        batch.put(keys::folded(generation, worker), codec::encode(&through));
-        self.write(batch)
+        Ok(())
     }
 
     /// Deletes everything of generations before `generation`.
