@@ -231,6 +231,15 @@ mod tests {
         }
     }
 
+    /// The time and reason of every record the combiner set aside, in order.
+    fn aside_reasons(combiner: &Combiner) -> Vec<(i64, &str)> {
+        combiner
+            .aside
+            .iter()
+            .map(|a| (a.ts, a.reason.as_str()))
+            .collect()
+    }
+
     /// A combiner of records with one feature, no lateness and no bound on jumps.
     fn combiner_of_one_feature(window: &str) -> Combiner {
         let config = WindowConfig {
@@ -263,11 +272,7 @@ mod tests {
                 z,
             });
         }
-        let reasons: Vec<(i64, &str)> = combiner
-            .aside
-            .iter()
-            .map(|a| (a.ts, a.reason.as_str()))
-            .collect();
+        let reasons = aside_reasons(&combiner);
         assert_eq!(
             reasons,
             [1, 2, 3, 4].map(|t| (t, "value_out_of_range")).to_vec()
@@ -304,11 +309,7 @@ mod tests {
                 z: &z,
             });
         }
-        let reasons: Vec<(i64, &str)> = combiner
-            .aside
-            .iter()
-            .map(|a| (a.ts, a.reason.as_str()))
-            .collect();
+        let reasons = aside_reasons(&combiner);
         assert_eq!(
             reasons,
             [

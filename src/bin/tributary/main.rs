@@ -79,38 +79,29 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Bench(BenchCommand::Memory {
+            rows,
+            keys,
             features,
             window,
             every_ms,
-            many_keys: Some(many_keys),
+            many_keys,
             many_keys_rows,
             json,
-            ..
-        }) => tributary::bench::memory_many_keys(
-            many_keys,
-            &many_keys_rows,
-            features,
-            &window,
-            std::time::Duration::from_millis(every_ms),
-        )
-        .map(|run| report(&run, json, tributary::bench::many_keys_table)),
-        Command::Bench(BenchCommand::Memory {
-            rows,
-            keys,
-            features,
-            window,
-            every_ms,
-            many_keys: None,
-            json,
-            ..
-        }) => tributary::bench::memory(
-            rows,
-            keys,
-            features,
-            &window,
-            std::time::Duration::from_millis(every_ms),
-        )
-        .map(|run| report(&run, json, tributary::bench::memory_table)),
+        }) => {
+            let every = std::time::Duration::from_millis(every_ms);
+            match many_keys {
+                Some(many_keys) => tributary::bench::memory_many_keys(
+                    many_keys,
+                    &many_keys_rows,
+                    features,
+                    &window,
+                    every,
+                )
+                .map(|run| report(&run, json, tributary::bench::many_keys_table)),
+                None => tributary::bench::memory(rows, keys, features, &window, every)
+                    .map(|run| report(&run, json, tributary::bench::memory_table)),
+            }
+        }
         Command::Bench(BenchCommand::Keys {
             rows,
             keys,
