@@ -5,7 +5,8 @@
 //! operators open the record level:
 //!
 //! * [`ReadRecords::read_records`]: a source as a timely stream of [`Record`]s (batch `k`
-//!   at epoch `k` on worker `k mod W`, as `ingest` reads it);
+//!   at epoch `k` on worker `k mod W`, read by `ingest`'s reading loop: the same throttle,
+//!   and a live source that has nothing parks its worker);
 //! * [`WindowPanes::window_panes`]: an insert-only stream of records (after any `map`,
 //!   `filter` or join of your own) folded into the pane statistics and the progress
 //!   [`Control`] stream that [`windowed_regression`](crate::dataflow::windowed_regression)
@@ -104,7 +105,21 @@ pub trait ReadRecords<'scope> {
     /// Reads this worker's share of `reader` (opened for this worker), batch by batch:
     /// batch `k` becomes the records of epoch `k`. Malformed lines follow
     /// `context.on_error` (skipped and counted, or fatal through `context.on_fatal`);
-    /// records read are counted in `context.metrics`.
+    /// records read and malformed lines are counted in `context.metrics` as each batch
+    /// is read (a live source's malformed lines are counted where it parses them, in its
+    /// feed's metrics: pass the same `Metrics`).
+    ///
+    /// The reading loop is [`ingest`](crate::dataflow::ingest)'s: the same throttle, and
+    /// a live source ([`SourceReader::Log`]: HTTP, TCP, a followed file) whose next batch
+    /// has not arrived holds its epoch and lets the worker park until the source wakes it,
+    /// instead of spinning it. Drive such a worker with
+    /// `worker.step_or_park(Some(duration))`, not `worker.step()` (which never parks).
+    ///
+    /// No checkpoint is restored here (`context.checkpoint` is not read): the records go
+    /// to operators of your own, whose state no checkpoint of this crate holds, so
+    /// skipping the batches a checkpoint covers would lose them. To start at a later batch,
+    /// [`seek`](SourceReader::seek) the reader before handing it over; its first epoch is
+    /// then that batch.
     fn read_records(self, reader: SourceReader, context: &RunContext) -> RecordStream<'scope>;
 
     /// [`read_records`](Self::read_records) with an operator name.
