@@ -43,6 +43,9 @@ fn thread_cpu() -> Duration {
     time(usage.ru_utime) + time(usage.ru_stime)
 }
 
+/// A record as written: (time, key, x, y).
+type Line = (i64, String, Vec<f64>, f64);
+
 /// A record as read: (epoch, time, key, x, y).
 type Read = (u64, i64, String, Vec<f64>, f64);
 
@@ -204,7 +207,7 @@ impl Drop for Source {
 }
 
 /// Lines `from .. to` of key `k{i mod 3}`, and what `read_records` makes of each.
-fn lines(from: i64, to: i64) -> (String, Vec<(i64, String, Vec<f64>, f64)>) {
+fn lines(from: i64, to: i64) -> (String, Vec<Line>) {
     let mut text = String::new();
     let mut want = Vec::new();
     for i in from..to {
@@ -216,7 +219,7 @@ fn lines(from: i64, to: i64) -> (String, Vec<(i64, String, Vec<f64>, f64)>) {
 }
 
 /// The records read, without their epochs.
-fn records(worker: &Worker) -> Vec<(i64, String, Vec<f64>, f64)> {
+fn records(worker: &Worker) -> Vec<Line> {
     let read = worker.records.lock().unwrap();
     read.iter()
         .map(|(_, t, k, x, y)| (*t, k.clone(), x.clone(), *y))

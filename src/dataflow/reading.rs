@@ -1,5 +1,5 @@
 //! One worker's reading of a source, batch by batch: the loop every source operator is
-//! built on ([`ingest`](super::ingest) and
+//! built on ([`ingest`](super::ingest()) and
 //! [`ReadRecords::read_records`](crate::operators::ReadRecords::read_records)), written
 //! once.
 //!
