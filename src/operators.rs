@@ -5,7 +5,8 @@
 //! operators open the record level:
 //!
 //! * [`ReadRecords::read_records`]: a source as a timely stream of [`Record`]s (batch `k`
-//!   at epoch `k` on worker `k mod W`, as `ingest` reads it);
+//!   at epoch `k` on worker `k mod W`, read by `ingest`'s reading loop: the same throttle,
+//!   and a live source that has nothing parks its worker);
 //! * [`WindowPanes::window_panes`]: an insert-only stream of records (after any `map`,
 //!   `filter` or join of your own) folded into the pane statistics and the progress
 //!   [`Control`] stream that [`windowed_regression`](crate::dataflow::windowed_regression)
@@ -29,7 +30,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use differential_dataflow::difference::{Abelian, Semigroup};
 use differential_dataflow::lattice::Lattice;
@@ -43,11 +43,10 @@ use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 use timely::progress::Timestamp;
 
 use crate::dataflow::{
-    Combiner, Control, Counts, Epoch, MAX_AHEAD_PER_WORKER, OnError, Progress, RunContext,
-    SetAside, WindowConfig,
+    Combiner, Control, Counts, Epoch, OnError, Poll, Progress, Reading, RunContext, SetAside,
+    WindowConfig,
 };
 use crate::key::Key;
-use crate::metrics::Metrics;
 use crate::record::{Record, RecordRef, check_time};
 use crate::source::{Malformed, MalformedPolicy, RecordSink, SourceError, SourceReader};
 use crate::stats::Stats;
@@ -60,7 +59,8 @@ pub struct RecordStream<'scope> {
     pub records: StreamVec<'scope, Epoch, Record>,
     /// Backpressure, as [`Ingested::throttle`](crate::dataflow::Ingested::throttle):
     /// attach it to the end of the dataflow (`probe_with`) to keep the source at most
-    /// [`MAX_AHEAD_PER_WORKER`] × workers batches ahead of it.
+    /// [`MAX_AHEAD_PER_WORKER`](crate::dataflow::MAX_AHEAD_PER_WORKER) × workers batches
+    /// ahead of it.
     pub throttle: ProbeHandle<Epoch>,
 }
 
@@ -105,7 +105,21 @@ pub trait ReadRecords<'scope> {
     /// Reads this worker's share of `reader` (opened for this worker), batch by batch:
     /// batch `k` becomes the records of epoch `k`. Malformed lines follow
     /// `context.on_error` (skipped and counted, or fatal through `context.on_fatal`);
-    /// records read are counted in `context.metrics`.
+    /// records read and malformed lines are counted in `context.metrics` as each batch
+    /// is read (a live source's malformed lines are counted where it parses them, in its
+    /// feed's metrics: pass the same `Metrics`).
+    ///
+    /// The reading loop is [`ingest`](crate::dataflow::ingest)'s: the same throttle, and
+    /// a live source ([`SourceReader::Log`]: HTTP, TCP, a followed file) whose next batch
+    /// has not arrived holds its epoch and lets the worker park until the source wakes it,
+    /// instead of spinning it. Drive such a worker with
+    /// `worker.step_or_park(Some(duration))`, not `worker.step()` (which never parks).
+    ///
+    /// No checkpoint is restored here (`context.checkpoint` is not read): the records go
+    /// to operators of your own, whose state no checkpoint of this crate holds, so
+    /// skipping the batches a checkpoint covers would lose them. To start at a later batch,
+    /// [`seek`](SourceReader::seek) the reader before handing it over; its first epoch is
+    /// then that batch.
     fn read_records(self, reader: SourceReader, context: &RunContext) -> RecordStream<'scope>;
 
     /// [`read_records`](Self::read_records) with an operator name.
@@ -125,7 +139,7 @@ impl<'scope> ReadRecords<'scope> for Scope<'scope, Epoch> {
     fn read_records_named(
         self,
         name: &str,
-        mut reader: SourceReader,
+        reader: SourceReader,
         context: &RunContext,
     ) -> RecordStream<'scope> {
         let scope = self;
@@ -134,35 +148,32 @@ impl<'scope> ReadRecords<'scope> for Scope<'scope, Epoch> {
             records: Vec::new(),
             on_malformed: MalformedPolicy::new(context.on_error),
             malformed: 0,
-            metrics: Arc::clone(&context.metrics),
         };
+        let metrics = Arc::clone(&context.metrics);
         let throttle = ProbeHandle::new();
         let held_back = throttle.clone();
-        let max_ahead = MAX_AHEAD_PER_WORKER * scope.peers() as u64;
         let records = source(scope, name, move |capability, info| {
-            let activator = scope.activator_for(info.address);
+            // No bound on records in flight: the throttle counts batches only.
+            let mut reading = Reading::new(scope, info.address, reader, 0, held_back, usize::MAX);
             let mut cap = Some(capability);
             move |output| {
                 let Some(c) = cap.as_mut() else { return };
-                match reader.next_batch() {
-                    Some(batch) if held_back.less_than(&batch.saturating_sub(max_ahead)) => {
-                        activator.activate_after(Duration::from_micros(200));
-                    }
-                    Some(batch) => {
-                        c.downgrade(&batch);
-                        if let Err(e) = reader.read_batch(&mut sink) {
-                            fatal!(on_fatal, EXIT_SOURCE_OR_OUTPUT, "{e}");
-                        }
-                        let counts = Counts {
+                match reading.poll(c) {
+                    Poll::Wait => {}
+                    Poll::Batch(batch) => {
+                        let next = match reading.read(&mut sink) {
+                            Ok(next) => next,
+                            Err(e) => fatal!(on_fatal, EXIT_SOURCE_OR_OUTPUT, "{e}"),
+                        };
+                        metrics.add(&Counts {
                             records: sink.records.len() as u64,
                             malformed: std::mem::take(&mut sink.malformed),
                             ..Counts::default()
-                        };
-                        sink.metrics.add(&counts);
+                        });
                         output.session(&*c).give_iterator(sink.records.drain(..));
-                        activator.activate();
+                        reading.release(batch, 0, next, &mut cap);
                     }
-                    None => cap = None,
+                    Poll::End => cap = None,
                 }
             }
         });
@@ -177,7 +188,6 @@ struct Collect {
     on_malformed: MalformedPolicy,
     /// Malformed lines of the current batch (counted into the metrics with it).
     malformed: u64,
-    metrics: Arc<Metrics>,
 }
 
 impl RecordSink for Collect {

@@ -1,9 +1,8 @@
 //! The source operator: reads this worker's share of a source, batch by batch, into pane
 //! statistics, its progress reports and the records set aside.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use differential_dataflow::{AsCollection, VecCollection};
 use timely::dataflow::operators::generic::operator::source;
@@ -12,6 +11,7 @@ use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 
 use super::combiner::{Combiner, Quarantined};
 use super::context::{PaneUpdate, RunContext, WindowConfig, owner, resumed_max_seen, split};
+use super::reading::{Poll, Reading};
 use crate::key::Key;
 use crate::messages::{Control, Progress, SetAside};
 use crate::source::SourceReader;
@@ -30,15 +30,12 @@ pub struct Ingested<'scope> {
     /// Records set aside (late or too far ahead).
     pub aside: StreamVec<'scope, Epoch, SetAside>,
     /// Backpressure: attach it (`probe_with`) to the end of the dataflow, and the source
-    /// stays at most [`MAX_AHEAD_PER_WORKER`] × workers batches, and at most
-    /// [`MAX_PANES_AHEAD_PER_WORKER`] pane updates of its own, ahead of it, so buffers (and
-    /// memory) stay bounded. Unattached, the source is not held back.
+    /// stays at most [`MAX_AHEAD_PER_WORKER`](super::MAX_AHEAD_PER_WORKER) × workers
+    /// batches, and at most [`MAX_PANES_AHEAD_PER_WORKER`] pane updates of its own, ahead
+    /// of it, so buffers (and memory) stay bounded. Unattached, the source is not held
+    /// back.
     pub throttle: ProbeHandle<Epoch>,
 }
-
-/// How many batches per worker a source may run ahead of the probe attached to
-/// [`Ingested::throttle`].
-pub const MAX_AHEAD_PER_WORKER: u64 = 256;
 
 /// How many pane updates a worker's source may have emitted beyond the probe attached to
 /// [`Ingested::throttle`]. With few keys a batch is a few panes and the bound in batches
@@ -95,13 +92,15 @@ pub fn ingest<'scope>(
     let mut last_mark = Instant::now();
     let throttle = ProbeHandle::new();
     let held_back = throttle.clone();
-    let max_ahead = MAX_AHEAD_PER_WORKER * peers as u64;
-    // This worker's batches the probe has not passed yet, with their pane updates.
-    let mut in_flight: VecDeque<(Epoch, usize)> = VecDeque::new();
-    let mut panes_ahead = 0;
     let stream = source(scope, "Ingest", move |capability, info| {
-        reader.wake(scope.worker().sync_activator_for(info.address.to_vec()));
-        let activator = scope.activator_for(info.address);
+        let mut reading = Reading::new(
+            scope,
+            info.address,
+            reader,
+            first,
+            held_back,
+            MAX_PANES_AHEAD_PER_WORKER,
+        );
         let mut cap = Some(capability);
         move |output| {
             let Some(c) = cap.as_mut() else { return };
@@ -118,31 +117,11 @@ pub fn ingest<'scope>(
                 }
                 due
             };
-            while let Some(&(epoch, panes)) = in_flight.front() {
-                if held_back.less_equal(&epoch) {
-                    break;
-                }
-                in_flight.pop_front();
-                panes_ahead -= panes;
-            }
-            match reader.next_batch() {
-                Some(batch)
-                    if held_back.less_than(&batch.saturating_sub(max_ahead))
-                        || panes_ahead >= MAX_PANES_AHEAD_PER_WORKER =>
-                {
-                    // Too far ahead of the end of the dataflow: wait for it.
-                    activator.activate_after(Duration::from_micros(200));
-                }
-                Some(batch) if !reader.ready() => {
-                    // A live source whose next batch has not arrived: hold its epoch and
-                    // wait; the source wakes this operator when the batch comes.
-                    c.downgrade(&batch.max(first));
-                    activator.activate_after(Duration::from_millis(100));
-                }
-                Some(batch) => {
-                    c.downgrade(&batch.max(first));
-                    let idle_close = reader.idle_close_to();
-                    if let Some(before) = reader.partition_before() {
+            match reading.poll(c) {
+                Poll::Wait => {}
+                Poll::Batch(batch) => {
+                    let idle_close = reading.reader().idle_close_to();
+                    if let Some(before) = reading.reader().partition_before() {
                         // One partition read by several workers: this batch is judged
                         // against the largest time of every batch before it.
                         combiner.watermark.max_seen = before;
@@ -151,28 +130,25 @@ pub fn ingest<'scope>(
                         combiner.watermark.begin_batch();
                     }
                     let read = if quarantine::begin_batch(batch) {
-                        reader.read_batch(&mut Quarantined(&mut combiner))
+                        reading.read(&mut Quarantined(&mut combiner))
                     } else {
                         if failpoint::active() {
                             failpoint::hit("ingest.batch", Some(&batch.to_string()));
                         }
-                        reader.read_batch(&mut combiner)
+                        reading.read(&mut combiner)
                     };
-                    if let Err(e) = read {
-                        fatal!(on_fatal, EXIT_SOURCE_OR_OUTPUT, "{e}");
-                    }
+                    let next = match read {
+                        Ok(next) => next,
+                        Err(e) => fatal!(on_fatal, EXIT_SOURCE_OR_OUTPUT, "{e}"),
+                    };
                     if let Some(to) = idle_close {
                         // The source was idle: its watermark moves past every open window.
                         combiner.watermark.max_seen = combiner.watermark.max_seen.max(to);
                     }
-                    let done = reader.next_batch().is_none();
+                    let done = next.is_none();
                     metrics.add(&combiner.counts);
                     let mut session = output.session(&*c);
                     let panes = combiner.pane_count();
-                    if panes > 0 {
-                        in_flight.push_back((batch, panes));
-                        panes_ahead += panes;
-                    }
                     for (pane, stats) in combiner.drain_panes() {
                         session.give(IngestOut::Pane((pane, batch, stats)));
                     }
@@ -191,18 +167,9 @@ pub fn ingest<'scope>(
                         idle: idle_close.is_some(),
                     }));
                     drop(session);
-                    match reader.next_batch() {
-                        // Release this batch's epoch at once: downstream can complete it
-                        // (and the other workers' sources see progress) without waiting
-                        // for this source's next activation and read.
-                        Some(next) if !done => {
-                            c.downgrade(&next.max(first));
-                            activator.activate();
-                        }
-                        _ => cap = None,
-                    }
+                    reading.release(batch, panes, next, &mut cap);
                 }
-                None => {
+                Poll::End => {
                     // A worker with no share (left), or whose live source was closed while
                     // it waited, still reports that it is done.
                     let at = (worker as Epoch).max(first).max(*c.time());

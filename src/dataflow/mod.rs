@@ -29,6 +29,7 @@ mod checkpointer;
 mod combiner;
 mod context;
 mod ingest;
+mod reading;
 mod windows;
 
 use differential_dataflow::{AsCollection, VecCollection};
@@ -46,7 +47,9 @@ pub use context::{
     CheckpointContext, PaneTrace, PaneUpdate, RETRACTION_DELAY_PER_WORKER, RunContext,
     WindowConfig, frontier_of, owner, resumed_max_seen, retraction_delay,
 };
-pub use ingest::{Ingested, MAX_AHEAD_PER_WORKER, MAX_PANES_AHEAD_PER_WORKER, ingest};
+pub use ingest::{Ingested, MAX_PANES_AHEAD_PER_WORKER, ingest};
+pub use reading::MAX_AHEAD_PER_WORKER;
+pub(crate) use reading::{Poll, Reading};
 pub use windows::{WindowOutputs, WindowedModels};
 
 /// Builds the windowed-regression dataflow on `panes`: the arrangement, the windows
