@@ -77,7 +77,7 @@ pub use dataflow::{
     Control, Ingested, ModelLine, RunContext, SetAside, WindowConfig, WindowOutputs,
     WindowedModels, ingest, windowed_regression,
 };
-pub use job::{Pipeline, Summary};
+pub use job::{Job, Pipeline, Summary};
 pub use key::Key;
 pub use metrics::Metrics;
 pub use model::{Fit, SolveOptions, Status, solve};

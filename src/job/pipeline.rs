@@ -28,9 +28,7 @@ use crate::types::{OnError, OnFatal};
 /// fatal-error hook, then change what you need with the setters:
 ///
 /// ```
-/// use tributary::job::Job;
-/// use tributary::types::Fatal;
-/// use tributary::{ModelLine, Pipeline, Schema, WindowConfig};
+/// use tributary::{Fatal, Job, ModelLine, Pipeline, Schema, WindowConfig};
 ///
 /// // The program chooses what a fatal error does (it is already logged): here, like the
 /// // `tributary` command, end with its exit code.

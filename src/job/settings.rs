@@ -422,8 +422,7 @@ impl Job {
     /// setters of [`Pipeline`](super::Pipeline).
     ///
     /// ```
-    /// use tributary::job::Job;
-    /// use tributary::{Schema, WindowConfig};
+    /// use tributary::{Job, Schema, WindowConfig};
     ///
     /// let job = Job::new(
     ///     "gen:rows=1000,keys=2,features=1".parse().unwrap(),
