@@ -44,7 +44,7 @@ pub(super) struct Shared {
     pub late_from: u64,
     /// Worker threads reading the ingest log.
     pub log_readers: usize,
-    /// This process's index and the cluster's process count.
+    /// This process's index.
     pub process: usize,
     /// The cluster's process count.
     pub processes: usize,
