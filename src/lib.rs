@@ -3,8 +3,9 @@
 //! Records (event time, key, features, target) flow from a [`source`] through event-time
 //! [`window`]s, where they are folded into per-key, per-pane regression [`stats`] — an
 //! abelian group, and so the difference type of a differential-dataflow arrangement — to
-//! [`model`]s emitted when windows close. The [`dataflow`] module holds the operators,
-//! [`job`] runs a whole dataflow from its settings.
+//! [`model`]s emitted when windows close. The [`dataflow`] module holds the operators;
+//! a [`Pipeline`] runs the whole of `tributary run` — source, windows, sinks, checkpoints,
+//! serving — from its settings ([`job`]) in one call.
 //!
 //! A dataflow of your own needs only the crate root: a [`SourceSpec`] opened per worker as
 //! a [`SourceReader`], a [`WindowConfig`] and a [`RunContext`], then either [`ingest`]
@@ -76,6 +77,7 @@ pub use dataflow::{
     Control, Ingested, ModelLine, RunContext, SetAside, WindowConfig, WindowOutputs,
     WindowedModels, ingest, windowed_regression,
 };
+pub use job::{Job, Pipeline, Summary};
 pub use key::Key;
 pub use metrics::Metrics;
 pub use model::{Fit, SolveOptions, Status, solve};

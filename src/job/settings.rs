@@ -282,42 +282,46 @@ impl JobSpec {
                 ms => Some(Duration::from_millis(ms as u64)),
             },
         };
+        let schema = Schema {
+            time,
+            key,
+            features,
+            target,
+        };
+        let windows = WindowConfig {
+            window,
+            lateness: duration(&self.lateness, "0s", "--lateness")?,
+            max_jump: duration(&self.max_jump, "1h", "--max-jump")?,
+            solve: SolveOptions { ridge },
+            features: d,
+        };
+        // What is not set takes the library's defaults (`Job::new`).
+        let defaults = Job::new(source, schema, windows);
         Ok(Job {
-            schema: Schema {
-                time,
-                key,
-                features,
-                target,
-            },
-            windows: WindowConfig {
-                window,
-                lateness: duration(&self.lateness, "0s", "--lateness")?,
-                max_jump: duration(&self.max_jump, "1h", "--max-jump")?,
-                solve: SolveOptions { ridge },
-                features: d,
-            },
-            source,
-            out: self.out.unwrap_or_else(|| PathBuf::from("-")),
+            out: self.out.unwrap_or(defaults.out.clone()),
             late_out: self.late_out,
-            on_error: self.on_error.unwrap_or_default(),
+            on_error: self.on_error.unwrap_or(defaults.on_error),
             checkpoint: self.checkpoint,
-            checkpoint_every: Duration::from_millis(
-                duration(&self.checkpoint_every, "1s", "--checkpoint-every")?.max(1) as u64,
-            ),
+            checkpoint_every: match &self.checkpoint_every {
+                None => defaults.checkpoint_every,
+                Some(_) => Duration::from_millis(
+                    duration(&self.checkpoint_every, "1s", "--checkpoint-every")?.max(1) as u64,
+                ),
+            },
             serve,
-            max_pending: self.max_pending.unwrap_or(1_000_000),
-            max_body: self.max_body.unwrap_or(crate::serve::DEFAULT_MAX_BODY),
+            max_pending: self.max_pending.unwrap_or(defaults.max_pending),
+            max_body: self.max_body.unwrap_or(defaults.max_body),
             max_line: match self.max_line_bytes {
                 Some(0) => return Err("--max-line-bytes must be at least 1".into()),
-                n => n.unwrap_or(crate::source::feed::DEFAULT_MAX_LINE),
+                n => n.unwrap_or(defaults.max_line),
             },
             tcp: tcp::TcpLimits {
                 max_connections: match self.tcp_max_connections {
                     Some(0) => return Err("--tcp-max-connections must be at least 1".into()),
-                    n => n.unwrap_or(tcp::DEFAULT_MAX_CONNECTIONS),
+                    n => n.unwrap_or(defaults.tcp.max_connections),
                 },
                 idle_timeout: match &self.tcp_idle_timeout {
-                    None => Some(tcp::DEFAULT_IDLE_TIMEOUT),
+                    None => defaults.tcp.idle_timeout,
                     Some(t) => {
                         match parse_duration(t).map_err(|e| format!("--tcp-idle-timeout: {e}"))? {
                             ms if ms <= 0 => None,
@@ -326,10 +330,10 @@ impl JobSpec {
                     }
                 },
             },
-            resume_from: None,
             close_after_idle,
-            max_pending_bytes: self.max_pending_bytes.unwrap_or(DEFAULT_MAX_PENDING_BYTES),
+            max_pending_bytes: self.max_pending_bytes.unwrap_or(defaults.max_pending_bytes),
             http,
+            ..defaults
         })
     }
 }
@@ -406,7 +410,50 @@ pub struct Job {
 /// Default `--max-pending-bytes`: 256 MiB.
 pub const DEFAULT_MAX_PENDING_BYTES: u64 = 256 << 20;
 
+/// Default `--max-pending`: records appended to the ingest log and not yet read.
+pub const DEFAULT_MAX_PENDING: u64 = 1_000_000;
+
 impl Job {
+    /// A job reading `source` (fields named by `schema`) into the windows of `windows`,
+    /// with every other setting at the default of `tributary run`: models to stdout (`-`),
+    /// no output of records set aside, malformed lines skipped, no checkpoints (a
+    /// checkpoint every second once a directory is set), no HTTP server, and the default
+    /// limits of live sources and of the server. Set the fields to change them, or use the
+    /// setters of [`Pipeline`](super::Pipeline).
+    ///
+    /// ```
+    /// use tributary::{Job, Schema, WindowConfig};
+    ///
+    /// let job = Job::new(
+    ///     "gen:rows=1000,keys=2,features=1".parse().unwrap(),
+    ///     Schema::generated(1),
+    ///     WindowConfig::new("tumbling:10s".parse().unwrap(), 1),
+    /// );
+    /// assert_eq!(job.out, std::path::Path::new("-"));
+    /// assert!(job.checkpoint.is_none() && job.serve.is_none());
+    /// ```
+    pub fn new(source: SourceSpec, schema: Schema, windows: WindowConfig) -> Job {
+        Job {
+            source,
+            schema,
+            windows,
+            out: PathBuf::from("-"),
+            late_out: None,
+            on_error: OnError::default(),
+            checkpoint: None,
+            checkpoint_every: Duration::from_secs(1),
+            serve: None,
+            max_pending: DEFAULT_MAX_PENDING,
+            max_body: crate::serve::DEFAULT_MAX_BODY,
+            max_line: crate::source::feed::DEFAULT_MAX_LINE,
+            tcp: tcp::TcpLimits::default(),
+            resume_from: None,
+            close_after_idle: None,
+            max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
+            http: serve::HttpLimits::default(),
+        }
+    }
+
     /// What identifies the dataflow in a checkpoint: source, schema, windows and solver
     /// (not the worker count, which may change between runs).
     pub fn fingerprint(&self) -> String {
@@ -550,6 +597,35 @@ mod tests {
             documented, fields,
             "rows of the table against JobSpec's fields"
         );
+    }
+
+    /// Settings left unset resolve to [`Job::new`]'s defaults, those of the library's
+    /// pipeline, and the defaults are the ones docs/dataflow-spec.md states.
+    #[test]
+    fn unset_settings_resolve_to_the_library_defaults() {
+        let job = spec_with_gen().resolve().unwrap();
+        let defaults = super::Job::new(job.source.clone(), job.schema.clone(), job.windows.clone());
+        assert_eq!(job, defaults);
+        assert_eq!(job.windows.window, "sliding:60s/10s".parse().unwrap());
+        assert_eq!(job.checkpoint_every, std::time::Duration::from_secs(1));
+        assert_eq!((job.max_pending, job.max_line), (1_000_000, 1 << 20));
+        let flags = JobSpec {
+            checkpoint_every: Some("250ms".into()),
+            max_pending: Some(5),
+            tcp_idle_timeout: Some("0s".into()),
+            ..spec_with_gen()
+        };
+        let job = flags.resolve().unwrap();
+        assert_eq!(job.checkpoint_every, std::time::Duration::from_millis(250));
+        assert_eq!(job.max_pending, 5);
+        assert_eq!(job.tcp.idle_timeout, None);
+    }
+
+    fn spec_with_gen() -> JobSpec {
+        JobSpec {
+            source: Some("gen:rows=100,keys=2,features=3".into()),
+            ..JobSpec::default()
+        }
     }
 
     /// A flag overrides the file's value of the same setting and leaves the others.

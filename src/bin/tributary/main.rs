@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use crate::cli::{BenchCommand, CheckpointCommand, Cli, Command, GenArgs, RunArgs};
 use clap::{CommandFactory, Parser};
 use tributary::bench::{ThroughputSettings, throughput, throughput_table};
-use tributary::job::{JobSpec, run};
+use tributary::job::{JobSpec, Pipeline};
 use tributary::source::{GenReader, GenSpec};
 use tributary::types::Fatal;
 use tributary::window::parse_duration;
@@ -214,7 +214,10 @@ fn run_command(args: RunArgs) -> Result<(), String> {
     }
     // The progress line is for a terminal: on by default only when stderr is one.
     let progress = !args.quiet && (args.progress || std::io::stderr().is_terminal());
-    let summary = run(job, cluster, progress, exit_with_code)?;
+    let summary = Pipeline::new(job, exit_with_code)
+        .cluster(cluster)
+        .progress(progress)
+        .run()?;
     tracing::info!("{}", summary.line());
     Ok(())
 }
