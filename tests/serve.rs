@@ -563,7 +563,7 @@ fn restarted_after_checkpoints(dir: &TempDir) -> (Server, u64, Value) {
 ///     written to the store at once (a restart resumes from it), but the `Committed`
 ///     notice that set the metric (and truncated the ingest log) came back through a
 ///     feedback edge delayed by 8 × MAX_AHEAD_PER_WORKER × workers = 4096 × workers epochs
-///     (src/job/run.rs, `scope.feedback(slack)`), i.e. only after thousands more posts;
+///     (then src/job/run.rs, now src/job/worker.rs: `scope.feedback(slack)`), i.e. only after thousands more posts;
 /// (2) after a restart that resumed from epoch E, they said 0 until the next commit.
 /// Fixed by fc4e5a3 (the coordinator reports each commit at once; a resumed run
 /// reports its commit).
