@@ -9,7 +9,7 @@ use differential_dataflow::difference::{Abelian, IsZero, Semigroup};
 use differential_dataflow::operators::arrange::Arranged;
 use differential_dataflow::trace::TraceReader;
 use differential_dataflow::trace::cursor::{Cursor, cursor_list};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::vec::{Broadcast, Map};
@@ -225,8 +225,8 @@ struct Windows {
     /// Largest event time admitted by each worker, as last reported.
     max_seen: Vec<Time>,
     keys: FxHashMap<Key, KeyWindows>,
-    /// `(time, key)`: the key has a window that may end at `time`.
-    agenda: BTreeSet<(Time, Key)>,
+    /// The keys that have a window that may end at each time.
+    agenda: Agenda,
     metrics: Arc<Metrics>,
     /// Windows of a key first seen ending at or before this are final already (restored).
     restored_final_through: Time,
@@ -277,7 +277,7 @@ impl Windows {
             trace,
             max_seen: vec![Time::MIN; peers],
             keys: FxHashMap::default(),
-            agenda: BTreeSet::new(),
+            agenda: Agenda::default(),
             metrics: Arc::clone(&context.metrics),
             restored_final_through: Time::MIN,
             estimates: context.estimates,
@@ -384,20 +384,14 @@ impl Windows {
             }
             self.metrics.open_panes.fetch_add(1, Relaxed);
             if spec.is_session() {
-                self.agenda.insert((spec.pane_expires_at(pane), key));
+                self.agenda.insert(spec.pane_expires_at(pane), key);
             } else {
                 for w in spec.windows_of_pane(pane.start) {
-                    self.agenda.insert((w.end, key.clone()));
+                    self.agenda.insert(w.end, key.clone());
                 }
             }
         }
-        while let Some((end, _)) = self.agenda.first() {
-            if *end > frontier {
-                break;
-            }
-            let (_, key) = self.agenda.pop_first().expect("present");
-            due.insert(key);
-        }
+        self.agenda.take_through(frontier, &mut due);
         // One read of the trace for the keys due and the keys whose estimates changed.
         let mut wanted = due.clone();
         wanted.extend(touched.iter().cloned());
@@ -581,7 +575,7 @@ impl Windows {
             self.keys.remove(key);
         }
         for time in revisit {
-            self.agenda.insert((time, key.clone()));
+            self.agenda.insert(time, key.clone());
         }
     }
 
@@ -609,6 +603,44 @@ impl Windows {
     }
 }
 
+/// The windows operator's agenda: per time, the keys with a window that may end then.
+///
+/// A calendar rather than one ordered set of `(time, key)`: window ends are few (one per
+/// slide), so an insertion is a short search among times and a hash insertion, where an
+/// ordered set of every pair compared keys along a path of a tree of millions of entries.
+#[derive(Default)]
+struct Agenda {
+    by_time: BTreeMap<Time, FxHashSet<Key>>,
+    /// Entries over every time: the windows that may still end.
+    len: usize,
+}
+
+impl Agenda {
+    /// Notes that `key` has a window that may end at `time`.
+    fn insert(&mut self, time: Time, key: Key) {
+        if self.by_time.entry(time).or_default().insert(key) {
+            self.len += 1;
+        }
+    }
+
+    /// Moves the keys of every time at or before `frontier` into `due`.
+    fn take_through(&mut self, frontier: Time, due: &mut BTreeSet<Key>) {
+        while let Some(entry) = self.by_time.first_entry() {
+            if *entry.key() > frontier {
+                break;
+            }
+            let keys = entry.remove();
+            self.len -= keys.len();
+            due.extend(keys);
+        }
+    }
+
+    /// The number of `(time, key)` entries.
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
 /// The windows of one key's open panes, each with the indices of the panes it sums.
 ///
 /// `panes` are sorted (as the trace gives them), so a window's panes are a range.
@@ -632,4 +664,29 @@ fn windows_of(spec: WindowSpec, panes: &[(Pane, Stats)]) -> Vec<(Window, Range<u
             (w, from..to)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agenda_counts_each_key_once_per_time_and_hands_over_the_times_passed() {
+        let mut agenda = Agenda::default();
+        for (time, key) in [(20, "b"), (10, "a"), (20, "b"), (10, "b"), (30, "a")] {
+            agenda.insert(time, Key::from(key));
+        }
+        // (20, b) twice is one window that may end.
+        assert_eq!(agenda.len(), 4);
+        let mut due = BTreeSet::new();
+        agenda.take_through(9, &mut due);
+        assert!(due.is_empty());
+        agenda.take_through(20, &mut due);
+        assert_eq!(due, BTreeSet::from([Key::from("a"), Key::from("b")]));
+        assert_eq!(agenda.len(), 1);
+        due.clear();
+        agenda.take_through(Time::MAX, &mut due);
+        assert_eq!(due, BTreeSet::from([Key::from("a")]));
+        assert_eq!(agenda.len(), 0);
+    }
 }
