@@ -3,7 +3,9 @@
 //! the sink (`sink::write_lines`), of the checkpoint coordinator, of the windows operator
 //! (two inputs; updates inside an arranged batch may be at later times than the message
 //! carrying it, so capabilities are shared between epochs) and of
-//! [`WindowPanes::window_panes`](crate::operators::WindowPanes::window_panes).
+//! [`WindowPanes::window_panes`](crate::operators::WindowPanes::window_panes) (which keeps
+//! one capability of its own for its end-of-input report: that report is due when the
+//! input's frontier empties, not at an epoch that holds data).
 //!
 //! [`ByEpoch`] holds, per epoch, a bucket of anything (`B`); [`Held`] is the common case,
 //! the items that came at each epoch. Only the capabilities that what is still held needs
