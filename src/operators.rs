@@ -28,7 +28,6 @@
 //! `window_stats`, which keeps the records and sums each group's statistics afresh.
 //! The unit test `equal_count_replacement_cancels` shows the hazard.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use differential_dataflow::difference::{Abelian, Semigroup};
@@ -46,6 +45,7 @@ use crate::dataflow::{
     Combiner, Control, Counts, Epoch, OnError, Poll, Progress, Reading, RunContext, SetAside,
     WindowConfig,
 };
+use crate::held::Held;
 use crate::key::Key;
 use crate::record::{Record, RecordRef, check_time};
 use crate::source::{Malformed, MalformedPolicy, RecordSink, SourceError, SourceReader};
@@ -295,21 +295,20 @@ impl<'scope> WindowPanes<'scope> for StreamVec<'scope, Epoch, Record> {
         let mut combiner = Combiner::new(config, OnError::Skip);
         let mut z = Vec::with_capacity(features + 1);
         let stream = self.unary_frontier(Pipeline, name, move |initial, _info| {
-            let mut held = Some(initial);
-            let mut pending: BTreeMap<Epoch, Vec<Record>> = BTreeMap::new();
+            let mut held: Held<Record> = Held::default();
+            // The end-of-input report is not data held at an epoch: it is due when the
+            // input's frontier empties, at the last time the frontier held, even if no
+            // record ever came. `Held` keeps capabilities only while epochs held need
+            // them, so the report keeps its own, downgraded as the frontier advances.
+            let mut end_report = Some(initial);
             move |(input, frontier), output| {
-                input.for_each(|cap, data| {
-                    pending
-                        .entry(*cap.least().expect("a message has a time"))
-                        .or_default()
-                        .append(data);
-                });
-                let Some(cap) = held.as_mut() else { return };
-                while let Some((&epoch, _)) = pending.first_key_value() {
-                    if frontier.less_equal(&epoch) {
-                        break;
-                    }
-                    for r in pending.remove(&epoch).expect("present") {
+                input.for_each(|cap, data| held.hold(&cap, output.output_index(), data));
+                let Some(end) = end_report.as_mut() else {
+                    return;
+                };
+                while let Some((at, records)) = held.take_passed(frontier.frontier()) {
+                    let epoch = *at.time();
+                    for r in records {
                         assert_eq!(
                             r.x.len(),
                             features,
@@ -329,7 +328,6 @@ impl<'scope> WindowPanes<'scope> for StreamVec<'scope, Epoch, Record> {
                             z: &z,
                         });
                     }
-                    let at = cap.delayed(&epoch);
                     let mut session = output.session(&at);
                     for (pane, stats) in combiner.drain_panes() {
                         session.give(PaneOut::Pane((pane, epoch, stats)));
@@ -344,17 +342,17 @@ impl<'scope> WindowPanes<'scope> for StreamVec<'scope, Epoch, Record> {
                     }));
                 }
                 match frontier.frontier().iter().next() {
-                    Some(time) => cap.downgrade(time),
-                    None if pending.is_empty() => {
+                    Some(time) => end.downgrade(time),
+                    None if held.is_empty() => {
                         // The input has ended: this worker will admit nothing more.
-                        output.session(&*cap).give(PaneOut::Progress(Progress {
+                        output.session(&*end).give(PaneOut::Progress(Progress {
                             worker,
                             max_seen: Time::MAX,
                             counts: Counts::default(),
                             checkpoint: false,
                             idle: false,
                         }));
-                        held = None;
+                        end_report = None;
                     }
                     None => {}
                 }

@@ -12,8 +12,8 @@ use differential_dataflow::trace::cursor::{Cursor, cursor_list};
 use rustc_hash::{FxHashMap, FxHashSet};
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::Operator;
 use timely::dataflow::operators::vec::{Broadcast, Map};
-use timely::dataflow::operators::{Capability, Operator};
 use timely::progress::frontier::AntichainRef;
 
 use super::checkpointer::Checkpointer;
@@ -22,6 +22,7 @@ use super::context::{
     retraction_delay, split,
 };
 use crate::checkpoint::ProvisionalWindow;
+use crate::held::ByEpoch;
 use crate::key::Key;
 use crate::messages::{Ack, Control, ModelLine};
 use crate::metrics::Metrics;
@@ -110,15 +111,14 @@ impl<'scope> WindowedModels<'scope> for Arranged<'scope, PaneTrace> {
             Pipeline,
             "Windows",
             move |_cap, _info| {
-                let mut caps: BTreeMap<Epoch, Capability<Epoch>> = BTreeMap::new();
-                let mut added: BTreeMap<Epoch, Vec<(Key, Pane)>> = BTreeMap::new();
-                let mut reports: BTreeMap<Epoch, Vec<Control>> = BTreeMap::new();
+                // Per epoch, the panes added and the progress reports that came at it.
+                type Arrived = (Vec<(Key, Pane)>, Vec<Control>);
+                let mut held: ByEpoch<Arrived> = ByEpoch::default();
                 move |(spans, spans_frontier), (progress, progress_frontier), output| {
                     spans.for_each(|cap, data| {
-                        let time = *cap.least().expect("a message has a time");
-                        if let Some(c) = cap.retain_least(output.output_index()) {
-                            caps.entry(time).or_insert(c);
-                        }
+                        // Updates in a batch may be at later times than the message that
+                        // carried it: each is held at its own time.
+                        held.capability(&cap, output.output_index());
                         for span in data.drain(..) {
                             let Some(batch) = span.inner else { continue };
                             let (mut cursor, storage) = cursor_list(vec![batch]);
@@ -126,7 +126,7 @@ impl<'scope> WindowedModels<'scope> for Arranged<'scope, PaneTrace> {
                                 while let Some(pane) = cursor.get_val(&storage) {
                                     cursor.map_times(&storage, |t, diff| {
                                         if diff.n > 0 {
-                                            added.entry(*t).or_default().push((key.clone(), *pane));
+                                            held.at(*t).0.push((key.clone(), *pane));
                                         }
                                     });
                                     cursor.step_val(&storage);
@@ -136,48 +136,17 @@ impl<'scope> WindowedModels<'scope> for Arranged<'scope, PaneTrace> {
                         }
                     });
                     progress.for_each(|cap, data| {
-                        let time = *cap.least().expect("a message has a time");
-                        if let Some(c) = cap.retain_least(output.output_index()) {
-                            caps.entry(time).or_insert(c);
-                        }
-                        reports.entry(time).or_default().append(data);
+                        let time = held.capability(&cap, output.output_index());
+                        held.at(time).1.append(data);
                     });
-                    // Updates in a batch may be at later times than the message that
-                    // carried it: process every time that has something, in order, once
-                    // both inputs are complete through it.
-                    loop {
-                        let next = [added.keys().next(), reports.keys().next()]
-                            .into_iter()
-                            .flatten()
-                            .min()
-                            .copied();
-                        let Some(epoch) = next else { break };
-                        if spans_frontier.less_equal(&epoch) || progress_frontier.less_equal(&epoch)
-                        {
-                            break;
-                        }
-                        let cap = caps
-                            .range(..=epoch)
-                            .next_back()
-                            .map(|(_, c)| c.delayed(&epoch))
-                            .expect("a capability at or before every pending time");
-                        let new_panes = added.remove(&epoch).unwrap_or_default();
-                        let new_reports = reports.remove(&epoch).unwrap_or_default();
+                    // Every epoch that has something, in order, once both inputs are
+                    // complete through it.
+                    let frontiers = [spans_frontier.frontier(), progress_frontier.frontier()];
+                    while let Some((cap, (new_panes, new_reports))) =
+                        held.take_passed_all(&frontiers)
+                    {
                         let mut session = output.session(&cap);
-                        state.epoch(epoch, new_panes, new_reports, |e| session.give(e));
-                    }
-                    // Keep only the capabilities that pending times still need.
-                    let first = [added.keys().next(), reports.keys().next()]
-                        .into_iter()
-                        .flatten()
-                        .min()
-                        .copied();
-                    match first {
-                        None => caps.clear(),
-                        Some(first) => {
-                            let keep = caps.range(..=first).next_back().map(|(t, _)| *t);
-                            caps.retain(|t, _| Some(*t) >= keep);
-                        }
+                        state.epoch(*cap.time(), new_panes, new_reports, |e| session.give(e));
                     }
                 }
             },
