@@ -228,10 +228,14 @@ pub(super) fn split<'scope, D: 'static, const N: usize>(
 /// the arrangement's batcher re-sorted the growing backlog at every step, so a long run
 /// slowed down as it went (a 120 M-record run on two workers fell to the speed of one).
 /// A delay of a few epochs per worker lets the loop keep up. Expired panes stay in the
-/// trace until then, invisible: the windows operator reads only panes it holds open.
+/// trace until then, invisible: the windows operator reads only panes it holds open, so
+/// the delay is memory at many keys (an epoch is a source batch, up to one pane per
+/// record). Four epochs per worker (sixteen until session 16, when the sources' run-ahead
+/// was also bounded in pane updates) costs nothing measurable at 16 keys, on big or small
+/// batches, and halves the peak at 10 000 keys: docs/benchmarks.md, "Session 16".
 pub fn retraction_delay(peers: usize) -> Epoch {
     RETRACTION_DELAY_PER_WORKER * peers as Epoch
 }
 
 /// See [`retraction_delay`].
-pub const RETRACTION_DELAY_PER_WORKER: Epoch = 16;
+pub const RETRACTION_DELAY_PER_WORKER: Epoch = 4;
