@@ -4,14 +4,15 @@
 //! Run with `cargo run --example custom_dataflow`. It checks itself: every model equals an
 //! independent least-squares fit (nalgebra's SVD on the raw records of its window).
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use nalgebra::{DMatrix, DVector};
 use timely::dataflow::ProbeHandle;
 use timely::dataflow::operators::{Inspect, Probe};
 use tributary::{GenReader, GenSpec, ModelLine, RunContext, Schema, SourceReader, SourceSpec};
-use tributary::{Status, WindowConfig, ingest, windowed_regression};
+use tributary::{WindowConfig, ingest, windowed_regression};
+
+mod oracle;
+use oracle::WindowRows;
 
 fn main() {
     // 20 000 generated records: 4 keys, 2 features, one every 5 ms (100 s of event time).
@@ -63,14 +64,12 @@ fn main() {
 /// window, each window solved by SVD least squares on [1, x] (not from sums); n must be
 /// equal, the coefficients and r² within 1e-9; one final model per kept key and window.
 fn check(spec: &GenSpec, models: &[ModelLine]) {
-    let mut rows = BTreeMap::new(); // (key, window start) → [(x, y)]
+    let mut rows = WindowRows::new(); // (key, window start) → [(x, y)]
     GenReader::new(spec, 0, 1).generate(0, spec.rows, |r| {
         if r.key == "k0" || r.key == "k1" {
             let window = (r.key.to_owned(), r.time.div_euclid(20_000) * 20_000);
             let y = r.z[r.z.len() - 1];
-            rows.entry(window)
-                .or_insert_with(Vec::new)
-                .push((r.x().to_vec(), y));
+            rows.entry(window).or_default().push((r.x().to_vec(), y));
         }
     });
     assert_eq!(
@@ -78,36 +77,7 @@ fn check(spec: &GenSpec, models: &[ModelLine]) {
         2 * 5,
         "one model per kept key and 20 s window"
     );
-    assert_eq!(
-        models.len(),
-        rows.len(),
-        "a model for every window of the data"
-    );
-    for m in models {
-        assert!(m.is_final && m.status == Status::Ok && m.window_end - m.window_start == 20_000);
-        let w = &rows[&(m.key.clone(), m.window_start)];
-        assert_eq!(m.n as usize, w.len(), "{m:?}: n");
-        let a = DMatrix::from_fn(w.len(), 3, |i, j| if j == 0 { 1.0 } else { w[i].0[j - 1] });
-        let y = DVector::from_fn(w.len(), |i, _| w[i].1);
-        let b = a.clone().svd(true, true).solve(&y, 1e-12).unwrap();
-        let scale = b.iter().fold(1.0f64, |s, v| s.max(v.abs()));
-        let coef = m.coef.as_ref().expect("determined");
-        let err = coef
-            .iter()
-            .zip(b.iter())
-            .fold(0.0f64, |e, (c, o)| e.max((c - o).abs()));
-        assert!(
-            err <= 1e-9 * scale,
-            "{m:?}: independent fit {:?}",
-            b.as_slice()
-        );
-        let sst: f64 = y.iter().map(|v| (v - y.mean()).powi(2)).sum();
-        let r2 = 1.0 - (&y - &a * &b).norm_squared() / sst;
-        assert!(
-            (m.r2.unwrap() - r2).abs() <= 1e-9,
-            "{m:?}: independent r2 {r2}"
-        );
-    }
+    oracle::assert_models_match(models, &rows, 20_000);
     println!(
         "{} models, each equal to an independent least-squares fit",
         models.len()
