@@ -270,8 +270,9 @@ fn absurd_future_timestamp_is_set_aside() {
 }
 
 /// A key whose panes all expire and which comes back before their retractions reach the
-/// arrangement (they loop back `16 × workers` epochs later, and the 4 KiB batches here are
-/// ~100 records each). The expired panes are still in the trace then; the engine must
+/// arrangement (they loop back `4 × workers` epochs later, `dataflow::retraction_delay`;
+/// the 4 KiB batches here are ~100 records, half a second of event time, and with tumbling
+/// windows the key comes back half a second after its panes expire: about one batch). The expired panes are still in the trace then; the engine must
 /// neither emit their windows again nor retract them twice: every window is emitted final
 /// exactly once and equals the oracle, for one and two workers.
 #[test]
@@ -281,9 +282,10 @@ fn key_returning_before_its_expired_panes_leave() {
     let mut rows = Vec::new();
     for i in 0..6_000i64 {
         let ts = T0 + i * 10; // k0: T0 .. T0 + 60 s, every 10 ms
-        let gap = (15_000..17_000).contains(&(i * 10)) || i * 10 >= 30_000;
+        let gap = (15_000..16_500).contains(&(i * 10)) || i * 10 >= 30_000;
         for key in ["k0", "k1"] {
-            // k1: quiet from 15 s (its panes expire at 16 s) to 17 s, and after 30 s.
+            // k1: quiet from 15 s (its tumbling panes expire at 16 s) to 16.5 s, and after
+            // 30 s.
             if key == "k1" && gap {
                 continue;
             }

@@ -521,7 +521,7 @@ fn hosts_lost_mid_run_resume_as_other_shapes_from_a_shared_checkpoint() {
             assert_eq!(status.code(), Some(75), "process {i}:\n{}", stderr(&dir, i));
         }
     };
-    // Three hosts; host 2's process killed as soon as models come out.
+    // Three hosts; host 2's process killed once models are out and an epoch is committed.
     let args = cluster_args(&dir, &source, 3, common);
     for i in 0..3 {
         net.start(i, &args, &dir);
