@@ -1,7 +1,10 @@
 //! Crashes: a panic in the engine ends the process loudly, and a source batch that crashed
 //! it twice is set aside on the next start instead of crashing it forever.
 //!
-//! [`install`] sets a panic hook for the run. A panic on any thread but the HTTP server's
+//! [`install`] sets a panic hook for the run (the process's hook is set once; each run's
+//! state — its crashes, its fatal-error hook, whether it failed — lasts while the
+//! [`Installed`] guard it returns is held, and a panic outside a run goes to the hook
+//! that was there before). A panic on any thread but the HTTP server's
 //! (whose tokio runtime drops the one request) prints `error: thread '…' panicked at
 //! FILE:LINE: MESSAGE`, marks the process failed (`/healthz` answers 503 from then on),
 //! and hands the run's fatal-error hook exit code [`EXIT_PANIC`] (the `tributary`
@@ -25,7 +28,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, Once, RwLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -67,8 +70,20 @@ pub struct Crashes {
     set_aside: AtomicU64,
 }
 
-static CRASHES: OnceLock<Crashes> = OnceLock::new();
-static FAILED: OnceLock<String> = OnceLock::new();
+/// The state of the run in progress in this process, if any.
+struct Run {
+    crashes: Arc<Crashes>,
+    on_fatal: OnFatal,
+    /// Why the run failed, once a thread has panicked.
+    failed: Option<String>,
+}
+
+static RUN: RwLock<Option<Run>> = RwLock::new(None);
+static HOOK: Once = Once::new();
+
+fn run_state() -> std::sync::RwLockReadGuard<'static, Option<Run>> {
+    RUN.read().unwrap_or_else(|e| e.into_inner())
+}
 
 impl Crashes {
     fn load(dir: Option<&Path>, process: usize, committed: Option<u64>) -> Result<Self, String> {
@@ -138,74 +153,106 @@ impl Crashes {
 
 /// Installs the panic hook and loads the crashes recorded in `dir` (the checkpoint
 /// directory, if any) by process `process`; `committed` is the epoch the run resumes
-/// after. Call once per process, before the workers start.
+/// after. Call once per run, before the workers start, and hold the returned guard until
+/// the run ends: dropping it ends the run's hold on panics (a later panic goes to the hook
+/// that was installed before the first run), so a second run in the same process gets
+/// its own crashes and hook, not the first one's.
 ///
 /// The panic hook logs a panic (and records it against the batch being read) and then
 /// hands `on_fatal` a [`Fatal`]: exit code [`EXIT_PEER_LOST`] for a lost peer process,
 /// [`EXIT_PANIC`] (with the panic's thread, place and message) for any other. It is
 /// called inside the panic hook, so it must not panic itself (that aborts the process).
-/// A second call in the same process keeps the first call's hook and crashes.
 pub fn install(
     dir: Option<&Path>,
     process: usize,
     committed: Option<u64>,
     on_fatal: OnFatal,
-) -> Result<(), String> {
+) -> Result<Installed, String> {
     let crashes = Crashes::load(dir, process, committed)?;
     for (batch, why) in &crashes.quarantined {
         tracing::warn!("source batch {batch} is set aside (quarantined): {why}");
     }
-    if CRASHES.set(crashes).is_err() {
-        return Ok(()); // a second run in this process (tests, benchmarks): keep the first
+    *RUN.write().unwrap_or_else(|e| e.into_inner()) = Some(Run {
+        crashes: Arc::new(crashes),
+        on_fatal,
+        failed: None,
+    });
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let thread = std::thread::current();
+            let name = thread.name().unwrap_or("unnamed");
+            let run = run_state()
+                .as_ref()
+                .map(|r| (Arc::clone(&r.crashes), r.on_fatal));
+            let Some((crashes, on_fatal)) = run.filter(|_| name != "serve") else {
+                // Outside a run, or the HTTP server (whose runtime drops the request
+                // whose handler panicked): as before the run.
+                previous(info);
+                return;
+            };
+            panicked(info, name, &crashes, on_fatal);
+        }));
+    });
+    Ok(Installed(()))
+}
+
+/// The current run's hold on panics ([`install`]); dropping it ends the run's.
+#[must_use = "the run's panic handling lasts while this guard is held"]
+pub struct Installed(());
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        *RUN.write().unwrap_or_else(|e| e.into_inner()) = None;
     }
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let thread = std::thread::current();
-        let name = thread.name().unwrap_or("unnamed");
-        if name == "serve" {
-            // The HTTP server's runtime drops the request whose handler panicked.
-            previous(info);
-            return;
-        }
-        let payload = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "(no message)".into());
-        let place = info
-            .location()
-            .map(|l| format!("{}:{}", l.file(), l.line()))
-            .unwrap_or_default();
-        let message = format!("thread '{name}' panicked at {place}: {payload}");
-        let _ = FAILED.set(message.clone());
-        if name.starts_with("timely:recv") || name.starts_with("timely:send") {
-            fatal!(
-                on_fatal,
-                EXIT_PEER_LOST,
-                "lost the connection to another process of the cluster ({payload}); \
-                 stopping (exit {EXIT_PEER_LOST})"
-            );
-        }
-        tracing::error!("{message}");
-        // Only a worker's own fault is held against a batch: not a peer process lost
-        // (the network threads' "timely communication error", and the workers'
-        // "MergeQueue poisoned" that follows it), nor a source thread's.
-        let own_fault = name.starts_with("timely:work") && !payload.contains("MergeQueue");
-        if let (Some(crashes), true) = (CRASHES.get(), own_fault) {
-            crashes.record(&message);
-        }
-        tracing::error!("the engine failed; stopping (exit {EXIT_PANIC})");
-        on_fatal(Fatal::new(EXIT_PANIC, message));
-    }));
-    Ok(())
+}
+
+/// What the hook does with a panic during a run.
+fn panicked(
+    info: &std::panic::PanicHookInfo<'_>,
+    name: &str,
+    crashes: &Crashes,
+    on_fatal: OnFatal,
+) {
+    let payload = info
+        .payload()
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| info.payload().downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into());
+    let place = info
+        .location()
+        .map(|l| format!("{}:{}", l.file(), l.line()))
+        .unwrap_or_default();
+    let message = format!("thread '{name}' panicked at {place}: {payload}");
+    if let Some(run) = RUN.write().unwrap_or_else(|e| e.into_inner()).as_mut() {
+        run.failed.get_or_insert_with(|| message.clone());
+    }
+    if name.starts_with("timely:recv") || name.starts_with("timely:send") {
+        fatal!(
+            on_fatal,
+            EXIT_PEER_LOST,
+            "lost the connection to another process of the cluster ({payload}); \
+             stopping (exit {EXIT_PEER_LOST})"
+        );
+    }
+    tracing::error!("{message}");
+    // Only a worker's own fault is held against a batch: not a peer process lost (the
+    // network threads' "timely communication error", and the workers' "MergeQueue
+    // poisoned" that follows it), nor a source thread's.
+    if name.starts_with("timely:work") && !payload.contains("MergeQueue") {
+        crashes.record(&message);
+    }
+    tracing::error!("the engine failed; stopping (exit {EXIT_PANIC})");
+    on_fatal(Fatal::new(EXIT_PANIC, message));
 }
 
 /// Notes that this process begins to read source batch `batch`, and says whether the
 /// batch is quarantined (to be set aside instead of read into the windows).
 #[inline]
 pub fn begin_batch(batch: u64) -> bool {
-    let Some(crashes) = CRASHES.get() else {
+    let run = run_state();
+    let Some(crashes) = run.as_ref().map(|r| &r.crashes) else {
         return false;
     };
     crashes.newest.fetch_max(batch + 1, Ordering::SeqCst);
@@ -217,16 +264,16 @@ pub fn begin_batch(batch: u64) -> bool {
     }
 }
 
-/// Batches set aside as quarantined by this process.
+/// Batches set aside as quarantined by this process's run.
 pub fn batches_set_aside() -> u64 {
-    CRASHES
-        .get()
-        .map_or(0, |c| c.set_aside.load(Ordering::Relaxed))
+    run_state()
+        .as_ref()
+        .map_or(0, |r| r.crashes.set_aside.load(Ordering::Relaxed))
 }
 
-/// Why the process failed, once a worker has panicked.
-pub fn failure() -> Option<&'static str> {
-    FAILED.get().map(String::as_str)
+/// Why the run failed, once a thread of it has panicked.
+pub fn failure() -> Option<String> {
+    run_state().as_ref().and_then(|r| r.failed.clone())
 }
 
 #[cfg(test)]

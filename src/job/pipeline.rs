@@ -37,6 +37,7 @@ use crate::types::{OnError, OnFatal};
 /// }
 ///
 /// let dir = std::env::temp_dir().join(format!("tributary-pipeline-doc-{}", std::process::id()));
+/// let _ = std::fs::remove_dir_all(&dir); // a checkpoint left there would be resumed
 /// let job = Job::new(
 ///     "gen:rows=3000,keys=2,features=1,step=10".parse().unwrap(),
 ///     Schema::generated(1),
@@ -63,9 +64,10 @@ use crate::types::{OnError, OnFatal};
 /// a panic on any thread — is logged where it happens and handed to the hook
 /// ([`Pipeline::on_fatal`], [`RunContext::on_fatal`]) with the exit code the `tributary`
 /// command ends with for it. The hook must not return; the library never ends the process,
-/// the hook chooses. The run also installs the process's panic hook
-/// ([`quarantine::install`]), which hands a panic to the same hook: a hook that panics
-/// there aborts the process.
+/// the hook chooses. While it runs, a panic on any thread of the process (but the HTTP
+/// server's) is handed to the same hook ([`quarantine::install`]): a hook that panics there
+/// aborts the process. Once `run` returns, panics go to the hook the process had before,
+/// and a later run has its own hook and crash records.
 #[derive(Clone)]
 pub struct Pipeline {
     /// The settings: source, schema, windows, sinks, checkpoints, serving and limits.
@@ -175,6 +177,10 @@ impl Pipeline {
             on_fatal,
         } = self;
         let process = cluster.process;
+        job.check()?;
+        if cluster.workers == 0 {
+            return Err("a run needs at least one worker".into());
+        }
         // Fail early, on this thread, on a source that cannot be opened at all.
         if !job.source.is_logged() {
             SourceReader::open(&job.source, &job.schema, 0, 1).map_err(|e| e.to_string())?;
@@ -191,7 +197,8 @@ impl Pipeline {
             .and_then(|r| r.commit.clone());
         // From here on a panic anywhere ends the run loudly; with a checkpoint, a batch
         // that crashed it twice is set aside.
-        quarantine::install(
+        // Held to the end of the run: a panic after it goes to the hook from before.
+        let _panics = quarantine::install(
             job.checkpoint.as_deref(),
             process,
             commit.as_ref().map(|c| c.epoch),
