@@ -454,6 +454,80 @@ impl Job {
         }
     }
 
+    /// Checks what a job built by hand (not through [`JobSpec::resolve`], which checks
+    /// the same and more as it resolves flags) must hold before it runs: one dimension for
+    /// the schema, the windows and a generator; the fields of a record named once; a
+    /// non-negative ridge; an HTTP source served; `resume_from` and `close_after_idle`
+    /// only where they apply. [`Pipeline::run`](super::Pipeline::run) calls it first.
+    ///
+    /// ```
+    /// use tributary::{Job, Schema, WindowConfig};
+    ///
+    /// let job = Job::new(
+    ///     "gen:rows=1000,keys=2,features=2".parse().unwrap(),
+    ///     Schema::generated(2),
+    ///     WindowConfig::new("tumbling:10s".parse().unwrap(), 1), // one feature: wrong
+    /// );
+    /// let error = job.check().unwrap_err();
+    /// assert!(error.contains("2 features") && error.contains("1"), "{error}");
+    /// ```
+    pub fn check(&self) -> Result<(), String> {
+        let named = self.schema.features.len();
+        if named == 0 {
+            return Err("a job needs at least one feature".into());
+        }
+        if self.windows.features != named {
+            return Err(format!(
+                "the schema names {named} features ({}) but the windows are configured \
+                 for {}",
+                self.schema.features.join(","),
+                self.windows.features
+            ));
+        }
+        if let SourceSpec::Gen(g) = &self.source
+            && g.features != named
+        {
+            return Err(format!(
+                "the generator makes {} features but {named} are named",
+                g.features
+            ));
+        }
+        let s = &self.schema;
+        let mut names: Vec<&str> = vec![&s.time, &s.key, &s.target];
+        if s.time == s.key || s.time == s.target || s.key == s.target {
+            return Err(format!(
+                "the time ({}), key ({}) and target ({}) must be three fields",
+                s.time, s.key, s.target
+            ));
+        }
+        for name in s.features.iter().map(String::as_str) {
+            if names.contains(&name) {
+                return Err(format!("the field {name:?} is named twice in the schema"));
+            }
+            names.push(name);
+        }
+        let ridge = self.windows.solve.ridge;
+        if !(ridge >= 0.0 && ridge.is_finite()) {
+            return Err(format!(
+                "the ridge must be a non-negative number, not {ridge}"
+            ));
+        }
+        if self.source == SourceSpec::Http && self.serve.is_none() {
+            return Err("an http source needs serving (records arrive by POST /data)".into());
+        }
+        if self.resume_from.is_some() && self.checkpoint.is_none() {
+            return Err("resuming from an epoch needs a checkpoint directory".into());
+        }
+        if self.close_after_idle.is_some() && !self.source.is_logged() {
+            return Err(format!(
+                "closing after idle applies to live sources (http, tcp, a followed file), \
+                 not {}",
+                self.source
+            ));
+        }
+        Ok(())
+    }
+
     /// What identifies the dataflow in a checkpoint: source, schema, windows and solver
     /// (not the worker count, which may change between runs).
     pub fn fingerprint(&self) -> String {
@@ -551,7 +625,57 @@ mod tests {
 
     use clap::Args;
 
-    use super::JobSpec;
+    use super::{Job, JobSpec};
+    use crate::record::Schema;
+    use crate::types::Fatal;
+    use crate::{Pipeline, WindowConfig};
+
+    fn never(fatal: Fatal) -> ! {
+        panic!("no run should start: {}", fatal.message)
+    }
+
+    /// A job made by hand is checked as the flags' are: each mistake is refused with a
+    /// message naming it, by `check` and by `Pipeline::run` before anything starts.
+    #[test]
+    fn hand_built_jobs_are_checked_before_they_run() {
+        let job = |source: &str, d: usize| {
+            Job::new(
+                source.parse().unwrap(),
+                Schema::generated(2),
+                WindowConfig::new("tumbling:10s".parse().unwrap(), d),
+            )
+        };
+        assert_eq!(job("gen:rows=10,keys=1,features=2", 2).check(), Ok(()));
+        let mut cases: Vec<(Job, &str)> = vec![
+            (job("gen:rows=10,keys=1,features=2", 3), "configured for 3"),
+            (job("gen:rows=10,keys=1,features=3", 2), "generator makes 3"),
+            (job("http", 2), "needs serving"),
+        ];
+        let mut resume = job("gen:rows=10,keys=1,features=2", 2);
+        resume.resume_from = Some(3);
+        cases.push((resume, "needs a checkpoint"));
+        let mut ridge = job("gen:rows=10,keys=1,features=2", 2);
+        ridge.windows.solve.ridge = -1.0;
+        cases.push((ridge, "non-negative"));
+        let mut idle = job("gen:rows=10,keys=1,features=2", 2);
+        idle.close_after_idle = Some(std::time::Duration::from_secs(1));
+        cases.push((idle, "live sources"));
+        let mut twice = job("gen:rows=10,keys=1,features=2", 2);
+        twice.schema.features[1] = twice.schema.key.clone();
+        cases.push((twice, "named twice"));
+        for (job, says) in cases {
+            let error = job.check().unwrap_err();
+            assert!(error.contains(says), "{error:?} should say {says:?}");
+            let run = Pipeline::new(job, never).run().map(|_| ()).unwrap_err();
+            assert_eq!(run, error);
+        }
+        let no_workers = Pipeline::new(job("gen:rows=10,keys=1,features=2", 2), never).workers(0);
+        assert!(
+            no_workers
+                .run()
+                .is_err_and(|e| e.contains("at least one worker"))
+        );
+    }
 
     /// docs/dataflow-spec.md's table of settings has one row per [`JobSpec`] field, once,
     /// naming its SPEC.toml key and its flag as clap declares them.
