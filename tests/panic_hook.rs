@@ -1,9 +1,10 @@
 //! A run's panic handling lasts as long as the run (`quarantine::install` and its guard):
 //! during the run a worker's panic goes to the run's fatal-error hook, marks the run failed
 //! and is recorded against the batch being read; after it, a panic goes to the hook the
-//! process had before, and a second run starts with its own state. Its own test binary:
-//! the process's panic hook is process-wide, and the library's unit tests run in threads of
-//! one process.
+//! process had before, and a second run starts with its own state. Its own test binary,
+//! since the process's panic hook is process-wide; and the scenario runs in a child
+//! process of it, which ends with `process::exit`: the run's hook holds a panicked thread
+//! for good, inside the panic machinery, where the test harness's own exit would wait.
 
 mod common;
 
@@ -29,8 +30,51 @@ fn handed() -> Vec<(i32, String)> {
     HANDED.lock().unwrap().clone()
 }
 
+/// Set in the child process that runs [`scenario`].
+const CHILD: &str = "TRIBUTARY_PANIC_HOOK_CHILD";
+
 #[test]
 fn a_runs_panic_handling_ends_with_the_run() {
+    if std::env::var_os(CHILD).is_some() {
+        scenario();
+        std::process::exit(0);
+    }
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_runs_panic_handling_ends_with_the_run",
+            "--nocapture",
+        ])
+        .env(CHILD, "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the scenario failed or hung ({status:?}):\n{said}"
+    );
+}
+
+/// The run, a worker's panic in it, its end, a panic after it, and a second run.
+fn scenario() {
     let dir = TempDir::new("panic-hook");
     let guard = quarantine::install(Some(&dir.0), 0, None, note_and_hold).unwrap();
     assert_eq!(quarantine::failure(), None);
