@@ -21,7 +21,7 @@
 
 use std::collections::VecDeque;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use timely::dataflow::operators::Capability;
 use timely::dataflow::{ProbeHandle, Scope};
@@ -67,6 +67,8 @@ pub(crate) struct Reading {
     /// Their sum.
     updates_ahead: usize,
     max_updates_ahead: usize,
+    /// When the timer armed last fires, if it has not yet.
+    next_look: Option<Instant>,
 }
 
 impl Reading {
@@ -92,6 +94,7 @@ impl Reading {
             in_flight: VecDeque::new(),
             updates_ahead: 0,
             max_updates_ahead,
+            next_look: None,
         }
     }
 
@@ -118,14 +121,14 @@ impl Reading {
                     || self.updates_ahead >= self.max_updates_ahead =>
             {
                 // Too far ahead of the end of the dataflow: wait for it.
-                self.activator.activate_after(WAIT_FOR_PROBE);
+                self.look_again_after(WAIT_FOR_PROBE);
                 Poll::Wait
             }
             Some(batch) if !self.reader.ready() => {
                 // A live source whose next batch has not arrived: hold its epoch and wait;
                 // the source wakes this operator when the batch comes.
                 cap.downgrade(&batch.max(self.first));
-                self.activator.activate_after(WAIT_FOR_BATCH);
+                self.look_again_after(WAIT_FOR_BATCH);
                 Poll::Wait
             }
             Some(batch) => {
@@ -134,6 +137,21 @@ impl Reading {
             }
             None => Poll::End,
         }
+    }
+
+    /// Runs the operator again after `delay`, unless a look already due by then is
+    /// pending: timely keeps every timer, so re-arming at each activation (each wake of a
+    /// live source wakes every reader) would pile them up.
+    fn look_again_after(&mut self, delay: Duration) {
+        let now = Instant::now();
+        if self
+            .next_look
+            .is_some_and(|at| now < at && at <= now + delay)
+        {
+            return;
+        }
+        self.next_look = Some(now + delay);
+        self.activator.activate_after(delay);
     }
 
     /// Reads the batch [`poll`](Self::poll) returned into `sink`; returns the batch after
