@@ -156,7 +156,8 @@ impl Crashes {
 /// after. Call once per run, before the workers start, and hold the returned guard until
 /// the run ends: dropping it ends the run's hold on panics (a later panic goes to the hook
 /// that was installed before the first run), so a second run in the same process gets
-/// its own crashes and hook, not the first one's.
+/// its own crashes and hook, not the first one's. One run at a time per process: a run
+/// installed while another's guard is held takes the panics over, until either guard drops.
 ///
 /// The panic hook logs a panic (and records it against the batch being read) and then
 /// hands `on_fatal` a [`Fatal`]: exit code [`EXIT_PEER_LOST`] for a lost peer process,
