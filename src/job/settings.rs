@@ -221,49 +221,12 @@ impl JobSpec {
                 return Err(format!("--features is required for the source {source}"));
             }
         };
-        // Every field of a record named once: a name used twice would read one column
-        // into two places (or hide the other).
-        let mut names: Vec<&str> = vec![time.as_str(), key.as_str(), target.as_str()];
-        for name in features.iter().map(String::as_str) {
-            if names.contains(&name) {
-                return Err(format!(
-                    "--features: {name:?} is named twice among the time ({time}), key ({key}), \
-                     target ({target}) and features ({})",
-                    features.join(",")
-                ));
-            }
-            names.push(name);
-        }
-        if time == key || time == target || key == target {
-            return Err(format!(
-                "--time ({time}), --key ({key}) and --target ({target}) must be three fields"
-            ));
-        }
-        if let SourceSpec::Gen(g) = &source
-            && g.features != features.len()
-        {
-            return Err(format!(
-                "the generator makes {} features but {} are named",
-                g.features,
-                features.len()
-            ));
-        }
         let duration = |v: &Option<String>, default: &str, what: &str| -> Result<Time, String> {
             parse_duration(v.as_deref().unwrap_or(default)).map_err(|e| format!("{what}: {e}"))
         };
         let ridge = self.ridge.unwrap_or(0.0);
-        if !(ridge >= 0.0 && ridge.is_finite()) {
-            return Err(format!(
-                "--ridge must be a non-negative number, not {ridge}"
-            ));
-        }
         let d = features.len();
         let serve = self.serve.as_deref().map(parse_serve).transpose()?;
-        if source == SourceSpec::Http && serve.is_none() {
-            return Err(
-                "--source http needs --serve ADDRESS (records arrive by POST /data)".into(),
-            );
-        }
         let window: WindowSpec = self
             .window
             .as_deref()
@@ -271,12 +234,6 @@ impl JobSpec {
             .parse()?;
         let close_after_idle = match &self.close_after_idle {
             None => None,
-            Some(_) if !source.is_logged() => {
-                return Err(format!(
-                    "--close-after-idle applies to live sources (http, tcp, a followed \
-                     file), not {source}: it ends, and its last windows close then"
-                ));
-            }
             Some(t) => match parse_duration(t).map_err(|e| format!("--close-after-idle: {e}"))? {
                 ms if ms <= 0 => return Err("--close-after-idle must be positive".into()),
                 ms => Some(Duration::from_millis(ms as u64)),
@@ -297,7 +254,7 @@ impl JobSpec {
         };
         // What is not set takes the library's defaults (`Job::new`).
         let defaults = Job::new(source, schema, windows);
-        Ok(Job {
+        let job = Job {
             out: self.out.unwrap_or(defaults.out.clone()),
             late_out: self.late_out,
             on_error: self.on_error.unwrap_or(defaults.on_error),
@@ -334,7 +291,10 @@ impl JobSpec {
             max_pending_bytes: self.max_pending_bytes.unwrap_or(defaults.max_pending_bytes),
             http,
             ..defaults
-        })
+        };
+        // What a job must hold however it was made: checked once, in `Job::check`.
+        job.check()?;
+        Ok(job)
     }
 }
 
@@ -454,11 +414,12 @@ impl Job {
         }
     }
 
-    /// Checks what a job built by hand (not through [`JobSpec::resolve`], which checks
-    /// the same and more as it resolves flags) must hold before it runs: one dimension for
+    /// Checks what a job must hold before it runs, however it was made ([`JobSpec::resolve`]
+    /// and [`Pipeline::run`](super::Pipeline::run) both call it; an error names the setting
+    /// by its flag): one dimension for
     /// the schema, the windows and a generator; the fields of a record named once; a
     /// non-negative ridge; an HTTP source served; `resume_from` and `close_after_idle`
-    /// only where they apply. [`Pipeline::run`](super::Pipeline::run) calls it first.
+    /// only where they apply.
     ///
     /// ```
     /// use tributary::{Job, Schema, WindowConfig};
@@ -472,16 +433,36 @@ impl Job {
     /// assert!(error.contains("2 features") && error.contains("1"), "{error}");
     /// ```
     pub fn check(&self) -> Result<(), String> {
-        let named = self.schema.features.len();
+        let s = &self.schema;
+        let named = s.features.len();
         if named == 0 {
-            return Err("a job needs at least one feature".into());
+            return Err("a job needs at least one feature (--features)".into());
         }
         if self.windows.features != named {
             return Err(format!(
                 "the schema names {named} features ({}) but the windows are configured \
                  for {}",
-                self.schema.features.join(","),
+                s.features.join(","),
                 self.windows.features
+            ));
+        }
+        // Every field of a record named once: a name used twice would read one column
+        // into two places (or hide the other).
+        let (time, key, target) = (&s.time, &s.key, &s.target);
+        let mut names: Vec<&str> = vec![time, key, target];
+        for name in s.features.iter().map(String::as_str) {
+            if names.contains(&name) {
+                return Err(format!(
+                    "--features: {name:?} is named twice among the time ({time}), key ({key}), \
+                     target ({target}) and features ({})",
+                    s.features.join(",")
+                ));
+            }
+            names.push(name);
+        }
+        if time == key || time == target || key == target {
+            return Err(format!(
+                "--time ({time}), --key ({key}) and --target ({target}) must be three fields"
             ));
         }
         if let SourceSpec::Gen(g) = &self.source
@@ -492,36 +473,24 @@ impl Job {
                 g.features
             ));
         }
-        let s = &self.schema;
-        let mut names: Vec<&str> = vec![&s.time, &s.key, &s.target];
-        if s.time == s.key || s.time == s.target || s.key == s.target {
-            return Err(format!(
-                "the time ({}), key ({}) and target ({}) must be three fields",
-                s.time, s.key, s.target
-            ));
-        }
-        for name in s.features.iter().map(String::as_str) {
-            if names.contains(&name) {
-                return Err(format!("the field {name:?} is named twice in the schema"));
-            }
-            names.push(name);
-        }
         let ridge = self.windows.solve.ridge;
         if !(ridge >= 0.0 && ridge.is_finite()) {
             return Err(format!(
-                "the ridge must be a non-negative number, not {ridge}"
+                "--ridge must be a non-negative number, not {ridge}"
             ));
         }
         if self.source == SourceSpec::Http && self.serve.is_none() {
-            return Err("an http source needs serving (records arrive by POST /data)".into());
+            return Err(
+                "--source http needs --serve ADDRESS (records arrive by POST /data)".into(),
+            );
         }
         if self.resume_from.is_some() && self.checkpoint.is_none() {
-            return Err("resuming from an epoch needs a checkpoint directory".into());
+            return Err("--resume-from EPOCH needs --checkpoint DIR".into());
         }
         if self.close_after_idle.is_some() && !self.source.is_logged() {
             return Err(format!(
-                "closing after idle applies to live sources (http, tcp, a followed file), \
-                 not {}",
+                "--close-after-idle applies to live sources (http, tcp, a followed file), \
+                 not {}: it ends, and its last windows close then",
                 self.source
             ));
         }
@@ -649,11 +618,11 @@ mod tests {
         let mut cases: Vec<(Job, &str)> = vec![
             (job("gen:rows=10,keys=1,features=2", 3), "configured for 3"),
             (job("gen:rows=10,keys=1,features=3", 2), "generator makes 3"),
-            (job("http", 2), "needs serving"),
+            (job("http", 2), "needs --serve"),
         ];
         let mut resume = job("gen:rows=10,keys=1,features=2", 2);
         resume.resume_from = Some(3);
-        cases.push((resume, "needs a checkpoint"));
+        cases.push((resume, "needs --checkpoint"));
         let mut ridge = job("gen:rows=10,keys=1,features=2", 2);
         ridge.windows.solve.ridge = -1.0;
         cases.push((ridge, "non-negative"));

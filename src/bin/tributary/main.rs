@@ -197,9 +197,7 @@ fn run_command(args: RunArgs) -> Result<(), String> {
     let cluster = args.cluster(spec.workers);
     let mut job = spec.resolve()?;
     job.resume_from = args.resume_from;
-    if job.resume_from.is_some() && job.checkpoint.is_none() {
-        return Err("--resume-from EPOCH needs --checkpoint DIR".into());
-    }
+    job.check()?;
     if !args.quiet && args.process == 0 {
         tracing::info!(
             "tributary: {} window={} lateness={}ms ridge={} workers={}x{} out={}",
