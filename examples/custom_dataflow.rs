@@ -36,8 +36,7 @@ fn main() {
             let panes = input
                 .panes
                 .filter(|(key, _pane)| key == "k0" || key == "k1");
-            let (windows, _trace) =
-                windowed_regression(scope, panes, input.control, &config, &context);
+            let windows = windowed_regression(panes, input.control, &config, &context);
             windows
                 .models
                 .inspect(move |m| {

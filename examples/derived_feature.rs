@@ -43,8 +43,7 @@ fn main() {
             });
             // 5. Into pane statistics (watermark, lateness), then the windows' models.
             let panes = records.window_panes(&config);
-            let (windows, _trace) =
-                windowed_regression(scope, panes.panes, panes.control, &config, &context);
+            let windows = windowed_regression(panes.panes, panes.control, &config, &context);
             // 6. Print each final model.
             windows
                 .models

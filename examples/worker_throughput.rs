@@ -44,7 +44,7 @@ fn main() {
                 a.set(a.get() + stats.n);
                 y.set(y.get() + stats.sum()[4]);
             });
-            let (outputs, _trace) = windowed_regression(scope, panes, control, &config, &context);
+            let outputs = windowed_regression(panes, control, &config, &context);
             outputs
                 .models
                 .probe_with(&probe)

@@ -31,8 +31,8 @@
 //!     let counted = count.clone();
 //!     worker.dataflow(|scope| {
 //!         let input = ingest(scope, reader, &config, &context);
-//!         let (windows, _trace) =
-//!             windowed_regression(scope, input.panes, input.control, &config, &context);
+//!         let windows =
+//!             windowed_regression(input.panes, input.control, &config, &context);
 //!         windows
 //!             .models
 //!             .inspect(move |_| counted.set(counted.get() + 1))

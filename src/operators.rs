@@ -235,8 +235,8 @@ pub struct Panes<'scope> {
 ///     worker.dataflow(|scope| {
 ///         let panes = scope.input_from(&mut input).window_panes(&config);
 ///         panes.aside.inspect(move |a| set_aside.lock().unwrap().push(a.clone()));
-///         let (windows, _trace) =
-///             windowed_regression(scope, panes.panes, panes.control, &config, &context);
+///         let windows =
+///             windowed_regression(panes.panes, panes.control, &config, &context);
 ///         windows.models.inspect(move |m| out.lock().unwrap().push(m.clone()));
 ///     });
 ///     let record = |time, x: f64, y| Record { time, key: "a".into(), x: vec![x], y };

@@ -6,8 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use differential_dataflow::Hashable;
-use differential_dataflow::operators::arrange::TraceAgent;
-use differential_dataflow::trace::implementations::ValSpine;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
 use timely::dataflow::operators::vec::Partition;
@@ -20,10 +18,7 @@ use crate::stats::Stats;
 use crate::types::{Epoch, Fatal, OnError, OnFatal};
 use crate::window::{Pane, Time, WindowSpec};
 
-/// The arranged state: per key and pane, the pane's statistics.
-pub type PaneTrace = TraceAgent<ValSpine<Key, Pane, Epoch, Stats>>;
-
-/// A pane update of the arrangement's input: ((key, pane), time, statistics).
+/// A pane update: ((key, pane), time, statistics), as the pane collection carries it.
 pub type PaneUpdate = ((Key, Pane), Epoch, Stats);
 
 /// Everything the windows need to know, fixed for a run.
@@ -219,23 +214,3 @@ pub(super) fn split<'scope, D: 'static, const N: usize>(
         .try_into()
         .unwrap_or_else(|_| unreachable!("partition gives N parts"))
 }
-/// How many epochs after a pane expires its retraction enters the arrangement.
-///
-/// The retractions loop back into the arrangement's input, so the arrangement cannot seal
-/// epoch `e + delay` before the windows operator has finished epoch `e`. With a delay of
-/// one, the whole dataflow advanced about one epoch per round trip of that loop (three
-/// worker steps), far slower than the sources: the sources ran ahead until throttled, and
-/// the arrangement's batcher re-sorted the growing backlog at every step, so a long run
-/// slowed down as it went (a 120 M-record run on two workers fell to the speed of one).
-/// A delay of a few epochs per worker lets the loop keep up. Expired panes stay in the
-/// trace until then, invisible: the windows operator reads only panes it holds open, so
-/// the delay is memory at many keys (an epoch is a source batch, up to one pane per
-/// record). Four epochs per worker (sixteen until session 16, when the sources' run-ahead
-/// was also bounded in pane updates) costs nothing measurable at 16 keys, on big or small
-/// batches, and halves the peak at 10 000 keys: docs/benchmarks.md, "Session 16".
-pub fn retraction_delay(peers: usize) -> Epoch {
-    RETRACTION_DELAY_PER_WORKER * peers as Epoch
-}
-
-/// See [`retraction_delay`].
-pub const RETRACTION_DELAY_PER_WORKER: Epoch = 4;

@@ -1,25 +1,28 @@
-//! The windows operator: arranged pane statistics in, models and retractions out.
+//! The windows operator: pane statistics in (exchanged by key), models out.
+//!
+//! The operator keeps, per key, the accumulated statistics of the key's open panes: the
+//! pane collection's differences summed as of the epoch being evaluated, which is what an
+//! arrangement of the collection compacted to "now" would hold. It keeps nothing older,
+//! so it needs no spine of batches to merge and no retraction loop: a pane no open window
+//! needs is dropped, and a pane whose updates sum to zero records (`Stats::is_zero`, the
+//! count) disappears whatever residue its floating-point sums kept.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use differential_dataflow::difference::{Abelian, IsZero, Semigroup};
-use differential_dataflow::operators::arrange::Arranged;
-use differential_dataflow::trace::TraceReader;
-use differential_dataflow::trace::cursor::{Cursor, cursor_list};
+use differential_dataflow::difference::{IsZero, Semigroup};
+use differential_dataflow::{Hashable, VecCollection};
 use rustc_hash::{FxHashMap, FxHashSet};
 use timely::dataflow::StreamVec;
-use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::Operator;
 use timely::dataflow::operators::vec::{Broadcast, Map};
-use timely::progress::frontier::AntichainRef;
 
 use super::checkpointer::Checkpointer;
 use super::context::{
-    PaneTrace, PaneUpdate, RunContext, WindowConfig, frontier_of, owner, resumed_max_seen,
-    retraction_delay, split,
+    PaneUpdate, RunContext, WindowConfig, frontier_of, owner, resumed_max_seen, split,
 };
 use crate::checkpoint::ProvisionalWindow;
 use crate::held::ByEpoch;
@@ -35,8 +38,6 @@ use crate::window::{Pane, Time, Window, WindowSpec};
 pub struct WindowOutputs<'scope> {
     /// Model emissions.
     pub models: StreamVec<'scope, Epoch, ModelLine>,
-    /// Retractions of expired panes (to feed back into the arrangement).
-    pub retractions: StreamVec<'scope, Epoch, PaneUpdate>,
     /// Acknowledgements of checkpoint parts written.
     pub acks: StreamVec<'scope, Epoch, Ack>,
     /// Running estimates of open windows (`final: false`, not for `--out`), when
@@ -44,10 +45,10 @@ pub struct WindowOutputs<'scope> {
     pub estimates: StreamVec<'scope, Epoch, ModelLine>,
 }
 
-/// Windowed models from arranged pane statistics: the `windows` operator.
+/// Windowed models from a collection of pane statistics: the `windows` operator.
 ///
-/// [`windowed_regression`](super::windowed_regression) arranges the panes and feeds the
-/// expired ones back as retractions; by hand, on one worker:
+/// [`windowed_regression`](super::windowed_regression) is this operator on
+/// [`ingest`](super::ingest)'s panes; by hand, on one worker:
 ///
 /// ```
 /// use std::sync::{Arc, Mutex};
@@ -65,8 +66,7 @@ pub struct WindowOutputs<'scope> {
 /// let out = Arc::clone(&models);
 /// timely::example(move |scope| {
 ///     let input = ingest(scope, reader, &config, &context);
-///     let arranged = input.panes.arrange_by_key();
-///     let outputs = arranged.windowed_models(input.control, &config, &context);
+///     let outputs = input.panes.windowed_models(input.control, &config, &context);
 ///     outputs.models.inspect(move |m| out.lock().unwrap().push(m.clone()));
 /// });
 /// let mut models = models.lock().unwrap().clone();
@@ -80,8 +80,10 @@ pub trait WindowedModels<'scope> {
     /// Emits each window's model: provisionally when the largest event time seen passes
     /// its end (if the lateness is positive), again (with a higher `revision`) when late
     /// records within the lateness change it, and `final` when the watermark passes its
-    /// end. Expired panes are retracted from the arrangement through `retractions`. With
-    /// checkpoints, writes this worker's part of every checkpoint epoch and acknowledges it.
+    /// end. The pane updates are exchanged by key ([`owner`]); each worker keeps its keys'
+    /// open panes and drops a pane once every window holding it is final. Updates may be
+    /// negative (a correction): a pane whose count sums to zero is gone. With checkpoints,
+    /// writes this worker's part of every checkpoint epoch and acknowledges it.
     fn windowed_models(
         self,
         control: StreamVec<'scope, Epoch, Control>,
@@ -90,49 +92,33 @@ pub trait WindowedModels<'scope> {
     ) -> WindowOutputs<'scope>;
 }
 
-impl<'scope> WindowedModels<'scope> for Arranged<'scope, PaneTrace> {
+impl<'scope> WindowedModels<'scope> for VecCollection<'scope, Epoch, (Key, Pane), Stats> {
     fn windowed_models(
         self,
         control: StreamVec<'scope, Epoch, Control>,
         config: &WindowConfig,
         context: &RunContext,
     ) -> WindowOutputs<'scope> {
-        let scope = self.stream.scope();
-        let mut state = Windows::new(
-            config.clone(),
-            scope.index(),
-            scope.peers(),
-            self.trace.clone(),
-            context,
-        );
-        let out = self.stream.binary_frontier(
+        let scope = self.inner.scope();
+        let mut state = Windows::new(config.clone(), scope.index(), scope.peers(), context);
+        // The same worker as [`owner`]: timely's exchange takes the hash modulo the peers.
+        let by_key = Exchange::new(|((key, _), _, _): &PaneUpdate| key.hashed());
+        let out = self.inner.binary_frontier(
             control.broadcast(),
-            Pipeline,
+            by_key,
             Pipeline,
             "Windows",
             move |_cap, _info| {
-                // Per epoch, the panes added and the progress reports that came at it.
-                type Arrived = (Vec<(Key, Pane)>, Vec<Control>);
+                // Per epoch, the pane updates and the progress reports that came at it.
+                type Arrived = (Vec<((Key, Pane), Stats)>, Vec<Control>);
                 let mut held: ByEpoch<Arrived> = ByEpoch::default();
-                move |(spans, spans_frontier), (progress, progress_frontier), output| {
-                    spans.for_each(|cap, data| {
-                        // Updates in a batch may be at later times than the message that
-                        // carried it: each is held at its own time.
+                move |(panes, panes_frontier), (progress, progress_frontier), output| {
+                    panes.for_each(|cap, data| {
+                        // A collection's updates may be at later times than the message
+                        // that carried them: each is held at its own time.
                         held.capability(&cap, output.output_index());
-                        for span in data.drain(..) {
-                            let Some(batch) = span.inner else { continue };
-                            let (mut cursor, storage) = cursor_list(vec![batch]);
-                            while let Some(key) = cursor.get_key(&storage) {
-                                while let Some(pane) = cursor.get_val(&storage) {
-                                    cursor.map_times(&storage, |t, diff| {
-                                        if diff.n > 0 {
-                                            held.at(*t).0.push((key.clone(), *pane));
-                                        }
-                                    });
-                                    cursor.step_val(&storage);
-                                }
-                                cursor.step_key(&storage);
-                            }
+                        for (pane, time, stats) in data.drain(..) {
+                            held.at(time).0.push((pane, stats));
                         }
                     });
                     progress.for_each(|cap, data| {
@@ -141,29 +127,22 @@ impl<'scope> WindowedModels<'scope> for Arranged<'scope, PaneTrace> {
                     });
                     // Every epoch that has something, in order, once both inputs are
                     // complete through it.
-                    let frontiers = [spans_frontier.frontier(), progress_frontier.frontier()];
-                    while let Some((cap, (new_panes, new_reports))) =
-                        held.take_passed_all(&frontiers)
-                    {
+                    let frontiers = [panes_frontier.frontier(), progress_frontier.frontier()];
+                    while let Some((cap, (updates, reports))) = held.take_passed_all(&frontiers) {
                         let mut session = output.session(&cap);
-                        state.epoch(*cap.time(), new_panes, new_reports, |e| session.give(e));
+                        state.epoch(*cap.time(), updates, reports, |e| session.give(e));
                     }
                 }
             },
         );
-        let [models, acks, estimates, retractions] = split(out, |e| match e {
+        let [models, acks, estimates] = split(out, |e| match e {
             Emission::Model(_) => 0,
             Emission::Ack(_) => 1,
             Emission::Estimate(_) => 2,
-            Emission::Retract(_) => 3,
         });
         WindowOutputs {
             models: models.flat_map(|e| match e {
                 Emission::Model(m) => Some(m),
-                _ => None,
-            }),
-            retractions: retractions.flat_map(|e| match e {
-                Emission::Retract(r) => Some(r),
                 _ => None,
             }),
             acks: acks.flat_map(|e| match e {
@@ -183,14 +162,12 @@ impl<'scope> WindowedModels<'scope> for Arranged<'scope, PaneTrace> {
 enum Emission {
     Model(ModelLine),
     Estimate(ModelLine),
-    Retract(PaneUpdate),
     Ack(Ack),
 }
 
-/// The windows operator's state: an index of open panes per key (no statistics).
+/// The windows operator's state: per key, its open panes' statistics.
 struct Windows {
     config: WindowConfig,
-    trace: PaneTrace,
     /// Largest event time admitted by each worker, as last reported.
     max_seen: Vec<Time>,
     keys: FxHashMap<Key, KeyWindows>,
@@ -207,43 +184,84 @@ struct Windows {
     /// Whether this worker tallies every worker's records into the metrics (worker 0:
     /// it hears every worker's progress, so process 0's metrics cover the cluster).
     counts_workers: bool,
-    /// Epochs from a pane's expiry to its retraction ([`retraction_delay`]).
-    retraction_delay: Epoch,
     /// The source is one partition ([`RunContext::one_partition`]).
     one_partition: bool,
     /// The epoch being evaluated is a source's idle close: finals say so.
     closing_idle: bool,
+    /// Storage reused for each window's sum of panes.
+    scratch: Stats,
+    /// This epoch's changes to the metrics, added once at its end.
+    tally: Tally,
 }
 
+/// Changes to the metrics, gathered over an epoch (an atomic addition per pane and per
+/// window was a few per cent of a run with many keys).
+#[derive(Default)]
+struct Tally {
+    panes: i64,
+    finals: u64,
+    provisional: u64,
+    closed_idle: u64,
+    estimates: u64,
+}
+
+impl Tally {
+    fn add_to(&mut self, metrics: &Metrics) {
+        let t = std::mem::take(self);
+        if t.panes != 0 {
+            metrics.open_panes.fetch_add(t.panes, Relaxed);
+        }
+        for (counter, n) in [
+            (&metrics.windows_final, t.finals),
+            (&metrics.windows_provisional, t.provisional),
+            (&metrics.windows_closed_idle, t.closed_idle),
+            (&metrics.estimates, t.estimates),
+        ] {
+            if n != 0 {
+                counter.fetch_add(n, Relaxed);
+            }
+        }
+    }
+}
+
+/// One key's state.
+#[derive(Default)]
 struct KeyWindows {
-    panes: BTreeSet<Pane>,
+    /// The open panes and their statistics, in order (a key has a handful).
+    panes: Vec<(Pane, Stats)>,
     /// Windows emitted provisionally: window start → (end, n, revision).
     emitted: BTreeMap<Time, (Time, i64, u32)>,
     /// Every window of this key ending at or before this time has been emitted final.
     final_through: Time,
 }
 
-impl Default for KeyWindows {
-    fn default() -> Self {
-        KeyWindows {
-            panes: BTreeSet::new(),
-            emitted: BTreeMap::new(),
-            final_through: Time::MIN,
+impl KeyWindows {
+    /// Adds `stats` to `pane`. Returns whether the pane is new, and whether it is gone
+    /// (its updates sum to zero records).
+    fn add(&mut self, pane: Pane, stats: Stats) -> (bool, bool) {
+        match self.panes.binary_search_by(|(p, _)| p.cmp(&pane)) {
+            Ok(i) => {
+                let total = &mut self.panes[i].1;
+                total.plus_equals(&stats);
+                let gone = total.is_zero();
+                if gone {
+                    self.panes.remove(i);
+                }
+                (false, gone)
+            }
+            Err(_) if stats.is_zero() => (false, false),
+            Err(i) => {
+                self.panes.insert(i, (pane, stats));
+                (true, false)
+            }
         }
     }
 }
 
 impl Windows {
-    fn new(
-        config: WindowConfig,
-        worker: usize,
-        peers: usize,
-        trace: PaneTrace,
-        context: &RunContext,
-    ) -> Self {
+    fn new(config: WindowConfig, worker: usize, peers: usize, context: &RunContext) -> Self {
         let mut windows = Windows {
             config,
-            trace,
             max_seen: vec![Time::MIN; peers],
             keys: FxHashMap::default(),
             agenda: Agenda::default(),
@@ -252,9 +270,10 @@ impl Windows {
             estimates: context.estimates,
             open_windows: 0,
             counts_workers: worker == 0,
-            retraction_delay: retraction_delay(peers),
             one_partition: context.one_partition,
             closing_idle: false,
+            scratch: Stats::zero(),
+            tally: Tally::default(),
             checkpoint: context
                 .checkpoint
                 .clone()
@@ -303,7 +322,7 @@ impl Windows {
     fn epoch(
         &mut self,
         epoch: Epoch,
-        added: Vec<(Key, Pane)>,
+        updates: Vec<((Key, Pane), Stats)>,
         reports: Vec<Control>,
         mut emit: impl FnMut(Emission),
     ) {
@@ -332,26 +351,29 @@ impl Windows {
         self.metrics.watermark.store(watermark, Relaxed);
 
         let spec = self.config.window;
-        let mut due: BTreeSet<Key> = BTreeSet::new();
-        let mut touched: BTreeSet<Key> = BTreeSet::new();
-        for (key, pane) in added {
-            if self.estimates && !touched.contains(&key) {
-                touched.insert(key.clone());
+        let mut due: Vec<Key> = Vec::new();
+        let mut touched: Vec<Key> = Vec::new();
+        for ((key, pane), stats) in updates {
+            if self.estimates {
+                touched.push(key.clone());
             }
             if let Some(c) = self.checkpoint.as_mut() {
                 c.touch(&key, pane, true);
             }
             let entry = self.key_state(&key);
-            let fresh = entry.panes.insert(pane);
+            let (fresh, gone) = entry.add(pane, stats);
             if !entry.emitted.is_empty() {
                 // Late records changed a window already emitted: revise it.
-                due.insert(key.clone());
+                due.push(key.clone());
+            }
+            if gone {
+                self.tally.panes -= 1;
             }
             if !fresh {
                 // A pane already open: only its statistics changed.
                 continue;
             }
-            self.metrics.open_panes.fetch_add(1, Relaxed);
+            self.tally.panes += 1;
             if spec.is_session() {
                 self.agenda.insert(spec.pane_expires_at(pane), key);
             } else {
@@ -361,30 +383,22 @@ impl Windows {
             }
         }
         self.agenda.take_through(frontier, &mut due);
-        // One read of the trace for the keys due and the keys whose estimates changed.
-        let mut wanted = due.clone();
-        wanted.extend(touched.iter().cloned());
-        if !wanted.is_empty() {
-            let mut estimates = Vec::new();
-            for (key, mut panes) in self.read(epoch, &wanted) {
-                if due.contains(&key) {
-                    let read = touched.contains(&key).then(|| panes.clone());
-                    self.evaluate(epoch, &key, panes, frontier, watermark, &mut emit);
-                    let Some(read) = read else { continue };
-                    // As a read after the evaluation would see them: the panes still open.
-                    let open = self.keys.get(&key).map(|s| &s.panes);
-                    panes = read;
-                    panes.retain(|(pane, _)| open.is_some_and(|open| open.contains(pane)));
+        due.sort_unstable();
+        due.dedup();
+        for key in &due {
+            self.evaluate(key, frontier, watermark, &mut emit);
+        }
+        if self.estimates {
+            touched.sort_unstable();
+            touched.dedup();
+            for key in &touched {
+                if let Some(estimate) = self.estimate(key, frontier) {
+                    self.tally.estimates += 1;
+                    emit(Emission::Estimate(estimate));
                 }
-                if let Some(estimate) = self.estimate(&key, &panes, frontier) {
-                    estimates.push(estimate);
-                }
-            }
-            for estimate in estimates {
-                self.metrics.estimates.fetch_add(1, Relaxed);
-                emit(Emission::Estimate(estimate));
             }
         }
+        self.tally.add_to(&self.metrics);
         let open = self.agenda.len() as i64;
         self.metrics
             .open_windows
@@ -396,7 +410,7 @@ impl Windows {
             let metrics = Arc::clone(&self.metrics);
             let ack = c.write_part(
                 epoch,
-                |keys| self.read(epoch, keys),
+                |keys| self.read(keys),
                 provisional,
                 max_seen,
                 &metrics,
@@ -404,7 +418,6 @@ impl Windows {
             self.checkpoint = Some(c);
             emit(Emission::Ack(ack));
         }
-        self.compact(epoch);
     }
 
     /// The windows emitted provisionally and not final yet, for a checkpoint.
@@ -418,49 +431,20 @@ impl Windows {
         emitted
     }
 
-    /// Reads the statistics of every open pane of the given keys, as of `epoch`.
-    fn read(&mut self, epoch: Epoch, keys: &BTreeSet<Key>) -> Vec<(Key, Vec<(Pane, Stats)>)> {
-        let batches = self
-            .trace
-            .batches_through(AntichainRef::new(&[]))
-            .expect("the pane trace is readable");
-        let (mut cursor, storage) = cursor_list(batches);
-        let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
-            let mut panes = Vec::new();
-            // Only the panes this operator holds open: an expired pane's retraction
-            // reaches the trace `retraction_delay` epochs later.
-            let open = self.keys.get(key).map(|s| &s.panes);
-            cursor.seek_key(&storage, key);
-            if cursor.get_key(&storage) == Some(key) {
-                while let Some(pane) = cursor.get_val(&storage) {
-                    if !open.is_some_and(|open| open.contains(pane)) {
-                        cursor.step_val(&storage);
-                        continue;
-                    }
-                    let mut total = Stats::zero();
-                    cursor.map_times(&storage, |t, diff| {
-                        if *t <= epoch {
-                            total.plus_equals(diff);
-                        }
-                    });
-                    if !total.is_zero() {
-                        panes.push((*pane, total));
-                    }
-                    cursor.step_val(&storage);
-                }
-            }
-            out.push((key.clone(), panes));
-        }
-        out
+    /// The statistics of every open pane of the given keys, for a checkpoint.
+    fn read(&self, keys: &BTreeSet<Key>) -> Vec<(Key, Vec<(Pane, Stats)>)> {
+        keys.iter()
+            .map(|key| {
+                let panes = self.keys.get(key).map(|s| s.panes.clone());
+                (key.clone(), panes.unwrap_or_default())
+            })
+            .collect()
     }
 
-    /// Emits the due windows of one key and retracts the panes no open window needs.
+    /// Emits the due windows of one key and drops the panes no open window needs.
     fn evaluate(
         &mut self,
-        epoch: Epoch,
         key: &Key,
-        panes: Vec<(Pane, Stats)>,
         frontier: Time,
         watermark: Time,
         emit: &mut impl FnMut(Emission),
@@ -469,19 +453,12 @@ impl Windows {
         let Some(state) = self.keys.get_mut(key) else {
             return;
         };
-        let windows = windows_of(spec, &panes);
-
         let mut expired_sessions: Vec<usize> = Vec::new();
         let mut revisit: Vec<Time> = Vec::new();
-        for (window, members) in windows {
-            if window.end > frontier || window.end <= state.final_through {
-                continue;
-            }
+        let stats = &mut self.scratch;
+        for (window, members) in windows_of(spec, &state.panes, state.final_through, frontier) {
             let is_final = window.end <= watermark;
-            let mut stats = Stats::zero();
-            for i in members.clone() {
-                stats.plus_equals(&panes[i].1);
-            }
+            sum_into(stats, &state.panes[members.clone()]);
             let revision = match state.emitted.get(&window.start) {
                 Some(&(end, n, _)) if end == window.end && n == stats.n && !is_final => {
                     // Emitted and unchanged: nothing to say yet, but it must still come
@@ -495,16 +472,16 @@ impl Windows {
                 Some(&(_, _, rev)) => rev + 1,
                 None => 0,
             };
-            let fit = solve(&stats, self.config.solve);
-            let mut line = ModelLine::new(key.as_str(), window, &stats, fit, is_final, revision);
+            let fit = solve(stats, self.config.solve);
+            let mut line = ModelLine::new(key.as_str(), window, stats, fit, is_final, revision);
             if is_final && self.closing_idle {
                 line.closed_by = Some("idle".into());
-                self.metrics.windows_closed_idle.fetch_add(1, Relaxed);
+                self.tally.closed_idle += 1;
             }
             emit(Emission::Model(line));
             if is_final {
                 state.emitted.remove(&window.start);
-                self.metrics.windows_final.fetch_add(1, Relaxed);
+                self.tally.finals += 1;
                 if spec.is_session() {
                     expired_sessions.extend(members);
                 }
@@ -512,34 +489,29 @@ impl Windows {
                 state
                     .emitted
                     .insert(window.start, (window.end, stats.n, revision));
-                self.metrics.windows_provisional.fetch_add(1, Relaxed);
+                self.tally.provisional += 1;
                 // Come back when the watermark passes its end.
                 revisit.push(window.end.saturating_add(self.config.lateness));
             }
         }
 
         state.final_through = state.final_through.max(watermark);
-        for (i, (pane, stats)) in panes.into_iter().enumerate() {
+        let mut i = 0;
+        state.panes.retain(|(pane, _)| {
             let expired = if spec.is_session() {
                 expired_sessions.contains(&i)
             } else {
-                spec.pane_expires_at(pane) <= watermark
+                spec.pane_expires_at(*pane) <= watermark
             };
+            i += 1;
             if expired {
                 if let Some(c) = self.checkpoint.as_mut() {
-                    c.touch(key, pane, false);
+                    c.touch(key, *pane, false);
                 }
-                state.panes.remove(&pane);
-                self.metrics.open_panes.fetch_sub(1, Relaxed);
-                let mut retraction = stats;
-                retraction.negate();
-                emit(Emission::Retract((
-                    (key.clone(), pane),
-                    epoch + self.retraction_delay,
-                    retraction,
-                )));
+                self.tally.panes -= 1;
             }
-        }
+            !expired
+        });
         if state.panes.is_empty() && state.emitted.is_empty() {
             self.keys.remove(key);
         }
@@ -550,25 +522,16 @@ impl Windows {
 
     /// The running estimate of `key`'s open window that closes next (the one ending
     /// first after `frontier`), from the statistics of its panes so far.
-    fn estimate(&self, key: &Key, panes: &[(Pane, Stats)], frontier: Time) -> Option<ModelLine> {
-        let (window, members) = windows_of(self.config.window, panes)
+    fn estimate(&mut self, key: &Key, frontier: Time) -> Option<ModelLine> {
+        let panes = &self.keys.get(key)?.panes;
+        // Windows in order of start are in order of end (one length, or disjoint sessions).
+        let (window, members) = windows_of(self.config.window, panes, frontier, Time::MAX)
             .into_iter()
-            .filter(|(w, _)| w.end > frontier)
-            .min_by_key(|(w, _)| (w.end, w.start))?;
-        let mut stats = Stats::zero();
-        for i in members {
-            stats.plus_equals(&panes[i].1);
-        }
-        let fit = solve(&stats, self.config.solve);
-        Some(ModelLine::new(key.as_str(), window, &stats, fit, false, 0))
-    }
-
-    /// Lets the trace forget history before `epoch`: it only answers "as of now" queries.
-    fn compact(&mut self, epoch: Epoch) {
-        self.trace
-            .set_logical_compaction(AntichainRef::new(&[epoch]));
-        self.trace
-            .set_physical_compaction(AntichainRef::new(&[epoch]));
+            .next()?;
+        let stats = &mut self.scratch;
+        sum_into(stats, &panes[members]);
+        let fit = solve(stats, self.config.solve);
+        Some(ModelLine::new(key.as_str(), window, stats, fit, false, 0))
     }
 }
 
@@ -593,7 +556,7 @@ impl Agenda {
     }
 
     /// Moves the keys of every time at or before `frontier` into `due`.
-    fn take_through(&mut self, frontier: Time, due: &mut BTreeSet<Key>) {
+    fn take_through(&mut self, frontier: Time, due: &mut Vec<Key>) {
         while let Some(entry) = self.by_time.first_entry() {
             if *entry.key() > frontier {
                 break;
@@ -610,29 +573,68 @@ impl Agenda {
     }
 }
 
-/// The windows of one key's open panes, each with the indices of the panes it sums.
+/// `stats` becomes the sum of `panes`, reusing its storage.
+fn sum_into(stats: &mut Stats, panes: &[(Pane, Stats)]) {
+    stats.n = 0;
+    stats.sums.clear();
+    for (_, pane) in panes {
+        stats.plus_equals(pane);
+    }
+}
+
+/// The windows of one key's open panes that end in `(after, through]`, in order, each
+/// with the indices of the panes it sums.
 ///
-/// `panes` are sorted (as the trace gives them), so a window's panes are a range.
-fn windows_of(spec: WindowSpec, panes: &[(Pane, Stats)]) -> Vec<(Window, Range<usize>)> {
+/// `panes` are sorted, so a window's panes are a range. Aligned windows (tumbling,
+/// sliding) start at multiples of the slide, as their panes do: the candidates are the
+/// starts from the earliest window holding the first pane to the last pane's start, and
+/// two cursors find each one's panes.
+fn windows_of(
+    spec: WindowSpec,
+    panes: &[(Pane, Stats)],
+    after: Time,
+    through: Time,
+) -> Vec<(Window, Range<usize>)> {
     if spec.is_session() {
         let bounds: Vec<Pane> = panes.iter().map(|(p, _)| *p).collect();
-        return spec.sessions(&bounds);
+        let mut sessions = spec.sessions(&bounds);
+        sessions.retain(|(w, _)| after < w.end && w.end <= through);
+        return sessions;
     }
     debug_assert!(panes.windows(2).all(|w| w[0].0.start < w[1].0.start));
-    let mut windows: Vec<Window> = panes
-        .iter()
-        .flat_map(|(pane, _)| spec.windows_of_pane(pane.start))
-        .collect();
-    windows.sort_unstable();
-    windows.dedup();
+    let (Some((first, _)), Some((last, _))) = (panes.first(), panes.last()) else {
+        return Vec::new();
+    };
+    let slide = spec.bucket();
+    let length = match spec {
+        WindowSpec::Sliding { length, .. } | WindowSpec::Tumbling { length } => length,
+        WindowSpec::Session { .. } => unreachable!("sessions are handled above"),
+    };
+    // Ends after `after`: starts from `after - length + 1`, rounded up to the slide.
+    let lowest = after.saturating_sub(length).saturating_add(1);
+    let lowest = lowest.saturating_add((slide - lowest.rem_euclid(slide)) % slide);
+    let mut start = (first.start - length + slide).max(lowest);
+    let last_start = last.start.min(through.saturating_sub(length));
+    let mut windows = Vec::new();
+    let (mut from, mut to) = (0, 0);
+    while start <= last_start {
+        let window = Window {
+            start,
+            end: start + length,
+        };
+        while from < panes.len() && panes[from].0.start < window.start {
+            from += 1;
+        }
+        to = to.max(from);
+        while to < panes.len() && panes[to].0.end <= window.end {
+            to += 1;
+        }
+        if from < to {
+            windows.push((window, from..to));
+        }
+        start += slide;
+    }
     windows
-        .into_iter()
-        .map(|w| {
-            let from = panes.partition_point(|(p, _)| p.start < w.start);
-            let to = from + panes[from..].partition_point(|(p, _)| p.end <= w.end);
-            (w, from..to)
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -647,15 +649,17 @@ mod tests {
         }
         // (20, b) twice is one window that may end.
         assert_eq!(agenda.len(), 4);
-        let mut due = BTreeSet::new();
+        let mut due = Vec::new();
         agenda.take_through(9, &mut due);
         assert!(due.is_empty());
         agenda.take_through(20, &mut due);
-        assert_eq!(due, BTreeSet::from([Key::from("a"), Key::from("b")]));
+        due.sort();
+        due.dedup();
+        assert_eq!(due, [Key::from("a"), Key::from("b")]);
         assert_eq!(agenda.len(), 1);
         due.clear();
         agenda.take_through(Time::MAX, &mut due);
-        assert_eq!(due, BTreeSet::from([Key::from("a")]));
+        assert_eq!(due, [Key::from("a")]);
         assert_eq!(agenda.len(), 0);
     }
 }

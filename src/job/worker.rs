@@ -88,19 +88,14 @@ pub(super) fn run_worker(worker: &mut Worker, shared: &Shared) {
             }
             None => (ingested.control, None),
         };
-        let (outputs, trace) =
-            windowed_regression(scope, ingested.panes, control, &job.windows, context);
-        drop(trace);
+        let outputs = windowed_regression(ingested.panes, control, &job.windows, context);
         // The model sink (`--out`, worker 0).
         let out = job.out.clone();
         let out_from = shared.out_from;
         let out_ledger = Rc::new(RefCell::new(Ledger::default()));
         let written = outputs.models.write_lines(
             move || open_output(&out, Some(out_from)),
-            |m: &ModelLine| {
-                let (a, b, c, d, e) = m.order();
-                (a, b.to_owned(), c, d, e)
-            },
+            |a: &ModelLine, b: &ModelLine| a.order().cmp(&b.order()),
             Some(Rc::clone(&out_ledger)),
             context.on_fatal,
         );
@@ -118,7 +113,7 @@ pub(super) fn run_worker(worker: &mut Worker, shared: &Shared) {
                 let late_from = shared.late_from;
                 let late_written = ingested.aside.write_lines(
                     move || open_output(&late, Some(late_from)),
-                    |a: &SetAside| (a.ts, a.key.clone()),
+                    |a: &SetAside, b: &SetAside| (a.ts, &a.key).cmp(&(b.ts, &b.key)),
                     Some(ledger),
                     context.on_fatal,
                 );
