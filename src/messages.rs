@@ -131,6 +131,19 @@ fn is_zero_u32(v: &u32) -> bool {
 }
 
 impl JsonLine for ModelLine {
+    type Order<'a> = (Time, &'a str, Time, bool, u32);
+
+    /// By window end, then key, window start, finality and revision.
+    fn order(&self) -> Self::Order<'_> {
+        (
+            self.window_end,
+            &self.key,
+            self.window_start,
+            self.is_final,
+            self.revision,
+        )
+    }
+
     /// The bytes serde_json writes for `ModelJson` (a unit test holds them equal), with
     /// the field names as literals: only the key and the numbers are formatted.
     fn write_json(&self, w: &mut Vec<u8>) -> std::io::Result<()> {
@@ -212,6 +225,13 @@ impl ModelLine {
 }
 
 impl JsonLine for SetAside {
+    type Order<'a> = (Time, &'a str);
+
+    /// By event time, then key.
+    fn order(&self) -> Self::Order<'_> {
+        (self.ts, &self.key)
+    }
+
     fn write_json(&self, w: &mut Vec<u8>) -> std::io::Result<()> {
         serde_json::to_writer(w, self).map_err(std::io::Error::other)
     }
@@ -241,17 +261,6 @@ impl ModelLine {
             revision,
             closed_by: None,
         }
-    }
-
-    /// The order lines are written in within an epoch.
-    pub fn order(&self) -> (Time, &str, Time, bool, u32) {
-        (
-            self.window_end,
-            &self.key,
-            self.window_start,
-            self.is_final,
-            self.revision,
-        )
     }
 }
 

@@ -1,7 +1,6 @@
 //! Sinks: JSON lines written by worker 0, epoch by epoch, in a deterministic order.
 
 use std::cell::RefCell;
-use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -96,6 +95,15 @@ impl Ledger {
 
 /// Elements written as one JSON object per line.
 pub trait JsonLine {
+    /// The order in which an epoch's elements are written: the same whatever the worker
+    /// count, so that an output does not depend on it.
+    type Order<'a>: Ord
+    where
+        Self: 'a;
+
+    /// This element's place in that order.
+    fn order(&self) -> Self::Order<'_>;
+
     /// Appends the element to `out` as one JSON object (no newline).
     fn write_json(&self, out: &mut Vec<u8>) -> io::Result<()>;
 }
@@ -106,37 +114,33 @@ const LINE_CHUNK: usize = 1 << 16;
 /// Writes a stream as JSON lines on worker 0.
 pub trait WriteLines<'scope, D> {
     /// Routes every element to worker 0, which writes each completed epoch's elements,
-    /// in the order `order` compares them, to `writer` (opened by `open` on worker 0
-    /// only) and flushes.
+    /// in their [`JsonLine::order`], to `writer` (opened by `open` on worker 0 only) and
+    /// flushes.
     /// Returns the stream of written elements, for probing. An output that cannot be
     /// opened or written is logged and handed to `on_fatal` (exit code
     /// [`EXIT_SOURCE_OR_OUTPUT`]).
-    fn write_lines<O, F>(
+    fn write_lines<F>(
         self,
         open: F,
-        order: O,
         ledger: Option<SharedLedger>,
         on_fatal: OnFatal,
     ) -> StreamVec<'scope, Epoch, D>
     where
-        F: FnOnce() -> io::Result<Output> + 'static,
-        O: Fn(&D, &D) -> Ordering + 'static;
+        F: FnOnce() -> io::Result<Output> + 'static;
 }
 
 impl<'scope, D> WriteLines<'scope, D> for StreamVec<'scope, Epoch, D>
 where
     D: timely::ExchangeData + JsonLine + Clone,
 {
-    fn write_lines<O, F>(
+    fn write_lines<F>(
         self,
         open: F,
-        order: O,
         ledger: Option<SharedLedger>,
         on_fatal: OnFatal,
     ) -> StreamVec<'scope, Epoch, D>
     where
         F: FnOnce() -> io::Result<Output> + 'static,
-        O: Fn(&D, &D) -> Ordering + 'static,
     {
         let worker = self.scope().index();
         let mut writer = if worker == 0 {
@@ -165,7 +169,6 @@ where
             move |_cap, _info| {
                 let mut held: Held<D> = Held::default();
                 let mut line: Vec<u8> = Vec::with_capacity(2 * LINE_CHUNK);
-                let mut sorted: Vec<usize> = Vec::new();
                 move |(input, frontier),
                       output: &mut timely::dataflow::operators::generic::OutputBuilderSession<
                     '_,
@@ -176,10 +179,11 @@ where
                     while let Some((cap, items)) = held.take_passed(frontier.frontier()) {
                         let epoch = *cap.time();
                         // Written in order; the items themselves stay where they are (a
-                        // model line is a few hundred bytes to move, an index eight).
-                        sorted.clear();
-                        sorted.extend(0..items.len());
-                        sorted.sort_by(|&a, &b| order(&items[a], &items[b]));
+                        // model line is a few hundred bytes to move): their places in the
+                        // order are sorted, each with its index.
+                        let mut sorted: Vec<(D::Order<'_>, usize)> =
+                            items.iter().map(|item| item.order()).zip(0..).collect();
+                        sorted.sort_unstable();
                         if let Some((w, len)) = writer.as_mut() {
                             let mut counting = Counting {
                                 inner: &mut **w,
@@ -189,7 +193,7 @@ where
                             // writer a chunk at a time.
                             let written = sorted
                                 .iter()
-                                .try_for_each(|&i| {
+                                .try_for_each(|&(_, i)| {
                                     items[i].write_json(&mut line)?;
                                     line.push(b'\n');
                                     if line.len() >= LINE_CHUNK {
@@ -208,6 +212,7 @@ where
                                 ledger.borrow_mut().offsets.insert(epoch, *len);
                             }
                         }
+                        drop(sorted);
                         output.session(&cap).give_iterator(items.into_iter());
                     }
                 }
@@ -252,7 +257,6 @@ mod tests {
                 worker.dataflow::<Epoch, _, _>(|scope| {
                     Vec::<SetAside>::new().to_stream(scope).write_lines(
                         || Err(io::Error::other("disk gone")),
-                        |a: &SetAside, b: &SetAside| a.ts.cmp(&b.ts),
                         None,
                         |f| panic_any(f),
                     );

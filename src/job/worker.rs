@@ -20,7 +20,7 @@ use super::summary::progress_line;
 use crate::checkpoint;
 use crate::checkpoint::coordinator::Coordinate;
 use crate::dataflow::{
-    Epoch, MAX_AHEAD_PER_WORKER, ModelLine, RunContext, SetAside, ingest, windowed_regression,
+    Epoch, MAX_AHEAD_PER_WORKER, ModelLine, RunContext, ingest, windowed_regression,
 };
 use crate::serve::ModelStore;
 use crate::sink::{Ledger, WriteLines, open_output};
@@ -95,7 +95,6 @@ pub(super) fn run_worker(worker: &mut Worker, shared: &Shared) {
         let out_ledger = Rc::new(RefCell::new(Ledger::default()));
         let written = outputs.models.write_lines(
             move || open_output(&out, Some(out_from)),
-            |a: &ModelLine, b: &ModelLine| a.order().cmp(&b.order()),
             Some(Rc::clone(&out_ledger)),
             context.on_fatal,
         );
@@ -113,7 +112,6 @@ pub(super) fn run_worker(worker: &mut Worker, shared: &Shared) {
                 let late_from = shared.late_from;
                 let late_written = ingested.aside.write_lines(
                     move || open_output(&late, Some(late_from)),
-                    |a: &SetAside, b: &SetAside| (a.ts, &a.key).cmp(&(b.ts, &b.key)),
                     Some(ledger),
                     context.on_fatal,
                 );
