@@ -1,8 +1,8 @@
 //! Data held back by epoch until the frontiers of every input it waits on have passed
 //! the epoch, then released in epoch order with a capability to emit at it: the loop of
 //! the sink (`sink::write_lines`), of the checkpoint coordinator, of the windows operator
-//! (two inputs; updates inside an arranged batch may be at later times than the message
-//! carrying it, so capabilities are shared between epochs) and of
+//! (two inputs; a differential collection's updates may be at later times than the
+//! message carrying them, so capabilities are shared between epochs) and of
 //! [`WindowPanes::window_panes`](crate::operators::WindowPanes::window_panes) (which keeps
 //! one capability of its own for its end-of-input report: that report is due when the
 //! input's frontier empties, not at an epoch that holds data).
@@ -213,10 +213,11 @@ mod tests {
     }
 
     /// Two inputs whose frontiers advance at different paces; input `a`'s items name an
-    /// epoch some `delay` later than their message's (as updates inside an arranged batch
-    /// may), so capabilities are shared between epochs. Each epoch is released once, in
-    /// order, only after both frontiers passed it, with a capability at it; and the
-    /// capabilities released epochs needed are dropped (the output's frontier moves on).
+    /// epoch some `delay` later than their message's (as a differential collection's
+    /// updates may), so capabilities are shared between epochs. Each epoch is released
+    /// once, in order, only after both frontiers passed it, with a capability at it; and
+    /// the capabilities released epochs needed are dropped (the output's frontier moves
+    /// on).
     #[test]
     fn two_inputs_release_each_epoch_once_in_order_after_both_frontiers() {
         let released = timely::execute_directly(|worker| {

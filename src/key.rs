@@ -1,11 +1,12 @@
 //! Keys as the dataflow carries them: sorted, hashed and compared as one machine word.
 //!
-//! A record's key is text, but the arrangement of pane statistics sorts, merges and looks
-//! up keys all the time. A [`Key`] of at most 15 bytes is its bytes and its length in one
-//! 128-bit word, so those operations compare integers and a key costs no allocation. A
-//! longer key keeps its text (shared, allocated once) beside a 120-bit hash of it in the
-//! word: words still decide nearly every comparison, and the text settles the rest, so two
-//! different keys are never equal whatever their hashes.
+//! A record's key is text, but the dataflow hashes, compares and sorts keys all the time
+//! (the exchange by key, the windows operator's per-key state and agenda). A [`Key`] of at
+//! most 15 bytes is its bytes and its length in one 128-bit word, so those operations
+//! compare integers and a key costs no allocation. A longer key keeps its text (shared,
+//! allocated once) beside a 120-bit hash of it in the word: words still decide nearly every
+//! comparison, and the text settles the rest, so two different keys are never equal
+//! whatever their hashes.
 //!
 //! ```
 //! use tributary::Key;

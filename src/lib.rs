@@ -2,7 +2,7 @@
 //!
 //! Records (event time, key, features, target) flow from a [`source`] through event-time
 //! [`window`]s, where they are folded into per-key, per-pane regression [`stats`] — an
-//! abelian group, and so the difference type of a differential-dataflow arrangement — to
+//! abelian group, and so the difference type of a differential-dataflow collection — to
 //! [`model`]s emitted when windows close. The [`dataflow`] module holds the operators;
 //! a [`Pipeline`] runs the whole of `tributary run` — source, windows, sinks, checkpoints,
 //! serving — from its settings ([`job`]) in one call.

@@ -25,7 +25,7 @@ pub struct Metrics {
     pub late: AtomicU64,
     /// Records set aside as too far ahead of the stream.
     pub too_far: AtomicU64,
-    /// Panes currently held in the arrangement (this process's share).
+    /// Panes currently held open by the windows operators (this process's share).
     pub open_panes: AtomicI64,
     /// Windows with records whose end the stream has not reached yet (this process's
     /// share).

@@ -18,11 +18,12 @@
 //! ## Why retractions take the second path
 //!
 //! [`Stats`] is a difference type whose zero is decided by the row count alone (so that a
-//! pane retracted with float residue still disappears, see [`crate::stats`]). That is
-//! sound for what the windows operator does — add rows, then retract a whole pane once —
-//! but not for arbitrary retractions: replacing a row by another in the same pane and
-//! epoch nets to a count of zero, and the change of the sums is dropped; across epochs,
-//! differential may merge a retraction with a later addition first, with the same effect.
+//! pane whose rows were all retracted disappears despite float residue, see
+//! [`crate::stats`]). That is sound for what the windows operator does — add rows, then
+//! drop a whole pane once no window needs it — but not for arbitrary retractions:
+//! replacing a row by another in the same pane and epoch nets to a count of zero, and the
+//! change of the sums is dropped; across epochs, differential may merge a retraction with
+//! a later addition first, with the same effect.
 //! So `window_panes` takes insert-only streams, and a collection whose records change
 //! (e.g. because they are joined with a reference collection that changes) goes through
 //! `window_stats`, which keeps the records and sums each group's statistics afresh.

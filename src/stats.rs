@@ -4,14 +4,17 @@
 //! upper triangle of `ZᵀZ` (which holds `XᵀX`, `Xᵀy` and `Σy²`). They form an abelian
 //! group under addition: the statistics of a union of row sets are the sum of theirs, and
 //! negation retracts rows. That makes [`Stats`] a *difference* for differential dataflow:
-//! an arrangement whose differences are `Stats` holds, per key, the statistics of all the
-//! rows that were added and not retracted.
+//! the pane collection's differences are `Stats`, and their sum per (key, pane) is the
+//! statistics of all the rows that were added and not retracted.
 //!
 //! Floating-point sums do not cancel exactly, so zero-ness is decided by the exact integer
 //! count alone: statistics with `n == 0` are zero, and are canonicalised to the empty
-//! value so that equality, order and hashing agree with it. The engine keeps this sound by
-//! only ever retracting statistics that were read back from the arrangement (a whole pane
-//! at once), so `n == 0` really means "no rows", whatever residue the sums held.
+//! value so that equality, order and hashing agree with it. The engine keeps this sound
+//! by never retracting a pane: the windows operator drops a pane no open window needs.
+//! A negative update (a correction) must retract rows that were added (why
+//! [`window_panes`](crate::operators::WindowPanes::window_panes) takes insert-only
+//! records: [`crate::operators`]); then a pane whose count sums to zero really has no
+//! rows, whatever residue the sums held.
 
 use std::cmp::Ordering;
 

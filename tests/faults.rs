@@ -254,9 +254,11 @@ fn one_request_cannot_drag_the_watermark_ahead() {
 /// A provisional window restored from a checkpoint becomes final when the watermark
 /// passes it after the restart. (The soak below found a restore after which thousands
 /// of provisional windows never became final: an evaluation that found a restored window
-/// unchanged dropped it from the agenda. This small case passes with and without that
-/// fix, since whether the trace already holds the restored panes at that evaluation is a
-/// matter of timing; the soak reproduced it in three runs out of three before the fix.)
+/// unchanged dropped it from the agenda. This small case passed with and without that
+/// fix, since whether the trace already held the restored panes at that evaluation was a
+/// matter of timing while the panes were in an arrangement; the soak reproduced it in
+/// three runs out of three before the fix. The windows operator now holds the restored
+/// panes from the first epoch, before any evaluation.)
 #[test]
 fn a_provisional_window_restored_from_a_checkpoint_becomes_final() {
     let d = 1;

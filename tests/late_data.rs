@@ -269,12 +269,14 @@ fn absurd_future_timestamp_is_set_aside() {
     assert_matches_oracle(&got, &want, want.len(), &ctx);
 }
 
-/// A key whose panes all expire and which comes back before their retractions reach the
-/// arrangement (they loop back `4 × workers` epochs later, `dataflow::retraction_delay`;
-/// the 4 KiB batches here are ~100 records, half a second of event time, and with tumbling
-/// windows the key comes back half a second after its panes expire: about one batch). The expired panes are still in the trace then; the engine must
-/// neither emit their windows again nor retract them twice: every window is emitted final
-/// exactly once and equals the oracle, for one and two workers.
+/// A key whose panes all expire and which comes back about one batch later (the 4 KiB
+/// batches here are ~100 records, half a second of event time, and with tumbling windows
+/// the key comes back half a second after its panes expire). Written when the panes were
+/// in an arrangement and an expired pane left it only when its retraction looped back
+/// (`4 × workers` epochs later), so the key came back while its expired panes were still
+/// in the trace; the windows operator now drops them, and the key's state, at once. The
+/// engine must neither emit their windows again nor count them twice: every window is
+/// emitted final exactly once and equals the oracle, for one and two workers.
 #[test]
 fn key_returning_before_its_expired_panes_leave() {
     let d = 1;

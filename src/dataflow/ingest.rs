@@ -40,7 +40,8 @@ pub struct Ingested<'scope> {
 /// How many pane updates a worker's source may have emitted beyond the probe attached to
 /// [`Ingested::throttle`]. With few keys a batch is a few panes and the bound in batches
 /// holds first; with many keys a batch is up to one pane per record, and this bound keeps
-/// the arrangement's batcher from holding (and re-sorting at every seal) the whole input.
+/// the pane updates waiting in channels and in the windows operator (until every worker
+/// has passed their epoch) from growing to the whole input.
 pub const MAX_PANES_AHEAD_PER_WORKER: usize = 1 << 18;
 
 #[derive(Clone)]
@@ -69,7 +70,7 @@ pub fn ingest<'scope>(
     let mut combiner = Combiner::new(config, context.on_error);
     let metrics = Arc::clone(&context.metrics);
     // Resuming: skip the batches in the checkpoint, restore the partition's watermark, and
-    // hand the checkpointed panes this worker owns to the arrangement first.
+    // hand the checkpointed panes this worker owns to the windows operator first.
     let checkpoint = context.checkpoint.clone();
     let every = checkpoint.as_ref().map(|c| c.every);
     let mut first = 0;

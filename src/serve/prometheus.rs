@@ -187,9 +187,10 @@ impl Instruments {
             ),
         ];
         let gauges: Vec<GaugeReading> = vec![
-            (gauge("panes_open", "Panes held in the arrangement")?, |s| {
-                s.metrics.open_panes
-            }),
+            (
+                gauge("panes_open", "Panes held open by the windows operators")?,
+                |s| s.metrics.open_panes,
+            ),
             (
                 gauge(
                     "windows_open",
