@@ -231,6 +231,17 @@ impl WindowSpec {
         }
     }
 
+    /// The end of the first window holding `pane`: for sessions, where the engine next
+    /// looks at it ([`pane_expires_at`](Self::pane_expires_at)).
+    #[inline]
+    pub fn first_end(&self, pane: Pane) -> Time {
+        match *self {
+            WindowSpec::Tumbling { length } => pane.start + length,
+            WindowSpec::Sliding { slide, .. } => pane.start + slide,
+            WindowSpec::Session { .. } => self.pane_expires_at(pane),
+        }
+    }
+
     /// The windows that contain the aligned pane starting at `pane_start` (not sessions).
     pub fn windows_of_pane(&self, pane_start: Time) -> impl Iterator<Item = Window> + use<> {
         let (length, slide) = match *self {

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use differential_dataflow::difference::{IsZero, Semigroup};
 use differential_dataflow::{Hashable, VecCollection};
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::Operator;
@@ -179,8 +179,6 @@ struct Windows {
     checkpoint: Option<Checkpointer>,
     /// Emit running estimates of open windows.
     estimates: bool,
-    /// Open windows this worker last counted into the metrics.
-    open_windows: i64,
     /// Whether this worker tallies every worker's records into the metrics (worker 0:
     /// it hears every worker's progress, so process 0's metrics cover the cluster).
     counts_workers: bool,
@@ -190,6 +188,8 @@ struct Windows {
     closing_idle: bool,
     /// Storage reused for each window's sum of panes.
     scratch: Stats,
+    /// Storage reused for a key's windows.
+    windows: Vec<(Window, Range<usize>)>,
     /// This epoch's changes to the metrics, added once at its end.
     tally: Tally,
 }
@@ -199,6 +199,7 @@ struct Windows {
 #[derive(Default)]
 struct Tally {
     panes: i64,
+    windows: i64,
     finals: u64,
     provisional: u64,
     closed_idle: u64,
@@ -208,8 +209,13 @@ struct Tally {
 impl Tally {
     fn add_to(&mut self, metrics: &Metrics) {
         let t = std::mem::take(self);
-        if t.panes != 0 {
-            metrics.open_panes.fetch_add(t.panes, Relaxed);
+        for (gauge, n) in [
+            (&metrics.open_panes, t.panes),
+            (&metrics.open_windows, t.windows),
+        ] {
+            if n != 0 {
+                gauge.fetch_add(n, Relaxed);
+            }
         }
         for (counter, n) in [
             (&metrics.windows_final, t.finals),
@@ -225,7 +231,6 @@ impl Tally {
 }
 
 /// One key's state.
-#[derive(Default)]
 struct KeyWindows {
     /// The open panes and their statistics, in order (a key has a handful).
     panes: Vec<(Pane, Stats)>,
@@ -233,6 +238,24 @@ struct KeyWindows {
     emitted: BTreeMap<Time, (Time, i64, u32)>,
     /// Every window of this key ending at or before this time has been emitted final.
     final_through: Time,
+    /// When the key is next due: the earliest end of a window of its open panes, or time
+    /// at which a provisional window becomes final (`Time::MAX`: none). The agenda has an
+    /// entry for it at this time (and maybe stale ones at later times).
+    due_at: Time,
+    /// Its windows with records that have not ended, as last counted into the metrics.
+    open: i64,
+}
+
+impl Default for KeyWindows {
+    fn default() -> Self {
+        KeyWindows {
+            panes: Vec::new(),
+            emitted: BTreeMap::new(),
+            final_through: Time::MIN,
+            due_at: Time::MAX,
+            open: 0,
+        }
+    }
 }
 
 impl KeyWindows {
@@ -256,6 +279,39 @@ impl KeyWindows {
             }
         }
     }
+
+    /// Makes the key due at `time` if it is not due sooner.
+    fn schedule(&mut self, key: &Key, time: Time, agenda: &mut Agenda) {
+        if time < self.due_at {
+            self.due_at = time;
+            agenda.insert(time, key.clone());
+        }
+    }
+
+    /// Counts the key's windows that end after `frontier` (reusing `windows`), and
+    /// returns the change since the last count.
+    fn recount(
+        &mut self,
+        spec: WindowSpec,
+        frontier: Time,
+        windows: &mut Vec<(Window, Range<usize>)>,
+    ) -> i64 {
+        windows_into(spec, &self.panes, frontier, Time::MAX, windows);
+        let open = windows.len() as i64;
+        std::mem::replace(&mut self.open, open) - open
+    }
+}
+
+/// `key`'s state, made (with windows ending through `final_through` final) if new.
+fn key_state<'a>(
+    keys: &'a mut FxHashMap<Key, KeyWindows>,
+    key: &Key,
+    final_through: Time,
+) -> &'a mut KeyWindows {
+    keys.entry(key.clone()).or_insert_with(|| KeyWindows {
+        final_through,
+        ..KeyWindows::default()
+    })
 }
 
 impl Windows {
@@ -268,11 +324,11 @@ impl Windows {
             metrics: Arc::clone(&context.metrics),
             restored_final_through: Time::MIN,
             estimates: context.estimates,
-            open_windows: 0,
             counts_workers: worker == 0,
             one_partition: context.one_partition,
             closing_idle: false,
             scratch: Stats::zero(),
+            windows: Vec::new(),
             tally: Tally::default(),
             checkpoint: context
                 .checkpoint
@@ -302,10 +358,7 @@ impl Windows {
 
     fn key_state(&mut self, key: &Key) -> &mut KeyWindows {
         let final_through = self.restored_final_through;
-        self.keys.entry(key.clone()).or_insert_with(|| KeyWindows {
-            final_through,
-            ..KeyWindows::default()
-        })
+        key_state(&mut self.keys, key, final_through)
     }
 
     /// The global frontier (smallest largest-event-time over workers) and watermark.
@@ -360,7 +413,7 @@ impl Windows {
             if let Some(c) = self.checkpoint.as_mut() {
                 c.touch(&key, pane, true);
             }
-            let entry = self.key_state(&key);
+            let entry = key_state(&mut self.keys, &key, self.restored_final_through);
             let (fresh, gone) = entry.add(pane, stats);
             if !entry.emitted.is_empty() {
                 // Late records changed a window already emitted: revise it.
@@ -374,15 +427,17 @@ impl Windows {
                 continue;
             }
             self.tally.panes += 1;
-            if spec.is_session() {
-                self.agenda.insert(spec.pane_expires_at(pane), key);
-            } else {
-                for w in spec.windows_of_pane(pane.start) {
-                    self.agenda.insert(w.end, key.clone());
-                }
-            }
+            self.tally.windows += entry.recount(spec, frontier, &mut self.windows);
+            entry.schedule(&key, spec.first_end(pane), &mut self.agenda);
         }
-        self.agenda.take_through(frontier, &mut due);
+        // The keys due by the agenda (not a stale entry of a key since due sooner).
+        let mut taken = Vec::new();
+        self.agenda.take_through(frontier, &mut taken);
+        due.extend(
+            taken
+                .into_iter()
+                .filter(|key| self.keys.get(key).is_some_and(|s| s.due_at <= frontier)),
+        );
         due.sort_unstable();
         due.dedup();
         for key in &due {
@@ -399,11 +454,6 @@ impl Windows {
             }
         }
         self.tally.add_to(&self.metrics);
-        let open = self.agenda.len() as i64;
-        self.metrics
-            .open_windows
-            .fetch_add(open - self.open_windows, Relaxed);
-        self.open_windows = open;
         if checkpoint && let Some(mut c) = self.checkpoint.take() {
             let provisional = self.provisional();
             let max_seen = self.max_seen.clone();
@@ -456,7 +506,15 @@ impl Windows {
         let mut expired_sessions: Vec<usize> = Vec::new();
         let mut revisit: Vec<Time> = Vec::new();
         let stats = &mut self.scratch;
-        for (window, members) in windows_of(spec, &state.panes, state.final_through, frontier) {
+        let mut windows = std::mem::take(&mut self.windows);
+        windows_into(
+            spec,
+            &state.panes,
+            state.final_through,
+            frontier,
+            &mut windows,
+        );
+        for (window, members) in windows.drain(..) {
             let is_final = window.end <= watermark;
             sum_into(stats, &state.panes[members.clone()]);
             let revision = match state.emitted.get(&window.start) {
@@ -495,6 +553,32 @@ impl Windows {
             }
         }
 
+        // A provisional window none of whose records remain (all retracted) is found from
+        // the panes no more, but it is still owed its final: an empty one (n = 0,
+        // `underdetermined`). A provisional session is not: its start moved when a record
+        // joined it earlier, and its records are in the session that absorbed it.
+        let owed: Vec<(Time, Time, u32)> = state
+            .emitted
+            .iter()
+            .filter(|(_, (end, _, _))| *end <= watermark)
+            .map(|(&start, &(end, _, revision))| (start, end, revision))
+            .collect();
+        for (start, end, revision) in owed {
+            state.emitted.remove(&start);
+            if spec.is_session() {
+                continue;
+            }
+            let empty = Stats::zero();
+            let fit = solve(&empty, self.config.solve);
+            let window = Window { start, end };
+            let mut line = ModelLine::new(key.as_str(), window, &empty, fit, true, revision + 1);
+            if self.closing_idle {
+                line.closed_by = Some("idle".into());
+                self.tally.closed_idle += 1;
+            }
+            emit(Emission::Model(line));
+            self.tally.finals += 1;
+        }
         state.final_through = state.final_through.max(watermark);
         let mut i = 0;
         state.panes.retain(|(pane, _)| {
@@ -512,11 +596,16 @@ impl Windows {
             }
             !expired
         });
+        // Due next: when its next window ends, or a provisional one becomes final.
+        self.tally.windows += state.recount(spec, frontier, &mut windows);
+        let next_end = windows.first().map(|(w, _)| w.end);
+        self.windows = windows;
+        state.due_at = Time::MAX;
+        if let Some(next) = revisit.into_iter().chain(next_end).min() {
+            state.schedule(key, next, &mut self.agenda);
+        }
         if state.panes.is_empty() && state.emitted.is_empty() {
             self.keys.remove(key);
-        }
-        for time in revisit {
-            self.agenda.insert(time, key.clone());
         }
     }
 
@@ -525,9 +614,14 @@ impl Windows {
     fn estimate(&mut self, key: &Key, frontier: Time) -> Option<ModelLine> {
         let panes = &self.keys.get(key)?.panes;
         // Windows in order of start are in order of end (one length, or disjoint sessions).
-        let (window, members) = windows_of(self.config.window, panes, frontier, Time::MAX)
-            .into_iter()
-            .next()?;
+        windows_into(
+            self.config.window,
+            panes,
+            frontier,
+            Time::MAX,
+            &mut self.windows,
+        );
+        let (window, members) = self.windows.first().cloned()?;
         let stats = &mut self.scratch;
         sum_into(stats, &panes[members]);
         let fit = solve(stats, self.config.solve);
@@ -535,24 +629,22 @@ impl Windows {
     }
 }
 
-/// The windows operator's agenda: per time, the keys with a window that may end then.
+/// The windows operator's agenda: per time, the keys due then.
 ///
-/// A calendar rather than one ordered set of `(time, key)`: window ends are few (one per
-/// slide), so an insertion is a short search among times and a hash insertion, where an
-/// ordered set of every pair compared keys along a path of a tree of millions of entries.
+/// A key has one live entry, at its [`KeyWindows::due_at`] (the earliest of its pending
+/// window ends), not one per window: with many keys nearly every record opens a pane of
+/// its own and six windows (sliding 60 s / 10 s), and an entry per window made the
+/// agenda's insertions a tenth of the run. Entries left behind when a key became due
+/// sooner are skipped when their time comes.
 #[derive(Default)]
 struct Agenda {
-    by_time: BTreeMap<Time, FxHashSet<Key>>,
-    /// Entries over every time: the windows that may still end.
-    len: usize,
+    by_time: BTreeMap<Time, Vec<Key>>,
 }
 
 impl Agenda {
-    /// Notes that `key` has a window that may end at `time`.
+    /// Notes that `key` is due at `time`.
     fn insert(&mut self, time: Time, key: Key) {
-        if self.by_time.entry(time).or_default().insert(key) {
-            self.len += 1;
-        }
+        self.by_time.entry(time).or_default().push(key);
     }
 
     /// Moves the keys of every time at or before `frontier` into `due`.
@@ -561,15 +653,8 @@ impl Agenda {
             if *entry.key() > frontier {
                 break;
             }
-            let keys = entry.remove();
-            self.len -= keys.len();
-            due.extend(keys);
+            due.append(&mut entry.remove());
         }
-    }
-
-    /// The number of `(time, key)` entries.
-    fn len(&self) -> usize {
-        self.len
     }
 }
 
@@ -589,21 +674,27 @@ fn sum_into(stats: &mut Stats, panes: &[(Pane, Stats)]) {
 /// sliding) start at multiples of the slide, as their panes do: the candidates are the
 /// starts from the earliest window holding the first pane to the last pane's start, and
 /// two cursors find each one's panes.
-fn windows_of(
+fn windows_into(
     spec: WindowSpec,
     panes: &[(Pane, Stats)],
     after: Time,
     through: Time,
-) -> Vec<(Window, Range<usize>)> {
+    windows: &mut Vec<(Window, Range<usize>)>,
+) {
+    windows.clear();
     if spec.is_session() {
         let bounds: Vec<Pane> = panes.iter().map(|(p, _)| *p).collect();
-        let mut sessions = spec.sessions(&bounds);
-        sessions.retain(|(w, _)| after < w.end && w.end <= through);
-        return sessions;
+        let sessions = spec.sessions(&bounds);
+        windows.extend(
+            sessions
+                .into_iter()
+                .filter(|(w, _)| after < w.end && w.end <= through),
+        );
+        return;
     }
     debug_assert!(panes.windows(2).all(|w| w[0].0.start < w[1].0.start));
     let (Some((first, _)), Some((last, _))) = (panes.first(), panes.last()) else {
-        return Vec::new();
+        return;
     };
     let slide = spec.bucket();
     let length = match spec {
@@ -615,7 +706,6 @@ fn windows_of(
     let lowest = lowest.saturating_add((slide - lowest.rem_euclid(slide)) % slide);
     let mut start = (first.start - length + slide).max(lowest);
     let last_start = last.start.min(through.saturating_sub(length));
-    let mut windows = Vec::new();
     let (mut from, mut to) = (0, 0);
     while start <= last_start {
         let window = Window {
@@ -634,7 +724,6 @@ fn windows_of(
         }
         start += slide;
     }
-    windows
 }
 
 #[cfg(test)]
@@ -642,24 +731,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_agenda_counts_each_key_once_per_time_and_hands_over_the_times_passed() {
+    fn the_agenda_hands_over_the_keys_of_the_times_passed_in_order() {
         let mut agenda = Agenda::default();
-        for (time, key) in [(20, "b"), (10, "a"), (20, "b"), (10, "b"), (30, "a")] {
+        for (time, key) in [(20, "b"), (10, "a"), (20, "c"), (30, "a")] {
             agenda.insert(time, Key::from(key));
         }
-        // (20, b) twice is one window that may end.
-        assert_eq!(agenda.len(), 4);
         let mut due = Vec::new();
         agenda.take_through(9, &mut due);
         assert!(due.is_empty());
         agenda.take_through(20, &mut due);
-        due.sort();
-        due.dedup();
-        assert_eq!(due, [Key::from("a"), Key::from("b")]);
-        assert_eq!(agenda.len(), 1);
+        assert_eq!(due, [Key::from("a"), Key::from("b"), Key::from("c")]);
         due.clear();
         agenda.take_through(Time::MAX, &mut due);
         assert_eq!(due, [Key::from("a")]);
-        assert_eq!(agenda.len(), 0);
+        assert!(agenda.by_time.is_empty());
     }
 }
