@@ -332,15 +332,12 @@ fn corrections_after_a_provisional_model_revise_it_and_the_final_is_exact() {
     }
 }
 
-/// Engine gap (reported, not fixed here): a key whose every record is retracted after its
-/// windows' provisional models leaves those windows provisional for ever: once the last
-/// pane of a window has vanished (count zero) the window is found from the panes no more,
-/// so no final (nor anything else) follows the provisional model, which still shows the
-/// retracted records; the key's emitted-window entries stay in the state (and in every
-/// checkpoint). Documented contract: a window emitted provisionally is emitted `final`
-/// when the watermark passes its end.
+/// A key whose every record is retracted after its windows' provisional models: once the
+/// last pane of a window has vanished (count zero) the window is found from the panes no
+/// more, but a window emitted provisionally is still emitted `final` when the watermark
+/// passes its end, here an empty one (n = 0, no coefficients), which supersedes the
+/// provisional model that still showed the retracted records.
 #[test]
-#[ignore = "engine gap: a provisional window whose panes all vanish never gets a final"]
 fn a_provisional_window_whose_records_are_all_retracted_is_still_closed() {
     fn plan(key: &str, _epoch: Epoch) -> Fate {
         match key {
@@ -367,6 +364,16 @@ fn a_provisional_window_whose_records_are_all_retracted_is_still_closed() {
         .collect();
     let open: Vec<_> = provisional.difference(&finals).collect();
     assert!(open.is_empty(), "provisional for ever: {open:?}");
+    for e in ems.iter().filter(|e| e.key.0 == "gone" && e.model.is_final) {
+        assert_eq!(
+            e.model.n, 0,
+            "the final of an emptied window is empty: {e:?}"
+        );
+        assert!(
+            e.model.coef.is_none(),
+            "no coefficients without records: {e:?}"
+        );
+    }
 }
 
 /// `tributary checkpoint inspect DIR`'s report (bounded in time).

@@ -42,7 +42,7 @@ pub struct Ingested<'scope> {
 /// holds first; with many keys a batch is up to one pane per record, and this bound keeps
 /// the pane updates waiting in channels and in the windows operator (until every worker
 /// has passed their epoch) from growing to the whole input.
-pub const MAX_PANES_AHEAD_PER_WORKER: usize = 1 << 18;
+pub const MAX_PANES_AHEAD_PER_WORKER: usize = 1 << 16;
 
 #[derive(Clone)]
 enum IngestOut {
