@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Fit, Status};
 use crate::sink::JsonLine;
-use crate::stats::Stats;
 use crate::types::{Counts, Epoch};
 use crate::window::{Time, Window};
 
@@ -159,11 +158,15 @@ impl JsonLine for ModelLine {
         }
         w.extend_from_slice(b"{\"key\":");
         serde_json::to_writer(&mut *w, self.key.as_str()).map_err(std::io::Error::other)?;
-        write!(
-            w,
-            ",\"window_start\":{},\"window_end\":{},\"n\":{},\"coef\":",
-            self.window_start, self.window_end, self.n
-        )?;
+        // Integers through serde_json (itoa), not the formatting machinery.
+        let int = |w: &mut Vec<u8>, v: i64| serde_json::to_writer(w, &v);
+        w.extend_from_slice(b",\"window_start\":");
+        int(w, self.window_start).map_err(std::io::Error::other)?;
+        w.extend_from_slice(b",\"window_end\":");
+        int(w, self.window_end).map_err(std::io::Error::other)?;
+        w.extend_from_slice(b",\"n\":");
+        int(w, self.n).map_err(std::io::Error::other)?;
+        w.extend_from_slice(b",\"coef\":");
         match &self.coef {
             Some(coef) => {
                 w.push(b'[');
@@ -242,7 +245,7 @@ impl ModelLine {
     pub(crate) fn new(
         key: &str,
         window: Window,
-        stats: &Stats,
+        n: i64,
         fit: Fit,
         is_final: bool,
         revision: u32,
@@ -251,7 +254,7 @@ impl ModelLine {
             key: key.to_owned(),
             window_start: window.start,
             window_end: window.end,
-            n: stats.n,
+            n,
             coef: fit.coef,
             r2: fit.r2,
             rmse: fit.rmse,

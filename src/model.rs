@@ -78,6 +78,27 @@ pub struct Fit {
     pub status: Status,
 }
 
+impl Fit {
+    /// The fit of a window with no more records than features: no coefficients.
+    pub fn underdetermined() -> Fit {
+        Fit {
+            coef: None,
+            r2: None,
+            rmse: None,
+            cond: None,
+            status: Status::Underdetermined,
+        }
+    }
+}
+
+/// Whether `n` records can determine a model of `features` features (and an intercept):
+/// [`solve`] gives [`Fit::underdetermined`] otherwise, from the count alone, so a caller
+/// that knows the count need not sum the statistics.
+#[inline]
+pub fn determined(n: i64, features: usize) -> bool {
+    n > features as i64
+}
+
 /// Solves the statistics for the regression coefficients (see the module docs).
 ///
 /// ```
@@ -96,17 +117,11 @@ pub struct Fit {
 /// assert!((coef[0] - 1.0).abs() < 1e-12 && (coef[1] - 2.0).abs() < 1e-12);
 /// ```
 pub fn solve(stats: &Stats, options: SolveOptions) -> Fit {
-    let underdetermined = Fit {
-        coef: None,
-        r2: None,
-        rmse: None,
-        cond: None,
-        status: Status::Underdetermined,
-    };
+    let underdetermined = Fit::underdetermined();
     let Some(d) = stats.features() else {
         return underdetermined;
     };
-    if stats.n <= d as i64 {
+    if !determined(stats.n, d) {
         return underdetermined;
     }
     let not_finite = Fit {

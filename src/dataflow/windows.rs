@@ -29,7 +29,7 @@ use crate::held::ByEpoch;
 use crate::key::Key;
 use crate::messages::{Ack, Control, ModelLine};
 use crate::metrics::Metrics;
-use crate::model::solve;
+use crate::model::{Fit, determined, solve};
 use crate::stats::Stats;
 use crate::types::Epoch;
 use crate::window::{Pane, Time, Window, WindowSpec};
@@ -516,9 +516,10 @@ impl Windows {
         );
         for (window, members) in windows.drain(..) {
             let is_final = window.end <= watermark;
-            sum_into(stats, &state.panes[members.clone()]);
+            let panes = &state.panes[members.clone()];
+            let n: i64 = panes.iter().map(|(_, pane)| pane.n).sum();
             let revision = match state.emitted.get(&window.start) {
-                Some(&(end, n, _)) if end == window.end && n == stats.n && !is_final => {
+                Some(&(end, was, _)) if end == window.end && was == n && !is_final => {
                     // Emitted and unchanged: nothing to say yet, but it must still come
                     // back when the watermark passes its end. (A window restored from a
                     // checkpoint as emitted reaches here first through its panes' agenda
@@ -526,12 +527,18 @@ impl Windows {
                     revisit.push(window.end.saturating_add(self.config.lateness));
                     continue;
                 }
-                Some(&(end, n, rev)) if end == window.end && n == stats.n => rev,
+                Some(&(end, was, rev)) if end == window.end && was == n => rev,
                 Some(&(_, _, rev)) => rev + 1,
                 None => 0,
             };
-            let fit = solve(stats, self.config.solve);
-            let mut line = ModelLine::new(key.as_str(), window, stats, fit, is_final, revision);
+            // Too few records for a model: the count says so, the sums are not needed.
+            let fit = if determined(n, self.config.features) {
+                sum_into(stats, panes);
+                solve(stats, self.config.solve)
+            } else {
+                Fit::underdetermined()
+            };
+            let mut line = ModelLine::new(key.as_str(), window, n, fit, is_final, revision);
             if is_final && self.closing_idle {
                 line.closed_by = Some("idle".into());
                 self.tally.closed_idle += 1;
@@ -546,7 +553,7 @@ impl Windows {
             } else {
                 state
                     .emitted
-                    .insert(window.start, (window.end, stats.n, revision));
+                    .insert(window.start, (window.end, n, revision));
                 self.tally.provisional += 1;
                 // Come back when the watermark passes its end.
                 revisit.push(window.end.saturating_add(self.config.lateness));
@@ -568,10 +575,9 @@ impl Windows {
             if spec.is_session() {
                 continue;
             }
-            let empty = Stats::zero();
-            let fit = solve(&empty, self.config.solve);
             let window = Window { start, end };
-            let mut line = ModelLine::new(key.as_str(), window, &empty, fit, true, revision + 1);
+            let fit = Fit::underdetermined();
+            let mut line = ModelLine::new(key.as_str(), window, 0, fit, true, revision + 1);
             if self.closing_idle {
                 line.closed_by = Some("idle".into());
                 self.tally.closed_idle += 1;
@@ -625,7 +631,7 @@ impl Windows {
         let stats = &mut self.scratch;
         sum_into(stats, &panes[members]);
         let fit = solve(stats, self.config.solve);
-        Some(ModelLine::new(key.as_str(), window, stats, fit, false, 0))
+        Some(ModelLine::new(key.as_str(), window, stats.n, fit, false, 0))
     }
 }
 
