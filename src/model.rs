@@ -32,7 +32,7 @@
 use nalgebra::{DMatrix, DVector};
 use serde::{Deserialize, Serialize};
 
-use crate::stats::Stats;
+use crate::stats::{Stats, packed_index};
 
 /// Condition number (of the diagonally scaled centered normal matrix) above which a model
 /// is reported `ill_conditioned`. At `1e10` the forward error bound of the coefficients is
@@ -117,6 +117,218 @@ pub fn determined(n: i64, features: usize) -> bool {
 /// assert!((coef[0] - 1.0).abs() < 1e-12 && (coef[1] - 2.0).abs() < 1e-12);
 /// ```
 pub fn solve(stats: &Stats, options: SolveOptions) -> Fit {
+    let Some(d) = stats.features() else {
+        return Fit::underdetermined();
+    };
+    if !determined(stats.n, d) {
+        return Fit::underdetermined();
+    }
+    if !stats.sums.iter().all(|v| v.is_finite()) {
+        return Fit {
+            status: Status::NotFinite,
+            ..Fit::underdetermined()
+        };
+    }
+    // Up to eight features, everything on the stack with the loops' bounds known; the
+    // same operations in the same order as `solve_dynamic`, so the same bits.
+    match d {
+        1 => solve_fixed::<1>(stats, options),
+        2 => solve_fixed::<2>(stats, options),
+        3 => solve_fixed::<3>(stats, options),
+        4 => solve_fixed::<4>(stats, options),
+        5 => solve_fixed::<5>(stats, options),
+        6 => solve_fixed::<6>(stats, options),
+        7 => solve_fixed::<7>(stats, options),
+        8 => solve_fixed::<8>(stats, options),
+        _ => solve_dynamic(stats, options),
+    }
+}
+
+/// [`solve`] for `D` features, `1 ≤ D`, on statistics already checked (determined, sums
+/// finite): no allocation but the coefficients' (and the rare exact condition number's
+/// or pseudo-inverse's, on nalgebra's dynamic matrices as in [`solve_dynamic`]).
+///
+/// Bit-identical to [`solve_dynamic`]: each step repeats the floating-point operations of
+/// the nalgebra call it replaces, in the same order (nalgebra's fixed-size matrices would
+/// not: their dot products of 2 to 4 entries sum in another order). Matrices are stored
+/// column by column, `m[j][i]` being entry `(i, j)`, as nalgebra stores them. nalgebra's
+/// `y = a·x·c + b·y` with `b = c = 1` is `y += a·x` here: multiplying by one is exact and
+/// a floating-point sum does not depend on its operands' order.
+fn solve_fixed<const D: usize>(stats: &Stats, options: SolveOptions) -> Fit {
+    let not_finite = Fit {
+        status: Status::NotFinite,
+        ..Fit::underdetermined()
+    };
+    let m = D + 1;
+    let sums = &stats.sums[..];
+    // Stats::cross without recomputing the dimension each time.
+    let cross = |i: usize, j: usize| {
+        let (i, j) = if i <= j { (i, j) } else { (j, i) };
+        sums[m + packed_index(m, i, j)]
+    };
+    let n = stats.n as f64;
+    let xbar: [f64; D] = std::array::from_fn(|i| sums[i] / n);
+    let ybar = sums[D] / n;
+
+    // Centered normal equations (each entry from its own (i, j): n x̄ᵢ x̄ⱼ and n x̄ⱼ x̄ᵢ
+    // may round differently).
+    let sxx: [[f64; D]; D] =
+        std::array::from_fn(|j| std::array::from_fn(|i| cross(i, j) - n * xbar[i] * xbar[j]));
+    let sxy: [f64; D] = std::array::from_fn(|i| cross(i, D) - n * xbar[i] * ybar);
+    let syy = cross(D, D) - n * ybar * ybar;
+    if !(sxx.as_flattened().iter().chain(&sxy).all(|v| v.is_finite()) && syy.is_finite()) {
+        return not_finite;
+    }
+
+    let mut a = sxx;
+    for (i, column) in a.iter_mut().enumerate() {
+        column[i] += options.ridge;
+    }
+    let scale: [f64; D] = std::array::from_fn(|i| {
+        let v = a[i][i];
+        if v > 0.0 { 1.0 / v.sqrt() } else { 1.0 }
+    });
+    let scaled: [[f64; D]; D] =
+        std::array::from_fn(|j| std::array::from_fn(|i| a[j][i] * scale[i] * scale[j]));
+    let rhs: [f64; D] = std::array::from_fn(|i| sxy[i] * scale[i]);
+
+    let cx = (0..D)
+        .filter(|&j| a[j][j] > 0.0)
+        .map(|j| cross(j, j) / a[j][j])
+        .fold(1.0, f64::max);
+    let cy = if syy > 0.0 {
+        cross(D, D) / syy
+    } else {
+        f64::INFINITY
+    };
+    let loss = cx.max((cx * cy).sqrt());
+    let cholesky = cholesky_fixed(&scaled);
+    let bound = cholesky.as_ref().map_or(f64::INFINITY, |l| {
+        condition_bound(D, scaled.as_flattened(), l.as_flattened())
+    });
+    let dynamic = || DMatrix::from_column_slice(D, D, scaled.as_flattened());
+    let cond = if bound.is_finite() && bound * loss <= ILL_CONDITIONED / BOUND_MARGIN {
+        bound
+    } else {
+        condition(&dynamic())
+    };
+    let ill = cond.is_nan() || cond > ILL_CONDITIONED;
+    let imprecise = cond * loss > ILL_CONDITIONED;
+    let solution = match cholesky {
+        Some(l) if !ill => Some(cholesky_solve_fixed(&l, rhs)),
+        _ => pseudo_solve(&dynamic(), &DVector::from_column_slice(&rhs))
+            .map(|x| std::array::from_fn(|i| x[i])),
+    };
+    let Some(solution) = solution else {
+        return not_finite;
+    };
+    let b: [f64; D] = std::array::from_fn(|i| solution[i] * scale[i]);
+
+    let b0 = ybar - nalgebra_dot(&b, &xbar);
+    // Sxx·b as nalgebra's gemv: column 0 times b₀, then each further column's multiple
+    // added.
+    let mut sxx_b: [f64; D] = std::array::from_fn(|i| sxx[0][i] * b[0]);
+    for j in 1..D {
+        for (y, s) in sxx_b.iter_mut().zip(&sxx[j]) {
+            *y += s * b[j];
+        }
+    }
+    let sse = (syy - 2.0 * nalgebra_dot(&b, &sxy) + nalgebra_dot(&b, &sxx_b)).max(0.0);
+    let r2 = (syy > 0.0).then(|| 1.0 - sse / syy);
+    let mut coef = Vec::with_capacity(D + 1);
+    coef.push(b0);
+    coef.extend(b);
+    if !coef.iter().all(|c| c.is_finite()) {
+        return not_finite;
+    }
+    Fit {
+        coef: Some(coef),
+        r2: r2.filter(|v| v.is_finite()),
+        rmse: Some((sse / n).sqrt()).filter(|v| v.is_finite()),
+        cond: Some(cond).filter(|c| c.is_finite()),
+        status: if ill || imprecise {
+            Status::IllConditioned
+        } else {
+            Status::Ok
+        },
+    }
+}
+
+/// The Cholesky factor of `s` (column by column, lower triangle; the strict upper
+/// triangle keeps `s`'s entries), or `None` where a pivot is zero, negative or NaN:
+/// nalgebra's `Cholesky::new`, operation for operation.
+fn cholesky_fixed<const D: usize>(s: &[[f64; D]; D]) -> Option<[[f64; D]; D]> {
+    let mut l = *s;
+    for j in 0..D {
+        for k in 0..j {
+            // Column j (from row j down) += −L_jk · column k.
+            let factor = -l[k][j];
+            let (left, right) = l.split_at_mut(j);
+            for (y, x) in right[0][j..].iter_mut().zip(&left[k][j..]) {
+                *y += factor * x;
+            }
+        }
+        let diag = l[j][j];
+        // `is_zero`, or `try_sqrt` refusing it (negative or NaN).
+        if diag.is_nan() || diag <= 0.0 {
+            return None;
+        }
+        let denom = diag.sqrt();
+        l[j][j] = denom;
+        for v in &mut l[j][j + 1..] {
+            *v /= denom;
+        }
+    }
+    Some(l)
+}
+
+/// Solves `L Lᵀ x = rhs` as nalgebra's `Cholesky::solve` does: forward substitution by
+/// columns (axpy), then back substitution by dot products.
+fn cholesky_solve_fixed<const D: usize>(l: &[[f64; D]; D], rhs: [f64; D]) -> [f64; D] {
+    let mut x = rhs;
+    for i in 0..D {
+        let coeff = x[i] / l[i][i];
+        x[i] = coeff;
+        for (y, v) in x[i + 1..].iter_mut().zip(&l[i][i + 1..]) {
+            *y += -coeff * v;
+        }
+    }
+    for i in (0..D).rev() {
+        let dot = nalgebra_dot(&l[i][i + 1..], &x[i + 1..]);
+        x[i] = (x[i] - dot) / l[i][i];
+    }
+    x
+}
+
+/// `Σ xᵢ yᵢ` summed as nalgebra sums the dot product of dynamically sized vectors: eight
+/// interleaved accumulators over each block of eight, combined pairwise into a sum that
+/// starts at `+0`, then the remaining entries one by one.
+fn nalgebra_dot(x: &[f64], y: &[f64]) -> f64 {
+    debug_assert_eq!(x.len(), y.len());
+    let len = x.len();
+    let mut acc = [0.0f64; 8];
+    let mut i = 0;
+    while len - i >= 8 {
+        for (k, acc) in acc.iter_mut().enumerate() {
+            *acc += x[i + k] * y[i + k];
+        }
+        i += 8;
+    }
+    let mut res = 0.0;
+    res += acc[0] + acc[4];
+    res += acc[1] + acc[5];
+    res += acc[2] + acc[6];
+    res += acc[3] + acc[7];
+    for k in i..len {
+        res += x[k] * y[k];
+    }
+    res
+}
+
+/// [`solve`] on nalgebra's dynamically sized matrices, for any dimension: the
+/// implementation for more than eight features, and the reference `solve_fixed` is
+/// tested against bit for bit.
+fn solve_dynamic(stats: &Stats, options: SolveOptions) -> Fit {
     let underdetermined = Fit::underdetermined();
     let Some(d) = stats.features() else {
         return underdetermined;
@@ -173,9 +385,9 @@ pub fn solve(stats: &Stats, options: SolveOptions) -> Fit {
     // The condition number: a cheap upper bound from the Cholesky factor, or the exact
     // 2-norm condition where the decisions below could depend on the difference.
     let cholesky = scaled.clone().cholesky();
-    let bound = cholesky
-        .as_ref()
-        .map_or(f64::INFINITY, |c| condition_bound(&scaled, c.l_dirty()));
+    let bound = cholesky.as_ref().map_or(f64::INFINITY, |c| {
+        condition_bound(d, scaled.as_slice(), c.l_dirty().as_slice())
+    });
     let cond = if bound.is_finite() && bound * loss <= ILL_CONDITIONED / BOUND_MARGIN {
         bound
     } else {
@@ -220,17 +432,19 @@ pub fn solve(stats: &Stats, options: SolveOptions) -> Fit {
 const BOUND_MARGIN: f64 = 4.0;
 
 /// An upper bound of the 2-norm condition number of the symmetric positive definite `s`
-/// from its Cholesky factor `l` (lower triangle; the upper is ignored):
+/// from its Cholesky factor `l` (lower triangle; the upper is ignored), both `d × d` and
+/// stored column by column:
 /// `‖S‖₁ · ‖L⁻¹‖_F²`. `λ_max(S) ≤ ‖S‖₁`, and `‖S⁻¹‖₂ = ‖L⁻¹‖₂² ≤ ‖L⁻¹‖_F²`, so the bound
 /// is at least the condition number, and at most `d^{3/2}` times it (`‖S‖₁ ≤ √d ‖S‖₂`,
 /// `‖L⁻¹‖_F² ≤ d ‖L⁻¹‖₂²`). `O(d³/6)`, against a full eigen-decomposition's many sweeps.
-fn condition_bound(s: &DMatrix<f64>, l: &DMatrix<f64>) -> f64 {
-    let d = s.nrows();
+fn condition_bound(d: usize, s: &[f64], l: &[f64]) -> f64 {
+    let s = |i: usize, j: usize| s[i + j * d];
+    let l = |i: usize, j: usize| l[i + j * d];
     if d == 0 {
         return 1.0;
     }
     let norm1 = (0..d)
-        .map(|j| (0..d).map(|i| s[(i, j)].abs()).sum::<f64>())
+        .map(|j| (0..d).map(|i| s(i, j).abs()).sum::<f64>())
         .fold(0.0, f64::max);
     // Column j of L⁻¹ by forward substitution: x_j = 1/L_jj, x_i = −(Σ L_ik x_k)/L_ii.
     let mut x = [0.0f64; 64];
@@ -243,14 +457,14 @@ fn condition_bound(s: &DMatrix<f64>, l: &DMatrix<f64>) -> f64 {
     };
     let mut frobenius = 0.0;
     for j in 0..d {
-        x[j] = 1.0 / l[(j, j)];
+        x[j] = 1.0 / l(j, j);
         frobenius += x[j] * x[j];
         for i in j + 1..d {
             let mut acc = 0.0;
             for (k, xk) in x.iter().enumerate().take(i).skip(j) {
-                acc += l[(i, k)] * xk;
+                acc += l(i, k) * xk;
             }
-            x[i] = -acc / l[(i, i)];
+            x[i] = -acc / l(i, i);
             frobenius += x[i] * x[i];
         }
     }
@@ -457,6 +671,98 @@ mod tests {
         }
     }
 
+    /// The fit's numbers as bits, so that `-0.0 ≠ 0.0` and any last-digit difference
+    /// shows.
+    fn fit_bits(fit: &Fit) -> (Status, Option<Vec<u64>>, [Option<u64>; 3]) {
+        (
+            fit.status,
+            fit.coef
+                .as_ref()
+                .map(|c| c.iter().map(|v| v.to_bits()).collect()),
+            [fit.r2, fit.rmse, fit.cond].map(|v| v.map(f64::to_bits)),
+        )
+    }
+
+    /// Rows reshaped into the windows that exercise every branch of `solve`: `shape`
+    /// picks collinear, nearly collinear (noise `eps`), huge-mean (offset `big`),
+    /// constant-target and exact-fit windows, or leaves them as they are.
+    fn shaped(mut rows: Vec<Vec<f64>>, shape: u8, eps: f64, big: f64) -> Vec<Vec<f64>> {
+        for (r, z) in rows.iter_mut().enumerate() {
+            let d = z.len() - 1;
+            let last = d - 1;
+            match shape {
+                1 => z[last] = if d > 1 { -3.0 * z[0] } else { 0.25 },
+                2 => z[last] = z[0] + eps * z[last],
+                3 => z[r % d] += big,
+                4 => z[d] = big,
+                5 => {
+                    z[d] = 0.5
+                        + z[..d]
+                            .iter()
+                            .enumerate()
+                            .map(|(j, x)| (j as f64 - 2.0) * x)
+                            .sum::<f64>()
+                }
+                6 => {
+                    z[last] += big;
+                    z[0] = z[last] + eps * z[0];
+                }
+                _ => {}
+            }
+        }
+        rows
+    }
+
+    /// Statistics of any dimension from 1 to 9: of (reshaped) rows, or raw sums of any
+    /// f64 (non-finite included) with any count (negative, zero, `n ≤ d`).
+    fn any_window() -> impl Strategy<Value = Stats> {
+        (1usize..=9).prop_flat_map(|d| {
+            let m = d + 1;
+            let from_rows = (
+                prop::collection::vec(
+                    prop::collection::vec(
+                        prop_oneof![4 => -10.0..10.0f64, 1 => accepted_value()],
+                        m,
+                    ),
+                    0..4 * m + 8,
+                ),
+                0u8..8,
+                prop_oneof![Just(1e-4), Just(1e-6), Just(1e-8), 1e-9..1e-3f64],
+                prop_oneof![Just(1e6), Just(1e9), Just(-3e7), 1e3..1e12f64],
+            )
+                .prop_map(|(rows, shape, eps, big)| {
+                    let mut s = Stats::zero();
+                    for z in shaped(rows, shape, eps, big) {
+                        s.plus_equals(&Stats::of_row(&z));
+                    }
+                    s
+                });
+            let raw = (
+                -2i64..3 * m as i64,
+                prop::collection::vec(any_value(), m + m * (m + 1) / 2),
+            )
+                .prop_map(|(n, sums)| Stats { n, sums });
+            prop_oneof![6 => from_rows, 1 => raw]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        /// The stack-allocated solve for up to eight features gives the very bits of the
+        /// dynamic (nalgebra `DMatrix`) one it replaced, on every kind of window.
+        #[test]
+        fn fixed_solve_is_bit_identical_to_dynamic(
+            stats in any_window(),
+            ridge in prop_oneof![3 => Just(0.0), 1 => 0.0..10.0f64, 1 => Just(1e-6)],
+        ) {
+            let options = SolveOptions { ridge };
+            let fit = solve(&stats, options);
+            let reference = solve_dynamic(&stats, options);
+            prop_assert_eq!(fit_bits(&fit), fit_bits(&reference), "{:?} vs {:?}", fit, reference);
+        }
+    }
+
     /// A random symmetric positive definite matrix of dimension `d` with condition
     /// number about `10^spread`, scaled to unit diagonal as `solve` scales it.
     fn unit_diagonal_spd(d: usize, seed: u64, spread: f64) -> DMatrix<f64> {
@@ -486,7 +792,7 @@ mod tests {
             let s = unit_diagonal_spd(d, seed, spread);
             let exact = condition(&s);
             let chol = s.clone().cholesky().expect("positive definite");
-            let bound = condition_bound(&s, chol.l_dirty());
+            let bound = condition_bound(d, s.as_slice(), chol.l_dirty().as_slice());
             prop_assert!(bound >= exact * (1.0 - 1e-9), "bound {bound:e} < cond {exact:e}");
             prop_assert!(
                 bound <= exact * (d as f64).powf(1.5) * (1.0 + 1e-9),
