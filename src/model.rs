@@ -203,9 +203,9 @@ fn solve_fixed<const D: usize>(stats: &Stats, options: SolveOptions) -> Fit {
     };
     let loss = cx.max((cx * cy).sqrt());
     let cholesky = cholesky_fixed(&scaled);
-    let bound = cholesky.as_ref().map_or(f64::INFINITY, |l| {
-        condition_bound(D, scaled.as_flattened(), l.as_flattened())
-    });
+    let bound = cholesky
+        .as_ref()
+        .map_or(f64::INFINITY, |l| condition_bound_fixed(&scaled, l));
     let dynamic = || DMatrix::from_column_slice(D, D, scaled.as_flattened());
     let cond = if bound.is_finite() && bound * loss <= ILL_CONDITIONED / BOUND_MARGIN {
         bound
@@ -466,6 +466,42 @@ fn condition_bound(d: usize, s: &[f64], l: &[f64]) -> f64 {
             }
             x[i] = -acc / l(i, i);
             frobenius += x[i] * x[i];
+        }
+    }
+    let bound = norm1 * frobenius;
+    if bound.is_nan() { f64::INFINITY } else { bound }
+}
+
+/// [`condition_bound`] for `D × D` matrices stored column by column (`m[j][i]` is entry
+/// `(i, j)`), to the bit: the same entries of `L⁻¹`, each from the same sum in the same
+/// order, and `‖L⁻¹‖_F²` summed column by column as there; but `L⁻¹` is computed row by
+/// row, so that the divisions of a row, independent of one another, overlap instead of
+/// waiting each for the one before.
+fn condition_bound_fixed<const D: usize>(s: &[[f64; D]; D], l: &[[f64; D]; D]) -> f64 {
+    if D == 0 {
+        return 1.0;
+    }
+    let norm1 = s
+        .iter()
+        .map(|column| column.iter().map(|v| v.abs()).sum::<f64>())
+        .fold(0.0, f64::max);
+    // inverse[j][i] = (L⁻¹)_ij, for i ≥ j.
+    let mut inverse = [[0.0f64; D]; D];
+    #[allow(clippy::needless_range_loop)] // (i, j, k) index three ways, as in the formula
+    for i in 0..D {
+        inverse[i][i] = 1.0 / l[i][i];
+        for j in 0..i {
+            let mut acc = 0.0;
+            for k in j..i {
+                acc += l[k][i] * inverse[j][k];
+            }
+            inverse[j][i] = -acc / l[i][i];
+        }
+    }
+    let mut frobenius = 0.0;
+    for (j, column) in inverse.iter().enumerate() {
+        for x in &column[j..] {
+            frobenius += x * x;
         }
     }
     let bound = norm1 * frobenius;
