@@ -376,6 +376,53 @@ fn a_provisional_window_whose_records_are_all_retracted_is_still_closed() {
     }
 }
 
+/// The same, when the last retraction lands well before the end of the input (the review's
+/// case): `gone` has records only in epochs 0–2, all retracted three epochs later, while
+/// `keep` runs on. When `gone`'s last pane vanishes, its provisional window `[0, 20 s)` is
+/// not final yet and is found from no pane; it must still be due when the watermark passes
+/// its end, and get its (empty) final then, not linger provisional for ever.
+#[test]
+fn a_provisional_window_emptied_before_its_final_time_is_still_closed() {
+    fn plan(key: &str, epoch: Epoch) -> Fate {
+        match key {
+            "keep" => Fate::Kept,
+            "gone" if epoch <= 2 => Fate::Delayed,
+            _ => Fate::Absent,
+        }
+    }
+    for workers in [1, 2] {
+        let run = run_dataflow(workers, 10_000, 3, plan);
+        let ems = emissions(&run.models);
+        let gone: Vec<&Emission> = ems.iter().filter(|e| e.key.0 == "gone").collect();
+        assert!(
+            gone.iter().any(|e| !e.model.is_final),
+            "the scenario emits provisional models of gone ({workers} workers)"
+        );
+        let provisional: BTreeSet<&WinKey> = gone
+            .iter()
+            .filter(|e| !e.model.is_final)
+            .map(|e| &e.key)
+            .collect();
+        let finals: BTreeSet<&WinKey> = gone
+            .iter()
+            .filter(|e| e.model.is_final)
+            .map(|e| &e.key)
+            .collect();
+        let open: Vec<_> = provisional.difference(&finals).collect();
+        assert!(
+            open.is_empty(),
+            "provisional for ever ({workers} workers): {open:?}"
+        );
+        for e in gone.iter().filter(|e| e.model.is_final) {
+            assert_eq!(
+                e.model.n, 0,
+                "the final of an emptied window is empty: {e:?}"
+            );
+        }
+        assert_final_once(&ems, &format!("{workers} workers"));
+    }
+}
+
 /// `tributary checkpoint inspect DIR`'s report (bounded in time).
 fn inspect(checkpoint: &std::path::Path) -> String {
     let o = Reaped::spawn(

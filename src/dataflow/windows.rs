@@ -343,22 +343,18 @@ impl Windows {
             let (_, watermark) = windows.frontier();
             windows.restored_final_through = watermark;
             windows.metrics.watermark.store(watermark, Relaxed);
+            let lateness = windows.config.lateness;
             for (key, start, end, n, revision) in &recovered.emitted {
                 let key = Key::from(key.as_str());
                 if owner(&key, peers) == worker {
-                    windows
-                        .key_state(&key)
-                        .emitted
-                        .insert(*start, (*end, *n, *revision));
+                    let state = key_state(&mut windows.keys, &key, watermark);
+                    state.emitted.insert(*start, (*end, *n, *revision));
+                    // Due when it becomes final, even if none of its panes comes back.
+                    state.schedule(&key, end.saturating_add(lateness), &mut windows.agenda);
                 }
             }
         }
         windows
-    }
-
-    fn key_state(&mut self, key: &Key) -> &mut KeyWindows {
-        let final_through = self.restored_final_through;
-        key_state(&mut self.keys, key, final_through)
     }
 
     /// The global frontier (smallest largest-event-time over workers) and watermark.
@@ -421,9 +417,14 @@ impl Windows {
             }
             if gone {
                 self.tally.panes -= 1;
+                self.tally.windows += entry.recount(spec, frontier, &mut self.windows);
             }
             if !fresh {
-                // A pane already open: only its statistics changed.
+                // A pane already open: only its statistics changed (or it is gone, or an
+                // update of no records found no pane). A key left with nothing leaves.
+                if entry.panes.is_empty() && entry.emitted.is_empty() {
+                    self.keys.remove(&key);
+                }
                 continue;
             }
             self.tally.panes += 1;
@@ -562,8 +563,9 @@ impl Windows {
 
         // A provisional window none of whose records remain (all retracted) is found from
         // the panes no more, but it is still owed its final: an empty one (n = 0,
-        // `underdetermined`). A provisional session is not: its start moved when a record
-        // joined it earlier, and its records are in the session that absorbed it.
+        // `underdetermined`). A provisional session is owed one only if no open pane
+        // overlaps it: otherwise a record joined it earlier, moving its start, and its
+        // records are in the session that absorbed it (emitted above).
         let owed: Vec<(Time, Time, u32)> = state
             .emitted
             .iter()
@@ -572,7 +574,9 @@ impl Windows {
             .collect();
         for (start, end, revision) in owed {
             state.emitted.remove(&start);
-            if spec.is_session() {
+            let absorbed =
+                || (state.panes.iter()).any(|(pane, _)| pane.start < end && start < pane.end);
+            if spec.is_session() && absorbed() {
                 continue;
             }
             let window = Window { start, end };
@@ -602,7 +606,15 @@ impl Windows {
             }
             !expired
         });
-        // Due next: when its next window ends, or a provisional one becomes final.
+        // Due next: when its next window ends, or a provisional one becomes final (found
+        // from its panes or not: its records may all have been retracted since).
+        let lateness = self.config.lateness;
+        revisit.extend(
+            state
+                .emitted
+                .values()
+                .map(|(end, _, _)| end.saturating_add(lateness)),
+        );
         self.tally.windows += state.recount(spec, frontier, &mut windows);
         let next_end = windows.first().map(|(w, _)| w.end);
         self.windows = windows;
@@ -710,13 +722,13 @@ fn windows_into(
     // Ends after `after`: starts from `after - length + 1`, rounded up to the slide.
     let lowest = after.saturating_sub(length).saturating_add(1);
     let lowest = lowest.saturating_add((slide - lowest.rem_euclid(slide)) % slide);
-    let mut start = (first.start - length + slide).max(lowest);
+    let mut start = (first.start.saturating_sub(length).saturating_add(slide)).max(lowest);
     let last_start = last.start.min(through.saturating_sub(length));
     let (mut from, mut to) = (0, 0);
     while start <= last_start {
         let window = Window {
             start,
-            end: start + length,
+            end: start.saturating_add(length),
         };
         while from < panes.len() && panes[from].0.start < window.start {
             from += 1;
@@ -728,13 +740,122 @@ fn windows_into(
         if from < to {
             windows.push((window, from..to));
         }
-        start += slide;
+        // The next window holding a pane: the next slide, or, across a stretch without
+        // panes, the first window holding the next pane (a partition far ahead of the
+        // frontier must not cost a step per slide in between).
+        let Some((next, _)) = panes.get(from) else {
+            break;
+        };
+        let holding_next = next.start.saturating_sub(length).saturating_add(slide);
+        match start.checked_add(slide) {
+            Some(after) => start = after.max(holding_next),
+            None => break,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The windows of `panes` ending in `(after, through]` the slow way: every window of
+    /// every pane, each with the panes it covers.
+    fn windows_by_enumeration(
+        spec: WindowSpec,
+        panes: &[(Pane, Stats)],
+        after: Time,
+        through: Time,
+    ) -> Vec<(Window, Range<usize>)> {
+        let mut windows: Vec<Window> = panes
+            .iter()
+            .flat_map(|(pane, _)| spec.windows_of_pane(pane.start))
+            .filter(|w| after < w.end && w.end <= through)
+            .collect();
+        windows.sort_unstable();
+        windows.dedup();
+        windows
+            .into_iter()
+            .map(|w| {
+                let from = panes.partition_point(|(p, _)| p.start < w.start);
+                let to = from + panes[from..].partition_point(|(p, _)| p.end <= w.end);
+                (w, from..to)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn windows_from_the_slide_arithmetic_are_those_of_every_pane() {
+        let mut seed = 7u64;
+        let mut next = move |bound: i64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 33) % bound as u64) as i64
+        };
+        for spec in [
+            "tumbling:10ms",
+            "sliding:30ms/10ms",
+            "sliding:60ms/1ms",
+            "sliding:10ms/10ms",
+        ] {
+            let spec: WindowSpec = spec.parse().unwrap();
+            let slide = spec.bucket();
+            for _ in 0..300 {
+                let mut starts: Vec<i64> =
+                    (0..next(6)).map(|_| (next(400) - 200) * slide).collect();
+                starts.sort_unstable();
+                starts.dedup();
+                let panes: Vec<(Pane, Stats)> = starts
+                    .iter()
+                    .map(|&start| {
+                        let pane = Pane {
+                            start,
+                            end: start + slide,
+                        };
+                        (pane, Stats::of_row(&[1.0, 2.0]))
+                    })
+                    .collect();
+                let bounds = [Time::MIN, Time::MAX, next(5000) - 2500, next(5000) - 2500];
+                for after in bounds {
+                    for through in bounds {
+                        let mut fast = Vec::new();
+                        windows_into(spec, &panes, after, through, &mut fast);
+                        let slow = windows_by_enumeration(spec, &panes, after, through);
+                        assert_eq!(fast, slow, "{spec:?} {starts:?} ({after}, {through}]");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A key whose panes are thirty days apart (a partition far ahead of the frontier) with
+    /// a 1 ms slide: a step per slide in between would be 2.6 billion steps.
+    #[test]
+    fn windows_of_panes_far_apart_are_found_without_walking_the_gap() {
+        let spec: WindowSpec = "sliding:10ms/1ms".parse().unwrap();
+        let far: Time = 30 * 24 * 3_600_000;
+        let panes: Vec<(Pane, Stats)> = [0, far]
+            .iter()
+            .map(|&start| {
+                (
+                    Pane {
+                        start,
+                        end: start + 1,
+                    },
+                    Stats::of_row(&[1.0, 2.0]),
+                )
+            })
+            .collect();
+        let mut windows = Vec::new();
+        windows_into(spec, &panes, Time::MIN, Time::MAX, &mut windows);
+        assert_eq!(windows.len(), 20);
+        assert!(
+            windows[..10]
+                .iter()
+                .all(|(w, r)| *r == (0..1) && w.start <= 0 && 0 < w.end)
+        );
+        assert!((windows[10..].iter()).all(|(w, r)| *r == (1..2) && w.start <= far && far < w.end));
+    }
 
     #[test]
     fn the_agenda_hands_over_the_keys_of_the_times_passed_in_order() {
