@@ -89,6 +89,14 @@ impl Fit {
             status: Status::Underdetermined,
         }
     }
+
+    /// The fit of a window whose sums or solution are not finite: no coefficients.
+    fn not_finite() -> Fit {
+        Fit {
+            status: Status::NotFinite,
+            ..Fit::underdetermined()
+        }
+    }
 }
 
 /// Whether `n` records can determine a model of `features` features (and an intercept):
@@ -117,18 +125,10 @@ pub fn determined(n: i64, features: usize) -> bool {
 /// assert!((coef[0] - 1.0).abs() < 1e-12 && (coef[1] - 2.0).abs() < 1e-12);
 /// ```
 pub fn solve(stats: &Stats, options: SolveOptions) -> Fit {
-    let Some(d) = stats.features() else {
-        return Fit::underdetermined();
+    let d = match checked(stats) {
+        Ok(d) => d,
+        Err(fit) => return fit,
     };
-    if !determined(stats.n, d) {
-        return Fit::underdetermined();
-    }
-    if !stats.sums.iter().all(|v| v.is_finite()) {
-        return Fit {
-            status: Status::NotFinite,
-            ..Fit::underdetermined()
-        };
-    }
     // Up to eight features, everything on the stack with the loops' bounds known; the
     // same operations in the same order as `solve_dynamic`, so the same bits.
     match d {
@@ -140,7 +140,104 @@ pub fn solve(stats: &Stats, options: SolveOptions) -> Fit {
         6 => solve_fixed::<6>(stats, options),
         7 => solve_fixed::<7>(stats, options),
         8 => solve_fixed::<8>(stats, options),
-        _ => solve_dynamic(stats, options),
+        _ => solve_dynamic(stats, d, options),
+    }
+}
+
+/// The number of features of `stats` if a model can be solved from them, or the fit
+/// without one: underdetermined (no more records than features), or `not_finite` (sums
+/// that overflowed).
+fn checked(stats: &Stats) -> Result<usize, Fit> {
+    let Some(d) = stats.features() else {
+        return Err(Fit::underdetermined());
+    };
+    if !determined(stats.n, d) {
+        return Err(Fit::underdetermined());
+    }
+    if !stats.sums.iter().all(|v| v.is_finite()) {
+        return Err(Fit::not_finite());
+    }
+    Ok(d)
+}
+
+/// How much precision centering the raw sums lost (see the module documentation), against
+/// the diagonal `a(j)` actually solved (the ridge included); a diagonal that is not
+/// positive is the condition number's business. `cross` reads the raw sums.
+fn precision_loss(
+    d: usize,
+    a: impl Fn(usize) -> f64,
+    cross: impl Fn(usize, usize) -> f64,
+    syy: f64,
+) -> f64 {
+    let cx = (0..d)
+        .filter(|&j| a(j) > 0.0)
+        .map(|j| cross(j, j) / a(j))
+        .fold(1.0, f64::max);
+    // A target without spread left (Syy ≤ 0) determines no slope: as bad as it gets.
+    let cy = if syy > 0.0 {
+        cross(d, d) / syy
+    } else {
+        f64::INFINITY
+    };
+    cx.max((cx * cy).sqrt())
+}
+
+/// The condition number and the decisions on it.
+struct Conditioning {
+    cond: f64,
+    /// Too ill-conditioned for the Cholesky solve: the pseudo-inverse answers.
+    ill: bool,
+    /// The condition times the centering's loss is past the threshold.
+    imprecise: bool,
+}
+
+/// The condition number: the cheap upper `bound` from the Cholesky factor, or the `exact`
+/// 2-norm condition where the decisions could depend on the difference; `loss` is the
+/// centering's ([`precision_loss`]).
+fn conditioning(bound: f64, loss: f64, exact: impl FnOnce() -> f64) -> Conditioning {
+    let cond = if bound.is_finite() && bound * loss <= ILL_CONDITIONED / BOUND_MARGIN {
+        bound
+    } else {
+        exact()
+    };
+    Conditioning {
+        cond,
+        ill: cond.is_nan() || cond > ILL_CONDITIONED,
+        imprecise: cond * loss > ILL_CONDITIONED,
+    }
+}
+
+/// The fit of the solved intercept `b0` and slopes `b`, with the residual sum of squares
+/// `sse` of `n` records whose target's centered sum of squares is `syy`: `not_finite` if
+/// a coefficient is not finite.
+fn fit_of(
+    b0: f64,
+    b: impl ExactSizeIterator<Item = f64>,
+    (sse, syy, n): (f64, f64, f64),
+    conditioning: Conditioning,
+) -> Fit {
+    let r2 = (syy > 0.0).then(|| 1.0 - sse / syy);
+    let mut coef = Vec::with_capacity(b.len() + 1);
+    coef.push(b0);
+    coef.extend(b);
+    if !coef.iter().all(|c| c.is_finite()) {
+        return Fit::not_finite();
+    }
+    let Conditioning {
+        cond,
+        ill,
+        imprecise,
+    } = conditioning;
+    Fit {
+        coef: Some(coef),
+        r2: r2.filter(|v| v.is_finite()),
+        rmse: Some((sse / n).sqrt()).filter(|v| v.is_finite()),
+        cond: Some(cond).filter(|c| c.is_finite()),
+        status: if ill || imprecise {
+            Status::IllConditioned
+        } else {
+            Status::Ok
+        },
     }
 }
 
@@ -155,10 +252,6 @@ pub fn solve(stats: &Stats, options: SolveOptions) -> Fit {
 /// `y = a·x·c + b·y` with `b = c = 1` is `y += a·x` here: multiplying by one is exact and
 /// a floating-point sum does not depend on its operands' order.
 fn solve_fixed<const D: usize>(stats: &Stats, options: SolveOptions) -> Fit {
-    let not_finite = Fit {
-        status: Status::NotFinite,
-        ..Fit::underdetermined()
-    };
     let m = D + 1;
     let sums = &stats.sums[..];
     // Stats::cross without recomputing the dimension each time.
@@ -177,7 +270,7 @@ fn solve_fixed<const D: usize>(stats: &Stats, options: SolveOptions) -> Fit {
     let sxy: [f64; D] = std::array::from_fn(|i| cross(i, D) - n * xbar[i] * ybar);
     let syy = cross(D, D) - n * ybar * ybar;
     if !(sxx.as_flattened().iter().chain(&sxy).all(|v| v.is_finite()) && syy.is_finite()) {
-        return not_finite;
+        return Fit::not_finite();
     }
 
     let mut a = sxx;
@@ -192,35 +285,20 @@ fn solve_fixed<const D: usize>(stats: &Stats, options: SolveOptions) -> Fit {
         std::array::from_fn(|j| std::array::from_fn(|i| a[j][i] * scale[i] * scale[j]));
     let rhs: [f64; D] = std::array::from_fn(|i| sxy[i] * scale[i]);
 
-    let cx = (0..D)
-        .filter(|&j| a[j][j] > 0.0)
-        .map(|j| cross(j, j) / a[j][j])
-        .fold(1.0, f64::max);
-    let cy = if syy > 0.0 {
-        cross(D, D) / syy
-    } else {
-        f64::INFINITY
-    };
-    let loss = cx.max((cx * cy).sqrt());
+    let loss = precision_loss(D, |j| a[j][j], cross, syy);
     let cholesky = cholesky_fixed(&scaled);
     let bound = cholesky
         .as_ref()
         .map_or(f64::INFINITY, |l| condition_bound_fixed(&scaled, l));
     let dynamic = || DMatrix::from_column_slice(D, D, scaled.as_flattened());
-    let cond = if bound.is_finite() && bound * loss <= ILL_CONDITIONED / BOUND_MARGIN {
-        bound
-    } else {
-        condition(&dynamic())
-    };
-    let ill = cond.is_nan() || cond > ILL_CONDITIONED;
-    let imprecise = cond * loss > ILL_CONDITIONED;
+    let conditioning = conditioning(bound, loss, || condition(&dynamic()));
     let solution = match cholesky {
-        Some(l) if !ill => Some(cholesky_solve_fixed(&l, rhs)),
+        Some(l) if !conditioning.ill => Some(cholesky_solve_fixed(&l, rhs)),
         _ => pseudo_solve(&dynamic(), &DVector::from_column_slice(&rhs))
             .map(|x| std::array::from_fn(|i| x[i])),
     };
     let Some(solution) = solution else {
-        return not_finite;
+        return Fit::not_finite();
     };
     let b: [f64; D] = std::array::from_fn(|i| solution[i] * scale[i]);
 
@@ -234,24 +312,7 @@ fn solve_fixed<const D: usize>(stats: &Stats, options: SolveOptions) -> Fit {
         }
     }
     let sse = (syy - 2.0 * nalgebra_dot(&b, &sxy) + nalgebra_dot(&b, &sxx_b)).max(0.0);
-    let r2 = (syy > 0.0).then(|| 1.0 - sse / syy);
-    let mut coef = Vec::with_capacity(D + 1);
-    coef.push(b0);
-    coef.extend(b);
-    if !coef.iter().all(|c| c.is_finite()) {
-        return not_finite;
-    }
-    Fit {
-        coef: Some(coef),
-        r2: r2.filter(|v| v.is_finite()),
-        rmse: Some((sse / n).sqrt()).filter(|v| v.is_finite()),
-        cond: Some(cond).filter(|c| c.is_finite()),
-        status: if ill || imprecise {
-            Status::IllConditioned
-        } else {
-            Status::Ok
-        },
-    }
+    fit_of(b0, b.into_iter(), (sse, syy, n), conditioning)
 }
 
 /// The Cholesky factor of `s` (column by column, lower triangle; the strict upper
@@ -325,24 +386,10 @@ fn nalgebra_dot(x: &[f64], y: &[f64]) -> f64 {
     res
 }
 
-/// [`solve`] on nalgebra's dynamically sized matrices, for any dimension: the
-/// implementation for more than eight features, and the reference `solve_fixed` is
-/// tested against bit for bit.
-fn solve_dynamic(stats: &Stats, options: SolveOptions) -> Fit {
-    let underdetermined = Fit::underdetermined();
-    let Some(d) = stats.features() else {
-        return underdetermined;
-    };
-    if !determined(stats.n, d) {
-        return underdetermined;
-    }
-    let not_finite = Fit {
-        status: Status::NotFinite,
-        ..underdetermined
-    };
-    if !stats.sums.iter().all(|v| v.is_finite()) {
-        return not_finite;
-    }
+/// [`solve`] on nalgebra's dynamically sized matrices, for any dimension `d`, on
+/// statistics [`checked`] already: the implementation for more than eight features, and
+/// the reference `solve_fixed` is tested against bit for bit.
+fn solve_dynamic(stats: &Stats, d: usize, options: SolveOptions) -> Fit {
     let n = stats.n as f64;
     let mean: Vec<f64> = stats.sum().iter().map(|s| s / n).collect();
     let (xbar, ybar) = (&mean[..d], mean[d]);
@@ -353,7 +400,7 @@ fn solve_dynamic(stats: &Stats, options: SolveOptions) -> Fit {
     let syy = stats.cross(d, d) - n * ybar * ybar;
     // Centering can overflow where the sums did not (n x̄ᵢ x̄ⱼ).
     if !(sxx.iter().chain(sxy.iter()).all(|v| v.is_finite()) && syy.is_finite()) {
-        return not_finite;
+        return Fit::not_finite();
     }
 
     let mut a = sxx.clone();
@@ -368,63 +415,25 @@ fn solve_dynamic(stats: &Stats, options: SolveOptions) -> Fit {
     let scaled = DMatrix::from_fn(d, d, |i, j| a[(i, j)] * scale[i] * scale[j]);
     let rhs = sxy.component_mul(&scale);
 
-    // Precision lost by centering the raw sums (see the module documentation), against
-    // the diagonal actually solved (the ridge included); a diagonal that is not positive
-    // is the condition number's business.
-    let cx = (0..d)
-        .filter(|&j| a[(j, j)] > 0.0)
-        .map(|j| stats.cross(j, j) / a[(j, j)])
-        .fold(1.0, f64::max);
-    // A target without spread left (Syy ≤ 0) determines no slope: as bad as it gets.
-    let cy = if syy > 0.0 {
-        stats.cross(d, d) / syy
-    } else {
-        f64::INFINITY
-    };
-    let loss = cx.max((cx * cy).sqrt());
-    // The condition number: a cheap upper bound from the Cholesky factor, or the exact
-    // 2-norm condition where the decisions below could depend on the difference.
+    let loss = precision_loss(d, |j| a[(j, j)], |i, j| stats.cross(i, j), syy);
     let cholesky = scaled.clone().cholesky();
     let bound = cholesky.as_ref().map_or(f64::INFINITY, |c| {
         condition_bound(d, scaled.as_slice(), c.l_dirty().as_slice())
     });
-    let cond = if bound.is_finite() && bound * loss <= ILL_CONDITIONED / BOUND_MARGIN {
-        bound
-    } else {
-        condition(&scaled)
-    };
-    let ill = cond.is_nan() || cond > ILL_CONDITIONED;
-    let imprecise = cond * loss > ILL_CONDITIONED;
-    let solution = (!ill)
+    let conditioning = conditioning(bound, loss, || condition(&scaled));
+    let solution = (!conditioning.ill)
         .then(|| cholesky.map(|c| c.solve(&rhs)))
         .flatten()
         .or_else(|| pseudo_solve(&scaled, &rhs));
     let Some(solution) = solution else {
-        return not_finite;
+        return Fit::not_finite();
     };
     let b = solution.component_mul(&scale);
 
     let b0 = ybar - b.dot(&DVector::from_column_slice(xbar));
     // SSE = Syy − 2 bᵀSxy + bᵀ Sxx b (exact for any b when b₀ = ȳ − x̄·b).
     let sse = (syy - 2.0 * b.dot(&sxy) + b.dot(&(&sxx * &b))).max(0.0);
-    let r2 = (syy > 0.0).then(|| 1.0 - sse / syy);
-    let mut coef = Vec::with_capacity(d + 1);
-    coef.push(b0);
-    coef.extend(b.iter());
-    if !coef.iter().all(|c| c.is_finite()) {
-        return not_finite;
-    }
-    Fit {
-        coef: Some(coef),
-        r2: r2.filter(|v| v.is_finite()),
-        rmse: Some((sse / n).sqrt()).filter(|v| v.is_finite()),
-        cond: Some(cond).filter(|c| c.is_finite()),
-        status: if ill || imprecise {
-            Status::IllConditioned
-        } else {
-            Status::Ok
-        },
-    }
+    fit_of(b0, b.iter().copied(), (sse, syy, n), conditioning)
 }
 
 /// How far below the threshold the bound of [`condition_bound`] must be for the exact
@@ -794,7 +803,11 @@ mod tests {
         ) {
             let options = SolveOptions { ridge };
             let fit = solve(&stats, options);
-            let reference = solve_dynamic(&stats, options);
+            // The checks are shared; past them, the dynamic path is the reference.
+            let reference = match checked(&stats) {
+                Ok(d) => solve_dynamic(&stats, d, options),
+                Err(fit) => fit,
+            };
             prop_assert_eq!(fit_bits(&fit), fit_bits(&reference), "{:?} vs {:?}", fit, reference);
         }
     }
