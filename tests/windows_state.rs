@@ -347,31 +347,36 @@ fn a_provisional_window_whose_records_are_all_retracted_is_still_closed() {
         }
     }
     let run = run_dataflow(1, 10_000, 3, plan);
-    let ems = emissions(&run.models);
-    let provisional: BTreeSet<&WinKey> = ems
-        .iter()
-        .filter(|e| e.key.0 == "gone" && !e.model.is_final)
-        .map(|e| &e.key)
-        .collect();
+    assert_emptied_windows_closed(&emissions(&run.models), "1 worker");
+}
+
+/// `gone`'s records were all retracted after some of its windows were emitted
+/// provisionally: there were such models, each such window has a final too, and every
+/// final of `gone` is empty (n = 0, no coefficients).
+fn assert_emptied_windows_closed(ems: &[Emission], ctx: &str) {
+    let gone: Vec<&Emission> = ems.iter().filter(|e| e.key.0 == "gone").collect();
+    let windows = |is_final: bool| -> BTreeSet<&WinKey> {
+        (gone.iter())
+            .filter(|e| e.model.is_final == is_final)
+            .map(|e| &e.key)
+            .collect()
+    };
+    let provisional = windows(false);
     assert!(
         !provisional.is_empty(),
-        "the scenario emits provisional models of gone"
+        "{ctx}: the scenario emits provisional models of gone"
     );
-    let finals: BTreeSet<&WinKey> = ems
-        .iter()
-        .filter(|e| e.model.is_final)
-        .map(|e| &e.key)
-        .collect();
+    let finals = windows(true);
     let open: Vec<_> = provisional.difference(&finals).collect();
-    assert!(open.is_empty(), "provisional for ever: {open:?}");
-    for e in ems.iter().filter(|e| e.key.0 == "gone" && e.model.is_final) {
+    assert!(open.is_empty(), "{ctx}: provisional for ever: {open:?}");
+    for e in gone.iter().filter(|e| e.model.is_final) {
         assert_eq!(
             e.model.n, 0,
-            "the final of an emptied window is empty: {e:?}"
+            "{ctx}: the final of an emptied window is empty: {e:?}"
         );
         assert!(
             e.model.coef.is_none(),
-            "no coefficients without records: {e:?}"
+            "{ctx}: no coefficients without records: {e:?}"
         );
     }
 }
@@ -393,32 +398,7 @@ fn a_provisional_window_emptied_before_its_final_time_is_still_closed() {
     for workers in [1, 2] {
         let run = run_dataflow(workers, 10_000, 3, plan);
         let ems = emissions(&run.models);
-        let gone: Vec<&Emission> = ems.iter().filter(|e| e.key.0 == "gone").collect();
-        assert!(
-            gone.iter().any(|e| !e.model.is_final),
-            "the scenario emits provisional models of gone ({workers} workers)"
-        );
-        let provisional: BTreeSet<&WinKey> = gone
-            .iter()
-            .filter(|e| !e.model.is_final)
-            .map(|e| &e.key)
-            .collect();
-        let finals: BTreeSet<&WinKey> = gone
-            .iter()
-            .filter(|e| e.model.is_final)
-            .map(|e| &e.key)
-            .collect();
-        let open: Vec<_> = provisional.difference(&finals).collect();
-        assert!(
-            open.is_empty(),
-            "provisional for ever ({workers} workers): {open:?}"
-        );
-        for e in gone.iter().filter(|e| e.model.is_final) {
-            assert_eq!(
-                e.model.n, 0,
-                "the final of an emptied window is empty: {e:?}"
-            );
-        }
+        assert_emptied_windows_closed(&ems, &format!("{workers} workers"));
         assert_final_once(&ems, &format!("{workers} workers"));
     }
 }
