@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Fit, Status};
-use crate::sink::JsonLine;
+use crate::sink::{JsonLine, OrderKey};
 use crate::types::{Counts, Epoch};
 use crate::window::{Time, Window};
 
@@ -130,17 +130,13 @@ fn is_zero_u32(v: &u32) -> bool {
 }
 
 impl JsonLine for ModelLine {
-    type Order<'a> = (Time, &'a str, Time, bool, u32);
-
     /// By window end, then key, window start, finality and revision.
-    fn order(&self) -> Self::Order<'_> {
-        (
-            self.window_end,
-            &self.key,
-            self.window_start,
-            self.is_final,
-            self.revision,
-        )
+    fn order(&self, key: &mut OrderKey<'_>) {
+        key.time(self.window_end)
+            .text(&self.key)
+            .time(self.window_start)
+            .flag(self.is_final)
+            .count(self.revision);
     }
 
     /// The bytes serde_json writes for `ModelJson` (a unit test holds them equal), with
@@ -228,11 +224,9 @@ impl ModelLine {
 }
 
 impl JsonLine for SetAside {
-    type Order<'a> = (Time, &'a str);
-
     /// By event time, then key.
-    fn order(&self) -> Self::Order<'_> {
-        (self.ts, &self.key)
+    fn order(&self, key: &mut OrderKey<'_>) {
+        key.time(self.ts).text(&self.key);
     }
 
     fn write_json(&self, w: &mut Vec<u8>) -> std::io::Result<()> {

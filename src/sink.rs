@@ -7,9 +7,11 @@ use std::io::{self, BufWriter, Write};
 use std::path::Path;
 use std::rc::Rc;
 
+use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
-use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::Operator;
+use timely::dataflow::operators::vec::Map;
 
 use crate::held::Held;
 use crate::types::{EXIT_SOURCE_OR_OUTPUT, Epoch, OnFatal, fatal};
@@ -95,31 +97,198 @@ impl Ledger {
 
 /// Elements written as one JSON object per line.
 pub trait JsonLine {
-    /// The order in which an epoch's elements are written: the same whatever the worker
-    /// count, so that an output does not depend on it.
-    type Order<'a>: Ord
-    where
-        Self: 'a;
-
-    /// This element's place in that order.
-    fn order(&self) -> Self::Order<'_>;
+    /// Appends this element's place in the order in which an epoch's elements are
+    /// written: the same whatever the worker count, so that an output does not depend on
+    /// it. The fields are appended most significant first ([`OrderKey`]).
+    fn order(&self, key: &mut OrderKey<'_>);
 
     /// Appends the element to `out` as one JSON object (no newline).
     fn write_json(&self, out: &mut Vec<u8>) -> io::Result<()>;
 }
 
+/// An element's place in the written order, as bytes whose lexicographic order is the
+/// order of the fields appended, first to last (the order of a tuple of them): times
+/// big-endian with the sign bit flipped, text with its zero bytes escaped and then
+/// terminated. Each worker sorts its lines by it, and worker 0 merges the workers' runs
+/// of lines by it, without the elements themselves.
+pub struct OrderKey<'a> {
+    bytes: &'a mut Vec<u8>,
+}
+
+impl OrderKey<'_> {
+    /// Appends a time (or any `i64`).
+    pub fn time(&mut self, time: i64) -> &mut Self {
+        let flipped = (time as u64) ^ (1 << 63);
+        self.bytes.extend_from_slice(&flipped.to_be_bytes());
+        self
+    }
+
+    /// Appends a text: byte order, and a text before every longer text it begins.
+    pub fn text(&mut self, text: &str) -> &mut Self {
+        let bytes = text.as_bytes();
+        if bytes.contains(&0) {
+            for &b in bytes {
+                self.bytes.push(b);
+                if b == 0 {
+                    self.bytes.push(0xFF);
+                }
+            }
+        } else {
+            self.bytes.extend_from_slice(bytes);
+        }
+        // The terminator is below every escaped zero (0x00 0xFF) and every other byte.
+        self.bytes.extend_from_slice(&[0, 0]);
+        self
+    }
+
+    /// Appends a flag (`false` first).
+    pub fn flag(&mut self, flag: bool) -> &mut Self {
+        self.bytes.push(u8::from(flag));
+        self
+    }
+
+    /// Appends a count.
+    pub fn count(&mut self, count: u32) -> &mut Self {
+        self.bytes.extend_from_slice(&count.to_be_bytes());
+        self
+    }
+}
+
 /// Bytes of formatted lines gathered before they are handed to the writer.
 const LINE_CHUNK: usize = 1 << 16;
 
+/// One worker's elements of one epoch, formatted, with their written order: what it
+/// hands to worker 0, which only has to merge the workers' runs.
+#[derive(Clone, Serialize, Deserialize)]
+struct LineRun<D> {
+    /// The worker that made it: runs are merged in worker order where keys tie.
+    worker: usize,
+    /// The lines, each ending in a newline, in the order the elements came.
+    text: Vec<u8>,
+    /// The lines' order keys, in the order the elements came (only when there are runs
+    /// to merge).
+    keys: Vec<u8>,
+    /// Per line, in written order: its order key's bounds in `keys` (when merged) and its
+    /// bounds in `text`.
+    spans: Vec<(usize, usize, usize, usize)>,
+    /// The elements themselves, when they are passed on once written.
+    items: Vec<D>,
+}
+
+impl<D: JsonLine> LineRun<D> {
+    /// The run of `items`, sorted by order key (stably: ties stay in arrival order), with
+    /// the keys kept when `merged` and the elements when `pass`; `keys` is storage reused
+    /// for the order keys otherwise, and `text_hint` the bytes to make room for.
+    ///
+    /// The elements are read once, in the order they came, each formatted and then (unless
+    /// passed on) dropped: an epoch's elements are many and large, and reading them in
+    /// written order instead was a cache miss each. Only the lines' bounds are sorted.
+    fn of(
+        worker: usize,
+        items: Vec<D>,
+        merged: bool,
+        pass: bool,
+        keys: &mut Vec<u8>,
+        text_hint: usize,
+    ) -> io::Result<LineRun<D>> {
+        let mut run = LineRun {
+            worker,
+            text: Vec::with_capacity(text_hint),
+            keys: Vec::new(),
+            spans: Vec::with_capacity(items.len()),
+            items: Vec::new(),
+        };
+        let mut add = |item: &D| {
+            let (key_from, text_from) = (keys.len(), run.text.len());
+            item.order(&mut OrderKey { bytes: keys });
+            item.write_json(&mut run.text)?;
+            run.text.push(b'\n');
+            let span = (key_from, keys.len(), text_from, run.text.len());
+            run.spans.push(span);
+            io::Result::Ok(())
+        };
+        if pass {
+            items.iter().try_for_each(&mut add)?;
+            run.items = items;
+        } else {
+            items.into_iter().try_for_each(|item| add(&item))?;
+        }
+        run.spans
+            .sort_by(|a, b| keys[a.0..a.1].cmp(&keys[b.0..b.1]));
+        if merged {
+            run.keys = std::mem::take(keys);
+        } else {
+            keys.clear();
+        }
+        Ok(run)
+    }
+
+    /// Line `i` in written order: its order key (empty unless merged) and its text.
+    fn line(&self, i: usize) -> (&[u8], &[u8]) {
+        let (key_from, key_to, text_from, text_to) = self.spans[i];
+        let key = self.keys.get(key_from..key_to).unwrap_or_default();
+        (key, &self.text[text_from..text_to])
+    }
+}
+
+/// Writes the lines of `runs` to `out`, merged in order (the lower worker first where
+/// keys tie), a chunk at a time through `chunk`.
+fn merge_runs<D: JsonLine>(
+    runs: &mut [LineRun<D>],
+    chunk: &mut Vec<u8>,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    runs.sort_by_key(|r| r.worker);
+    let mut next = vec![0; runs.len()];
+    loop {
+        // The least line at the head of a run (the only run's, with one worker).
+        let mut least: Option<(usize, &[u8], &[u8])> = None;
+        for (r, run) in runs.iter().enumerate() {
+            if next[r] < run.spans.len() {
+                let (key, text) = run.line(next[r]);
+                if least.is_none_or(|(_, k, _)| key < k) {
+                    least = Some((r, key, text));
+                }
+            }
+        }
+        let Some((r, _, text)) = least else {
+            break;
+        };
+        next[r] += 1;
+        chunk.extend_from_slice(text);
+        if chunk.len() >= LINE_CHUNK {
+            out.write_all(chunk)?;
+            chunk.clear();
+        }
+    }
+    out.write_all(chunk)?;
+    chunk.clear();
+    Ok(())
+}
+
 /// Writes a stream as JSON lines on worker 0.
+///
+/// Each worker formats its own elements of an epoch, in their [`JsonLine::order`], once
+/// the epoch is complete, and hands the run of lines to worker 0; worker 0 merges the
+/// runs, writes them to the output (opened by `open` on worker 0 only) and flushes. An
+/// output that cannot be opened or written is logged and handed to `on_fatal` (exit code
+/// [`EXIT_SOURCE_OR_OUTPUT`]). With a `ledger`, the output's length after each epoch is
+/// noted in it.
 pub trait WriteLines<'scope, D> {
-    /// Routes every element to worker 0, which writes each completed epoch's elements,
-    /// in their [`JsonLine::order`], to `writer` (opened by `open` on worker 0 only) and
-    /// flushes.
-    /// Returns the stream of written elements, for probing. An output that cannot be
-    /// opened or written is logged and handed to `on_fatal` (exit code
-    /// [`EXIT_SOURCE_OR_OUTPUT`]).
+    /// Writes the stream, and returns a stream without data whose frontier passes an
+    /// epoch once every line of it is written (to probe, or to wait on).
     fn write_lines<F>(
+        self,
+        open: F,
+        ledger: Option<SharedLedger>,
+        on_fatal: OnFatal,
+    ) -> StreamVec<'scope, Epoch, ()>
+    where
+        F: FnOnce() -> io::Result<Output> + 'static;
+
+    /// Writes the stream as [`write_lines`](WriteLines::write_lines) does, and returns the
+    /// elements written, on worker 0, each epoch's once they are written.
+    fn write_lines_passing<F>(
         self,
         open: F,
         ledger: Option<SharedLedger>,
@@ -131,9 +300,22 @@ pub trait WriteLines<'scope, D> {
 
 impl<'scope, D> WriteLines<'scope, D> for StreamVec<'scope, Epoch, D>
 where
-    D: timely::ExchangeData + JsonLine + Clone,
+    D: timely::ExchangeData + JsonLine,
 {
     fn write_lines<F>(
+        self,
+        open: F,
+        ledger: Option<SharedLedger>,
+        on_fatal: OnFatal,
+    ) -> StreamVec<'scope, Epoch, ()>
+    where
+        F: FnOnce() -> io::Result<Output> + 'static,
+    {
+        let written: StreamVec<'scope, Epoch, D> = write(self, open, ledger, on_fatal, false);
+        written.map(|_| ())
+    }
+
+    fn write_lines_passing<F>(
         self,
         open: F,
         ledger: Option<SharedLedger>,
@@ -142,83 +324,95 @@ where
     where
         F: FnOnce() -> io::Result<Output> + 'static,
     {
-        let worker = self.scope().index();
-        let mut writer = if worker == 0 {
-            match open() {
-                Ok(output) => {
-                    if let Some(ledger) = &ledger {
-                        let mut l = ledger.borrow_mut();
-                        // Only regular files can be synced and cut back.
-                        l.file = output
-                            .file
-                            .as_ref()
-                            .filter(|f| f.metadata().is_ok_and(|m| m.is_file()))
-                            .and_then(|f| f.try_clone().ok());
-                        l.initial = output.len;
-                    }
-                    Some((output.writer, output.len))
-                }
-                Err(e) => fatal!(on_fatal, EXIT_SOURCE_OR_OUTPUT, "cannot open output: {e}"),
-            }
-        } else {
-            None
-        };
-        self.unary_frontier(
-            Exchange::new(|_: &D| 0),
-            "WriteLines",
-            move |_cap, _info| {
-                let mut held: Held<D> = Held::default();
-                let mut line: Vec<u8> = Vec::with_capacity(2 * LINE_CHUNK);
-                move |(input, frontier),
-                      output: &mut timely::dataflow::operators::generic::OutputBuilderSession<
-                    '_,
-                    Epoch,
-                    _,
-                >| {
-                    input.for_each(|cap, data| held.hold(&cap, output.output_index(), data));
-                    while let Some((cap, items)) = held.take_passed(frontier.frontier()) {
-                        let epoch = *cap.time();
-                        // Written in order; the items themselves stay where they are (a
-                        // model line is a few hundred bytes to move): their places in the
-                        // order are sorted, each with its index.
-                        let mut sorted: Vec<(D::Order<'_>, usize)> =
-                            items.iter().map(|item| item.order()).zip(0..).collect();
-                        sorted.sort_unstable();
-                        if let Some((w, len)) = writer.as_mut() {
-                            let mut counting = Counting {
-                                inner: &mut **w,
-                                written: 0,
-                            };
-                            // Lines are formatted into one reused buffer, handed to the
-                            // writer a chunk at a time.
-                            let written = sorted
-                                .iter()
-                                .try_for_each(|&(_, i)| {
-                                    items[i].write_json(&mut line)?;
-                                    line.push(b'\n');
-                                    if line.len() >= LINE_CHUNK {
-                                        counting.write_all(&line)?;
-                                        line.clear();
-                                    }
-                                    Ok(())
-                                })
-                                .and_then(|()| counting.write_all(&line));
-                            line.clear();
-                            *len += counting.written;
-                            if let Err(e) = written.and_then(|()| w.flush()) {
-                                fatal!(on_fatal, EXIT_SOURCE_OR_OUTPUT, "writing output: {e}");
-                            }
-                            if let Some(ledger) = &ledger {
-                                ledger.borrow_mut().offsets.insert(epoch, *len);
-                            }
-                        }
-                        drop(sorted);
-                        output.session(&cap).give_iterator(items.into_iter());
-                    }
-                }
-            },
-        )
+        write(self, open, ledger, on_fatal, true)
     }
+}
+
+/// [`WriteLines`]: each worker's runs of lines, merged and written by worker 0, which
+/// passes the elements on if `pass`.
+fn write<'scope, D, F>(
+    stream: StreamVec<'scope, Epoch, D>,
+    open: F,
+    ledger: Option<SharedLedger>,
+    on_fatal: OnFatal,
+    pass: bool,
+) -> StreamVec<'scope, Epoch, D>
+where
+    D: timely::ExchangeData + JsonLine,
+    F: FnOnce() -> io::Result<Output> + 'static,
+{
+    let scope = stream.scope();
+    let (worker, merged) = (scope.index(), scope.peers() > 1);
+    let runs = stream.unary_frontier(Pipeline, "FormatLines", move |_cap, _info| {
+        let mut held: Held<D> = Held::default();
+        let mut keys = Vec::new();
+        // Bytes per line in the last run: room for the next is made at once.
+        let mut line_bytes = 0;
+        move |(input, frontier), output| {
+            input.for_each(|cap, data| held.hold(&cap, output.output_index(), data));
+            while let Some((cap, items)) = held.take_passed(frontier.frontier()) {
+                let hint = items.len() * line_bytes;
+                match LineRun::of(worker, items, merged, pass, &mut keys, hint) {
+                    Ok(run) => {
+                        line_bytes = run.text.len().div_ceil(run.spans.len().max(1)) + 8;
+                        output.session(&cap).give(run);
+                    }
+                    Err(e) => fatal!(on_fatal, EXIT_SOURCE_OR_OUTPUT, "formatting output: {e}"),
+                }
+            }
+        }
+    });
+    let mut writer = if worker == 0 {
+        match open() {
+            Ok(output) => {
+                if let Some(ledger) = &ledger {
+                    let mut l = ledger.borrow_mut();
+                    // Only regular files can be synced and cut back.
+                    l.file = output
+                        .file
+                        .as_ref()
+                        .filter(|f| f.metadata().is_ok_and(|m| m.is_file()))
+                        .and_then(|f| f.try_clone().ok());
+                    l.initial = output.len;
+                }
+                Some((output.writer, output.len))
+            }
+            Err(e) => fatal!(on_fatal, EXIT_SOURCE_OR_OUTPUT, "cannot open output: {e}"),
+        }
+    } else {
+        None
+    };
+    runs.unary_frontier(
+        Exchange::new(|_: &LineRun<D>| 0),
+        "WriteLines",
+        move |_cap, _info| {
+            let mut held: Held<LineRun<D>> = Held::default();
+            let mut chunk: Vec<u8> = Vec::with_capacity(2 * LINE_CHUNK);
+            move |(input, frontier), output| {
+                input.for_each(|cap, data| held.hold(&cap, output.output_index(), data));
+                while let Some((cap, mut runs)) = held.take_passed(frontier.frontier()) {
+                    if let Some((w, len)) = writer.as_mut() {
+                        let mut counting = Counting {
+                            inner: &mut **w,
+                            written: 0,
+                        };
+                        let written = merge_runs(&mut runs, &mut chunk, &mut counting);
+                        *len += counting.written;
+                        if let Err(e) = written.and_then(|()| w.flush()) {
+                            fatal!(on_fatal, EXIT_SOURCE_OR_OUTPUT, "writing output: {e}");
+                        }
+                        if let Some(ledger) = &ledger {
+                            ledger.borrow_mut().offsets.insert(*cap.time(), *len);
+                        }
+                    }
+                    if pass {
+                        let items = runs.into_iter().flat_map(|run| run.items);
+                        output.session(&cap).give_iterator(items);
+                    }
+                }
+            }
+        },
+    )
 }
 
 /// Counts the bytes written through it.
@@ -247,6 +441,85 @@ mod tests {
     use super::*;
     use crate::messages::SetAside;
     use crate::types::Fatal;
+
+    use proptest::prelude::*;
+
+    /// The bytes of `(end, key, start, flag, count)` as [`OrderKey`] appends them.
+    fn key_bytes(t: &(i64, String, i64, bool, u32)) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        OrderKey { bytes: &mut bytes }
+            .time(t.0)
+            .text(&t.1)
+            .time(t.2)
+            .flag(t.3)
+            .count(t.4);
+        bytes
+    }
+
+    proptest! {
+        /// Order keys compare as the tuples of their fields do, whatever the text holds
+        /// (zero bytes, one text beginning another) and the signs of the times.
+        #[test]
+        fn order_keys_compare_as_their_fields(
+            a in (any::<i64>(), "[a\\x00\\x01\\u{ff}]{0,4}", -3i64..3, any::<bool>(), 0u32..3),
+            b in (any::<i64>(), "[a\\x00\\x01\\u{ff}]{0,4}", -3i64..3, any::<bool>(), 0u32..3),
+            same_end in any::<bool>(),
+        ) {
+            let b = if same_end { (a.0, b.1, b.2, b.3, b.4) } else { b };
+            prop_assert_eq!(key_bytes(&a).cmp(&key_bytes(&b)), a.cmp(&b));
+        }
+    }
+
+    /// A text element: `(order, line)`.
+    #[derive(Clone, Serialize, Deserialize)]
+    struct Line(i64, &'static str);
+
+    impl JsonLine for Line {
+        fn order(&self, key: &mut OrderKey<'_>) {
+            key.time(self.0);
+        }
+        fn write_json(&self, out: &mut Vec<u8>) -> io::Result<()> {
+            out.extend_from_slice(self.1.as_bytes());
+            Ok(())
+        }
+    }
+
+    /// Runs of several workers come out merged by order key, ties in worker order and,
+    /// within a worker, in the order its elements came; one worker's run is sorted.
+    #[test]
+    fn runs_are_sorted_and_merged_by_order_key() {
+        let run = |worker, items: Vec<Line>| {
+            LineRun::of(worker, items, true, false, &mut Vec::new(), 0).unwrap()
+        };
+        let mut runs = vec![
+            run(
+                1,
+                vec![Line(3, "1c"), Line(1, "1a"), Line(2, "1b"), Line(1, "1a'")],
+            ),
+            run(0, vec![Line(2, "0b"), Line(4, "0d"), Line(1, "0a")]),
+            run(2, vec![]),
+        ];
+        let (mut chunk, mut out) = (Vec::new(), Vec::new());
+        merge_runs(&mut runs, &mut chunk, &mut out).unwrap();
+        let lines = String::from_utf8(out).unwrap();
+        assert_eq!(lines, "0a\n1a\n1a'\n0b\n1b\n1c\n0d\n");
+        let mut one = vec![
+            LineRun::of(
+                0,
+                vec![Line(2, "b"), Line(1, "a")],
+                false,
+                true,
+                &mut Vec::new(),
+                0,
+            )
+            .unwrap(),
+        ];
+        assert!(one[0].keys.is_empty(), "one worker: no keys to merge by");
+        assert_eq!(one[0].items.len(), 2, "passed on");
+        let mut out = Vec::new();
+        merge_runs(&mut one, &mut chunk, &mut out).unwrap();
+        assert_eq!(out, b"a\nb\n");
+    }
 
     /// An output that cannot be opened is handed to the run's hook with exit code 2: the
     /// hook (here one that panics) decides what follows, not the sink.

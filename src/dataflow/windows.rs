@@ -15,15 +15,16 @@ use std::sync::atomic::Ordering::Relaxed;
 use differential_dataflow::difference::{IsZero, Semigroup};
 use differential_dataflow::{Hashable, VecCollection};
 use rustc_hash::FxHashMap;
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
-use timely::dataflow::operators::Operator;
-use timely::dataflow::operators::vec::{Broadcast, Map};
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::vec::Broadcast;
 
 use super::checkpointer::Checkpointer;
-use super::context::{
-    PaneUpdate, RunContext, WindowConfig, frontier_of, owner, resumed_max_seen, split,
-};
+use super::context::{PaneUpdate, RunContext, WindowConfig, frontier_of, owner, resumed_max_seen};
 use crate::checkpoint::ProvisionalWindow;
 use crate::held::ByEpoch;
 use crate::key::Key;
@@ -103,62 +104,79 @@ impl<'scope> WindowedModels<'scope> for VecCollection<'scope, Epoch, (Key, Pane)
         let mut state = Windows::new(config.clone(), scope.index(), scope.peers(), context);
         // The same worker as [`owner`]: timely's exchange takes the hash modulo the peers.
         let by_key = Exchange::new(|((key, _), _, _): &PaneUpdate| key.hashed());
-        let out = self.inner.binary_frontier(
-            control.broadcast(),
-            by_key,
-            Pipeline,
-            "Windows",
-            move |_cap, _info| {
-                // Per epoch, the pane updates and the progress reports that came at it.
-                type Arrived = (Vec<((Key, Pane), Stats)>, Vec<Control>);
-                let mut held: ByEpoch<Arrived> = ByEpoch::default();
-                move |(panes, panes_frontier), (progress, progress_frontier), output| {
-                    panes.for_each(|cap, data| {
-                        // A collection's updates may be at later times than the message
-                        // that carried them: each is held at its own time.
-                        held.capability(&cap, output.output_index());
-                        for (pane, time, stats) in data.drain(..) {
-                            held.at(time).0.push((pane, stats));
-                        }
-                    });
-                    progress.for_each(|cap, data| {
-                        let time = held.capability(&cap, output.output_index());
-                        held.at(time).1.append(data);
-                    });
-                    // Every epoch that has something, in order, once both inputs are
-                    // complete through it.
-                    let frontiers = [panes_frontier.frontier(), progress_frontier.frontier()];
-                    while let Some((cap, (updates, reports))) = held.take_passed_all(&frontiers) {
-                        let mut session = output.session(&cap);
-                        state.epoch(*cap.time(), updates, reports, |e| session.give(e));
+        let mut builder = OperatorBuilder::new("Windows".to_owned(), scope);
+        let mut panes = builder.new_input(self.inner, by_key);
+        let mut progress = builder.new_input(control.broadcast(), Pipeline);
+        // Three outputs, each its own type: an emission is moved once, into its output.
+        let (models_out, models) = builder.new_output();
+        let (acks_out, acks) = builder.new_output();
+        let (estimates_out, estimates) = builder.new_output();
+        let mut models_out: OutputBuilder<_, CapacityContainerBuilder<Vec<ModelLine>>> =
+            OutputBuilder::from(models_out);
+        let mut acks_out: OutputBuilder<_, CapacityContainerBuilder<Vec<Ack>>> =
+            OutputBuilder::from(acks_out);
+        let mut estimates_out: OutputBuilder<_, CapacityContainerBuilder<Vec<ModelLine>>> =
+            OutputBuilder::from(estimates_out);
+        builder.build(move |capabilities| {
+            // Per epoch, the pane updates and the progress reports that came at it, held
+            // with a capability of the models output (0). The other two outputs keep their
+            // initial capability, moved up to the least epoch that may still come.
+            type Arrived = (Vec<((Key, Pane), Stats)>, Vec<Control>);
+            let mut held: ByEpoch<Arrived> = ByEpoch::default();
+            let mut others: Vec<Capability<Epoch>> = capabilities.into_iter().skip(1).collect();
+            move |frontiers| {
+                panes.for_each(|cap, data| {
+                    // A collection's updates may be at later times than the message that
+                    // carried them: each is held at its own time.
+                    held.capability(&cap, 0);
+                    for (pane, time, stats) in data.drain(..) {
+                        held.at(time).0.push((pane, stats));
                     }
+                });
+                progress.for_each(|cap, data| {
+                    let time = held.capability(&cap, 0);
+                    held.at(time).1.append(data);
+                });
+                // Every epoch that has something, in order, once both inputs are complete
+                // through it.
+                let inputs = [frontiers[0].frontier(), frontiers[1].frontier()];
+                let (mut models, mut acks, mut estimates) = (
+                    models_out.activate(),
+                    acks_out.activate(),
+                    estimates_out.activate(),
+                );
+                while let Some((cap, (updates, reports))) = held.take_passed_all(&inputs) {
+                    let epoch = *cap.time();
+                    let (ack_cap, estimate_cap) =
+                        (others[0].delayed(&epoch), others[1].delayed(&epoch));
+                    let mut models = models.session(&cap);
+                    let mut acks = acks.session(&ack_cap);
+                    let mut estimates = estimates.session(&estimate_cap);
+                    state.epoch(epoch, updates, reports, |e| match e {
+                        Emission::Model(m) => models.give(m),
+                        Emission::Ack(a) => acks.give(a),
+                        Emission::Estimate(m) => estimates.give(m),
+                    });
                 }
-            },
-        );
-        let [models, acks, estimates] = split(out, |e| match e {
-            Emission::Model(_) => 0,
-            Emission::Ack(_) => 1,
-            Emission::Estimate(_) => 2,
+                // What may still come: the least epoch held or not yet complete at an input.
+                let least = (held.first().map(|(epoch, _)| epoch).into_iter())
+                    .chain(inputs.iter().flat_map(|f| f.iter().copied()))
+                    .min();
+                match least {
+                    Some(least) => others.iter_mut().for_each(|c| c.downgrade(&least)),
+                    None => others.clear(),
+                }
+            }
         });
         WindowOutputs {
-            models: models.flat_map(|e| match e {
-                Emission::Model(m) => Some(m),
-                _ => None,
-            }),
-            acks: acks.flat_map(|e| match e {
-                Emission::Ack(a) => Some(a),
-                _ => None,
-            }),
-            estimates: estimates.flat_map(|e| match e {
-                Emission::Estimate(m) => Some(m),
-                _ => None,
-            }),
+            models,
+            acks,
+            estimates,
         }
     }
 }
 
-/// What the windows operator emits.
-#[derive(Clone, Debug)]
+/// What the windows state emits, each to its output.
 enum Emission {
     Model(ModelLine),
     Estimate(ModelLine),

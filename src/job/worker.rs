@@ -93,16 +93,17 @@ pub(super) fn run_worker(worker: &mut Worker, shared: &Shared) {
         let out = job.out.clone();
         let out_from = shared.out_from;
         let out_ledger = Rc::new(RefCell::new(Ledger::default()));
-        let written = outputs.models.write_lines(
-            move || open_output(&out, Some(out_from)),
-            Some(Rc::clone(&out_ledger)),
-            context.on_fatal,
-        );
+        let open = move || open_output(&out, Some(out_from));
+        let ledger = Some(Rc::clone(&out_ledger));
         let written = match job.serve {
-            Some(_) => serve_models(written, outputs.estimates, &shared.models, &probe),
-            None => written,
-        }
-        .map(|_| ());
+            Some(_) => {
+                let written = outputs
+                    .models
+                    .write_lines_passing(open, ledger, context.on_fatal);
+                serve_models(written, outputs.estimates, &shared.models, &probe).map(|_| ())
+            }
+            None => outputs.models.write_lines(open, ledger, context.on_fatal),
+        };
         // The sink of records set aside (`--late-out`, worker 0).
         let mut late_ledger = None;
         let written = match job.late_out.clone() {
@@ -115,7 +116,7 @@ pub(super) fn run_worker(worker: &mut Worker, shared: &Shared) {
                     Some(ledger),
                     context.on_fatal,
                 );
-                written.concat(late_written.map(|_| ()))
+                written.concat(late_written)
             }
             None => written,
         };
