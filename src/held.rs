@@ -47,8 +47,8 @@ use timely::progress::frontier::AntichainRef;
 
 use crate::types::Epoch;
 
-/// Per epoch, what came at it (a bucket `B`), and the capabilities for one output that
-/// the epochs held need.
+/// Per epoch, what came at it (a bucket `B`), and the capabilities for one output (or,
+/// with [`capabilities`](Self::capabilities), several) that the epochs held need.
 ///
 /// A capability is kept at the time of each message ([`capability`](Self::capability));
 /// what is held at an epoch ([`at`](Self::at)) may be at that time or later. An epoch is
@@ -57,7 +57,8 @@ use crate::types::Epoch;
 /// drops the capabilities that the epochs still held no longer need.
 pub struct ByEpoch<B> {
     pending: BTreeMap<Epoch, B>,
-    caps: BTreeMap<Epoch, Capability<Epoch>>,
+    /// Per message time, a capability for each output kept.
+    caps: BTreeMap<Epoch, Vec<Capability<Epoch>>>,
 }
 
 /// Per epoch, the items that came at it, with a capability for one output: the common case
@@ -87,10 +88,17 @@ impl<B: Default> ByEpoch<B> {
     /// (unless one is kept there already), and returns that time. What the message carries
     /// may then be held at that time or any later one.
     pub fn capability(&mut self, cap: &InputCapability<Epoch>, output: usize) -> Epoch {
+        self.capabilities(cap, &[output])
+    }
+
+    /// [`capability`](Self::capability) for each of several `outputs` (the same ones at
+    /// every call), released by [`take_passed_all_outputs`](Self::take_passed_all_outputs).
+    pub fn capabilities(&mut self, cap: &InputCapability<Epoch>, outputs: &[usize]) -> Epoch {
         let epoch = *cap.least().expect("a message has a time");
-        self.caps
-            .entry(epoch)
-            .or_insert_with(|| cap.retain_least(output).expect("a totally ordered time"));
+        self.caps.entry(epoch).or_insert_with(|| {
+            let retain = |&output| cap.retain_least(output).expect("a totally ordered time");
+            outputs.iter().map(retain).collect()
+        });
         epoch
     }
 
@@ -114,7 +122,7 @@ impl<B: Default> ByEpoch<B> {
 
     /// Takes the earliest epoch held, whatever the frontiers, with a capability at it.
     pub fn take_first(&mut self) -> Option<(Capability<Epoch>, B)> {
-        self.take_if(|_| true)
+        first(self.take_if(|_| true))
     }
 
     /// Takes the earliest epoch held if `frontier` has passed it (no more data can come at
@@ -123,7 +131,7 @@ impl<B: Default> ByEpoch<B> {
         &mut self,
         frontier: AntichainRef<'_, Epoch>,
     ) -> Option<(Capability<Epoch>, B)> {
-        self.take_if(|epoch| !frontier.less_equal(&epoch))
+        first(self.take_if(|epoch| !frontier.less_equal(&epoch)))
     }
 
     /// Takes the earliest epoch held if every one of `frontiers` (one per input that feeds
@@ -133,6 +141,15 @@ impl<B: Default> ByEpoch<B> {
         &mut self,
         frontiers: &[AntichainRef<'_, Epoch>],
     ) -> Option<(Capability<Epoch>, B)> {
+        first(self.take_passed_all_outputs(frontiers))
+    }
+
+    /// [`take_passed_all`](Self::take_passed_all), with a capability at the epoch for each
+    /// output kept by [`capabilities`](Self::capabilities), in their order.
+    pub fn take_passed_all_outputs(
+        &mut self,
+        frontiers: &[AntichainRef<'_, Epoch>],
+    ) -> Option<(Vec<Capability<Epoch>>, B)> {
         self.take_if(|epoch| frontiers.iter().all(|f| !f.less_equal(&epoch)))
     }
 
@@ -144,7 +161,10 @@ impl<B: Default> ByEpoch<B> {
     /// Takes the earliest epoch held if `ready` says so, then drops the capabilities no
     /// longer needed (also when it takes nothing: a message may have brought a capability
     /// and nothing to hold).
-    fn take_if(&mut self, ready: impl FnOnce(Epoch) -> bool) -> Option<(Capability<Epoch>, B)> {
+    fn take_if(
+        &mut self,
+        ready: impl FnOnce(Epoch) -> bool,
+    ) -> Option<(Vec<Capability<Epoch>>, B)> {
         let taken = match self.pending.first_key_value() {
             Some((&epoch, _)) if ready(epoch) => {
                 let (_, bucket) = self.pending.pop_first().expect("present");
@@ -152,7 +172,7 @@ impl<B: Default> ByEpoch<B> {
                     .caps
                     .range(..=epoch)
                     .next_back()
-                    .map(|(_, c)| c.delayed(&epoch))
+                    .map(|(_, caps)| caps.iter().map(|c| c.delayed(&epoch)).collect())
                     .expect("a capability at or before every epoch held");
                 Some((cap, bucket))
             }
@@ -176,6 +196,11 @@ impl<B: Default> ByEpoch<B> {
             self.caps.pop_first();
         }
     }
+}
+
+/// A release with the capability of the first output kept.
+fn first<B>(taken: Option<(Vec<Capability<Epoch>>, B)>) -> Option<(Capability<Epoch>, B)> {
+    taken.map(|(mut caps, bucket)| (caps.swap_remove(0), bucket))
 }
 
 #[cfg(test)]

@@ -18,7 +18,6 @@ use rustc_hash::FxHashMap;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
-use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::vec::Broadcast;
@@ -117,24 +116,23 @@ impl<'scope> WindowedModels<'scope> for VecCollection<'scope, Epoch, (Key, Pane)
             OutputBuilder::from(acks_out);
         let mut estimates_out: OutputBuilder<_, CapacityContainerBuilder<Vec<ModelLine>>> =
             OutputBuilder::from(estimates_out);
-        builder.build(move |capabilities| {
+        builder.build(move |_capabilities| {
             // Per epoch, the pane updates and the progress reports that came at it, held
-            // with a capability of the models output (0). The other two outputs keep their
-            // initial capability, moved up to the least epoch that may still come.
+            // with a capability for each output.
             type Arrived = (Vec<((Key, Pane), Stats)>, Vec<Control>);
             let mut held: ByEpoch<Arrived> = ByEpoch::default();
-            let mut others: Vec<Capability<Epoch>> = capabilities.into_iter().skip(1).collect();
+            const OUTPUTS: [usize; 3] = [0, 1, 2];
             move |frontiers| {
                 panes.for_each(|cap, data| {
                     // A collection's updates may be at later times than the message that
                     // carried them: each is held at its own time.
-                    held.capability(&cap, 0);
+                    held.capabilities(&cap, &OUTPUTS);
                     for (pane, time, stats) in data.drain(..) {
                         held.at(time).0.push((pane, stats));
                     }
                 });
                 progress.for_each(|cap, data| {
-                    let time = held.capability(&cap, 0);
+                    let time = held.capabilities(&cap, &OUTPUTS);
                     held.at(time).1.append(data);
                 });
                 // Every epoch that has something, in order, once both inputs are complete
@@ -145,26 +143,16 @@ impl<'scope> WindowedModels<'scope> for VecCollection<'scope, Epoch, (Key, Pane)
                     acks_out.activate(),
                     estimates_out.activate(),
                 );
-                while let Some((cap, (updates, reports))) = held.take_passed_all(&inputs) {
-                    let epoch = *cap.time();
-                    let (ack_cap, estimate_cap) =
-                        (others[0].delayed(&epoch), others[1].delayed(&epoch));
-                    let mut models = models.session(&cap);
-                    let mut acks = acks.session(&ack_cap);
-                    let mut estimates = estimates.session(&estimate_cap);
+                while let Some((caps, (updates, reports))) = held.take_passed_all_outputs(&inputs) {
+                    let epoch = *caps[0].time();
+                    let mut models = models.session(&caps[0]);
+                    let mut acks = acks.session(&caps[1]);
+                    let mut estimates = estimates.session(&caps[2]);
                     state.epoch(epoch, updates, reports, |e| match e {
                         Emission::Model(m) => models.give(m),
                         Emission::Ack(a) => acks.give(a),
                         Emission::Estimate(m) => estimates.give(m),
                     });
-                }
-                // What may still come: the least epoch held or not yet complete at an input.
-                let least = (held.first().map(|(epoch, _)| epoch).into_iter())
-                    .chain(inputs.iter().flat_map(|f| f.iter().copied()))
-                    .min();
-                match least {
-                    Some(least) => others.iter_mut().for_each(|c| c.downgrade(&least)),
-                    None => others.clear(),
                 }
             }
         });
