@@ -351,7 +351,8 @@ pub struct Job {
     pub max_pending: u64,
     /// Largest `POST /data` body (bytes).
     pub max_body: usize,
-    /// Longest line of a TCP source or followed file (bytes).
+    /// Longest line of any source, in bytes without its newline (`--max-line-bytes`): a
+    /// longer one is malformed.
     pub max_line: usize,
     /// Connection cap and idle timeout of a listening TCP source.
     pub tcp: tcp::TcpLimits,

@@ -23,6 +23,8 @@ pub use generator::{GenReader, GenSpec};
 pub use lines::{FileFormat, LineParser};
 pub use log::{IngestLog, LogReader, RecordBatch};
 pub use reader::SourceReader;
-pub use sink::{Malformed, MalformedPolicy, REPORT_MALFORMED, RecordSink, SourceError};
+pub use sink::{
+    Malformed, MalformedPolicy, REPORT_MALFORMED, RecordSink, SourceError, line_too_long,
+};
 pub use spec::{BLOCK_BYTES, FileSpec, SourceSpec};
 pub use tcp::TcpSpec;
