@@ -5,10 +5,11 @@
 //! by worker `k mod workers`, so every worker is busy. The batch number is also the timely
 //! epoch of its updates, and the next batch number is a worker's resumable position.
 //!
-//! Every line-based source (a file read once, [`file`](mod@file); a followed file, [`follow`]; a TCP
-//! connection, [`tcp`]; a `POST /data` body) takes lines of at most `--max-line-bytes`,
-//! not counting the newline: a longer one is malformed under `--on-error`, reported in the
-//! same words ([`line_too_long`]), and the readers of files and streams never hold it whole.
+//! Every line-based source (a file read once, [`file`](mod@file); a followed file,
+//! [`follow`]; a TCP connection, [`tcp`]; a `POST /data` body) takes lines of at most
+//! `--max-line-bytes`, not counting the newline: a longer one is malformed under
+//! `--on-error`, reported in the same words ([`line_too_long`]), and the readers of files
+//! and streams never hold it whole.
 
 mod decimal;
 mod fast_csv;
