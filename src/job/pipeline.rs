@@ -183,7 +183,8 @@ impl Pipeline {
         }
         // Fail early, on this thread, on a source that cannot be opened at all.
         if !job.source.is_logged() {
-            SourceReader::open(&job.source, &job.schema, 0, 1).map_err(|e| e.to_string())?;
+            SourceReader::open_limited(&job.source, &job.schema, 0, 1, job.max_line)
+                .map_err(|e| e.to_string())?;
         }
         let metrics = Arc::new(Metrics::default());
         let checkpoint = match &job.checkpoint {

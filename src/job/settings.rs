@@ -108,8 +108,10 @@ job_spec! {
         /// Largest POST /data body, in bytes [default: 16777216].
         #[arg(long)]
         pub max_body: Option<usize>,
-        /// Longest line of a TCP source or followed file, in bytes; a longer one is skipped
-        /// as malformed without being held in memory [default: 1048576].
+        /// Longest line of every source (file read once or followed, CSV or JSON lines, TCP,
+        /// POST /data), in bytes without its newline; a line of exactly this is taken. A
+        /// longer one is malformed under --on-error (skipped and counted, or the run fails),
+        /// named by its line, and never held whole [default: 1048576].
         #[arg(long)]
         pub max_line_bytes: Option<usize>,
         /// Connections a `tcp:…,listen` source reads at once; more are closed [default: 64].
@@ -351,7 +353,8 @@ pub struct Job {
     pub max_pending: u64,
     /// Largest `POST /data` body (bytes).
     pub max_body: usize,
-    /// Longest line of a TCP source or followed file (bytes).
+    /// Longest line of any source, in bytes without its newline (`--max-line-bytes`): a
+    /// longer one is malformed.
     pub max_line: usize,
     /// Connection cap and idle timeout of a listening TCP source.
     pub tcp: tcp::TcpLimits,

@@ -198,6 +198,7 @@ pub(super) fn start_serving(
             schema: job.schema.clone(),
             metrics: Arc::clone(metrics),
             max_body: job.max_body,
+            max_line: job.max_line,
             limits: job.http.clone(),
             key_horizon: serve::key_horizon(&job.windows),
             on_fatal,

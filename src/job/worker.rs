@@ -59,11 +59,12 @@ pub(super) fn run_worker(worker: &mut Worker, shared: &Shared) {
     let context = &shared.context;
     let reader = match &shared.log {
         Some(log) => SourceReader::Log(LogReader::new(Arc::clone(log), index, shared.log_readers)),
-        None => SourceReader::open(
+        None => SourceReader::open_limited(
             &shared.job.source,
             &shared.job.schema,
             index,
             worker.peers(),
+            shared.job.max_line,
         )
         .unwrap_or_else(|e| fatal!(context.on_fatal, EXIT_SOURCE_OR_OUTPUT, "{e}")),
     };

@@ -33,6 +33,8 @@ pub struct ServeContext {
     pub metrics: Arc<Metrics>,
     /// Largest `POST /data` body.
     pub max_body: usize,
+    /// Longest line of a `POST /data` body (`--max-line-bytes`, as for every source).
+    pub max_line: usize,
     /// The server's limits.
     pub limits: HttpLimits,
     /// How long a posted key stays live.

@@ -17,7 +17,7 @@ use super::errors::{error, unavailable};
 use super::limits::{declared_over, read_body, too_large};
 use crate::record::Schema;
 use crate::source::log::AppendError;
-use crate::source::{FileFormat, LineParser, RecordBatch};
+use crate::source::{FileFormat, LineParser, RecordBatch, line_too_long};
 
 /// Per-line errors listed in a `POST /data` answer (all are counted in `rejected`).
 pub const MAX_LISTED_ERRORS: usize = 100;
@@ -77,13 +77,15 @@ fn body_format(headers: &HeaderMap) -> Result<FileFormat, String> {
     }
 }
 
-/// Parses a `POST /data` body: the records, and the rejected lines. A record whose key
-/// is longer than `max_key_bytes` is a rejected line too (counted in
-/// [`DataAnswer::keys_too_long`]), and not kept.
+/// Parses a `POST /data` body: the records, and the rejected lines. A line longer than
+/// `max_line` bytes without its newline (`--max-line-bytes`) is rejected unparsed, as every
+/// source refuses it. A record whose key is longer than `max_key_bytes` is a rejected line
+/// too (counted in [`DataAnswer::keys_too_long`]), and not kept.
 pub(crate) fn parse_body(
     body: &[u8],
     format: FileFormat,
     schema: &Schema,
+    max_line: usize,
     max_key_bytes: usize,
 ) -> Result<(RecordBatch, DataAnswer), String> {
     let mut parser = LineParser::new(format, schema);
@@ -101,6 +103,14 @@ pub(crate) fn parse_body(
     };
     for (i, line) in body.split(|b| *b == b'\n').enumerate() {
         let number = i as u64 + 1;
+        if line.len() > max_line {
+            let message = line_too_long(line.len() as u64, max_line);
+            if parser.needs_header() {
+                return Err(format!("line {number} (header): {message}"));
+            }
+            reject(&mut answer, number, None, message);
+            continue;
+        }
         if parser.needs_header() {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
@@ -166,10 +176,12 @@ pub(super) async fn data(State(app): State<App>, headers: HeaderMap, body: Body)
     let metrics = Arc::clone(&context.metrics);
     let keys = Arc::clone(&app.keys);
     let max_key_bytes = app.limits.max_key_bytes;
+    let max_line = context.max_line;
     let result = tokio::task::spawn_blocking(move || {
         // The body's bytes stay counted against --max-inflight-bytes until it is done.
         let _held = held;
-        let (batch, mut answer) = match parse_body(&bytes, format, &schema, max_key_bytes) {
+        let (batch, mut answer) = match parse_body(&bytes, format, &schema, max_line, max_key_bytes)
+        {
             Ok(parsed) => parsed,
             Err(e) => return error(StatusCode::BAD_REQUEST, e),
         };
@@ -251,10 +263,44 @@ mod tests {
             target: "y".into(),
         };
         let body = b"ts,key,x,y\n1,ab,1,2\n2,abcd,1,2\n3,abc,1,2\n";
-        let (batch, answer) = parse_body(body, FileFormat::Csv, &schema, 3).unwrap();
+        let (batch, answer) = parse_body(body, FileFormat::Csv, &schema, 1 << 20, 3).unwrap();
         assert_eq!(batch.len(), 2);
         assert_eq!((answer.rejected, answer.keys_too_long), (1, 1));
         assert_eq!(answer.errors[0].line, 3);
         assert!(answer.errors[0].message.contains("--max-key-bytes"));
+        // A key of exactly the limit is taken, as a line of exactly the line limit is.
+        let (batch, _) =
+            parse_body(b"ts,key,x,y\n1,abc,1,2\n", FileFormat::Csv, &schema, 10, 3).unwrap();
+        assert_eq!(batch.len(), 1);
+    }
+
+    /// A line longer than `--max-line-bytes` (without its newline) is rejected with its
+    /// number, length and the flag, as every source refuses it; one of exactly the limit
+    /// is taken; the lines after it are read; a header that long refuses the body.
+    #[test]
+    fn lines_over_the_line_limit_are_rejected() {
+        let schema = Schema {
+            time: "ts".into(),
+            key: "key".into(),
+            features: vec!["x".into()],
+            target: "y".into(),
+        };
+        // Lines of 10 (exactly the limit), 11 and 9 bytes, and 11 with a `\r`.
+        let body = b"ts,key,x,y\n1,abcd,1,2\n2,abcde,1,2\n3,abc,1,2\n4,abcd,1,2\r\n5,a,1,2";
+        let (batch, answer) = parse_body(body, FileFormat::Csv, &schema, 10, 256).unwrap();
+        assert_eq!((batch.len(), answer.rejected), (3, 2));
+        let lines: Vec<u64> = answer.errors.iter().map(|e| e.line).collect();
+        assert_eq!(lines, [3, 5]);
+        assert_eq!(
+            answer.errors[0].message,
+            "11 bytes, longer than the limit of 10 bytes (--max-line-bytes)"
+        );
+        let e = parse_body(body, FileFormat::Csv, &schema, 9, 256).unwrap_err();
+        assert!(e.starts_with("line 1 (header): 10 bytes"), "{e}");
+        let json =
+            b"{\"ts\":1,\"key\":\"k\",\"x\":1,\"y\":2}\n{\"ts\":2,\"key\":\"kk\",\"x\":1,\"y\":2}";
+        let (batch, answer) = parse_body(json, FileFormat::Jsonl, &schema, 30, 256).unwrap();
+        assert_eq!((batch.len(), answer.rejected), (1, 1));
+        assert_eq!(answer.errors[0].line, 2);
     }
 }

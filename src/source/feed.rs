@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::lines::{FileFormat, LineParser, shorten};
 use super::log::{AppendError, IngestLog, RecordBatch};
-use super::sink::{Malformed, REPORT_MALFORMED};
+use super::sink::{Malformed, REPORT_MALFORMED, line_too_long};
 use crate::checkpoint::{EXIT_WRITE_FAILED, SourcePosition};
 use crate::metrics::Metrics;
 use crate::record::Schema;
@@ -144,15 +144,13 @@ impl<'a> Feed<'a> {
         let max = self.context.max_line;
         if self.parser.needs_header() {
             return Err(format!(
-                "{}: line {} (header): {len} bytes, longer than the limit of {max} bytes \
-                 (--max-line-bytes)",
-                self.origin, self.line
+                "{}: line {} (header): {}",
+                self.origin,
+                self.line,
+                line_too_long(len, max)
             ));
         }
-        self.malformed(
-            None,
-            format!("{len} bytes, longer than the limit of {max} bytes (--max-line-bytes)"),
-        )
+        self.malformed(None, line_too_long(len, max))
     }
 
     /// Counts and reports a malformed line under the run's policy.

@@ -7,13 +7,19 @@
 //! memory does not grow with the file. (Mapping the file instead cost page faults, and
 //! dropping the pages read cost every other worker's core a TLB flush.) Lines are parsed
 //! in place by a [`LineParser`]; quoted fields must not contain newlines.
+//!
+//! A line longer than `--max-line-bytes` (not counting its newline) is malformed, as it
+//! is for every other source: it is not held whole (the reader holds at most the limit
+//! and one piece of it), it is skipped to its newline and reported under `--on-error`
+//! with its line number, its length and the flag; the lines after it are read. A CSV
+//! header that long is an error that stops the run.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::lines::{FileFormat, LineParser};
-use super::sink::{Malformed, RecordSink, SourceError};
+use super::sink::{Malformed, RecordSink, SourceError, line_too_long};
 use crate::record::Schema;
 
 /// Bytes read from the file at a time.
@@ -42,13 +48,16 @@ pub struct FileReader {
     peers: u64,
     /// Nominal block size in bytes.
     block: u64,
+    /// Longest line taken, in bytes without its newline (`--max-line-bytes`).
+    max_line: usize,
     /// Read buffer: `SLACK` bytes, then data.
     buf: Vec<u8>,
 }
 
 impl FileReader {
     /// Opens worker `index`'s share (of `peers`) of the file at `path`, cut into blocks of
-    /// about `block` bytes.
+    /// about `block` bytes; a line longer than `max_line` bytes (without its newline) is
+    /// malformed, and a CSV header that long an error.
     pub fn open(
         path: &Path,
         block: usize,
@@ -56,6 +65,7 @@ impl FileReader {
         schema: &Schema,
         index: usize,
         peers: usize,
+        max_line: usize,
     ) -> Result<Self, SourceError> {
         let shown = path.display().to_string();
         let file = File::open(path).map_err(|e| io_error(&shown, e))?;
@@ -71,10 +81,20 @@ impl FileReader {
             lines_before: (0, 1),
             peers: peers as u64,
             block: 1,
+            max_line,
             buf: Vec::new(),
         };
         if format == FileFormat::Csv && len > 0 {
             let end = reader.line_end(0)?;
+            // Its length without the newline, checked before it is read.
+            let header_len = end - u64::from(reader.ends_line(end)?);
+            if header_len > max_line as u64 {
+                return Err(SourceError::Schema(format!(
+                    "{}: line 1 (header): {}",
+                    reader.path,
+                    line_too_long(header_len, max_line)
+                )));
+            }
             let mut header = vec![0; end as usize];
             reader.read_at(&mut header, 0)?;
             let origin = format!("{}: line 1", reader.path);
@@ -151,6 +171,17 @@ impl FileReader {
         Ok(found.unwrap_or(self.len))
     }
 
+    /// Whether the byte before `end` (a line's end, from [`line_end`](Self::line_end)) is
+    /// its newline (the file's last line may have none).
+    fn ends_line(&self, end: u64) -> Result<bool, SourceError> {
+        if end == 0 {
+            return Ok(false);
+        }
+        let mut last = [0];
+        self.read_at(&mut last, end - 1)?;
+        Ok(last == [b'\n'])
+    }
+
     /// The byte where block `k` starts: the first line start at or after its nominal start.
     fn block_start(&self, k: u64) -> Result<u64, SourceError> {
         if k == 0 {
@@ -209,20 +240,42 @@ impl FileReader {
             filled += want;
             let last = at + (filled - SLACK) as u64 == end;
             let bytes = &buf[..filled];
+            let max = self.max_line;
             while pos < filled {
                 if !last && filled - pos < LOOKAHEAD {
                     break;
                 }
+                let line_start = at + (pos - SLACK) as u64;
                 if let Some((record, next)) = self.parser.parse_csv_at(bytes, pos) {
-                    sink.record(record);
-                    pos = next;
-                    continue;
+                    // `next` is past the newline; a line that long is refused below.
+                    if next - pos - 1 <= max {
+                        sink.record(record);
+                        pos = next;
+                        continue;
+                    }
                 }
                 let stop = match memchr::memchr(b'\n', &bytes[pos..]) {
                     Some(i) => pos + i,
+                    None if filled - pos > max => {
+                        // Longer than the limit, and its newline not read yet: skip to it
+                        // without reading the rest of the line into the buffer.
+                        let after = self.skip_line(at + (filled - SLACK) as u64, end)?;
+                        let len = after.newline.unwrap_or(end) - line_start;
+                        self.refuse(line_start, len, sink)?;
+                        // Go on reading after the line: nothing of the buffer is kept.
+                        at = after.next;
+                        filled = SLACK;
+                        pos = SLACK;
+                        break;
+                    }
                     None if last => filled,
                     None => break, // the rest of the line is in the next piece
                 };
+                if stop - pos > max {
+                    self.refuse(line_start, (stop - pos) as u64, sink)?;
+                    pos = stop + 1;
+                    continue;
+                }
                 match self.parser.parse(&bytes[pos..stop]) {
                     Ok(Some(record)) => sink.record(record),
                     Ok(None) => {}
@@ -239,10 +292,39 @@ impl FileReader {
                 }
                 pos = stop + 1;
             }
-            if last && pos >= filled {
+            if at + (filled - SLACK) as u64 >= end && pos >= filled {
                 return Ok(());
             }
         }
+    }
+
+    /// Reports the line starting at byte `start`, `len` bytes long without its newline and
+    /// longer than the limit, as malformed.
+    fn refuse<S: RecordSink>(
+        &mut self,
+        start: u64,
+        len: u64,
+        sink: &mut S,
+    ) -> Result<(), SourceError> {
+        let line = self.line_number(start)?;
+        sink.malformed(Malformed {
+            file: self.path.clone(),
+            line,
+            field: None,
+            message: line_too_long(len, self.max_line),
+        })
+    }
+
+    /// Finds the end of a line whose bytes before `from` hold no newline, reading the file
+    /// a chunk at a time (nothing is kept), up to `end` (the block's end, a line start).
+    fn skip_line(&self, from: u64, end: u64) -> Result<LineEnd, SourceError> {
+        let newline = self.scan(from, end, |at, chunk| {
+            memchr::memchr(b'\n', chunk).map(|i| at + i as u64)
+        })?;
+        Ok(LineEnd {
+            newline,
+            next: newline.map_or(end, |n| n + 1),
+        })
     }
 
     /// The 1-based line number of the line starting at byte `offset`, counted from the
@@ -260,6 +342,13 @@ impl FileReader {
         self.lines_before = (offset, line);
         Ok(line)
     }
+}
+
+/// Where a skipped line ends: its newline (`None`: the file ends without one), and where
+/// the next line starts.
+struct LineEnd {
+    newline: Option<u64>,
+    next: u64,
 }
 
 fn io_error(path: &str, e: std::io::Error) -> SourceError {
@@ -318,9 +407,16 @@ mod tests {
             for peers in [1, 3] {
                 let mut count = Count(0);
                 for index in 0..peers {
-                    let mut reader =
-                        FileReader::open(&path, block, FileFormat::Csv, &schema, index, peers)
-                            .unwrap();
+                    let mut reader = FileReader::open(
+                        &path,
+                        block,
+                        FileFormat::Csv,
+                        &schema,
+                        index,
+                        peers,
+                        1 << 20,
+                    )
+                    .unwrap();
                     while reader.next_batch().is_some() {
                         reader.read_batch(&mut count).unwrap();
                     }
@@ -392,8 +488,16 @@ mod tests {
         for (block, peers) in [(4 << 20, 1), (300_000, 3), (usize::MAX, 1)] {
             let mut got = Collect::default();
             for index in 0..peers {
-                let mut reader =
-                    FileReader::open(&path, block, FileFormat::Csv, &schema, index, peers).unwrap();
+                let mut reader = FileReader::open(
+                    &path,
+                    block,
+                    FileFormat::Csv,
+                    &schema,
+                    index,
+                    peers,
+                    1 << 20,
+                )
+                .unwrap();
                 while reader.next_batch().is_some() {
                     reader.read_batch(&mut got).unwrap();
                 }
@@ -411,6 +515,131 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Every line longer than the limit (without its newline) is malformed, named by its
+    /// number and length, whichever path would parse it (the CSV fast path, the general
+    /// one, JSON lines), in blocks of any size and by one worker or three; a line of
+    /// exactly the limit is taken; a line of many pieces is never held whole; the lines
+    /// after each are read. Fails on the old code, which took every line.
+    #[test]
+    fn lines_over_the_limit_are_malformed_and_not_held() {
+        let (dir, path) = temp_file("tributary-limit");
+        for format in [FileFormat::Csv, FileFormat::Jsonl] {
+            // Short lines (the fast path takes them) against a limit of 12 bytes, and a
+            // huge one against the same limit.
+            let line = |t: i64, key: &str| match format {
+                FileFormat::Csv => format!("{t},{key},1.5,2"),
+                FileFormat::Jsonl => format!(r#"{{"ts":{t},"key":"{key}","x0":1.5,"y":2}}"#),
+            };
+            let max = line(0, "k").len() + 2;
+            let mut text = match format {
+                FileFormat::Csv => String::from("ts,key,x0,y\n"),
+                FileFormat::Jsonl => String::new(),
+            };
+            let header = usize::from(format == FileFormat::Csv);
+            let (mut taken, mut refused) = (Vec::new(), Vec::new());
+            for i in 0..3000i64 {
+                let number = i as u64 + 1 + header as u64;
+                let (key, over) = match i % 500 {
+                    7 => ("k123", true),    // one byte over
+                    8 => ("k12", false),    // exactly the limit
+                    9 => ("k1", false),     // one byte under it
+                    250 => ("k1234", true), // over
+                    _ => ("k", false),
+                };
+                let key = if i == 1234 {
+                    "h".repeat(PIECE + PIECE / 4 + 17)
+                } else {
+                    key.to_owned()
+                };
+                let text_line = line(i % 10, &key);
+                if i == 1234 || over {
+                    refused.push((number, text_line.len() as u64));
+                } else {
+                    assert!(text_line.len() <= max);
+                    if i % 500 == 8 {
+                        assert_eq!(text_line.len(), max);
+                    }
+                    taken.push(i % 10);
+                }
+                text.push_str(&text_line);
+                text.push('\n');
+            }
+            // A last line over the limit, without its newline.
+            text.push_str(&line(1, "k123"));
+            refused.push((3001 + header as u64, line(1, "k123").len() as u64));
+            std::fs::write(&path, &text).unwrap();
+            let schema = schema();
+            for (block, peers) in [(4 << 20, 1), (4096, 3), (usize::MAX, 2), (100_000, 2)] {
+                let mut got = Limited::default();
+                for index in 0..peers {
+                    let mut reader =
+                        FileReader::open(&path, block, format, &schema, index, peers, max).unwrap();
+                    while reader.next_batch().is_some() {
+                        reader.read_batch(&mut got).unwrap();
+                    }
+                    assert!(
+                        reader.buf.capacity() < 2 * PIECE,
+                        "{} bytes held",
+                        reader.buf.capacity()
+                    );
+                }
+                got.taken.sort();
+                got.refused.sort();
+                let mut want = taken.clone();
+                want.sort();
+                let what = format!("{format:?}, block {block}, {peers} workers");
+                assert!(
+                    got.taken == want,
+                    "{what}: {} records taken, {} wanted",
+                    got.taken.len(),
+                    want.len()
+                );
+                assert_eq!(got.refused, refused, "{what}");
+                for m in &got.messages {
+                    assert!(
+                        m.contains("in.csv: line ")
+                            && m.contains(&format!("longer than the limit of {max} bytes"))
+                            && m.contains("(--max-line-bytes)"),
+                        "{m}"
+                    );
+                }
+            }
+        }
+        // A header over the limit stops the source, before it is read.
+        std::fs::write(&path, "ts,key,x0,y\n1,k,1,2\n").unwrap();
+        let e = FileReader::open(&path, 4096, FileFormat::Csv, &schema(), 0, 1, 10)
+            .err()
+            .expect("an error")
+            .to_string();
+        assert!(
+            e.contains("line 1 (header): 11 bytes, longer than the limit of 10 bytes"),
+            "{e}"
+        );
+        assert!(FileReader::open(&path, 4096, FileFormat::Csv, &schema(), 0, 1, 11).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Times of the records taken; (line, length) of the lines refused as too long, and
+    /// their messages.
+    #[derive(Default)]
+    struct Limited {
+        taken: Vec<i64>,
+        refused: Vec<(u64, u64)>,
+        messages: Vec<String>,
+    }
+
+    impl RecordSink for Limited {
+        fn record(&mut self, r: RecordRef<'_>) {
+            self.taken.push(r.time);
+        }
+        fn malformed(&mut self, error: Malformed) -> Result<(), SourceError> {
+            let len = error.message.split(' ').next().unwrap().parse().unwrap();
+            self.refused.push((error.line, len));
+            self.messages.push(error.to_string());
+            Ok(())
+        }
+    }
+
     /// A file cut short while it is read is an error naming it, not records lost quietly.
     #[test]
     fn a_file_truncated_while_read_is_an_error() {
@@ -421,7 +650,8 @@ mod tests {
         }
         std::fs::write(&path, &text).unwrap();
         let schema = schema();
-        let mut reader = FileReader::open(&path, 4096, FileFormat::Csv, &schema, 0, 1).unwrap();
+        let mut reader =
+            FileReader::open(&path, 4096, FileFormat::Csv, &schema, 0, 1, 1 << 20).unwrap();
         reader.read_batch(&mut Count(0)).unwrap();
         std::fs::File::options()
             .write(true)

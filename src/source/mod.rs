@@ -4,6 +4,12 @@
 //! [`FileSpec::block`] ending on line boundaries, or generator chunks), and batch `k` is read
 //! by worker `k mod workers`, so every worker is busy. The batch number is also the timely
 //! epoch of its updates, and the next batch number is a worker's resumable position.
+//!
+//! Every line-based source (a file read once, [`file`](mod@file); a followed file,
+//! [`follow`]; a TCP connection, [`tcp`]; a `POST /data` body) takes lines of at most
+//! `--max-line-bytes`, not counting the newline: a longer one is malformed under
+//! `--on-error`, reported in the same words ([`line_too_long`]), and the readers of files
+//! and streams never hold it whole.
 
 mod decimal;
 mod fast_csv;
@@ -23,6 +29,8 @@ pub use generator::{GenReader, GenSpec};
 pub use lines::{FileFormat, LineParser};
 pub use log::{IngestLog, LogReader, RecordBatch};
 pub use reader::SourceReader;
-pub use sink::{Malformed, MalformedPolicy, REPORT_MALFORMED, RecordSink, SourceError};
+pub use sink::{
+    Malformed, MalformedPolicy, REPORT_MALFORMED, RecordSink, SourceError, line_too_long,
+};
 pub use spec::{BLOCK_BYTES, FileSpec, SourceSpec};
 pub use tcp::TcpSpec;

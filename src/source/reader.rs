@@ -1,6 +1,7 @@
 //! One worker's share of a source, whatever its kind: the [`SourceReader`] the source
 //! operators read batch by batch.
 
+use super::feed::DEFAULT_MAX_LINE;
 use super::file::FileReader;
 use super::generator::GenReader;
 use super::lines::FileFormat;
@@ -20,12 +21,26 @@ pub enum SourceReader {
 }
 
 impl SourceReader {
-    /// Opens worker `index`'s share (of `peers`) of the source.
+    /// Opens worker `index`'s share (of `peers`) of the source, with the default line
+    /// limit ([`DEFAULT_MAX_LINE`]; see [`open_limited`](Self::open_limited)).
     pub fn open(
         spec: &SourceSpec,
         schema: &Schema,
         index: usize,
         peers: usize,
+    ) -> Result<Self, SourceError> {
+        Self::open_limited(spec, schema, index, peers, DEFAULT_MAX_LINE)
+    }
+
+    /// Opens worker `index`'s share (of `peers`) of the source; a line of a file longer
+    /// than `max_line` bytes without its newline (`--max-line-bytes`) is malformed, as it
+    /// is for the sources read through the ingest log.
+    pub fn open_limited(
+        spec: &SourceSpec,
+        schema: &Schema,
+        index: usize,
+        peers: usize,
+        max_line: usize,
     ) -> Result<Self, SourceError> {
         Ok(match spec {
             SourceSpec::Csv(file) if !file.follow => SourceReader::File(FileReader::open(
@@ -35,6 +50,7 @@ impl SourceReader {
                 schema,
                 index,
                 peers,
+                max_line,
             )?),
             SourceSpec::Jsonl(file) if !file.follow => SourceReader::File(FileReader::open(
                 &file.path,
@@ -43,6 +59,7 @@ impl SourceReader {
                 schema,
                 index,
                 peers,
+                max_line,
             )?),
             SourceSpec::Gen(g) => SourceReader::Gen(GenReader::new(g, index, peers)),
             SourceSpec::Csv(_) | SourceSpec::Jsonl(_) | SourceSpec::Http | SourceSpec::Tcp(_) => {

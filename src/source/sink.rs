@@ -11,6 +11,13 @@ use crate::types::OnError;
 /// quiet; all of them are counted. `--on-error skip` promises "the first 10 per worker".
 pub const REPORT_MALFORMED: u64 = 10;
 
+/// Why a line of `len` bytes (without its newline) is refused under the line limit `max`
+/// (`--max-line-bytes`): every source says it in these words. A line of exactly `max`
+/// bytes is taken; its newline (`\n`) does not count, a `\r` before it does.
+pub fn line_too_long(len: u64, max: usize) -> String {
+    format!("{len} bytes, longer than the limit of {max} bytes (--max-line-bytes)")
+}
+
 /// `--on-error` applied to a reader's malformed lines: under `fail` the first one stops the
 /// source; under `skip` each is passed over, and the first [`REPORT_MALFORMED`] of the
 /// reader's life are reported as warnings. Counting them is the caller's.
