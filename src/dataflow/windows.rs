@@ -24,6 +24,7 @@ use super::checkpointer::Checkpointer;
 use super::context::{
     PaneUpdate, RunContext, WindowConfig, frontier_of, owner, resumed_max_seen, split,
 };
+use super::estimate::EstimateStats;
 use crate::checkpoint::ProvisionalWindow;
 use crate::held::ByEpoch;
 use crate::key::Key;
@@ -40,9 +41,9 @@ pub struct WindowOutputs<'scope> {
     pub models: StreamVec<'scope, Epoch, ModelLine>,
     /// Acknowledgements of checkpoint parts written.
     pub acks: StreamVec<'scope, Epoch, Ack>,
-    /// Running estimates of open windows (`final: false`, not for `--out`), when
-    /// [`RunContext::estimates`] is set.
-    pub estimates: StreamVec<'scope, Epoch, ModelLine>,
+    /// The statistics of the running estimates of open windows (not for `--out`), when
+    /// [`RunContext::estimates`] is set: solved only when read ([`EstimateStats`]).
+    pub estimates: StreamVec<'scope, Epoch, EstimateStats>,
 }
 
 /// Windowed models from a collection of pane statistics: the `windows` operator.
@@ -161,7 +162,7 @@ impl<'scope> WindowedModels<'scope> for VecCollection<'scope, Epoch, (Key, Pane)
 #[derive(Clone, Debug)]
 enum Emission {
     Model(ModelLine),
-    Estimate(ModelLine),
+    Estimate(EstimateStats),
     Ack(Ack),
 }
 
@@ -627,9 +628,9 @@ impl Windows {
         }
     }
 
-    /// The running estimate of `key`'s open window that closes next (the one ending
-    /// first after `frontier`), from the statistics of its panes so far.
-    fn estimate(&mut self, key: &Key, frontier: Time) -> Option<ModelLine> {
+    /// The statistics of the running estimate of `key`'s open window that closes next
+    /// (the one ending first after `frontier`): the sum of its panes so far, unsolved.
+    fn estimate(&mut self, key: &Key, frontier: Time) -> Option<EstimateStats> {
         let panes = &self.keys.get(key)?.panes;
         // Windows in order of start are in order of end (one length, or disjoint sessions).
         windows_into(
@@ -640,10 +641,13 @@ impl Windows {
             &mut self.windows,
         );
         let (window, members) = self.windows.first().cloned()?;
-        let stats = &mut self.scratch;
-        sum_into(stats, &panes[members]);
-        let fit = solve(stats, self.config.solve);
-        Some(ModelLine::new(key.as_str(), window, stats.n, fit, false, 0))
+        let mut stats = Stats::zero();
+        sum_into(&mut stats, &panes[members]);
+        Some(EstimateStats {
+            key: key.clone(),
+            window,
+            stats,
+        })
     }
 }
 

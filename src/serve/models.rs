@@ -1,9 +1,15 @@
 //! The served models: the newest final model and running estimate of every key
 //! ([`ModelStore`]), written by the dataflow's model sink and read by the server.
+//!
+//! A running estimate arrives as its statistics ([`EstimateStats`]) and is solved only
+//! when a client reads it, once per change of the key's statistics (the solved line is
+//! kept until the next estimate of the key replaces the statistics). Updates are one hash
+//! lookup per line; the key order (for pages) and the age order (for `--max-keys`
+//! eviction) change only when a key comes or goes, or its newest window end moves.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -11,7 +17,8 @@ use tokio::sync::watch;
 
 use super::stream::ModelFeed;
 use crate::checkpoint::{Store, codec};
-use crate::dataflow::ModelLine;
+use crate::dataflow::{EstimateStats, ModelLine};
+use crate::model::SolveOptions;
 use crate::window::Time;
 
 /// The models of one key, as served.
@@ -26,11 +33,56 @@ pub struct KeyModels {
     pub open: Option<ModelLine>,
 }
 
-impl KeyModels {
+/// What a key's open window shows: a provisional (or revised) emission as the dataflow
+/// made it, or a running estimate's statistics, solved when first read.
+enum Open {
+    /// A provisional or revised model line.
+    Line(ModelLine),
+    /// A running estimate: its statistics, and its line once solved (never after the
+    /// statistics change: a new estimate replaces the whole value).
+    Estimate(EstimateStats, OnceLock<ModelLine>),
+}
+
+impl Open {
+    fn window_end(&self) -> Time {
+        match self {
+            Open::Line(line) => line.window_end,
+            Open::Estimate(estimate, _) => estimate.window.end,
+        }
+    }
+
+    /// The line served: solved with `options` on the first read of an estimate.
+    fn line(&self, options: SolveOptions) -> ModelLine {
+        match self {
+            Open::Line(line) => line.clone(),
+            Open::Estimate(estimate, solved) => {
+                solved.get_or_init(|| estimate.solve(options)).clone()
+            }
+        }
+    }
+}
+
+/// One key's models in the store.
+struct Entry {
+    /// The key (the same text as the maps' keys).
+    name: Arc<str>,
+    last_final: Option<ModelLine>,
+    open: Option<Open>,
+}
+
+impl Entry {
     /// The end of the newest window this key has a model of: its age for eviction.
     fn newest_end(&self) -> Time {
-        let end = |m: &Option<ModelLine>| m.as_ref().map_or(Time::MIN, |m| m.window_end);
-        end(&self.last_final).max(end(&self.open))
+        let final_end = self.last_final.as_ref().map_or(Time::MIN, |m| m.window_end);
+        final_end.max(self.open.as_ref().map_or(Time::MIN, Open::window_end))
+    }
+
+    fn served(&self, options: SolveOptions) -> KeyModels {
+        KeyModels {
+            key: self.name.to_string(),
+            last_final: self.last_final.clone(),
+            open: self.open.as_ref().map(|o| o.line(options)),
+        }
     }
 }
 
@@ -49,32 +101,39 @@ pub struct ModelCounts {
 
 #[derive(Default)]
 struct Models {
-    keys: BTreeMap<String, KeyModels>,
-    /// `(newest window end, key)` of every key: the oldest is evicted first.
-    by_age: BTreeSet<(Time, String)>,
+    /// Every key's models, by its text (a hash lookup per update).
+    keys: HashMap<Arc<str>, Entry>,
+    /// The keys in order, for pages (changed only when a key comes or goes).
+    order: BTreeSet<Arc<str>>,
+    /// `(newest window end, key)` of every key: the oldest is evicted first (changed
+    /// only when a key's newest window end moves).
+    by_age: BTreeSet<(Time, Arc<str>)>,
     counts: ModelCounts,
 }
 
 impl Models {
-    /// Applies `change` to `key`'s models, keeping the index and counts.
-    fn change<R>(&mut self, key: &str, change: impl FnOnce(&mut KeyModels) -> R) -> R {
+    /// Applies `change` to `key`'s models (made if new), keeping the indexes and counts.
+    fn change<R>(&mut self, key: &str, change: impl FnOnce(&mut Entry) -> R) -> R {
         let Models {
             keys,
+            order,
             by_age,
             counts,
         } = self;
-        if !keys.contains_key(key) {
-            counts.keys += 1;
-            by_age.insert((Time::MIN, key.to_owned()));
-            keys.insert(
-                key.to_owned(),
-                KeyModels {
-                    key: key.to_owned(),
-                    ..KeyModels::default()
-                },
-            );
-        }
-        let entry = keys.get_mut(key).expect("inserted above");
+        let entry = match keys.get_mut(key) {
+            Some(entry) => entry,
+            None => {
+                let name: Arc<str> = Arc::from(key);
+                counts.keys += 1;
+                order.insert(Arc::clone(&name));
+                by_age.insert((Time::MIN, Arc::clone(&name)));
+                keys.entry(Arc::clone(&name)).or_insert(Entry {
+                    name,
+                    last_final: None,
+                    open: None,
+                })
+            }
+        };
         let (age, had_final, had_open) = (
             entry.newest_end(),
             entry.last_final.is_some(),
@@ -85,8 +144,9 @@ impl Models {
         counts.finals = counts.finals + entry.last_final.is_some() as usize - had_final as usize;
         counts.open = counts.open + entry.open.is_some() as usize - had_open as usize;
         if new_age != age {
-            by_age.remove(&(age, key.to_owned()));
-            by_age.insert((new_age, key.to_owned()));
+            let name = Arc::clone(&entry.name);
+            by_age.remove(&(age, Arc::clone(&name)));
+            by_age.insert((new_age, name));
         }
         result
     }
@@ -97,6 +157,7 @@ impl Models {
             let Some((_, key)) = self.by_age.pop_first() else {
                 break;
             };
+            self.order.remove(&key);
             if let Some(gone) = self.keys.remove(&key) {
                 self.counts.keys -= 1;
                 self.counts.finals -= gone.last_final.is_some() as usize;
@@ -114,10 +175,15 @@ impl Models {
 /// that keys still receiving records stay. A forgotten key answers 404 until it has a
 /// model again; its final models stay in `--out` (and in the checkpoint store, from which
 /// a restart loads the newest `max_keys`).
+///
+/// Running estimates are kept as statistics ([`update_estimates`](Self::update_estimates))
+/// and solved, with the run's [`SolveOptions`], when first read.
 pub struct ModelStore {
     models: RwLock<Models>,
     store: Option<Arc<Store>>,
     max_keys: usize,
+    /// How running estimates are solved (the run's options: ridge).
+    solve: SolveOptions,
     /// The served mark: every epoch (ingest-log batch) through it is folded into
     /// `models` (`None`: none yet). Reads with `after_batch` wait on it.
     served: watch::Sender<Option<u64>>,
@@ -131,6 +197,7 @@ impl Default for ModelStore {
             models: RwLock::default(),
             store: None,
             max_keys: usize::MAX,
+            solve: SolveOptions::default(),
             served: watch::channel(None).0,
             feed: ModelFeed::new(),
         }
@@ -139,8 +206,12 @@ impl Default for ModelStore {
 
 impl ModelStore {
     /// A model store of at most `max_keys` keys, kept in `store` too if given (and loaded
-    /// from it now: the newest `max_keys`).
-    pub fn open(store: Option<Arc<Store>>, max_keys: usize) -> Result<ModelStore, String> {
+    /// from it now: the newest `max_keys`), that solves running estimates with `solve`.
+    pub fn open(
+        store: Option<Arc<Store>>,
+        max_keys: usize,
+        solve: SolveOptions,
+    ) -> Result<ModelStore, String> {
         let mut models = Models::default();
         if let Some(store) = &store {
             for bytes in store.models().map_err(|e| e.to_string())? {
@@ -155,6 +226,7 @@ impl ModelStore {
             models: RwLock::new(models),
             store,
             max_keys: max_keys.max(1),
+            solve,
             served: watch::channel(None).0,
             feed: ModelFeed::new(),
         })
@@ -164,11 +236,16 @@ impl ModelStore {
         self.models.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes model emissions (final, provisional, revised, or running estimates).
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Models> {
+        self.models.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes model emissions (final, provisional or revised).
     pub fn update<'a>(&self, lines: impl IntoIterator<Item = &'a ModelLine>) {
         let mut finals: BTreeMap<&str, &ModelLine> = BTreeMap::new();
+        let keeps = self.store.is_some();
         {
-            let mut models = self.models.write().unwrap_or_else(|e| e.into_inner());
+            let mut models = self.write();
             for line in lines {
                 let newest = |m: &ModelLine| (m.window_end, m.window_start, m.revision);
                 let kept = models.change(&line.key, |entry| {
@@ -183,7 +260,7 @@ impl ModelStore {
                         if entry
                             .open
                             .as_ref()
-                            .is_some_and(|o| o.window_end <= line.window_end)
+                            .is_some_and(|o| o.window_end() <= line.window_end)
                         {
                             entry.open = None;
                         }
@@ -194,12 +271,12 @@ impl ModelStore {
                             .as_ref()
                             .is_none_or(|f| line.window_end > f.window_end)
                         {
-                            entry.open = Some(line.clone());
+                            entry.open = Some(Open::Line(line.clone()));
                         }
                         false
                     }
                 });
-                if kept {
+                if kept && keeps {
                     finals.insert(&line.key, line);
                 }
                 if line.is_final {
@@ -216,6 +293,23 @@ impl ModelStore {
                 tracing::warn!("keeping models in the checkpoint store: {e}");
             }
         }
+    }
+
+    /// Takes the statistics of running estimates (each replaces its key's open window
+    /// unless the key has a final model of that window or a later one). Nothing is solved
+    /// here: a read solves the estimate it shows, once per change of its statistics.
+    pub fn update_estimates(&self, estimates: impl IntoIterator<Item = EstimateStats>) {
+        let mut models = self.write();
+        for estimate in estimates {
+            let end = estimate.window.end;
+            let key = estimate.key.clone();
+            models.change(key.as_str(), |entry| {
+                if entry.last_final.as_ref().is_none_or(|f| end > f.window_end) {
+                    entry.open = Some(Open::Estimate(estimate, OnceLock::new()));
+                }
+            });
+        }
+        models.evict(self.max_keys);
     }
 
     /// Every epoch (batch of the ingest log) through `epoch` has been folded in: the
@@ -250,14 +344,18 @@ impl ModelStore {
         }
     }
 
-    /// The models of `key`.
+    /// The models of `key` (its running estimate solved if not yet).
     pub fn get(&self, key: &str) -> Option<KeyModels> {
-        self.read().keys.get(key).cloned()
+        self.read().keys.get(key).map(|e| e.served(self.solve))
     }
 
     /// The models of every key, by key (O(keys): `/models` reads [`page`](Self::page)s).
     pub fn all(&self) -> Vec<KeyModels> {
-        self.read().keys.values().cloned().collect()
+        let models = self.read();
+        (models.order.iter())
+            .filter_map(|key| models.keys.get(key))
+            .map(|e| e.served(self.solve))
+            .collect()
     }
 
     /// Up to `limit` keys' models in key order, from the first key after `after` (from
@@ -266,18 +364,21 @@ impl ModelStore {
     pub fn page(&self, after: Option<&str>, limit: usize) -> (Vec<KeyModels>, Option<String>) {
         let models = self.read();
         let from = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut page: Vec<KeyModels> = models
-            .keys
+        let mut keys: Vec<&Arc<str>> = models
+            .order
             .range::<str, _>((from, Bound::Unbounded))
             .take(limit.saturating_add(1))
-            .map(|(_, m)| m.clone())
             .collect();
-        let next = if page.len() > limit {
-            page.pop();
-            page.last().map(|m| m.key.clone())
+        let next = if keys.len() > limit {
+            keys.pop();
+            keys.last().map(|k| k.to_string())
         } else {
             None
         };
+        let page = (keys.into_iter())
+            .filter_map(|key| models.keys.get(key))
+            .map(|e| e.served(self.solve))
+            .collect();
         (page, next)
     }
 
@@ -312,7 +413,7 @@ mod tests {
 
     #[test]
     fn model_store_counts_pages_and_evicts_the_oldest() {
-        let store = ModelStore::open(None, 3).unwrap();
+        let store = ModelStore::open(None, 3, SolveOptions::default()).unwrap();
         store.update(&[
             line("a", 10, true),
             line("b", 20, false),
