@@ -448,6 +448,137 @@ mod tests {
         assert_eq!((c.keys, c.finals, c.open), (3, 1, 2), "{c:?}");
     }
 
+    /// Least squares of `rows` (`[x₁ … x_d, y]`) with an intercept and a ridge penalty
+    /// `ridge` on the slopes, by modified Gram–Schmidt on the design matrix `[1, X]`
+    /// augmented with `√ridge` rows: not the engine's path (sums, normal equations).
+    fn least_squares(rows: &[Vec<f64>], ridge: f64) -> Vec<f64> {
+        let d = rows[0].len() - 1;
+        let p = d + 1;
+        let mut design: Vec<Vec<f64>> = rows
+            .iter()
+            .map(|r| std::iter::once(1.0).chain(r[..d].iter().copied()).collect())
+            .collect();
+        let mut y: Vec<f64> = rows.iter().map(|r| r[d]).collect();
+        for j in 1..p {
+            let mut penalty = vec![0.0; p];
+            penalty[j] = ridge.sqrt();
+            design.push(penalty);
+            y.push(0.0);
+        }
+        // Columns of the design, orthonormalised in place (Q), with R beside.
+        let mut q: Vec<Vec<f64>> = (0..p)
+            .map(|j| design.iter().map(|r| r[j]).collect())
+            .collect();
+        let mut r = vec![vec![0.0; p]; p];
+        for j in 0..p {
+            for i in 0..j {
+                let dot: f64 = q[i].iter().zip(&q[j]).map(|(a, b)| a * b).sum();
+                r[i][j] = dot;
+                let qi = q[i].clone();
+                q[j].iter_mut().zip(&qi).for_each(|(a, b)| *a -= dot * b);
+            }
+            let norm = q[j].iter().map(|a| a * a).sum::<f64>().sqrt();
+            r[j][j] = norm;
+            q[j].iter_mut().for_each(|a| *a /= norm);
+        }
+        let qty: Vec<f64> = (0..p)
+            .map(|j| q[j].iter().zip(&y).map(|(a, b)| a * b).sum())
+            .collect();
+        let mut coef = vec![0.0; p];
+        for j in (0..p).rev() {
+            let known: f64 = (j + 1..p).map(|k| r[j][k] * coef[k]).sum();
+            coef[j] = (qty[j] - known) / r[j][j];
+        }
+        coef
+    }
+
+    /// Every read (`get`, `all`, `page`) of a running estimate is the least-squares fit of
+    /// the window's records as of the newest statistics, with the store's solve options:
+    /// after each new estimate of the same window (a cached line of the previous one would
+    /// be stale), and never once a final of that window came.
+    #[test]
+    fn estimates_are_solved_on_read_from_the_newest_statistics() {
+        use crate::key::Key;
+        use crate::stats::Stats;
+        use crate::window::Window;
+        use differential_dataflow::difference::Semigroup;
+
+        let ridge = 0.75;
+        let store = ModelStore::open(None, 10, SolveOptions { ridge }).unwrap();
+        let mut seed = 11u64;
+        let mut uniform = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+        };
+        let rows: Vec<Vec<f64>> = (0..40)
+            .map(|_| {
+                let (x1, x2) = (10.0 * uniform(), 3.0 + uniform());
+                vec![x1, x2, 1.5 - 2.0 * x1 + 0.5 * x2 + 0.1 * uniform()]
+            })
+            .collect();
+        let window = Window {
+            start: 60_000,
+            end: 120_000,
+        };
+        let estimate = |n: usize| {
+            let mut stats = Stats::zero();
+            for row in &rows[..n] {
+                stats.plus_equals(&Stats::of_row(row));
+            }
+            EstimateStats {
+                key: Key::new("k"),
+                window,
+                stats,
+            }
+        };
+        let reads = |store: &ModelStore| {
+            let (page, _) = store.page(None, 10);
+            [
+                store.get("k").and_then(|m| m.open),
+                store.all().into_iter().find(|m| m.key == "k").and_then(|m| m.open),
+                page.into_iter().find(|m| m.key == "k").and_then(|m| m.open),
+            ]
+        };
+        // Another key, so that pages and `all` hold more than the one read.
+        store.update_estimates([EstimateStats {
+            key: Key::new("j"),
+            ..estimate(5)
+        }]);
+        for n in [2, 3, 7, 8, 25, 40] {
+            store.update_estimates([estimate(n)]);
+            for open in reads(&store) {
+                let open = open.unwrap_or_else(|| panic!("no estimate of k at n = {n}"));
+                let what = format!("n = {n}: {open:?}");
+                assert_eq!(open.key, "k", "{what}");
+                assert_eq!((open.window_start, open.window_end), (60_000, 120_000));
+                assert_eq!((open.n, open.is_final, open.revision), (n as i64, false, 0));
+                if n <= 2 {
+                    assert_eq!(open.status, crate::model::Status::Underdetermined, "{what}");
+                    assert!(open.coef.is_none(), "{what}");
+                    continue;
+                }
+                let coef = open.coef.unwrap_or_else(|| panic!("no coefficients: {what}"));
+                let expected = least_squares(&rows[..n], ridge);
+                for (got, want) in coef.iter().zip(&expected) {
+                    assert!(
+                        (got - want).abs() <= 1e-9 * (1.0 + want.abs()),
+                        "{what}: coefficients {coef:?}, least squares {expected:?}"
+                    );
+                }
+            }
+        }
+        assert_eq!(store.counts().open, 2);
+        // The window's final: the estimate goes, and a late estimate of it does not return.
+        let mut last = line("k", 120_000, true);
+        last.window_start = 60_000;
+        store.update(&[last]);
+        store.update_estimates([estimate(40)]);
+        assert!(reads(&store).iter().all(Option::is_none), "{:?}", reads(&store));
+        assert_eq!(store.counts().open, 1);
+    }
+
     #[test]
     fn the_served_mark_only_advances_and_wakes_waiting_reads() {
         let store = Arc::new(ModelStore::default());
