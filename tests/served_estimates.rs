@@ -57,7 +57,9 @@ fn check_estimate(open: &Value, rows: &[Row], what: &str) -> Result<(), String> 
             if close {
                 Ok(())
             } else {
-                Err(format!("{what}: coef {got:?}, the oracle says {want:?}: {open}"))
+                Err(format!(
+                    "{what}: coef {got:?}, the oracle says {want:?}: {open}"
+                ))
             }
         }
         _ => Err(format!("{what}: the oracle has {:?}: {open}", oracle.coef)),
@@ -90,10 +92,12 @@ fn estimates_read_after_each_batch_are_the_least_squares_fit_of_its_records() {
             }
             let v = r.json();
             if !v["final"].is_null() {
-                fail(format!("{key}: a final model in an open window: {}", r.body));
+                fail(format!(
+                    "{key}: a final model in an open window: {}",
+                    r.body
+                ));
             }
-            check_estimate(&v["open"], so_far, &format!("/model?key={key}"))
-                .unwrap_or_else(&fail);
+            check_estimate(&v["open"], so_far, &format!("/model?key={key}")).unwrap_or_else(&fail);
             // `/predict` with the running estimate: b₀ + b·x of the oracle's fit.
             let x = [0.5, -1.25];
             let request =
@@ -107,7 +111,10 @@ fn estimates_read_after_each_batch_are_the_least_squares_fit_of_its_records() {
                     let got = pv["prediction"].as_f64();
                     let exact = got.is_some_and(|g| (g - want).abs() <= 1e-9 * (1.0 + want.abs()));
                     if p.status != 200 || pv["used"] != "latest" || !exact {
-                        fail(format!("/predict {key}: {} {}, want {want}", p.status, p.body));
+                        fail(format!(
+                            "/predict {key}: {} {}, want {want}",
+                            p.status, p.body
+                        ));
                     }
                 }
                 // No coefficients yet: never a 200 with a made-up prediction.
@@ -126,8 +133,12 @@ fn estimates_read_after_each_batch_are_the_least_squares_fit_of_its_records() {
             fail(format!("/models: {} {}", r.status, r.body));
         }
         for (k, m) in models.iter().enumerate() {
-            check_estimate(&m["open"], &rows[k][..posted], &format!("/models {}", KEYS[k]))
-                .unwrap_or_else(&fail);
+            check_estimate(
+                &m["open"],
+                &rows[k][..posted],
+                &format!("/models {}", KEYS[k]),
+            )
+            .unwrap_or_else(&fail);
         }
     }
 }

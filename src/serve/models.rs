@@ -537,7 +537,11 @@ mod tests {
             let (page, _) = store.page(None, 10);
             [
                 store.get("k").and_then(|m| m.open),
-                store.all().into_iter().find(|m| m.key == "k").and_then(|m| m.open),
+                store
+                    .all()
+                    .into_iter()
+                    .find(|m| m.key == "k")
+                    .and_then(|m| m.open),
                 page.into_iter().find(|m| m.key == "k").and_then(|m| m.open),
             ]
         };
@@ -559,7 +563,9 @@ mod tests {
                     assert!(open.coef.is_none(), "{what}");
                     continue;
                 }
-                let coef = open.coef.unwrap_or_else(|| panic!("no coefficients: {what}"));
+                let coef = open
+                    .coef
+                    .unwrap_or_else(|| panic!("no coefficients: {what}"));
                 let expected = least_squares(&rows[..n], ridge);
                 for (got, want) in coef.iter().zip(&expected) {
                     assert!(
@@ -575,7 +581,11 @@ mod tests {
         last.window_start = 60_000;
         store.update(&[last]);
         store.update_estimates([estimate(40)]);
-        assert!(reads(&store).iter().all(Option::is_none), "{:?}", reads(&store));
+        assert!(
+            reads(&store).iter().all(Option::is_none),
+            "{:?}",
+            reads(&store)
+        );
         assert_eq!(store.counts().open, 1);
     }
 
