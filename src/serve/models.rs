@@ -66,7 +66,8 @@ impl Open {
 struct Entry {
     /// The key (the same text as the maps' keys).
     name: Arc<str>,
-    last_final: Option<ModelLine>,
+    /// Shared with the feed of `/models/stream` (one copy of each final).
+    last_final: Option<Arc<ModelLine>>,
     open: Option<Open>,
 }
 
@@ -80,7 +81,7 @@ impl Entry {
     fn served(&self, options: SolveOptions) -> KeyModels {
         KeyModels {
             key: self.name.to_string(),
-            last_final: self.last_final.clone(),
+            last_final: self.last_final.as_deref().cloned(),
             open: self.open.as_ref().map(|o| o.line(options)),
         }
     }
@@ -105,9 +106,10 @@ struct Models {
     keys: HashMap<Arc<str>, Entry>,
     /// The keys in order, for pages (changed only when a key comes or goes).
     order: BTreeSet<Arc<str>>,
-    /// `(newest window end, key)` of every key: the oldest is evicted first (changed
-    /// only when a key's newest window end moves).
-    by_age: BTreeSet<(Time, Arc<str>)>,
+    /// `(newest window end, key)` of every key: the oldest is evicted first. Made when the
+    /// keys first pass `--max-keys` (until then nothing is evicted, so no order is needed),
+    /// then kept, changed only when a key comes or goes or its newest window end moves.
+    by_age: Option<BTreeSet<(Time, Arc<str>)>>,
     counts: ModelCounts,
 }
 
@@ -126,7 +128,9 @@ impl Models {
                 let name: Arc<str> = Arc::from(key);
                 counts.keys += 1;
                 order.insert(Arc::clone(&name));
-                by_age.insert((Time::MIN, Arc::clone(&name)));
+                if let Some(by_age) = by_age {
+                    by_age.insert((Time::MIN, Arc::clone(&name)));
+                }
                 keys.entry(Arc::clone(&name)).or_insert(Entry {
                     name,
                     last_final: None,
@@ -143,7 +147,9 @@ impl Models {
         let new_age = entry.newest_end();
         counts.finals = counts.finals + entry.last_final.is_some() as usize - had_final as usize;
         counts.open = counts.open + entry.open.is_some() as usize - had_open as usize;
-        if new_age != age {
+        if let Some(by_age) = by_age
+            && new_age != age
+        {
             let name = Arc::clone(&entry.name);
             by_age.remove(&(age, Arc::clone(&name)));
             by_age.insert((new_age, name));
@@ -153,8 +159,17 @@ impl Models {
 
     /// Forgets the keys with the oldest models until at most `max_keys` are left.
     fn evict(&mut self, max_keys: usize) {
+        if self.keys.len() <= max_keys {
+            return;
+        }
+        let keys = &self.keys;
+        let by_age = self.by_age.get_or_insert_with(|| {
+            (keys.values())
+                .map(|e| (e.newest_end(), Arc::clone(&e.name)))
+                .collect()
+        });
         while self.keys.len() > max_keys {
-            let Some((_, key)) = self.by_age.pop_first() else {
+            let Some((_, key)) = by_age.pop_first() else {
                 break;
             };
             self.order.remove(&key);
@@ -217,7 +232,9 @@ impl ModelStore {
             for bytes in store.models().map_err(|e| e.to_string())? {
                 let model = ModelLine::decode_stored(&bytes)
                     .map_err(|e| format!("{}: stored model: {e}", store.path().display()))?;
-                models.change(&model.key.clone(), |entry| entry.last_final = Some(model));
+                models.change(&model.key.clone(), |entry| {
+                    entry.last_final = Some(Arc::new(model))
+                });
             }
             models.evict(max_keys);
             models.counts.evicted = 0;
@@ -240,54 +257,51 @@ impl ModelStore {
         self.models.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes model emissions (final, provisional or revised).
-    pub fn update<'a>(&self, lines: impl IntoIterator<Item = &'a ModelLine>) {
-        let mut finals: BTreeMap<&str, &ModelLine> = BTreeMap::new();
+    /// Takes model emissions (final, provisional or revised), by value: a final line is
+    /// kept once, shared by the key's models and the feed of `/models/stream`.
+    pub fn update(&self, lines: impl IntoIterator<Item = ModelLine>) {
+        let mut kept: Vec<Arc<ModelLine>> = Vec::new();
+        let mut emitted: Vec<Arc<ModelLine>> = Vec::new();
         let keeps = self.store.is_some();
         {
             let mut models = self.write();
             for line in lines {
+                if !line.is_final {
+                    let end = line.window_end;
+                    models.change(&line.key.clone(), |entry| {
+                        if entry.last_final.as_ref().is_none_or(|f| end > f.window_end) {
+                            entry.open = Some(Open::Line(line));
+                        }
+                    });
+                    continue;
+                }
+                let line = Arc::new(line);
                 let newest = |m: &ModelLine| (m.window_end, m.window_start, m.revision);
-                let kept = models.change(&line.key, |entry| {
-                    if line.is_final {
-                        let newer = entry
-                            .last_final
-                            .as_ref()
-                            .is_none_or(|f| newest(line) >= newest(f));
-                        if newer {
-                            entry.last_final = Some(line.clone());
-                        }
-                        if entry
-                            .open
-                            .as_ref()
-                            .is_some_and(|o| o.window_end() <= line.window_end)
-                        {
-                            entry.open = None;
-                        }
-                        newer
-                    } else {
-                        if entry
-                            .last_final
-                            .as_ref()
-                            .is_none_or(|f| line.window_end > f.window_end)
-                        {
-                            entry.open = Some(Open::Line(line.clone()));
-                        }
-                        false
+                let newer = models.change(&line.key, |entry| {
+                    let newer =
+                        (entry.last_final.as_ref()).is_none_or(|f| newest(&line) >= newest(f));
+                    if newer {
+                        entry.last_final = Some(Arc::clone(&line));
                     }
+                    if (entry.open.as_ref()).is_some_and(|o| o.window_end() <= line.window_end) {
+                        entry.open = None;
+                    }
+                    newer
                 });
-                if kept && keeps {
-                    finals.insert(&line.key, line);
+                if newer && keeps {
+                    kept.push(Arc::clone(&line));
                 }
-                if line.is_final {
-                    self.feed.push(line);
-                }
+                emitted.push(line);
             }
             models.evict(self.max_keys);
+            self.feed.push(emitted);
         }
         if let Some(store) = &self.store
-            && !finals.is_empty()
+            && !kept.is_empty()
         {
+            // The newest kept of each key (the last one taken).
+            let finals: BTreeMap<&str, &ModelLine> =
+                kept.iter().map(|m| (m.key.as_str(), &**m)).collect();
             let encoded = finals.into_iter().map(|(k, m)| (k, codec::encode(m)));
             if let Err(e) = store.put_models(encoded) {
                 tracing::warn!("keeping models in the checkpoint store: {e}");
@@ -414,12 +428,12 @@ mod tests {
     #[test]
     fn model_store_counts_pages_and_evicts_the_oldest() {
         let store = ModelStore::open(None, 3, SolveOptions::default()).unwrap();
-        store.update(&[
+        store.update([
             line("a", 10, true),
             line("b", 20, false),
             line("c", 30, true),
         ]);
-        store.update(&[line("c", 40, false)]);
+        store.update([line("c", 40, false)]);
         assert_eq!(
             store.counts(),
             ModelCounts {
@@ -430,13 +444,13 @@ mod tests {
             }
         );
         // A fourth key: the one with the oldest newest window ("a", 10) goes.
-        store.update(&[line("d", 50, false)]);
+        store.update([line("d", 50, false)]);
         assert!(store.get("a").is_none());
         assert_eq!(store.counts().keys, 3);
         assert_eq!(store.counts().evicted, 1);
         assert_eq!(store.counts().finals, 1);
         // "b" gets a newer model (60), and a fifth key comes: "c" (40) is the oldest.
-        store.update(&[line("b", 60, true), line("e", 70, false)]);
+        store.update([line("b", 60, true), line("e", 70, false)]);
         assert!(store.get("c").is_none(), "{:?}", store.all());
         let (page, next) = store.page(None, 2);
         let keys: Vec<&str> = page.iter().map(|m| m.key.as_str()).collect();
@@ -579,7 +593,7 @@ mod tests {
         // The window's final: the estimate goes, and a late estimate of it does not return.
         let mut last = line("k", 120_000, true);
         last.window_start = 60_000;
-        store.update(&[last]);
+        store.update([last]);
         store.update_estimates([estimate(40)]);
         assert!(
             reads(&store).iter().all(Option::is_none),
