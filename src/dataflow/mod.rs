@@ -19,13 +19,15 @@
 //!
 //! One concept per file: [`ingest`] (the source operator) folds records into panes with
 //! the per-batch `combiner`; the `windows` operator ([`WindowedModels`]) turns panes into
-//! models; its `checkpointer` writes what changed beside it. What they share
+//! models; its `checkpointer` writes what changed beside it, and `estimate` is what it
+//! sends the served models for a running estimate ([`EstimateStats`]). What they share
 //! (configuration, run context, key owners, frontier) is in `context`; this file wires
 //! them together ([`windowed_regression`]).
 
 mod checkpointer;
 mod combiner;
 mod context;
+mod estimate;
 mod ingest;
 mod reading;
 mod windows;
@@ -43,6 +45,7 @@ pub(crate) use combiner::Combiner;
 pub use context::{
     CheckpointContext, PaneUpdate, RunContext, WindowConfig, frontier_of, owner, resumed_max_seen,
 };
+pub use estimate::EstimateStats;
 pub use ingest::{Ingested, MAX_PANES_AHEAD_PER_WORKER, ingest};
 pub use reading::MAX_AHEAD_PER_WORKER;
 pub(crate) use reading::{Poll, Reading};

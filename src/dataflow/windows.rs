@@ -24,6 +24,7 @@ use timely::dataflow::operators::vec::Broadcast;
 
 use super::checkpointer::Checkpointer;
 use super::context::{PaneUpdate, RunContext, WindowConfig, frontier_of, owner, resumed_max_seen};
+use super::estimate::EstimateStats;
 use crate::checkpoint::ProvisionalWindow;
 use crate::held::ByEpoch;
 use crate::key::Key;
@@ -40,9 +41,9 @@ pub struct WindowOutputs<'scope> {
     pub models: StreamVec<'scope, Epoch, ModelLine>,
     /// Acknowledgements of checkpoint parts written.
     pub acks: StreamVec<'scope, Epoch, Ack>,
-    /// Running estimates of open windows (`final: false`, not for `--out`), when
-    /// [`RunContext::estimates`] is set.
-    pub estimates: StreamVec<'scope, Epoch, ModelLine>,
+    /// The statistics of the running estimates of open windows (not for `--out`), when
+    /// [`RunContext::estimates`] is set: solved only when read ([`EstimateStats`]).
+    pub estimates: StreamVec<'scope, Epoch, EstimateStats>,
 }
 
 /// Windowed models from a collection of pane statistics: the `windows` operator.
@@ -114,7 +115,7 @@ impl<'scope> WindowedModels<'scope> for VecCollection<'scope, Epoch, (Key, Pane)
             OutputBuilder::from(models_out);
         let mut acks_out: OutputBuilder<_, CapacityContainerBuilder<Vec<Ack>>> =
             OutputBuilder::from(acks_out);
-        let mut estimates_out: OutputBuilder<_, CapacityContainerBuilder<Vec<ModelLine>>> =
+        let mut estimates_out: OutputBuilder<_, CapacityContainerBuilder<Vec<EstimateStats>>> =
             OutputBuilder::from(estimates_out);
         builder.build(move |_capabilities| {
             // Per epoch, the pane updates and the progress reports that came at it, held
@@ -167,7 +168,7 @@ impl<'scope> WindowedModels<'scope> for VecCollection<'scope, Epoch, (Key, Pane)
 /// What the windows state emits, each to its output.
 enum Emission {
     Model(ModelLine),
-    Estimate(ModelLine),
+    Estimate(EstimateStats),
     Ack(Ack),
 }
 
@@ -633,9 +634,9 @@ impl Windows {
         }
     }
 
-    /// The running estimate of `key`'s open window that closes next (the one ending
-    /// first after `frontier`), from the statistics of its panes so far.
-    fn estimate(&mut self, key: &Key, frontier: Time) -> Option<ModelLine> {
+    /// The statistics of the running estimate of `key`'s open window that closes next
+    /// (the one ending first after `frontier`): the sum of its panes so far, unsolved.
+    fn estimate(&mut self, key: &Key, frontier: Time) -> Option<EstimateStats> {
         let panes = &self.keys.get(key)?.panes;
         // Windows in order of start are in order of end (one length, or disjoint sessions).
         windows_into(
@@ -646,10 +647,13 @@ impl Windows {
             &mut self.windows,
         );
         let (window, members) = self.windows.first().cloned()?;
-        let stats = &mut self.scratch;
-        sum_into(stats, &panes[members]);
-        let fit = solve(stats, self.config.solve);
-        Some(ModelLine::new(key.as_str(), window, stats.n, fit, false, 0))
+        let mut stats = Stats::zero();
+        sum_into(&mut stats, &panes[members]);
+        Some(EstimateStats {
+            key: key.clone(),
+            window,
+            stats,
+        })
     }
 }
 

@@ -178,7 +178,8 @@ pub(super) fn start_feeds(
 }
 
 /// Starts the HTTP server on `address` (process 0) and returns the models it serves, which
-/// the workers' model sink and running estimates update.
+/// the workers' model sink and running estimates update (an estimate is solved when read,
+/// with the run's solve options).
 pub(super) fn start_serving(
     job: &Job,
     address: std::net::SocketAddr,
@@ -187,7 +188,11 @@ pub(super) fn start_serving(
     metrics: &Arc<Metrics>,
     on_fatal: OnFatal,
 ) -> Result<Arc<ModelStore>, String> {
-    let models = Arc::new(ModelStore::open(store, job.http.max_keys)?);
+    let models = Arc::new(ModelStore::open(
+        store,
+        job.http.max_keys,
+        job.windows.solve,
+    )?);
     let bound = serve::start(
         address,
         ServeContext {

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline as Pipelined;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Map;
-use timely::dataflow::operators::{Concat, ConnectLoop, Exchange, Feedback, Inspect, Probe};
+use timely::dataflow::operators::{Concat, ConnectLoop, Exchange, Feedback, Probe};
 use timely::dataflow::{ProbeHandle, StreamVec};
 use timely::worker::Worker;
 
@@ -20,7 +21,7 @@ use super::summary::progress_line;
 use crate::checkpoint;
 use crate::checkpoint::coordinator::Coordinate;
 use crate::dataflow::{
-    Epoch, MAX_AHEAD_PER_WORKER, ModelLine, RunContext, ingest, windowed_regression,
+    Epoch, EstimateStats, MAX_AHEAD_PER_WORKER, ModelLine, RunContext, ingest, windowed_regression,
 };
 use crate::serve::ModelStore;
 use crate::sink::{Ledger, WriteLines, open_output};
@@ -178,28 +179,51 @@ pub(super) fn run_worker(worker: &mut Worker, shared: &Shared) {
     heartbeats.stop();
 }
 
-/// Served models: what worker 0 wrote (`written`, returned for the sinks' probe) and the
-/// running `estimates`, folded into `models` (process 0's store; `None` elsewhere), with
-/// the served mark: once neither stream can bring anything at an epoch (batch) `k` or
-/// before, the store has folded in every batch through `k` (`after_batch` reads wait for
-/// it). Built on every worker of every process (a dataflow is the same everywhere).
+/// Served models: what worker 0 wrote (`written`: its lines are moved into the store, and
+/// the stream returned, which carries none, keeps its frontier for the sinks' probe) and
+/// the statistics of the running `estimates` (solved only when read), folded into `models`
+/// (process 0's store; `None` elsewhere), with the served mark: once neither stream can
+/// bring anything at an epoch (batch) `k` or before, the store has folded in every batch
+/// through `k` (`after_batch` reads wait for it). Built on every worker of every process
+/// (a dataflow is the same everywhere).
 fn serve_models<'scope>(
     written: StreamVec<'scope, Epoch, ModelLine>,
-    estimates: StreamVec<'scope, Epoch, ModelLine>,
+    estimates: StreamVec<'scope, Epoch, EstimateStats>,
     models: &Option<Arc<ModelStore>>,
     probe: &ProbeHandle<Epoch>,
 ) -> StreamVec<'scope, Epoch, ModelLine> {
-    let (sink, estimates_sink) = (models.clone(), models.clone());
-    let estimates = estimates.exchange(|_| 0).inspect_core(move |event| {
-        if let (Ok((_, lines)), Some(store)) = (event, &estimates_sink) {
-            store.update(lines.iter());
-        }
-    });
+    // Each stream's data moves into the store (no copy); the operator gives nothing, and
+    // its output's frontier says which epochs are folded in.
+    fn fold_into<'scope, D: timely::ExchangeData>(
+        stream: StreamVec<'scope, Epoch, D>,
+        name: &str,
+        models: &Option<Arc<ModelStore>>,
+        fold: fn(&ModelStore, std::vec::Drain<'_, D>),
+    ) -> StreamVec<'scope, Epoch, ModelLine> {
+        let store = models.clone();
+        stream.unary::<CapacityContainerBuilder<Vec<ModelLine>>, _, _, _>(
+            Pipelined,
+            name,
+            move |initial, _| {
+                drop(initial);
+                move |input, _| {
+                    input.for_each(|_, data| match &store {
+                        Some(store) => fold(store, data.drain(..)),
+                        None => data.clear(),
+                    });
+                }
+            },
+        )
+    }
+    let estimates = fold_into(
+        estimates.exchange(|_| 0),
+        "ServeEstimates",
+        models,
+        |store, estimates| store.update_estimates(estimates),
+    );
     estimates.clone().probe_with(probe);
-    let written = written.inspect_core(move |event| {
-        if let (Ok((_, lines)), Some(store)) = (event, &sink) {
-            store.update(lines.iter());
-        }
+    let written = fold_into(written, "ServeModels", models, |store, lines| {
+        store.update(lines)
     });
     let served = models.clone();
     estimates

@@ -22,8 +22,9 @@ pub(super) struct ModelFeed {
     tx: broadcast::Sender<FeedEvent>,
 }
 
-/// One numbered final model, as its JSON text.
-type FeedEvent = (u64, Arc<str>);
+/// One numbered final model (made JSON when a client is sent it: nothing is formatted for
+/// the many finals no client reads).
+type FeedEvent = (u64, Arc<ModelLine>);
 
 /// Final models kept for clients that resume with `Last-Event-ID`.
 pub const FEED_KEEP: usize = 16_384;
@@ -40,19 +41,23 @@ impl ModelFeed {
         }
     }
 
-    pub(super) fn push(&self, line: &ModelLine) {
-        let Ok(json) = serde_json::to_string(line) else {
+    /// Numbers and sends `lines`, in order (under one lock).
+    pub(super) fn push(&self, lines: Vec<Arc<ModelLine>>) {
+        if lines.is_empty() {
             return;
-        };
-        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-        ring.0 += 1;
-        let event: FeedEvent = (ring.0, json.into());
-        if ring.1.len() == FEED_KEEP {
-            ring.1.pop_front();
         }
-        ring.1.push_back(event.clone());
-        // Sent under the lock, so that a subscriber's backlog and its stream meet exactly.
-        let _ = self.tx.send(event);
+        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        for line in lines {
+            ring.0 += 1;
+            let event: FeedEvent = (ring.0, line);
+            if ring.1.len() == FEED_KEEP {
+                ring.1.pop_front();
+            }
+            ring.1.push_back(event.clone());
+            // Sent under the lock, so that a subscriber's backlog and its stream meet
+            // exactly.
+            let _ = self.tx.send(event);
+        }
     }
 
     /// A subscription, and the kept events after `after` (`None`: every kept event);
@@ -101,9 +106,13 @@ pub(super) fn answer(feed: &ModelFeed, headers: &HeaderMap) -> Response {
             feed.resume(None).1.unwrap_or_default()
         }
     };
-    for (seq, json) in backlog {
+    for (seq, line) in backlog {
         last = seq;
-        first.push(Event::default().id(format!("{run}-{seq}")).data(&*json));
+        first.push(
+            Event::default()
+                .id(format!("{run}-{seq}"))
+                .data(json(&line)),
+        );
     }
     let backlog = futures_util::stream::iter(first.into_iter().map(Ok::<_, Infallible>));
     let live = futures_util::stream::unfold(Some((rx, last)), move |state| async move {
@@ -111,9 +120,11 @@ pub(super) fn answer(feed: &ModelFeed, headers: &HeaderMap) -> Response {
         loop {
             match rx.recv().await {
                 Ok((seq, _)) if seq <= last => continue,
-                Ok((seq, json)) => {
+                Ok((seq, line)) => {
                     last = seq;
-                    let event = Event::default().id(format!("{run}-{seq}")).data(&*json);
+                    let event = Event::default()
+                        .id(format!("{run}-{seq}"))
+                        .data(json(&line));
                     return Some((Ok(event), Some((rx, last))));
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -130,4 +141,10 @@ pub(super) fn answer(feed: &ModelFeed, headers: &HeaderMap) -> Response {
     Sse::new(futures_util::StreamExt::chain(backlog, live))
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// The JSON text of a final model, as `--out` has it.
+fn json(line: &ModelLine) -> String {
+    serde_json::to_string(line)
+        .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }).to_string())
 }
