@@ -13,7 +13,7 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::Operator;
 use timely::dataflow::operators::vec::Map;
 
-use crate::held::Held;
+use crate::held::{ByEpoch, Held};
 use crate::types::{EXIT_SOURCE_OR_OUTPUT, Epoch, OnFatal, fatal};
 
 /// Opens `path` for JSON lines (`-` is stdout), truncating it or appending to it.
@@ -176,27 +176,29 @@ struct LineRun<D> {
 }
 
 impl<D: JsonLine> LineRun<D> {
-    /// The run of `items`, sorted by order key (stably: ties stay in arrival order), with
-    /// the keys kept when `merged` and the elements when `pass`; `keys` is storage reused
-    /// for the order keys otherwise, and `text_hint` the bytes to make room for.
+    /// The run of the elements of `batches`, sorted by order key (stably: ties stay in
+    /// arrival order), with the keys kept when `merged` and the elements when `pass`;
+    /// `keys` is storage reused for the order keys otherwise, and `text_hint` the bytes to
+    /// make room for.
     ///
     /// The elements are read once, in the order they came, each formatted and then (unless
     /// passed on) dropped: an epoch's elements are many and large, and reading them in
     /// written order instead was a cache miss each. Only the lines' bounds are sorted.
     fn of(
         worker: usize,
-        items: Vec<D>,
+        batches: Vec<Vec<D>>,
         merged: bool,
         pass: bool,
         keys: &mut Vec<u8>,
         text_hint: usize,
     ) -> io::Result<LineRun<D>> {
+        let len = batches.iter().map(Vec::len).sum();
         let mut run = LineRun {
             worker,
             text: Vec::with_capacity(text_hint),
             keys: Vec::new(),
-            spans: Vec::with_capacity(items.len()),
-            items: Vec::new(),
+            spans: Vec::with_capacity(len),
+            items: Vec::with_capacity(if pass { len } else { 0 }),
         };
         let mut add = |item: &D| {
             let (key_from, text_from) = (keys.len(), run.text.len());
@@ -207,11 +209,13 @@ impl<D: JsonLine> LineRun<D> {
             run.spans.push(span);
             io::Result::Ok(())
         };
-        if pass {
-            items.iter().try_for_each(&mut add)?;
-            run.items = items;
-        } else {
-            items.into_iter().try_for_each(|item| add(&item))?;
+        // Batch by batch, as they came: each is dropped (or moved on) once formatted, so
+        // the epoch's elements and its text are not all held at once.
+        for batch in batches {
+            batch.iter().try_for_each(&mut add)?;
+            if pass {
+                run.items.extend(batch);
+            }
         }
         run.spans
             .sort_by(|a, b| keys[a.0..a.1].cmp(&keys[b.0..b.1]));
@@ -344,15 +348,19 @@ where
     let scope = stream.scope();
     let (worker, merged) = (scope.index(), scope.peers() > 1);
     let runs = stream.unary_frontier(Pipeline, "FormatLines", move |_cap, _info| {
-        let mut held: Held<D> = Held::default();
+        // An epoch's elements in the batches they came in.
+        let mut held: ByEpoch<Vec<Vec<D>>> = ByEpoch::default();
         let mut keys = Vec::new();
         // Bytes per line in the last run: room for the next is made at once.
         let mut line_bytes = 0;
         move |(input, frontier), output| {
-            input.for_each(|cap, data| held.hold(&cap, output.output_index(), data));
-            while let Some((cap, items)) = held.take_passed(frontier.frontier()) {
-                let hint = items.len() * line_bytes;
-                match LineRun::of(worker, items, merged, pass, &mut keys, hint) {
+            input.for_each(|cap, data| {
+                let epoch = held.capability(&cap, output.output_index());
+                held.at(epoch).push(std::mem::take(data));
+            });
+            while let Some((cap, batches)) = held.take_passed(frontier.frontier()) {
+                let hint = batches.iter().map(Vec::len).sum::<usize>() * line_bytes;
+                match LineRun::of(worker, batches, merged, pass, &mut keys, hint) {
                     Ok(run) => {
                         line_bytes = run.text.len().div_ceil(run.spans.len().max(1)) + 8;
                         output.session(&cap).give(run);
@@ -489,7 +497,7 @@ mod tests {
     #[test]
     fn runs_are_sorted_and_merged_by_order_key() {
         let run = |worker, items: Vec<Line>| {
-            LineRun::of(worker, items, true, false, &mut Vec::new(), 0).unwrap()
+            LineRun::of(worker, vec![items], true, false, &mut Vec::new(), 0).unwrap()
         };
         let mut runs = vec![
             run(
@@ -506,7 +514,7 @@ mod tests {
         let mut one = vec![
             LineRun::of(
                 0,
-                vec![Line(2, "b"), Line(1, "a")],
+                vec![vec![Line(2, "b")], vec![Line(1, "a")]],
                 false,
                 true,
                 &mut Vec::new(),
