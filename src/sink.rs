@@ -168,11 +168,31 @@ struct LineRun<D> {
     /// The lines' order keys, in the order the elements came (only when there are runs
     /// to merge).
     keys: Vec<u8>,
-    /// Per line, in written order: its order key's bounds in `keys` (when merged) and its
-    /// bounds in `text`.
-    spans: Vec<(usize, usize, usize, usize)>,
+    /// The lines, in written order.
+    spans: Vec<Span>,
     /// The elements themselves, when they are passed on once written.
     items: Vec<D>,
+}
+
+/// One line of a [`LineRun`].
+#[derive(Clone, Copy, Serialize, Deserialize)]
+struct Span {
+    /// The first 16 bytes of its order key (zeros after a shorter one), as a number: it
+    /// orders most lines without comparing the keys themselves (at a million keys the
+    /// comparisons of the sort were a fifth of the run).
+    prefix: u128,
+    /// Its order key's bounds in the run's keys (valid only while they are kept).
+    key: (usize, usize),
+    /// Its bounds in the run's text.
+    text: (usize, usize),
+}
+
+impl Span {
+    /// The order of the lines' keys, `keys` holding both.
+    fn cmp(&self, other: &Span, keys: &[u8]) -> std::cmp::Ordering {
+        let key = |s: &Span| &keys[s.key.0..s.key.1];
+        (self.prefix.cmp(&other.prefix)).then_with(|| key(self).cmp(key(other)))
+    }
 }
 
 impl<D: JsonLine> LineRun<D> {
@@ -205,8 +225,14 @@ impl<D: JsonLine> LineRun<D> {
             item.order(&mut OrderKey { bytes: keys });
             item.write_json(&mut run.text)?;
             run.text.push(b'\n');
-            let span = (key_from, keys.len(), text_from, run.text.len());
-            run.spans.push(span);
+            let key = &keys[key_from..];
+            let mut prefix = [0; 16];
+            prefix[..key.len().min(16)].copy_from_slice(&key[..key.len().min(16)]);
+            run.spans.push(Span {
+                prefix: u128::from_be_bytes(prefix),
+                key: (key_from, keys.len()),
+                text: (text_from, run.text.len()),
+            });
             io::Result::Ok(())
         };
         // Batch by batch, as they came: each is dropped (or moved on) once formatted, so
@@ -217,8 +243,7 @@ impl<D: JsonLine> LineRun<D> {
                 run.items.extend(batch);
             }
         }
-        run.spans
-            .sort_by(|a, b| keys[a.0..a.1].cmp(&keys[b.0..b.1]));
+        run.spans.sort_by(|a, b| a.cmp(b, keys));
         if merged {
             run.keys = std::mem::take(keys);
         } else {
@@ -229,9 +254,9 @@ impl<D: JsonLine> LineRun<D> {
 
     /// Line `i` in written order: its order key (empty unless merged) and its text.
     fn line(&self, i: usize) -> (&[u8], &[u8]) {
-        let (key_from, key_to, text_from, text_to) = self.spans[i];
-        let key = self.keys.get(key_from..key_to).unwrap_or_default();
-        (key, &self.text[text_from..text_to])
+        let Span { key, text, .. } = self.spans[i];
+        let key = self.keys.get(key.0..key.1).unwrap_or_default();
+        (key, &self.text[text.0..text.1])
     }
 }
 
