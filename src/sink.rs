@@ -501,6 +501,35 @@ mod tests {
             let b = if same_end { (a.0, b.1, b.2, b.3, b.4) } else { b };
             prop_assert_eq!(key_bytes(&a).cmp(&key_bytes(&b)), a.cmp(&b));
         }
+
+        /// Lines are sorted as their order keys, whether the keys differ in the 16 bytes
+        /// their spans carry as a number or only after them (long texts alike at first).
+        #[test]
+        fn spans_compare_as_their_order_keys(
+            a in (0i64..2, "a{6}[ab]{0,4}", -2i64..2, any::<bool>(), 0u32..2),
+            b in (0i64..2, "a{6}[ab]{0,4}", -2i64..2, any::<bool>(), 0u32..2),
+        ) {
+            let items = vec![vec![Keyed(a.clone()), Keyed(b.clone())]];
+            let run = LineRun::of(0, items, true, false, &mut Vec::new(), 0).unwrap();
+            let (first, second) = if a <= b { (&a, &b) } else { (&b, &a) };
+            prop_assert_eq!(run.line(0).0, &key_bytes(first)[..]);
+            prop_assert_eq!(run.line(1).0, &key_bytes(second)[..]);
+        }
+    }
+
+    /// An element ordered by a model line's fields.
+    #[derive(Clone, Serialize, Deserialize)]
+    struct Keyed((i64, String, i64, bool, u32));
+
+    impl JsonLine for Keyed {
+        fn order(&self, key: &mut OrderKey<'_>) {
+            let t = &self.0;
+            key.time(t.0).text(&t.1).time(t.2).flag(t.3).count(t.4);
+        }
+        fn write_json(&self, out: &mut Vec<u8>) -> io::Result<()> {
+            out.extend_from_slice(self.0.1.as_bytes());
+            Ok(())
+        }
     }
 
     /// A text element: `(order, line)`.
