@@ -4,6 +4,13 @@
 mod cli;
 mod launch;
 
+/// The command's allocator (the library leaves the choice to the program). With many keys
+/// the pane statistics are allocated by the worker that reads a record and freed by the
+/// worker that owns its key: glibc's allocator serialises those frees on the allocating
+/// thread's arena, and two workers ran slower than one (docs/benchmarks.md, "Session 18").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
