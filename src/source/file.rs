@@ -392,6 +392,23 @@ mod tests {
         (dir, path)
     }
 
+    /// Worker `index`'s share (of `peers`) of the file read whole into `sink`, in blocks of
+    /// about `block` bytes, with lines of at most `max` bytes; the reader is returned for
+    /// what a test checks after.
+    fn read_share<S: RecordSink>(
+        path: &Path,
+        (block, format, max): (usize, FileFormat, usize),
+        (index, peers): (usize, usize),
+        sink: &mut S,
+    ) -> FileReader {
+        let mut reader = FileReader::open(path, block, format, &schema(), index, peers, max)
+            .expect("the file opens");
+        while reader.next_batch().is_some() {
+            reader.read_batch(sink).expect("the share reads");
+        }
+        reader
+    }
+
     /// Every record is read once, in blocks of any size (a byte, a line, the largest
     /// size there is), by one worker or several.
     #[test]
@@ -402,24 +419,12 @@ mod tests {
             text.push_str(&format!("{i},k{},{}.5,{}\n", i % 3, i, i * 2));
         }
         std::fs::write(&path, text).unwrap();
-        let schema = schema();
         for block in [1, 7, 4096, usize::MAX] {
             for peers in [1, 3] {
                 let mut count = Count(0);
                 for index in 0..peers {
-                    let mut reader = FileReader::open(
-                        &path,
-                        block,
-                        FileFormat::Csv,
-                        &schema,
-                        index,
-                        peers,
-                        1 << 20,
-                    )
-                    .unwrap();
-                    while reader.next_batch().is_some() {
-                        reader.read_batch(&mut count).unwrap();
-                    }
+                    let how = (block, FileFormat::Csv, 1 << 20);
+                    read_share(&path, how, (index, peers), &mut count);
                 }
                 assert_eq!(count.0, 100, "block {block}, {peers} workers");
             }
@@ -484,23 +489,15 @@ mod tests {
         }
         text.pop(); // the last line has no newline
         std::fs::write(&path, &text).unwrap();
-        let schema = schema();
         for (block, peers) in [(4 << 20, 1), (300_000, 3), (usize::MAX, 1)] {
             let mut got = Collect::default();
             for index in 0..peers {
-                let mut reader = FileReader::open(
+                read_share(
                     &path,
-                    block,
-                    FileFormat::Csv,
-                    &schema,
-                    index,
-                    peers,
-                    1 << 20,
-                )
-                .unwrap();
-                while reader.next_batch().is_some() {
-                    reader.read_batch(&mut got).unwrap();
-                }
+                    (block, FileFormat::Csv, 1 << 20),
+                    (index, peers),
+                    &mut got,
+                );
             }
             got.records.sort_by_key(|r| r.0);
             got.malformed.sort();
@@ -568,15 +565,10 @@ mod tests {
             text.push_str(&line(1, "k123"));
             refused.push((3001 + header as u64, line(1, "k123").len() as u64));
             std::fs::write(&path, &text).unwrap();
-            let schema = schema();
             for (block, peers) in [(4 << 20, 1), (4096, 3), (usize::MAX, 2), (100_000, 2)] {
                 let mut got = Limited::default();
                 for index in 0..peers {
-                    let mut reader =
-                        FileReader::open(&path, block, format, &schema, index, peers, max).unwrap();
-                    while reader.next_batch().is_some() {
-                        reader.read_batch(&mut got).unwrap();
-                    }
+                    let reader = read_share(&path, (block, format, max), (index, peers), &mut got);
                     assert!(
                         reader.buf.capacity() < 2 * PIECE,
                         "{} bytes held",
