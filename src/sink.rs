@@ -188,10 +188,12 @@ struct Span {
 }
 
 impl Span {
-    /// The order of the lines' keys, `keys` holding both.
-    fn cmp(&self, other: &Span, keys: &[u8]) -> std::cmp::Ordering {
-        let key = |s: &Span| &keys[s.key.0..s.key.1];
-        (self.prefix.cmp(&other.prefix)).then_with(|| key(self).cmp(key(other)))
+    /// The order of two lines' keys, this one's in `keys` and the other's in
+    /// `other_keys` (the same storage within a run, another run's when merging).
+    fn cmp(&self, keys: &[u8], other: &Span, other_keys: &[u8]) -> std::cmp::Ordering {
+        let key = &keys[self.key.0..self.key.1];
+        let other_key = &other_keys[other.key.0..other.key.1];
+        (self.prefix.cmp(&other.prefix)).then_with(|| key.cmp(other_key))
     }
 }
 
@@ -243,7 +245,7 @@ impl<D: JsonLine> LineRun<D> {
                 run.items.extend(batch);
             }
         }
-        run.spans.sort_by(|a, b| a.cmp(b, keys));
+        run.spans.sort_by(|a, b| a.cmp(keys, b, keys));
         if merged {
             run.keys = std::mem::take(keys);
         } else {
@@ -270,19 +272,26 @@ fn merge_runs<D: JsonLine>(
     runs.sort_by_key(|r| r.worker);
     let mut next = vec![0; runs.len()];
     loop {
-        // The least line at the head of a run (the only run's, with one worker).
-        let mut least: Option<(usize, &[u8], &[u8])> = None;
+        // The run whose next line is least (the only run, with one worker), by the
+        // order the runs were sorted in: strictly less, so a tie keeps the lower worker.
+        let mut least: Option<usize> = None;
         for (r, run) in runs.iter().enumerate() {
             if next[r] < run.spans.len() {
-                let (key, text) = run.line(next[r]);
-                if least.is_none_or(|(_, k, _)| key < k) {
-                    least = Some((r, key, text));
+                let less = least.is_none_or(|l| {
+                    let head = &runs[l];
+                    let span = &run.spans[next[r]];
+                    span.cmp(&run.keys, &head.spans[next[l]], &head.keys)
+                        .is_lt()
+                });
+                if less {
+                    least = Some(r);
                 }
             }
         }
-        let Some((r, _, text)) = least else {
+        let Some(r) = least else {
             break;
         };
+        let (_, text) = runs[r].line(next[r]);
         next[r] += 1;
         chunk.extend_from_slice(text);
         if chunk.len() >= LINE_CHUNK {
