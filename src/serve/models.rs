@@ -78,6 +78,14 @@ impl Entry {
         final_end.max(self.open.as_ref().map_or(Time::MIN, Open::window_end))
     }
 
+    /// Shows `open` as the key's open window, unless its final model is as new.
+    fn open_if_newer(&mut self, open: Open) {
+        let end = open.window_end();
+        if self.last_final.as_ref().is_none_or(|f| end > f.window_end) {
+            self.open = Some(open);
+        }
+    }
+
     fn served(&self, options: SolveOptions) -> KeyModels {
         KeyModels {
             key: self.name.to_string(),
@@ -267,11 +275,8 @@ impl ModelStore {
             let mut models = self.write();
             for line in lines {
                 if !line.is_final {
-                    let end = line.window_end;
                     models.change(&line.key.clone(), |entry| {
-                        if entry.last_final.as_ref().is_none_or(|f| end > f.window_end) {
-                            entry.open = Some(Open::Line(line));
-                        }
+                        entry.open_if_newer(Open::Line(line))
                     });
                     continue;
                 }
@@ -315,12 +320,9 @@ impl ModelStore {
     pub fn update_estimates(&self, estimates: impl IntoIterator<Item = EstimateStats>) {
         let mut models = self.write();
         for estimate in estimates {
-            let end = estimate.window.end;
             let key = estimate.key.clone();
             models.change(key.as_str(), |entry| {
-                if entry.last_final.as_ref().is_none_or(|f| end > f.window_end) {
-                    entry.open = Some(Open::Estimate(estimate, OnceLock::new()));
-                }
+                entry.open_if_newer(Open::Estimate(estimate, OnceLock::new()))
             });
         }
         models.evict(self.max_keys);
