@@ -140,28 +140,42 @@ impl JsonLine for ModelLine {
     }
 
     /// The bytes serde_json writes for `ModelJson` (a unit test holds them equal), with
-    /// the field names as literals: only the key and the numbers are formatted.
+    /// the field names as literals: only the key and the numbers are formatted, the numbers
+    /// by the crates serde_json formats them with (zmij, itoa), straight into `w`.
     fn write_json(&self, w: &mut Vec<u8>) -> std::io::Result<()> {
         use std::io::Write;
-        fn number(w: &mut Vec<u8>, v: Option<f64>) -> std::io::Result<()> {
+        // serde_json writes a float that is not finite as null.
+        fn number(w: &mut Vec<u8>, v: Option<f64>) {
             match v {
-                Some(v) => serde_json::to_writer(&mut *w, &v).map_err(std::io::Error::other),
-                None => {
-                    w.extend_from_slice(b"null");
-                    Ok(())
+                Some(v) if v.is_finite() => {
+                    w.extend_from_slice(zmij::Buffer::new().format_finite(v).as_bytes())
                 }
+                _ => w.extend_from_slice(b"null"),
             }
         }
+        fn int(w: &mut Vec<u8>, v: i64) {
+            w.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+        }
+        /// A JSON string; serde_json's escapes only where one is needed.
+        fn text(w: &mut Vec<u8>, s: &str) -> std::io::Result<()> {
+            if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+                w.push(b'"');
+                w.extend_from_slice(s.as_bytes());
+                w.push(b'"');
+                Ok(())
+            } else {
+                serde_json::to_writer(w, s).map_err(std::io::Error::other)
+            }
+        }
+        w.reserve(160 + self.key.len() + 25 * self.coef.as_ref().map_or(0, Vec::len));
         w.extend_from_slice(b"{\"key\":");
-        serde_json::to_writer(&mut *w, self.key.as_str()).map_err(std::io::Error::other)?;
-        // Integers through serde_json (itoa), not the formatting machinery.
-        let int = |w: &mut Vec<u8>, v: i64| serde_json::to_writer(w, &v);
+        text(w, &self.key)?;
         w.extend_from_slice(b",\"window_start\":");
-        int(w, self.window_start).map_err(std::io::Error::other)?;
+        int(w, self.window_start);
         w.extend_from_slice(b",\"window_end\":");
-        int(w, self.window_end).map_err(std::io::Error::other)?;
+        int(w, self.window_end);
         w.extend_from_slice(b",\"n\":");
-        int(w, self.n).map_err(std::io::Error::other)?;
+        int(w, self.n);
         w.extend_from_slice(b",\"coef\":");
         match &self.coef {
             Some(coef) => {
@@ -170,18 +184,18 @@ impl JsonLine for ModelLine {
                     if i > 0 {
                         w.push(b',');
                     }
-                    number(w, Some(*c))?;
+                    number(w, Some(*c));
                 }
                 w.push(b']');
             }
             None => w.extend_from_slice(b"null"),
         }
         w.extend_from_slice(b",\"r2\":");
-        number(w, self.r2)?;
+        number(w, self.r2);
         w.extend_from_slice(b",\"rmse\":");
-        number(w, self.rmse)?;
+        number(w, self.rmse);
         w.extend_from_slice(b",\"cond\":");
-        number(w, self.cond)?;
+        number(w, self.cond);
         w.extend_from_slice(b",\"status\":");
         serde_json::to_writer(&mut *w, &self.status).map_err(std::io::Error::other)?;
         w.extend_from_slice(if self.is_final {
@@ -194,7 +208,7 @@ impl JsonLine for ModelLine {
         }
         if let Some(by) = &self.closed_by {
             w.extend_from_slice(b",\"closed_by\":");
-            serde_json::to_writer(&mut *w, by.as_str()).map_err(std::io::Error::other)?;
+            text(w, by)?;
         }
         w.push(b'}');
         Ok(())

@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use differential_dataflow::Hashable;
 use serde::{Deserialize, Serialize};
-use timely::dataflow::StreamVec;
-use timely::dataflow::operators::vec::Partition;
 
 use crate::checkpoint::{Commit, Recovered, Store};
 use crate::key::Key;
@@ -202,15 +200,4 @@ pub fn resumed_max_seen(commit: &Commit, peers: usize, one_partition: bool) -> V
     } else {
         vec![frontier_of(&commit.max_seen, one_partition); peers]
     }
-}
-/// Splits a stream `N` ways by `part` (`0..N`), moving each element, never cloning it (a
-/// stream's every reader but the last gets a clone of each batch).
-pub(super) fn split<'scope, D: 'static, const N: usize>(
-    stream: StreamVec<'scope, Epoch, D>,
-    part: impl Fn(&D) -> u64 + 'static,
-) -> [StreamVec<'scope, Epoch, D>; N] {
-    let parts = stream.partition(N as u64, move |d| (part(&d), d));
-    parts
-        .try_into()
-        .unwrap_or_else(|_| unreachable!("partition gives N parts"))
 }

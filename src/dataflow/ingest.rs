@@ -5,12 +5,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use differential_dataflow::{AsCollection, VecCollection};
-use timely::dataflow::operators::generic::operator::source;
-use timely::dataflow::operators::vec::Map;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 
 use super::combiner::{Combiner, Quarantined};
-use super::context::{PaneUpdate, RunContext, WindowConfig, owner, resumed_max_seen, split};
+use super::context::{PaneUpdate, RunContext, WindowConfig, owner, resumed_max_seen};
 use super::reading::{Poll, Reading};
 use crate::key::Key;
 use crate::messages::{Control, Progress, SetAside};
@@ -44,11 +46,19 @@ pub struct Ingested<'scope> {
 /// has passed their epoch) from growing to the whole input.
 pub const MAX_PANES_AHEAD_PER_WORKER: usize = 1 << 16;
 
-#[derive(Clone)]
-enum IngestOut {
-    Pane(PaneUpdate),
-    Progress(Progress),
-    Aside(SetAside),
+/// The capabilities of the progress and set-aside outputs follow the panes' (`lead`):
+/// at its time, or dropped with it.
+fn follow(lead: &Option<Capability<Epoch>>, others: &mut [Option<Capability<Epoch>>; 2]) {
+    match lead {
+        Some(lead) => {
+            for other in others.iter_mut().flatten() {
+                if other.time() < lead.time() {
+                    other.downgrade(lead.time());
+                }
+            }
+        }
+        None => *others = [None, None],
+    }
 }
 
 /// Reads this worker's share of a source, batch by batch, into pane statistics.
@@ -93,7 +103,19 @@ pub fn ingest<'scope>(
     let mut last_mark = Instant::now();
     let throttle = ProbeHandle::new();
     let held_back = throttle.clone();
-    let stream = source(scope, "Ingest", move |capability, info| {
+    // Three outputs, each its own type: an update is moved once, into its output.
+    let mut builder = OperatorBuilder::new("Ingest".to_owned(), scope);
+    let info = builder.operator_info();
+    let (panes_out, panes) = builder.new_output();
+    let (control_out, control) = builder.new_output();
+    let (aside_out, aside) = builder.new_output();
+    let mut panes_out: OutputBuilder<_, CapacityContainerBuilder<Vec<PaneUpdate>>> =
+        OutputBuilder::from(panes_out);
+    let mut control_out: OutputBuilder<_, CapacityContainerBuilder<Vec<Control>>> =
+        OutputBuilder::from(control_out);
+    let mut aside_out: OutputBuilder<_, CapacityContainerBuilder<Vec<SetAside>>> =
+        OutputBuilder::from(aside_out);
+    builder.build(move |capabilities| {
         let mut reading = Reading::new(
             scope,
             info.address,
@@ -102,14 +124,22 @@ pub fn ingest<'scope>(
             held_back,
             MAX_PANES_AHEAD_PER_WORKER,
         );
-        let mut cap = Some(capability);
-        move |output| {
+        let [panes_cap, control_cap, aside_cap]: [Capability<Epoch>; 3] = capabilities
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("a capability per output"));
+        // `cap` is the panes output's; the others follow it.
+        let mut cap = Some(panes_cap);
+        let mut others = [Some(control_cap), Some(aside_cap)];
+        move |_frontiers| {
             let Some(c) = cap.as_mut() else { return };
+            let (mut panes, mut control, mut aside) = (
+                panes_out.activate(),
+                control_out.activate(),
+                aside_out.activate(),
+            );
             if !restored.is_empty() {
                 c.downgrade(&first);
-                output
-                    .session(&*c)
-                    .give_iterator(restored.drain(..).map(IngestOut::Pane));
+                panes.session(&*c).give_iterator(restored.drain(..));
             }
             let mut mark = |done: bool| {
                 let due = every.is_some_and(|every| done || last_mark.elapsed() >= every);
@@ -118,7 +148,13 @@ pub fn ingest<'scope>(
                 }
                 due
             };
-            match reading.poll(c) {
+            let poll = reading.poll(c);
+            follow(&cap, &mut others);
+            let [Some(control_cap), Some(aside_cap)] = &others else {
+                unreachable!("held while the panes' capability is")
+            };
+            let c = cap.as_ref().expect("held until released");
+            match poll {
                 Poll::Wait => {}
                 Poll::Batch(batch) => {
                     let idle_close = reading.reader().idle_close_to();
@@ -148,34 +184,38 @@ pub fn ingest<'scope>(
                     }
                     let done = next.is_none();
                     metrics.add(&combiner.counts);
-                    let mut session = output.session(&*c);
-                    let panes = combiner.pane_count();
+                    let count = combiner.pane_count();
+                    let mut session = panes.session(c);
                     for (pane, stats) in combiner.drain_panes() {
-                        session.give(IngestOut::Pane((pane, batch, stats)));
+                        session.give((pane, batch, stats));
                     }
-                    for aside in combiner.aside.drain(..) {
-                        session.give(IngestOut::Aside(aside));
-                    }
-                    session.give(IngestOut::Progress(Progress {
-                        worker,
-                        max_seen: if done {
-                            Time::MAX
-                        } else {
-                            combiner.watermark.max_seen
-                        },
-                        counts: std::mem::take(&mut combiner.counts),
-                        checkpoint: mark(done),
-                        idle: idle_close.is_some(),
-                    }));
                     drop(session);
-                    reading.release(batch, panes, next, &mut cap);
+                    if !combiner.aside.is_empty() {
+                        aside
+                            .session(aside_cap)
+                            .give_iterator(combiner.aside.drain(..));
+                    }
+                    control
+                        .session(control_cap)
+                        .give(Control::Progress(Progress {
+                            worker,
+                            max_seen: if done {
+                                Time::MAX
+                            } else {
+                                combiner.watermark.max_seen
+                            },
+                            counts: std::mem::take(&mut combiner.counts),
+                            checkpoint: mark(done),
+                            idle: idle_close.is_some(),
+                        }));
+                    reading.release(batch, count, next, &mut cap);
                 }
                 Poll::End => {
                     // A worker with no share (left), or whose live source was closed while
                     // it waited, still reports that it is done.
                     let at = (worker as Epoch).max(first).max(*c.time());
-                    c.downgrade(&at);
-                    output.session(&*c).give(IngestOut::Progress(Progress {
+                    let report = control_cap.delayed(&at);
+                    control.session(&report).give(Control::Progress(Progress {
                         worker,
                         max_seen: Time::MAX,
                         counts: Counts::default(),
@@ -185,29 +225,10 @@ pub fn ingest<'scope>(
                     cap = None;
                 }
             }
+            follow(&cap, &mut others);
         }
     });
-    // Partitioned, not one stream read by three: a stream's every reader but the last
-    // gets a clone of each batch, statistics and all.
-    let [panes, control, aside] = split(stream, |o| match o {
-        IngestOut::Pane(_) => 0,
-        IngestOut::Progress(_) => 1,
-        IngestOut::Aside(_) => 2,
-    });
-    let panes = panes
-        .flat_map(|o| match o {
-            IngestOut::Pane(p) => Some(p),
-            _ => None,
-        })
-        .as_collection();
-    let control = control.flat_map(|o| match o {
-        IngestOut::Progress(p) => Some(Control::Progress(p)),
-        _ => None,
-    });
-    let aside = aside.flat_map(|o| match o {
-        IngestOut::Aside(a) => Some(a),
-        _ => None,
-    });
+    let panes = panes.as_collection();
     Ingested {
         panes,
         control,

@@ -118,18 +118,27 @@ impl<'scope> WindowedModels<'scope> for VecCollection<'scope, Epoch, (Key, Pane)
         let mut estimates_out: OutputBuilder<_, CapacityContainerBuilder<Vec<EstimateStats>>> =
             OutputBuilder::from(estimates_out);
         builder.build(move |_capabilities| {
-            // Per epoch, the pane updates and the progress reports that came at it, held
-            // with a capability for each output.
-            type Arrived = (Vec<((Key, Pane), Stats)>, Vec<Control>);
+            // Per epoch, the pane updates (in the containers they came in) and the
+            // progress reports that came at it, held with a capability for each output.
+            type Arrived = (Vec<Vec<PaneUpdate>>, Vec<Control>);
             let mut held: ByEpoch<Arrived> = ByEpoch::default();
             const OUTPUTS: [usize; 3] = [0, 1, 2];
             move |frontiers| {
                 panes.for_each(|cap, data| {
                     // A collection's updates may be at later times than the message that
-                    // carried them: each is held at its own time.
-                    held.capabilities(&cap, &OUTPUTS);
-                    for (pane, time, stats) in data.drain(..) {
-                        held.at(time).0.push((pane, stats));
+                    // carried them: each is held at its own time. Nearly always they are
+                    // all at the message's, and the container is held as it came.
+                    let time = held.capabilities(&cap, &OUTPUTS);
+                    if data.iter().all(|(_, t, _)| *t == time) {
+                        held.at(time).0.push(std::mem::take(data));
+                    } else {
+                        for update in data.drain(..) {
+                            let at = held.at(update.1);
+                            match at.0.last_mut() {
+                                Some(last) if last.capacity() > last.len() => last.push(update),
+                                _ => at.0.push(vec![update]),
+                            }
+                        }
                     }
                 });
                 progress.for_each(|cap, data| {
@@ -378,7 +387,7 @@ impl Windows {
     fn epoch(
         &mut self,
         epoch: Epoch,
-        updates: Vec<((Key, Pane), Stats)>,
+        updates: Vec<Vec<PaneUpdate>>,
         reports: Vec<Control>,
         mut emit: impl FnMut(Emission),
     ) {
@@ -409,7 +418,7 @@ impl Windows {
         let spec = self.config.window;
         let mut due: Vec<Key> = Vec::new();
         let mut touched: Vec<Key> = Vec::new();
-        for ((key, pane), stats) in updates {
+        for ((key, pane), _, stats) in updates.into_iter().flatten() {
             if self.estimates {
                 touched.push(key.clone());
             }
