@@ -196,8 +196,12 @@ impl JsonLine for ModelLine {
         number(w, self.rmse);
         w.extend_from_slice(b",\"cond\":");
         number(w, self.cond);
-        w.extend_from_slice(b",\"status\":");
-        serde_json::to_writer(&mut *w, &self.status).map_err(std::io::Error::other)?;
+        w.extend_from_slice(match self.status {
+            Status::Ok => b",\"status\":\"ok\"",
+            Status::IllConditioned => b",\"status\":\"ill_conditioned\"",
+            Status::Underdetermined => b",\"status\":\"underdetermined\"",
+            Status::NotFinite => b",\"status\":\"not_finite\"",
+        });
         w.extend_from_slice(if self.is_final {
             b",\"final\":true"
         } else {

@@ -197,6 +197,39 @@ impl Span {
     }
 }
 
+/// Sorts `spans` (keys in `keys`) by order key, stably.
+///
+/// An epoch's lines often come as a few sorted sequences interleaved: the windows
+/// operator takes keys in written order, and each key's windows in turn, so there is one
+/// sequence per window end (the first 8 bytes of a model line's order key), and the sort
+/// would find no run to keep. Grouping the spans by their first 8 bytes first, stably,
+/// when they hold only a few values, leaves it runs that are sorted already; a stable sort
+/// of the grouped spans is the stable sort of the spans (spans with equal keys have equal
+/// first bytes, and keep their order in the grouping).
+fn sort_spans(spans: &mut Vec<Span>, keys: &[u8]) {
+    /// The most distinct leading 8 bytes that are grouped.
+    const GROUPS: usize = 16;
+    let head = |span: &Span| (span.prefix >> 64) as u64;
+    let mut heads: Vec<u64> = Vec::with_capacity(GROUPS);
+    let few = spans.iter().all(|span| {
+        let h = head(span);
+        heads.contains(&h)
+            || (heads.len() < GROUPS && {
+                heads.push(h);
+                true
+            })
+    });
+    if few && heads.len() > 1 {
+        heads.sort_unstable();
+        let mut grouped = Vec::with_capacity(spans.len());
+        for &h in &heads {
+            grouped.extend(spans.iter().filter(|span| head(span) == h));
+        }
+        *spans = grouped;
+    }
+    spans.sort_by(|a, b| a.cmp(keys, b, keys));
+}
+
 impl<D: JsonLine> LineRun<D> {
     /// The run of the elements of `batches`, sorted by order key (stably: ties stay in
     /// arrival order), with the keys kept when `merged` and the elements when `pass`;
@@ -245,7 +278,7 @@ impl<D: JsonLine> LineRun<D> {
                 run.items.extend(batch);
             }
         }
-        run.spans.sort_by(|a, b| a.cmp(keys, b, keys));
+        sort_spans(&mut run.spans, keys);
         if merged {
             run.keys = std::mem::take(keys);
         } else {

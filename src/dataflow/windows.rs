@@ -314,7 +314,7 @@ impl KeyWindows {
     ) -> i64 {
         windows_into(spec, &self.panes, frontier, Time::MAX, windows);
         let open = windows.len() as i64;
-        std::mem::replace(&mut self.open, open) - open
+        open - std::mem::replace(&mut self.open, open)
     }
 }
 
@@ -893,5 +893,81 @@ mod tests {
         agenda.take_through(Time::MAX, &mut due);
         assert_eq!(due, [Key::from("a")]);
         assert!(agenda.by_time.is_empty());
+    }
+
+    /// The open-windows gauge is the number of (key, window) pairs with records that end
+    /// after the frontier, counted the slow way from every record fed so far, after each
+    /// epoch: panes opening windows, windows closing, a late pane within the lateness, and
+    /// a pane retracted to zero records.
+    #[test]
+    fn the_open_windows_gauge_counts_the_windows_with_records_not_ended() {
+        use crate::messages::Progress;
+
+        let spec: WindowSpec = "sliding:30s/10s".parse().unwrap();
+        let config = WindowConfig::new(spec, 1).lateness(5_000);
+        let context = RunContext::default();
+        let metrics = Arc::clone(&context.metrics);
+        let mut state = Windows::new(config, 0, 1, &context);
+        // Per epoch: (key, record time, +1 or -1 record) and the largest time seen after it.
+        let epochs: [(&[(&str, Time, i64)], Time); 6] = [
+            (
+                &[("a", 1_000, 1), ("b", 4_000, 1), ("a", 12_000, 1)],
+                12_000,
+            ),
+            (&[("c", 25_000, 1), ("a", 26_000, 1)], 26_000),
+            // Late for the window ending at 30 s, within the lateness.
+            (&[("b", 9_000, 1), ("a", 41_000, 1)], 41_000),
+            // The pane of "c" at 20 s retracted to nothing.
+            (&[("c", 25_000, -1), ("b", 55_000, 1)], 55_000),
+            (&[("a", 71_000, 1)], 90_000),
+            (&[], Time::MAX),
+        ];
+        let mut fed: Vec<(&str, Time, i64)> = Vec::new();
+        for (epoch, (records, max_seen)) in epochs.iter().enumerate() {
+            let updates = records
+                .iter()
+                .map(|&(key, t, sign)| {
+                    let start = t - t.rem_euclid(10_000);
+                    let pane = Pane {
+                        start,
+                        end: start + 10_000,
+                    };
+                    let mut stats = Stats::of_row(&[t as f64, 1.0]);
+                    if sign < 0 {
+                        differential_dataflow::difference::Abelian::negate(&mut stats);
+                    }
+                    ((Key::new(key), pane), epoch as Epoch, stats)
+                })
+                .collect();
+            let report = Control::Progress(Progress {
+                worker: 0,
+                max_seen: *max_seen,
+                counts: Default::default(),
+                checkpoint: false,
+                idle: false,
+            });
+            state.epoch(epoch as Epoch, vec![updates], vec![report], |_| {});
+            fed.extend(records.iter().copied());
+            // The slow way: every window of 30 s starting at a multiple of 10 s that holds a
+            // record (net of retractions) and ends after the largest time seen.
+            let mut open = BTreeSet::new();
+            for &(key, t, _) in &fed {
+                let net: i64 = (fed.iter())
+                    .filter(|&&(k, u, _)| k == key && u / 10_000 == t / 10_000)
+                    .map(|&(_, _, sign)| sign)
+                    .sum();
+                let first = t - t.rem_euclid(10_000) - 20_000;
+                for start in (first..=t).step_by(10_000) {
+                    if net > 0 && start + 30_000 > *max_seen {
+                        open.insert((key, start));
+                    }
+                }
+            }
+            assert_eq!(
+                metrics.open_windows.load(Relaxed),
+                open.len() as i64,
+                "after epoch {epoch}: {open:?}"
+            );
+        }
     }
 }
