@@ -909,7 +909,8 @@ mod tests {
         let metrics = Arc::clone(&context.metrics);
         let mut state = Windows::new(config, 0, 1, &context);
         // Per epoch: (key, record time, +1 or -1 record) and the largest time seen after it.
-        let epochs: [(&[(&str, Time, i64)], Time); 6] = [
+        type Fed = (&'static str, Time, i64);
+        let epochs: [(&[Fed], Time); 6] = [
             (
                 &[("a", 1_000, 1), ("b", 4_000, 1), ("a", 12_000, 1)],
                 12_000,
@@ -922,7 +923,7 @@ mod tests {
             (&[("a", 71_000, 1)], 90_000),
             (&[], Time::MAX),
         ];
-        let mut fed: Vec<(&str, Time, i64)> = Vec::new();
+        let mut fed: Vec<Fed> = Vec::new();
         for (epoch, (records, max_seen)) in epochs.iter().enumerate() {
             let updates = records
                 .iter()
