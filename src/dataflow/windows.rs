@@ -275,9 +275,9 @@ impl Default for KeyWindows {
 }
 
 impl KeyWindows {
-    /// Adds `stats` to `pane`. Returns whether the pane is new, and whether it is gone
-    /// (its updates sum to zero records).
-    fn add(&mut self, pane: Pane, stats: Stats) -> (bool, bool) {
+    /// Adds `stats` to `pane`. Returns the pane's index if it is new, and whether it is
+    /// gone (its updates sum to zero records).
+    fn add(&mut self, pane: Pane, stats: Stats) -> (Option<usize>, bool) {
         match self.panes.binary_search_by(|(p, _)| p.cmp(&pane)) {
             Ok(i) => {
                 let total = &mut self.panes[i].1;
@@ -286,14 +286,31 @@ impl KeyWindows {
                 if gone {
                     self.panes.remove(i);
                 }
-                (false, gone)
+                (None, gone)
             }
-            Err(_) if stats.is_zero() => (false, false),
+            Err(_) if stats.is_zero() => (None, false),
             Err(i) => {
                 self.panes.insert(i, (pane, stats));
-                (true, false)
+                (Some(i), false)
             }
         }
+    }
+
+    /// Counts the windows ending after `frontier` that the pane just added at `i` opened
+    /// (see [`windows_opened`]; sessions are recounted), and returns their number.
+    fn opened(
+        &mut self,
+        spec: WindowSpec,
+        i: usize,
+        frontier: Time,
+        windows: &mut Vec<(Window, Range<usize>)>,
+    ) -> i64 {
+        if spec.is_session() {
+            return self.recount(spec, frontier, windows);
+        }
+        let opened = windows_opened(spec, &self.panes, i, frontier);
+        self.open += opened;
+        opened
     }
 
     /// Makes the key due at `time` if it is not due sooner.
@@ -426,7 +443,7 @@ impl Windows {
                 c.touch(&key, pane, true);
             }
             let entry = key_state(&mut self.keys, &key, self.restored_final_through);
-            let (fresh, gone) = entry.add(pane, stats);
+            let (added, gone) = entry.add(pane, stats);
             if !entry.emitted.is_empty() {
                 // Late records changed a window already emitted: revise it.
                 due.push(key.clone());
@@ -435,16 +452,16 @@ impl Windows {
                 self.tally.panes -= 1;
                 self.tally.windows += entry.recount(spec, frontier, &mut self.windows);
             }
-            if !fresh {
+            let Some(i) = added else {
                 // A pane already open: only its statistics changed (or it is gone, or an
                 // update of no records found no pane). A key left with nothing leaves.
                 if entry.panes.is_empty() && entry.emitted.is_empty() {
                     self.keys.remove(&key);
                 }
                 continue;
-            }
+            };
             self.tally.panes += 1;
-            self.tally.windows += entry.recount(spec, frontier, &mut self.windows);
+            self.tally.windows += entry.opened(spec, i, frontier, &mut self.windows);
             entry.schedule(&key, spec.first_end(pane), &mut self.agenda);
         }
         // The keys due by the agenda (not a stale entry of a key since due sooner).
@@ -526,14 +543,24 @@ impl Windows {
         let mut revisit: Vec<Time> = Vec::new();
         let stats = &mut self.scratch;
         let mut windows = std::mem::take(&mut self.windows);
+        // Aligned windows are listed once, through every open one: those ending by the
+        // frontier are due, the others are the key's open windows (dropping the panes of
+        // final windows below changes none of those). Sessions are listed through the
+        // frontier, and recounted once their final sessions' panes are dropped.
+        let through = if spec.is_session() {
+            frontier
+        } else {
+            Time::MAX
+        };
         windows_into(
             spec,
             &state.panes,
             state.final_through,
-            frontier,
+            through,
             &mut windows,
         );
-        for (window, members) in windows.drain(..) {
+        let due = windows.partition_point(|(window, _)| window.end <= frontier);
+        for (window, members) in windows.drain(..due) {
             let is_final = window.end <= watermark;
             let panes = &state.panes[members.clone()];
             let n: i64 = panes.iter().map(|(_, pane)| pane.n).sum();
@@ -633,7 +660,12 @@ impl Windows {
                 .values()
                 .map(|(end, _, _)| end.saturating_add(lateness)),
         );
-        self.tally.windows += state.recount(spec, frontier, &mut windows);
+        self.tally.windows += if spec.is_session() {
+            state.recount(spec, frontier, &mut windows)
+        } else {
+            let open = windows.len() as i64;
+            open - std::mem::replace(&mut state.open, open)
+        };
         let next_end = windows.first().map(|(w, _)| w.end);
         self.windows = windows;
         state.due_at = Time::MAX;
@@ -703,6 +735,40 @@ fn sum_into(stats: &mut Stats, panes: &[(Pane, Stats)]) {
     stats.sums.clear();
     for (_, pane) in panes {
         stats.plus_equals(pane);
+    }
+}
+
+/// How many windows ending after `frontier` hold the aligned pane at `i` of `panes` and
+/// no other pane: those holding it but neither of its neighbours (a window is a range of
+/// panes, so one holding another pane holds the neighbour on that side too). With the
+/// pane just added, that is how many windows it opened; counted by the slide arithmetic,
+/// without listing a window (nearly every record opens a pane with many keys).
+fn windows_opened(spec: WindowSpec, panes: &[(Pane, Stats)], i: usize, frontier: Time) -> i64 {
+    let length = match spec {
+        WindowSpec::Sliding { length, .. } | WindowSpec::Tumbling { length } => length,
+        WindowSpec::Session { .. } => unreachable!("aligned windows only"),
+    };
+    // Window starts, panes' starts and lengths are multiples of the slide: the starts of
+    // the windows holding pane `p` are `p.start + slide - length ..= p.start`; one holds
+    // the pane before (starting at `q`) when it starts at or before `q`, the pane after
+    // (starting at `r`) when it starts at or after `r + slide - length`, and it ends after
+    // `frontier` when it starts after `frontier - length`. In i128: no bound overflows.
+    let (slide, length) = (spec.bucket() as i128, length as i128);
+    let start = panes[i].0.start as i128;
+    let mut low = (start + slide - length).max(frontier as i128 - length + 1);
+    if let Some(i) = i.checked_sub(1) {
+        low = low.max(panes[i].0.start as i128 + slide);
+    }
+    let mut high = start;
+    if let Some((next, _)) = panes.get(i + 1) {
+        high = high.min(next.start as i128 - length);
+    }
+    // The first multiple of the slide at or after `low`.
+    let low = low + (slide - low.rem_euclid(slide)) % slide;
+    if high < low {
+        0
+    } else {
+        ((high - low) / slide + 1) as i64
     }
 }
 
@@ -849,6 +915,52 @@ mod tests {
         }
     }
 
+    /// The windows a pane opens, by the slide arithmetic, are the windows of the key's
+    /// panes with it less those without it, both listed the slow way.
+    #[test]
+    fn the_windows_a_pane_opens_are_counted_by_the_slide_arithmetic() {
+        let mut seed = 11u64;
+        let mut next = move |bound: i64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 33) % bound as u64) as i64
+        };
+        for spec in ["tumbling:10ms", "sliding:30ms/10ms", "sliding:60ms/1ms"] {
+            let spec: WindowSpec = spec.parse().unwrap();
+            let slide = spec.bucket();
+            for _ in 0..300 {
+                let mut starts: Vec<i64> =
+                    (0..1 + next(7)).map(|_| (next(40) - 20) * slide).collect();
+                starts.sort_unstable();
+                starts.dedup();
+                let panes: Vec<(Pane, Stats)> = (starts.iter())
+                    .map(|&start| {
+                        let pane = Pane {
+                            start,
+                            end: start + slide,
+                        };
+                        (pane, Stats::of_row(&[1.0, 2.0]))
+                    })
+                    .collect();
+                for frontier in [Time::MIN, Time::MAX, next(600) - 300, next(600) - 300] {
+                    let open = |panes: &[(Pane, Stats)]| {
+                        windows_by_enumeration(spec, panes, frontier, Time::MAX).len() as i64
+                    };
+                    for i in 0..panes.len() {
+                        let mut without = panes.clone();
+                        without.remove(i);
+                        assert_eq!(
+                            windows_opened(spec, &panes, i, frontier),
+                            open(&panes) - open(&without),
+                            "{spec:?} {starts:?} pane {i}, frontier {frontier}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     /// A key whose panes are thirty days apart (a partition far ahead of the frontier) with
     /// a 1 ms slide: a step per slide in between would be 2.6 billion steps.
     #[test]
@@ -910,7 +1022,7 @@ mod tests {
         let mut state = Windows::new(config, 0, 1, &context);
         // Per epoch: (key, record time, +1 or -1 record) and the largest time seen after it.
         type Fed = (&'static str, Time, i64);
-        let epochs: [(&[Fed], Time); 6] = [
+        let epochs: [(&[Fed], Time); 7] = [
             (
                 &[("a", 1_000, 1), ("b", 4_000, 1), ("a", 12_000, 1)],
                 12_000,
@@ -919,8 +1031,13 @@ mod tests {
             // Late for the window ending at 30 s, within the lateness.
             (&[("b", 9_000, 1), ("a", 41_000, 1)], 41_000),
             // The pane of "c" at 20 s retracted to nothing.
-            (&[("c", 25_000, -1), ("b", 55_000, 1)], 55_000),
-            (&[("a", 71_000, 1)], 90_000),
+            // "d" ahead of the frontier, a pane at a time, the last between the others.
+            (
+                &[("c", 25_000, -1), ("b", 55_000, 1), ("d", 100_000, 1)],
+                55_000,
+            ),
+            (&[("d", 60_000, 1)], 56_000),
+            (&[("d", 81_000, 1), ("a", 71_000, 1)], 90_000),
             (&[], Time::MAX),
         ];
         let mut fed: Vec<Fed> = Vec::new();
