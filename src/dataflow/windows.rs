@@ -763,12 +763,17 @@ fn windows_opened(spec: WindowSpec, panes: &[(Pane, Stats)], i: usize, frontier:
     if let Some((next, _)) = panes.get(i + 1) {
         high = high.min(next.start as i128 - length);
     }
-    // The first multiple of the slide at or after `low`.
-    let low = low + (slide - low.rem_euclid(slide)) % slide;
     if high < low {
+        return 0;
+    }
+    // From the pane's start, the bounds are in `slide - length ..= 0`: machine words for
+    // the divisions (the pane's start is a multiple of the slide, as the starts counted).
+    let (low, high, slide) = ((low - start) as i64, (high - start) as i64, slide as i64);
+    let first = low + (slide - low.rem_euclid(slide)) % slide;
+    if high < first {
         0
     } else {
-        ((high - low) / slide + 1) as i64
+        (high - first) / slide + 1
     }
 }
 
