@@ -49,14 +49,20 @@ impl Key {
     #[inline]
     pub fn new(text: &str) -> Self {
         match pack(text.as_bytes()) {
-            Some(code) => Key::short(code),
+            // SAFETY: the code of a str's bytes.
+            Some(code) => unsafe { Key::short(code) },
             None => Key::long(Arc::from(text)),
         }
     }
 
     /// The key whose [`pack`] code is `code`.
+    ///
+    /// # Safety
+    ///
+    /// `code` must be the [`pack`] code of the bytes of a `str` (so UTF-8):
+    /// [`as_str`](Key::as_str) takes them as text without checking them again.
     #[inline]
-    pub(crate) fn short(code: u128) -> Self {
+    pub(crate) unsafe fn short(code: u128) -> Self {
         Key {
             word: code.to_le_bytes(),
             long: None,
@@ -85,7 +91,10 @@ impl Key {
             Some(text) => text,
             None => {
                 let len = self.word[15] as usize;
-                std::str::from_utf8(&self.word[..len]).expect("packed from a str")
+                debug_assert!(std::str::from_utf8(&self.word[..len]).is_ok());
+                // SAFETY: a short key's word holds the bytes of a str (`Key::short`'s
+                // contract), and a word is never changed.
+                unsafe { std::str::from_utf8_unchecked(&self.word[..len]) }
             }
         }
     }
@@ -173,7 +182,8 @@ impl From<&str> for Key {
 impl From<String> for Key {
     fn from(text: String) -> Self {
         match pack(text.as_bytes()) {
-            Some(code) => Key::short(code),
+            // SAFETY: the code of a str's bytes.
+            Some(code) => unsafe { Key::short(code) },
             None => Key::long(Arc::from(text)),
         }
     }

@@ -61,12 +61,13 @@ impl KeyCodes {
         LONG_KEY | number as u128
     }
 
-    /// The key whose code is `code`.
+    /// The key whose code is `code`, a code [`code`](Self::code) gave.
     fn key(&self, code: u128) -> Key {
         if code & LONG_KEY == LONG_KEY {
             return self.keys[code as u32 as usize].clone();
         }
-        Key::short(code)
+        // SAFETY: a short key's code is the packed bytes of the key's str (`code`).
+        unsafe { Key::short(code) }
     }
 }
 
