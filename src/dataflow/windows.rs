@@ -917,15 +917,30 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn windows_from_the_slide_arithmetic_are_those_of_every_pane() {
-        let mut seed = 7u64;
-        let mut next = move |bound: i64| {
+    /// Numbers in `0..bound` from a seeded linear congruential generator.
+    fn draws(mut seed: u64) -> impl FnMut(i64) -> i64 {
+        move |bound: i64| {
             seed = seed
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             ((seed >> 33) % bound as u64) as i64
+        }
+    }
+
+    /// Aligned panes of one record each, starting at `starts`.
+    fn panes_at(starts: &[Time], slide: Time) -> Vec<(Pane, Stats)> {
+        let pane = |start| Pane {
+            start,
+            end: start + slide,
         };
+        (starts.iter())
+            .map(|&start| (pane(start), Stats::of_row(&[1.0, 2.0])))
+            .collect()
+    }
+
+    #[test]
+    fn windows_from_the_slide_arithmetic_are_those_of_every_pane() {
+        let mut next = draws(7);
         for spec in [
             "tumbling:10ms",
             "sliding:30ms/10ms",
@@ -939,16 +954,7 @@ mod tests {
                     (0..next(6)).map(|_| (next(400) - 200) * slide).collect();
                 starts.sort_unstable();
                 starts.dedup();
-                let panes: Vec<(Pane, Stats)> = starts
-                    .iter()
-                    .map(|&start| {
-                        let pane = Pane {
-                            start,
-                            end: start + slide,
-                        };
-                        (pane, Stats::of_row(&[1.0, 2.0]))
-                    })
-                    .collect();
+                let panes = panes_at(&starts, slide);
                 let bounds = [Time::MIN, Time::MAX, next(5000) - 2500, next(5000) - 2500];
                 for after in bounds {
                     for through in bounds {
@@ -966,13 +972,7 @@ mod tests {
     /// panes with it less those without it, both listed the slow way.
     #[test]
     fn the_windows_a_pane_opens_are_counted_by_the_slide_arithmetic() {
-        let mut seed = 11u64;
-        let mut next = move |bound: i64| {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 33) % bound as u64) as i64
-        };
+        let mut next = draws(11);
         for spec in ["tumbling:10ms", "sliding:30ms/10ms", "sliding:60ms/1ms"] {
             let spec: WindowSpec = spec.parse().unwrap();
             let slide = spec.bucket();
@@ -981,15 +981,7 @@ mod tests {
                     (0..1 + next(7)).map(|_| (next(40) - 20) * slide).collect();
                 starts.sort_unstable();
                 starts.dedup();
-                let panes: Vec<(Pane, Stats)> = (starts.iter())
-                    .map(|&start| {
-                        let pane = Pane {
-                            start,
-                            end: start + slide,
-                        };
-                        (pane, Stats::of_row(&[1.0, 2.0]))
-                    })
-                    .collect();
+                let panes = panes_at(&starts, slide);
                 for frontier in [Time::MIN, Time::MAX, next(600) - 300, next(600) - 300] {
                     let open = |panes: &[(Pane, Stats)]| {
                         windows_by_enumeration(spec, panes, frontier, Time::MAX).len() as i64
