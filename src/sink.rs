@@ -559,6 +559,42 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// A run's lines are the stable sort of its elements by order key, whether their
+        /// times take few values (grouped before the sort) or many (more than 16), and
+        /// whatever order they came in.
+        #[test]
+        fn runs_are_the_stable_sort_of_their_elements(
+            items in proptest::collection::vec((0i64..20, "[ab]{0,2}"), 0..200),
+            few in any::<bool>(),
+        ) {
+            let items: Vec<Tagged> = (items.into_iter().enumerate())
+                .map(|(tag, (t, text))| Tagged(if few { t % 4 } else { t }, text, tag))
+                .collect();
+            let run = LineRun::of(0, vec![items.clone()], false, false, &mut Vec::new(), 0)
+                .unwrap();
+            let mut want = items;
+            want.sort_by_key(|t| (t.0, t.1.clone()));
+            let got: Vec<&[u8]> = (0..run.spans.len()).map(|i| run.line(i).1).collect();
+            let want: Vec<String> = want.iter().map(|t| format!("{}\n", t.2)).collect();
+            prop_assert_eq!(got, want.iter().map(|w| w.as_bytes()).collect::<Vec<_>>());
+        }
+    }
+
+    /// An element ordered by time and text, written as its tag (its place in the input).
+    #[derive(Clone, Serialize, Deserialize)]
+    struct Tagged(i64, String, usize);
+
+    impl JsonLine for Tagged {
+        fn order(&self, key: &mut OrderKey<'_>) {
+            key.time(self.0).text(&self.1);
+        }
+        fn write_json(&self, out: &mut Vec<u8>) -> io::Result<()> {
+            out.extend_from_slice(self.2.to_string().as_bytes());
+            Ok(())
+        }
+    }
+
     /// An element ordered by a model line's fields.
     #[derive(Clone, Serialize, Deserialize)]
     struct Keyed((i64, String, i64, bool, u32));

@@ -435,11 +435,10 @@ impl Windows {
         let spec = self.config.window;
         let mut due: Vec<Key> = Vec::new();
         let mut touched: Vec<Key> = Vec::new();
-        // Each update finds its key's panes and its pane's statistics where no cache has
-        // them (with many keys): those of the update a few places ahead are fetched while
-        // this one is added.
-        // Two stages: the key's panes of the update 16 places ahead, then, 8 places ahead,
-        // the statistics its pane has (when it has one: a pane already open) and its own.
+        // With many keys, an update finds its key's panes and its pane's statistics in no
+        // cache: what the updates ahead will touch is fetched while this one is added, in
+        // two stages (the key's panes 16 places ahead; 8 places ahead, once those are in,
+        // the statistics of its pane if open, and the update's own).
         const AHEAD: usize = 8;
         for mut batch in updates {
             for i in 0..batch.len() {
