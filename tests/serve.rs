@@ -933,6 +933,21 @@ fn errors_have_their_statuses_and_the_server_goes_on() {
         Some(closed.len() as f64),
         "windows emitted final: {text}"
     );
+    // The open windows: each (key, 10 s window) with an accepted record that ends after
+    // the newest record (lateness 0), counted from the posts. (The gauge had its sign
+    // reversed in sessions 17 and 18.)
+    let newest = accepted.iter().map(|r| r.ts).max().unwrap();
+    let open: BTreeSet<(&str, i64)> = (accepted.iter())
+        .map(|r| (r.key.as_str(), r.ts - r.ts.rem_euclid(10_000)))
+        .filter(|&(_, start)| start + 10_000 > newest)
+        .collect();
+    server.wait_for("the open windows counted", || {
+        let text = server.get("/metrics").body;
+        match metric_value(&text, "tributary_windows_open") {
+            Some(v) if v == open.len() as f64 => Ok(()),
+            v => Err(format!("tributary_windows_open {v:?}, {open:?} open")),
+        }
+    });
     assert_eq!(
         metric_value(
             &text,
