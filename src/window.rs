@@ -188,6 +188,15 @@ impl WindowSpec {
         }
     }
 
+    /// The length of aligned windows (tumbling, sliding); `None` for sessions, whose
+    /// length depends on their records.
+    pub fn aligned_length(&self) -> Option<Time> {
+        match *self {
+            WindowSpec::Tumbling { length } | WindowSpec::Sliding { length, .. } => Some(length),
+            WindowSpec::Session { .. } => None,
+        }
+    }
+
     /// Whether panes are trimmed to their records' times (sessions).
     pub fn is_session(&self) -> bool {
         matches!(self, WindowSpec::Session { .. })

@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use differential_dataflow::Hashable;
 use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::StreamVec;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 use crate::checkpoint::{Commit, Recovered, Store};
 use crate::key::Key;
@@ -200,4 +204,17 @@ pub fn resumed_max_seen(commit: &Commit, peers: usize, one_partition: bool) -> V
     } else {
         vec![frontier_of(&commit.max_seen, one_partition); peers]
     }
+}
+
+/// The handle an operator gives vectors of `D` at, on one of its outputs.
+pub(super) type VecOutput<D> = OutputBuilder<Epoch, CapacityContainerBuilder<Vec<D>>>;
+
+/// A new output of `builder` carrying vectors of `D`: the handle to give at it and its
+/// stream. The operators with an output per kind of element (the source's and the
+/// windows') make each of them this way.
+pub(super) fn vec_output<'scope, D: Clone + 'static>(
+    builder: &mut OperatorBuilder<'scope, Epoch>,
+) -> (VecOutput<D>, StreamVec<'scope, Epoch, D>) {
+    let (output, stream) = builder.new_output();
+    (OutputBuilder::from(output), stream)
 }

@@ -5,14 +5,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use differential_dataflow::{AsCollection, VecCollection};
-use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::Capability;
-use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 
 use super::combiner::{Combiner, Quarantined};
-use super::context::{PaneUpdate, RunContext, WindowConfig, owner, resumed_max_seen};
+use super::context::{PaneUpdate, RunContext, WindowConfig, owner, resumed_max_seen, vec_output};
 use super::reading::{Poll, Reading};
 use crate::key::Key;
 use crate::messages::{Control, Progress, SetAside};
@@ -106,15 +104,9 @@ pub fn ingest<'scope>(
     // Three outputs, each its own type: an update is moved once, into its output.
     let mut builder = OperatorBuilder::new("Ingest".to_owned(), scope);
     let info = builder.operator_info();
-    let (panes_out, panes) = builder.new_output();
-    let (control_out, control) = builder.new_output();
-    let (aside_out, aside) = builder.new_output();
-    let mut panes_out: OutputBuilder<_, CapacityContainerBuilder<Vec<PaneUpdate>>> =
-        OutputBuilder::from(panes_out);
-    let mut control_out: OutputBuilder<_, CapacityContainerBuilder<Vec<Control>>> =
-        OutputBuilder::from(control_out);
-    let mut aside_out: OutputBuilder<_, CapacityContainerBuilder<Vec<SetAside>>> =
-        OutputBuilder::from(aside_out);
+    let (mut panes_out, panes) = vec_output::<PaneUpdate>(&mut builder);
+    let (mut control_out, control) = vec_output::<Control>(&mut builder);
+    let (mut aside_out, aside) = vec_output::<SetAside>(&mut builder);
     builder.build(move |capabilities| {
         let mut reading = Reading::new(
             scope,

@@ -15,15 +15,15 @@ use std::sync::atomic::Ordering::Relaxed;
 use differential_dataflow::difference::{IsZero, Semigroup};
 use differential_dataflow::{Hashable, VecCollection};
 use rustc_hash::FxHashMap;
-use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
-use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::vec::Broadcast;
 
 use super::checkpointer::Checkpointer;
-use super::context::{PaneUpdate, RunContext, WindowConfig, frontier_of, owner, resumed_max_seen};
+use super::context::{
+    PaneUpdate, RunContext, WindowConfig, frontier_of, owner, resumed_max_seen, vec_output,
+};
 use super::estimate::EstimateStats;
 use crate::checkpoint::ProvisionalWindow;
 use crate::held::ByEpoch;
@@ -108,15 +108,9 @@ impl<'scope> WindowedModels<'scope> for VecCollection<'scope, Epoch, (Key, Pane)
         let mut panes = builder.new_input(self.inner, by_key);
         let mut progress = builder.new_input(control.broadcast(), Pipeline);
         // Three outputs, each its own type: an emission is moved once, into its output.
-        let (models_out, models) = builder.new_output();
-        let (acks_out, acks) = builder.new_output();
-        let (estimates_out, estimates) = builder.new_output();
-        let mut models_out: OutputBuilder<_, CapacityContainerBuilder<Vec<ModelLine>>> =
-            OutputBuilder::from(models_out);
-        let mut acks_out: OutputBuilder<_, CapacityContainerBuilder<Vec<Ack>>> =
-            OutputBuilder::from(acks_out);
-        let mut estimates_out: OutputBuilder<_, CapacityContainerBuilder<Vec<EstimateStats>>> =
-            OutputBuilder::from(estimates_out);
+        let (mut models_out, models) = vec_output::<ModelLine>(&mut builder);
+        let (mut acks_out, acks) = vec_output::<Ack>(&mut builder);
+        let (mut estimates_out, estimates) = vec_output::<EstimateStats>(&mut builder);
         builder.build(move |_capabilities| {
             // Per epoch, the pane updates (in the containers they came in) and the
             // progress reports that came at it, held with a capability for each output.
@@ -785,10 +779,7 @@ fn prefetch<T>(p: *const T, len: usize) {
 /// pane just added, that is how many windows it opened; counted by the slide arithmetic,
 /// without listing a window (nearly every record opens a pane with many keys).
 fn windows_opened(spec: WindowSpec, panes: &[(Pane, Stats)], i: usize, frontier: Time) -> i64 {
-    let length = match spec {
-        WindowSpec::Sliding { length, .. } | WindowSpec::Tumbling { length } => length,
-        WindowSpec::Session { .. } => unreachable!("aligned windows only"),
-    };
+    let length = spec.aligned_length().expect("aligned windows only");
     // Window starts, panes' starts and lengths are multiples of the slide: the starts of
     // the windows holding pane `p` are `p.start + slide - length ..= p.start`; one holds
     // the pane before (starting at `q`) when it starts at or before `q`, the pane after
@@ -848,10 +839,7 @@ fn windows_into(
         return;
     };
     let slide = spec.bucket();
-    let length = match spec {
-        WindowSpec::Sliding { length, .. } | WindowSpec::Tumbling { length } => length,
-        WindowSpec::Session { .. } => unreachable!("sessions are handled above"),
-    };
+    let length = spec.aligned_length().expect("sessions are handled above");
     // Ends after `after`: starts from `after - length + 1`, rounded up to the slide.
     let lowest = after.saturating_sub(length).saturating_add(1);
     let lowest = lowest.saturating_add((slide - lowest.rem_euclid(slide)) % slide);
