@@ -254,14 +254,19 @@ pub(super) async fn data(State(app): State<App>, headers: HeaderMap, body: Body)
 mod tests {
     use super::*;
 
-    #[test]
-    fn keys_over_the_length_limit_are_counted() {
-        let schema = Schema {
+    /// Records `ts, key, x, y`.
+    fn one_feature() -> Schema {
+        Schema {
             time: "ts".into(),
             key: "key".into(),
             features: vec!["x".into()],
             target: "y".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn keys_over_the_length_limit_are_counted() {
+        let schema = one_feature();
         let body = b"ts,key,x,y\n1,ab,1,2\n2,abcd,1,2\n3,abc,1,2\n";
         let (batch, answer) = parse_body(body, FileFormat::Csv, &schema, 1 << 20, 3).unwrap();
         assert_eq!(batch.len(), 2);
@@ -279,12 +284,7 @@ mod tests {
     /// is taken; the lines after it are read; a header that long refuses the body.
     #[test]
     fn lines_over_the_line_limit_are_rejected() {
-        let schema = Schema {
-            time: "ts".into(),
-            key: "key".into(),
-            features: vec!["x".into()],
-            target: "y".into(),
-        };
+        let schema = one_feature();
         // Lines of 10 (exactly the limit), 11 and 9 bytes, and 11 with a `\r`.
         let body = b"ts,key,x,y\n1,abcd,1,2\n2,abcde,1,2\n3,abc,1,2\n4,abcd,1,2\r\n5,a,1,2";
         let (batch, answer) = parse_body(body, FileFormat::Csv, &schema, 10, 256).unwrap();
