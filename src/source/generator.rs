@@ -134,10 +134,17 @@ impl GenSpec {
 
     /// The true coefficients `[β₀, β₁, …, β_d]` of key index `k`.
     pub fn beta(&self, k: u64) -> Vec<f64> {
+        let mut beta = vec![0.0; self.features + 1];
+        self.beta_into(k, &mut beta);
+        beta
+    }
+
+    /// Writes [`GenSpec::beta`] of key index `k` into `beta` (`d + 1` long).
+    pub fn beta_into(&self, k: u64, beta: &mut [f64]) {
         let mut rng = Pcg64Mcg::new(mix(self.seed ^ 0xB37A, k) as u128 | 1);
-        (0..=self.features)
-            .map(|_| rng.random_range(-2.0..2.0))
-            .collect()
+        for b in beta {
+            *b = rng.random_range(-2.0..2.0);
+        }
     }
 
     /// The number of batches.
@@ -154,11 +161,24 @@ fn mix(a: u64, b: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Up to this many keys, a reader makes every key's name and β once, when it is made.
+/// With more, it makes a record's as it generates the record (the same values: a key's β
+/// is drawn from a stream of its own), so that making a reader takes neither time nor
+/// memory in proportion to the keys: at a million keys, making them ahead took a third
+/// of a million-record run's instructions, on each worker and on the thread that checks
+/// the source.
+const KEYS_MADE_AHEAD: u64 = 1 << 16;
+
 /// One worker's share of the generated stream.
 pub struct GenReader {
     spec: GenSpec,
-    keys: Vec<String>,
-    betas: Vec<Vec<f64>>,
+    /// Every key's name, when there are at most [`KEYS_MADE_AHEAD`]; otherwise empty.
+    names: Vec<String>,
+    /// Every key's β, `d + 1` numbers each, with `names`.
+    betas: Vec<f64>,
+    /// The current record's key name and β, when they are not made ahead.
+    name: String,
+    beta: Vec<f64>,
     next: u64,
     peers: u64,
     z: Vec<f64>,
@@ -167,13 +187,26 @@ pub struct GenReader {
 impl GenReader {
     /// Worker `index`'s share (of `peers`): batches `index, index + peers, …`.
     pub fn new(spec: &GenSpec, index: usize, peers: usize) -> Self {
+        Self::making_ahead(spec, index, peers, KEYS_MADE_AHEAD)
+    }
+
+    /// [`GenReader::new`], making keys ahead up to `limit` keys.
+    fn making_ahead(spec: &GenSpec, index: usize, peers: usize, limit: u64) -> Self {
+        let m = spec.features + 1;
+        let ahead = if spec.keys <= limit { spec.keys } else { 0 };
+        let mut betas = vec![0.0; ahead as usize * m];
+        for (k, beta) in betas.chunks_exact_mut(m).enumerate() {
+            spec.beta_into(k as u64, beta);
+        }
         GenReader {
-            keys: (0..spec.keys).map(|k| format!("k{k}")).collect(),
-            betas: (0..spec.keys).map(|k| spec.beta(k)).collect(),
+            names: (0..ahead).map(|k| format!("k{k}")).collect(),
+            betas,
+            name: String::new(),
+            beta: vec![0.0; m],
             spec: spec.clone(),
             next: index as u64,
             peers: peers as u64,
-            z: vec![0.0; spec.features + 1],
+            z: vec![0.0; m],
         }
     }
 
@@ -214,7 +247,16 @@ impl GenReader {
                     0
                 };
                 let time = self.spec.start + i as Time * self.spec.step + jitter;
-                let beta = &self.betas[k];
+                let (key, beta) = if self.names.is_empty() {
+                    self.name.clear();
+                    self.name.push('k');
+                    self.name.push_str(itoa::Buffer::new().format(k));
+                    self.spec.beta_into(k as u64, &mut self.beta);
+                    (self.name.as_str(), self.beta.as_slice())
+                } else {
+                    let m = d + 1;
+                    (self.names[k].as_str(), &self.betas[k * m..k * m + m])
+                };
                 let mut y = beta[0];
                 for j in 0..d {
                     let x: f64 = rng.sample(StandardNormal);
@@ -225,7 +267,7 @@ impl GenReader {
                 self.z[d] = y + 0.1 * noise;
                 f(RecordRef {
                     time,
-                    key: &self.keys[k],
+                    key,
                     z: &self.z,
                 });
                 i += 1;
@@ -239,6 +281,10 @@ mod tests {
     use super::*;
 
     fn all(spec: &GenSpec, peers: usize) -> Vec<(i64, String, Vec<f64>)> {
+        all_making_ahead(spec, peers, KEYS_MADE_AHEAD)
+    }
+
+    fn all_making_ahead(spec: &GenSpec, peers: usize, limit: u64) -> Vec<(i64, String, Vec<f64>)> {
         struct Collect(Vec<(i64, String, Vec<f64>)>);
         impl RecordSink for Collect {
             fn record(&mut self, r: RecordRef<'_>) {
@@ -253,7 +299,7 @@ mod tests {
         }
         let mut out = Collect(Vec::new());
         for w in 0..peers {
-            let mut r = GenReader::new(spec, w, peers);
+            let mut r = GenReader::making_ahead(spec, w, peers, limit);
             while r.next_batch().is_some() {
                 r.read_batch(&mut out);
             }
@@ -285,5 +331,18 @@ mod tests {
             ..spec.clone()
         };
         assert_eq!(one, all(&bigger, 2));
+    }
+
+    /// Keys made as records are generated give the stream that keys made ahead give.
+    #[test]
+    fn keys_made_late_are_the_keys_made_ahead() {
+        let spec: GenSpec = "rows=6000,keys=700,features=3,seed=11,disorder=20,batch=1024"
+            .parse()
+            .unwrap();
+        let ahead = all_making_ahead(&spec, 2, u64::MAX);
+        assert_eq!(ahead.len(), 6000);
+        assert!(ahead.iter().any(|(_, key, _)| key == "k699"));
+        assert_eq!(ahead, all_making_ahead(&spec, 2, 0));
+        assert_eq!(ahead, all_making_ahead(&spec, 1, 699));
     }
 }
