@@ -129,6 +129,19 @@ fn is_zero_u32(v: &u32) -> bool {
     *v == 0
 }
 
+/// The bytes serde_json escapes in a string: controls, `"` and `\`.
+static ESCAPED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
 impl JsonLine for ModelLine {
     /// By window end, then key, window start, finality and revision.
     fn order(&self, key: &mut OrderKey<'_>) {
@@ -158,7 +171,7 @@ impl JsonLine for ModelLine {
         }
         /// A JSON string; serde_json's escapes only where one is needed.
         fn text(w: &mut Vec<u8>, s: &str) -> std::io::Result<()> {
-            if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+            if s.bytes().all(|b| !ESCAPED[b as usize]) {
                 w.push(b'"');
                 w.extend_from_slice(s.as_bytes());
                 w.push(b'"');
@@ -176,32 +189,46 @@ impl JsonLine for ModelLine {
         int(w, self.window_end);
         w.extend_from_slice(b",\"n\":");
         int(w, self.n);
-        w.extend_from_slice(b",\"coef\":");
-        match &self.coef {
-            Some(coef) => {
-                w.push(b'[');
-                for (i, c) in coef.iter().enumerate() {
-                    if i > 0 {
-                        w.push(b',');
+        if self.coef.is_none() && self.r2.is_none() && self.rmse.is_none() && self.cond.is_none()
+        {
+            // A window with no model (most are, with many keys): one piece, not eight.
+            w.extend_from_slice(b",\"coef\":null,\"r2\":null,\"rmse\":null,\"cond\":null");
+        } else {
+            w.extend_from_slice(b",\"coef\":");
+            match &self.coef {
+                Some(coef) => {
+                    w.push(b'[');
+                    for (i, c) in coef.iter().enumerate() {
+                        if i > 0 {
+                            w.push(b',');
+                        }
+                        number(w, Some(*c));
                     }
-                    number(w, Some(*c));
+                    w.push(b']');
                 }
-                w.push(b']');
+                None => w.extend_from_slice(b"null"),
             }
-            None => w.extend_from_slice(b"null"),
+            w.extend_from_slice(b",\"r2\":");
+            number(w, self.r2);
+            w.extend_from_slice(b",\"rmse\":");
+            number(w, self.rmse);
+            w.extend_from_slice(b",\"cond\":");
+            number(w, self.cond);
         }
-        w.extend_from_slice(b",\"r2\":");
-        number(w, self.r2);
-        w.extend_from_slice(b",\"rmse\":");
-        number(w, self.rmse);
-        w.extend_from_slice(b",\"cond\":");
-        number(w, self.cond);
         w.extend_from_slice(match self.status {
             Status::Ok => b",\"status\":\"ok\"",
             Status::IllConditioned => b",\"status\":\"ill_conditioned\"",
             Status::Underdetermined => b",\"status\":\"underdetermined\"",
             Status::NotFinite => b",\"status\":\"not_finite\"",
         });
+        if self.revision == 0 && self.closed_by.is_none() {
+            w.extend_from_slice(if self.is_final {
+                b",\"final\":true}"
+            } else {
+                b",\"final\":false}"
+            });
+            return Ok(());
+        }
         w.extend_from_slice(if self.is_final {
             b",\"final\":true"
         } else {
@@ -338,6 +365,39 @@ mod tests {
             status: Status::NotFinite,
             ..base
         });
+        // Every status, finality, revision and closing, with and without a model.
+        for status in [
+            Status::Ok,
+            Status::IllConditioned,
+            Status::Underdetermined,
+            Status::NotFinite,
+        ] {
+            for is_final in [true, false] {
+                for revision in [0, 1, 4_000_000_000] {
+                    for closed_by in [None, Some("idle".to_string())] {
+                        let line = ModelLine {
+                            status,
+                            is_final,
+                            revision,
+                            closed_by,
+                            ..lines[0].clone()
+                        };
+                        lines.push(ModelLine {
+                            coef: None,
+                            r2: None,
+                            rmse: None,
+                            cond: None,
+                            ..line.clone()
+                        });
+                        lines.push(ModelLine {
+                            cond: None,
+                            ..line.clone()
+                        });
+                        lines.push(line);
+                    }
+                }
+            }
+        }
         for line in &lines {
             let mut ours = Vec::new();
             line.write_json(&mut ours).unwrap();
