@@ -189,8 +189,7 @@ impl JsonLine for ModelLine {
         int(w, self.window_end);
         w.extend_from_slice(b",\"n\":");
         int(w, self.n);
-        if self.coef.is_none() && self.r2.is_none() && self.rmse.is_none() && self.cond.is_none()
-        {
+        if self.coef.is_none() && self.r2.is_none() && self.rmse.is_none() && self.cond.is_none() {
             // A window with no model (most are, with many keys): one piece, not eight.
             w.extend_from_slice(b",\"coef\":null,\"r2\":null,\"rmse\":null,\"cond\":null");
         } else {

@@ -1,15 +1,9 @@
 //! The `tributary` command: its flags ([`cli`]), `launch` ([`launch`]), and the
 //! subcommands, each a call of the library.
 
+mod allocator;
 mod cli;
 mod launch;
-
-/// The command's allocator (the library leaves the choice to the program). With many keys
-/// the pane statistics are allocated by the worker that reads a record and freed by the
-/// worker that owns its key: glibc's allocator serialises those frees on the allocating
-/// thread's arena, and two workers ran slower than one (docs/benchmarks.md, "Session 18").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -23,6 +17,7 @@ use tributary::types::Fatal;
 use tributary::window::parse_duration;
 
 fn main() -> ExitCode {
+    allocator::configure();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // Help and --version on stdout, exit 0; a usage error on stderr, exit 1 (the exit
