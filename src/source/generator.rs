@@ -257,11 +257,12 @@ impl GenReader {
                     let m = d + 1;
                     (self.names[k].as_str(), &self.betas[k * m..k * m + m])
                 };
-                let mut y = beta[0];
-                for j in 0..d {
+                let (intercept, slopes) = beta.split_first().expect("d + 1 coefficients");
+                let mut y = *intercept;
+                for (z, slope) in self.z[..d].iter_mut().zip(slopes) {
                     let x: f64 = rng.sample(StandardNormal);
-                    self.z[j] = x;
-                    y += beta[j + 1] * x;
+                    *z = x;
+                    y += slope * x;
                 }
                 let noise: f64 = rng.sample(StandardNormal);
                 self.z[d] = y + 0.1 * noise;
