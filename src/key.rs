@@ -136,6 +136,64 @@ pub(crate) fn pack(b: &[u8]) -> Option<u128> {
     Some(bytes | (n as u128) << 120)
 }
 
+/// Sorts `keys` by [`Key::text_order`] (then by [`Ord`] where words tie: long keys whose
+/// hashes collide) and drops repeats: the order the windows operator evaluates due keys
+/// in.
+///
+/// Beyond a few hundred keys, a radix sort of the words, a byte at a time from the least
+/// significant, that skips the bytes every key shares (keys `k0` … `k999999` differ in
+/// seven of sixteen): at 100 000 keys and more, a comparison sort of the due keys was 6 %
+/// of a run's instructions.
+pub(crate) fn sort_in_text_order(keys: &mut Vec<Key>) {
+    let order = |a: &Key, b: &Key| (a.text_order().cmp(&b.text_order())).then_with(|| a.cmp(b));
+    if keys.len() <= 512 {
+        keys.sort_unstable_by(order);
+        keys.dedup();
+        return;
+    }
+    let mut words: Vec<(u128, u32)> = (keys.iter().enumerate())
+        .map(|(i, key)| (key.text_order(), i as u32))
+        .collect();
+    let mut counts = vec![[0u32; 256]; 16];
+    for &(word, _) in &words {
+        for (count, digit) in counts.iter_mut().zip(word.to_le_bytes()) {
+            count[digit as usize] += 1;
+        }
+    }
+    let mut moved = vec![(0, 0); words.len()];
+    for (byte, count) in counts.iter().enumerate() {
+        if count.iter().any(|&c| c as usize == words.len()) {
+            continue; // every key has the same byte here
+        }
+        let mut at = [0u32; 256];
+        let mut sum = 0;
+        for (at, &c) in at.iter_mut().zip(count) {
+            *at = sum;
+            sum += c;
+        }
+        // Stable: keys with equal bytes here keep their order from the bytes below.
+        for &(word, i) in &words {
+            let digit = word.to_le_bytes()[byte] as usize;
+            moved[at[digit] as usize] = (word, i);
+            at[digit] += 1;
+        }
+        std::mem::swap(&mut words, &mut moved);
+    }
+    let mut slots: Vec<Option<Key>> = keys.drain(..).map(Some).collect();
+    keys.extend((words.iter()).map(|&(_, i)| slots[i as usize].take().expect("each key once")));
+    // Equal words: the same short key, or long keys to be told apart by their text.
+    let mut from = 0;
+    while from < keys.len() {
+        let word = keys[from].word;
+        let to = from + keys[from..].iter().take_while(|k| k.word == word).count();
+        if to - from > 1 {
+            keys[from..to].sort_unstable_by(order);
+        }
+        from = to;
+    }
+    keys.dedup();
+}
+
 impl Ord for Key {
     #[inline]
     fn cmp(&self, other: &Self) -> Ordering {
@@ -254,6 +312,45 @@ mod tests {
         assert_eq!(serde_json::to_string(&key).unwrap(), "\"k-42\"");
         let back: Key = serde_json::from_str("\"a long key, more than 15 bytes\"").unwrap();
         assert_eq!(back, Key::new("a long key, more than 15 bytes"));
+    }
+
+    /// The radix sort gives the comparison sort's order and drops repeats, with keys that
+    /// share bytes, repeat, are long, or have forged colliding words.
+    #[test]
+    fn keys_sort_in_text_order_by_radix_as_by_comparison() {
+        let mut rng = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let long = Key::new("a long key that hashes, sixteen+");
+        let forged = Key {
+            word: long.word,
+            long: Some(Arc::from("another long key, forged to collide")),
+        };
+        for len in [0, 1, 300, 512, 513, 2000, 20_000] {
+            let mut keys: Vec<Key> = (0..len)
+                .map(|_| match next() % 10 {
+                    0 => long.clone(),
+                    1 => forged.clone(),
+                    2 => Key::new(&format!("a long key number {}", next() % 50)),
+                    3 => Key::new(&format!("{}\0z", next() % 7)),
+                    _ => Key::new(&format!("k{}", next() % (len as u64 / 3 + 1))),
+                })
+                .collect();
+            let mut expected = keys.clone();
+            expected.sort_unstable_by(|a, b| {
+                (a.text_order().cmp(&b.text_order())).then_with(|| a.cmp(b))
+            });
+            expected.dedup();
+            sort_in_text_order(&mut keys);
+            assert_eq!(keys, expected, "{len} keys");
+            for pair in keys.windows(2) {
+                assert!(pair[0] != pair[1]);
+            }
+        }
     }
 
     proptest! {

@@ -490,8 +490,7 @@ impl Windows {
         );
         // In the order `--out` writes keys (then in the keys' own, for long keys whose
         // hashes collide): the sink then sorts lines that mostly come in order.
-        due.sort_unstable_by(|a, b| (a.text_order().cmp(&b.text_order())).then_with(|| a.cmp(b)));
-        due.dedup();
+        crate::key::sort_in_text_order(&mut due);
         for key in &due {
             self.evaluate(key, frontier, watermark, &mut emit);
         }
