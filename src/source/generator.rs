@@ -169,10 +169,15 @@ fn mix(a: u64, b: u64) -> u64 {
 /// the source.
 const KEYS_MADE_AHEAD: u64 = 1 << 16;
 
+/// And only while their β take at most this many numbers (8 MiB), so that many features
+/// do not make a reader hold gigabytes before its first record.
+const NUMBERS_MADE_AHEAD: u64 = 1 << 20;
+
 /// One worker's share of the generated stream.
 pub struct GenReader {
     spec: GenSpec,
-    /// Every key's name, when there are at most [`KEYS_MADE_AHEAD`]; otherwise empty.
+    /// Every key's name, when there are at most [`KEYS_MADE_AHEAD`] (and their β at most
+    /// [`NUMBERS_MADE_AHEAD`] numbers); otherwise empty.
     names: Vec<String>,
     /// Every key's β, `d + 1` numbers each, with `names`.
     betas: Vec<f64>,
@@ -193,7 +198,12 @@ impl GenReader {
     /// [`GenReader::new`], making keys ahead up to `limit` keys.
     fn making_ahead(spec: &GenSpec, index: usize, peers: usize, limit: u64) -> Self {
         let m = spec.features + 1;
-        let ahead = if spec.keys <= limit { spec.keys } else { 0 };
+        let numbers = spec.keys.saturating_mul(m as u64);
+        let ahead = if spec.keys <= limit && numbers <= NUMBERS_MADE_AHEAD {
+            spec.keys
+        } else {
+            0
+        };
         let mut betas = vec![0.0; ahead as usize * m];
         for (k, beta) in betas.chunks_exact_mut(m).enumerate() {
             spec.beta_into(k as u64, beta);
