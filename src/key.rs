@@ -157,8 +157,8 @@ fn sort_in_text_order_from(keys: &mut Vec<Key>, radix_from: usize) {
         keys.dedup();
         return;
     }
-    let mut words: Vec<(u128, u32)> = (keys.iter().enumerate())
-        .map(|(i, key)| (key.text_order(), i as u32))
+    let mut words: Vec<(u128, usize)> = (keys.iter().enumerate())
+        .map(|(i, key)| (key.text_order(), i))
         .collect();
     let mut counts = vec![[0u32; 256]; 16];
     for &(word, _) in &words {
@@ -186,7 +186,7 @@ fn sort_in_text_order_from(keys: &mut Vec<Key>, radix_from: usize) {
         std::mem::swap(&mut words, &mut moved);
     }
     let mut slots: Vec<Option<Key>> = keys.drain(..).map(Some).collect();
-    keys.extend((words.iter()).map(|&(_, i)| slots[i as usize].take().expect("each key once")));
+    keys.extend((words.iter()).map(|&(_, i)| slots[i].take().expect("each key once")));
     // Equal words: the same short key, or long keys to be told apart by their text.
     let mut from = 0;
     while from < keys.len() {
