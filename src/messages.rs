@@ -220,14 +220,6 @@ impl JsonLine for ModelLine {
             Status::Underdetermined => b",\"status\":\"underdetermined\"",
             Status::NotFinite => b",\"status\":\"not_finite\"",
         });
-        if self.revision == 0 && self.closed_by.is_none() {
-            w.extend_from_slice(if self.is_final {
-                b",\"final\":true}"
-            } else {
-                b",\"final\":false}"
-            });
-            return Ok(());
-        }
         w.extend_from_slice(if self.is_final {
             b",\"final\":true"
         } else {
