@@ -11,8 +11,8 @@ use crate::dataflow::{OnError, WindowConfig};
 use crate::model::SolveOptions;
 use crate::record::{Schema, parse_features};
 use crate::serve;
-use crate::source::SourceSpec;
 use crate::source::tcp;
+use crate::source::{ReadAheadMode, SourceSpec};
 use crate::window::{Time, WindowSpec, parse_duration};
 
 /// Declares [`JobSpec`] and [`JobSpec::overridden_by`] from one list of fields, so that a
@@ -114,6 +114,11 @@ job_spec! {
         /// named by its line, and never held whole [default: 1048576].
         #[arg(long)]
         pub max_line_bytes: Option<usize>,
+        /// Files read once: parse each worker's next blocks on a thread of its own while the
+        /// worker folds the current one; `auto` does when the machine has more cores than the
+        /// process has workers. The batches and output are the same either way [default: auto].
+        #[arg(long, value_enum)]
+        pub read_ahead: Option<ReadAheadMode>,
         /// Connections a `tcp:…,listen` source reads at once; more are closed [default: 64].
         #[arg(long)]
         pub tcp_max_connections: Option<usize>,
@@ -274,6 +279,7 @@ impl JobSpec {
                 Some(0) => return Err("--max-line-bytes must be at least 1".into()),
                 n => n.unwrap_or(defaults.max_line),
             },
+            read_ahead: self.read_ahead.unwrap_or(defaults.read_ahead),
             tcp: tcp::TcpLimits {
                 max_connections: match self.tcp_max_connections {
                     Some(0) => return Err("--tcp-max-connections must be at least 1".into()),
@@ -356,6 +362,9 @@ pub struct Job {
     /// Longest line of any source, in bytes without its newline (`--max-line-bytes`): a
     /// longer one is malformed.
     pub max_line: usize,
+    /// Whether files read once are parsed ahead of the workers (`--read-ahead`).
+    #[serde(default)]
+    pub read_ahead: ReadAheadMode,
     /// Connection cap and idle timeout of a listening TCP source.
     pub tcp: tcp::TcpLimits,
     /// `--resume-from`: the checkpoint epoch to resume from (a command-line flag only).
@@ -409,6 +418,7 @@ impl Job {
             max_pending: DEFAULT_MAX_PENDING,
             max_body: crate::serve::DEFAULT_MAX_BODY,
             max_line: crate::source::feed::DEFAULT_MAX_LINE,
+            read_ahead: ReadAheadMode::Auto,
             tcp: tcp::TcpLimits::default(),
             resume_from: None,
             close_after_idle: None,

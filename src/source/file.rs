@@ -113,6 +113,23 @@ impl FileReader {
         (self.next < self.blocks).then_some(self.next)
     }
 
+    /// The file's name, as errors give it.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The block this worker reads next, its number of workers (the step from one of its
+    /// blocks to the next) and the file's number of blocks.
+    pub(super) fn share(&self) -> (u64, u64, u64) {
+        (self.next, self.peers, self.blocks)
+    }
+
+    /// Makes `next`, one of this worker's blocks, the next read (even one read already:
+    /// [`ReadAhead`](super::ahead::ReadAhead) stops a reader that went ahead of its worker).
+    pub(super) fn set_next(&mut self, next: u64) {
+        self.next = next;
+    }
+
     /// Skips to the first of this worker's blocks at or after `batch`.
     pub fn seek(&mut self, batch: u64) {
         while self.next < batch {

@@ -580,4 +580,4 @@ impl<'de> Visitor<'de> for KeyValue<'_> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

@@ -11,6 +11,7 @@
 //! `--on-error`, reported in the same words ([`line_too_long`]), and the readers of files
 //! and streams never hold it whole.
 
+pub mod ahead;
 mod decimal;
 mod fast_csv;
 pub mod feed;
@@ -24,6 +25,7 @@ mod sink;
 mod spec;
 pub mod tcp;
 
+pub use ahead::{ReadAhead, ReadAheadMode};
 pub use file::FileReader;
 pub use generator::{GenReader, GenSpec};
 pub use lines::{FileFormat, LineParser};

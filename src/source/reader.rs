@@ -1,6 +1,7 @@
 //! One worker's share of a source, whatever its kind: the [`SourceReader`] the source
 //! operators read batch by batch.
 
+use super::ahead::ReadAhead;
 use super::feed::DEFAULT_MAX_LINE;
 use super::file::FileReader;
 use super::generator::GenReader;
@@ -14,6 +15,9 @@ use crate::record::Schema;
 pub enum SourceReader {
     /// CSV or JSON lines file.
     File(FileReader),
+    /// CSV or JSON lines file, read and parsed ahead on a thread of its own
+    /// ([`read_ahead`](SourceReader::read_ahead)).
+    Ahead(ReadAhead),
     /// Generator.
     Gen(GenReader),
     /// The ingest log (HTTP, TCP and followed files).
@@ -70,10 +74,22 @@ impl SourceReader {
         })
     }
 
+    /// This reader with its batches read and parsed on a thread of their own, ahead of
+    /// the worker ([`ReadAhead`]), if it reads a file; another source as it is (the
+    /// generator costs less than handing its records over; the ingest log is parsed
+    /// already).
+    pub fn read_ahead(self) -> Self {
+        match self {
+            SourceReader::File(r) => SourceReader::Ahead(ReadAhead::new(r)),
+            other => other,
+        }
+    }
+
     /// The batch (= epoch) this worker reads next, or `None` when its share is done.
     pub fn next_batch(&self) -> Option<u64> {
         match self {
             SourceReader::File(r) => r.next_batch(),
+            SourceReader::Ahead(r) => r.next_batch(),
             SourceReader::Gen(r) => r.next_batch(),
             SourceReader::Log(r) => r.next_batch(),
         }
@@ -117,6 +133,7 @@ impl SourceReader {
     pub fn read_batch<S: RecordSink>(&mut self, sink: &mut S) -> Result<(), SourceError> {
         match self {
             SourceReader::File(r) => r.read_batch(sink),
+            SourceReader::Ahead(r) => r.read_batch(sink),
             SourceReader::Gen(r) => {
                 r.read_batch(sink);
                 Ok(())
@@ -129,6 +146,7 @@ impl SourceReader {
     pub fn seek(&mut self, batch: u64) {
         match self {
             SourceReader::File(r) => r.seek(batch),
+            SourceReader::Ahead(r) => r.seek(batch),
             SourceReader::Gen(r) => r.seek(batch),
             SourceReader::Log(r) => r.seek(batch),
         }

@@ -5,8 +5,8 @@ use proptest::prelude::*;
 
 use super::*;
 
-/// Fields `ts`, `key`, `x0`, `x1`, `y`.
-fn schema() -> Schema {
+/// Fields `ts`, `key`, `x0`, `x1`, `y` (the file readers' tests use it too).
+pub(in crate::source) fn schema() -> Schema {
     Schema {
         time: "ts".into(),
         key: "key".into(),

@@ -1,0 +1,521 @@
+//! A file read ahead of its worker: [`ReadAhead`] parses a [`FileReader`]'s next batches
+//! on a thread of its own while the worker folds the current one into panes.
+//!
+//! Reading a file is the larger half of a worker's work when windows are cheap: parsing a
+//! CSV line of eight features costs about as much as folding it into its pane. On a
+//! machine with more cores than workers, a thread per worker that reads and parses the
+//! worker's next blocks overlaps the two. The batches are the same (the same blocks, in
+//! the same order, handed over whole), so positions, checkpoints and output do not change:
+//! only when the parsing happens does. The thread runs at most [`DEPTH`] batches ahead,
+//! and the buffers it fills are handed back once replayed, so its memory is a few
+//! batches' records, allocated once.
+//!
+//! A malformed line is found by the thread and reported by the worker, in its place among
+//! the batch's records, to the worker's own [`RecordSink`] (which applies `--on-error`):
+//! what the worker sees is what it would have seen reading the block itself. An error
+//! that stops the source (an I/O error, a file cut short) ends the batch it happened in,
+//! after that batch's records read before it, and the thread.
+
+use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
+use std::thread::JoinHandle;
+
+use serde::{Deserialize, Serialize};
+
+use super::file::FileReader;
+use super::sink::{Malformed, RecordSink, SourceError};
+use crate::record::RecordRef;
+use crate::window::Time;
+
+/// Batches the thread may have parsed and the worker not yet taken (one more may be in
+/// the making).
+pub const DEPTH: usize = 2;
+
+/// Whether a file source is read ahead of its workers (`--read-ahead`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadAheadMode {
+    /// When the machine has more cores than the process has workers: a reading thread
+    /// then has a core to itself.
+    #[default]
+    Auto,
+    /// Always: a thread per worker.
+    On,
+    /// Never: each worker parses its blocks itself.
+    Off,
+}
+
+impl ReadAheadMode {
+    /// Whether a process of `workers` workers reads ahead, on a machine of `cores` cores.
+    pub fn applies(self, workers: usize, cores: usize) -> bool {
+        match self {
+            ReadAheadMode::Auto => cores > workers,
+            ReadAheadMode::On => true,
+            ReadAheadMode::Off => false,
+        }
+    }
+}
+
+/// A [`FileReader`] whose batches are read and parsed on a thread of their own, up to
+/// [`DEPTH`] batches ahead of [`read_batch`](ReadAhead::read_batch).
+///
+/// The thread starts at the first batch read and ends at the end of the worker's share,
+/// at an error, or when the `ReadAhead` is dropped or [`seek`](ReadAhead::seek)s.
+pub struct ReadAhead {
+    /// The reader while no thread holds it (before the first batch, after a seek).
+    idle: Option<FileReader>,
+    /// In a mutex only so that a reader can be shared between threads (`Sync`) while not
+    /// read, as the other readers can; it is reached through `&mut self`, never locked.
+    thread: Mutex<Option<Thread>>,
+    /// The batch the worker reads next, as the reader would say (the thread's reader is
+    /// ahead of it).
+    next: u64,
+    peers: u64,
+    blocks: u64,
+    path: String,
+}
+
+/// The thread reading ahead, and the channels to it.
+struct Thread {
+    /// Parsed batches, in order.
+    parsed: Receiver<Parsed>,
+    /// Buffers replayed, for the thread to fill again.
+    spent: Sender<Parsed>,
+    handle: JoinHandle<FileReader>,
+}
+
+impl ReadAhead {
+    /// `reader`, to be read ahead from its current position.
+    pub fn new(reader: FileReader) -> Self {
+        let (next, peers, blocks) = reader.share();
+        ReadAhead {
+            path: reader.path().to_owned(),
+            idle: Some(reader),
+            thread: Mutex::new(None),
+            next,
+            peers,
+            blocks,
+        }
+    }
+
+    /// The batch (= epoch) this worker reads next, or `None` when its share is done.
+    pub fn next_batch(&self) -> Option<u64> {
+        (self.next < self.blocks).then_some(self.next)
+    }
+
+    /// Moves to the first of this worker's batches at or after `batch`: the batches the
+    /// thread read ahead are dropped, and it starts again from there at the next read.
+    pub fn seek(&mut self, batch: u64) {
+        let mut reader = self.stop();
+        reader.set_next(self.next);
+        reader.seek(batch);
+        self.next = reader.share().0;
+        self.idle = Some(reader);
+    }
+
+    /// Hands batch [`next_batch`](Self::next_batch), as parsed by the thread, to `sink`:
+    /// its records and malformed lines in file order, then the error that ended it, if
+    /// one did.
+    pub fn read_batch<S: RecordSink>(&mut self, sink: &mut S) -> Result<(), SourceError> {
+        if self.next_batch().is_none() {
+            return Ok(());
+        }
+        let thread = match self.thread().take() {
+            Some(thread) => thread,
+            None => self.start(),
+        };
+        let Ok(mut parsed) = thread.parsed.recv() else {
+            // The thread ended without the batch: it panicked (the run's panic hook has
+            // it), and this source stops here.
+            let _ = thread.handle.join();
+            return Err(SourceError::Io {
+                path: self.path.clone(),
+                message: format!("the thread reading batch {} ahead stopped", self.next),
+            });
+        };
+        debug_assert_eq!(parsed.batch, self.next, "batches come in order");
+        self.next += self.peers;
+        let result = parsed.replay(sink);
+        let _ = thread.spent.send(parsed);
+        *self.thread() = Some(thread);
+        result
+    }
+
+    /// The thread, if one runs.
+    fn thread(&mut self) -> &mut Option<Thread> {
+        self.thread
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Starts the thread on the idle reader.
+    fn start(&mut self) -> Thread {
+        let mut reader = self
+            .idle
+            .take()
+            .expect("a reader not read by a thread is idle");
+        let (to_worker, parsed) = sync_channel::<Parsed>(DEPTH);
+        let (spent, from_worker) = channel::<Parsed>();
+        let handle = std::thread::Builder::new()
+            .name(format!(
+                "tributary:read-ahead-{}",
+                self.next % self.peers.max(1)
+            ))
+            .spawn(move || {
+                read(&mut reader, &to_worker, &from_worker);
+                reader
+            })
+            .expect("a thread to read ahead");
+        Thread {
+            parsed,
+            spent,
+            handle,
+        }
+    }
+
+    /// Stops the thread, if one runs, and returns the reader (at some batch past
+    /// [`next`](Self::next_batch)).
+    fn stop(&mut self) -> FileReader {
+        match self.thread().take() {
+            Some(thread) => thread
+                .end()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            None => self
+                .idle
+                .take()
+                .expect("a reader not read by a thread is idle"),
+        }
+    }
+}
+
+impl Thread {
+    /// Ends the thread and returns its reader: a thread waiting to hand over a batch sees
+    /// the receiver gone and stops.
+    fn end(self) -> std::thread::Result<FileReader> {
+        drop((self.parsed, self.spent));
+        self.handle.join()
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread().take() {
+            // Its panic, if any, has gone to the run's hook already.
+            let _ = thread.end();
+        }
+    }
+}
+
+/// The thread: parses the reader's batches into buffers (the worker's spent ones when
+/// there are) and hands them over, until the share is done, a batch fails, or the worker
+/// is gone.
+fn read(reader: &mut FileReader, to_worker: &SyncSender<Parsed>, spent: &Receiver<Parsed>) {
+    while let Some(batch) = reader.next_batch() {
+        let mut parsed = spent.try_recv().unwrap_or_default();
+        parsed.clear(batch);
+        parsed.error = reader.read_batch(&mut parsed).err();
+        let failed = parsed.error.is_some();
+        if to_worker.send(parsed).is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// One batch as parsed: its records (times, keys and rows side by side), the malformed
+/// lines among them, and the error that ended it.
+#[derive(Default)]
+struct Parsed {
+    batch: u64,
+    times: Vec<Time>,
+    /// The keys, one after the other; `key_ends[i]` is where record `i`'s ends.
+    keys: String,
+    key_ends: Vec<usize>,
+    /// The rows `z = [x, y]`, one after the other; `z_ends[i]` is where record `i`'s ends.
+    z: Vec<f64>,
+    z_ends: Vec<usize>,
+    /// The malformed lines, each after the number of records read before it.
+    malformed: Vec<(usize, Malformed)>,
+    error: Option<SourceError>,
+}
+
+impl Parsed {
+    /// Empties it (keeping its storage) for `batch`.
+    fn clear(&mut self, batch: u64) {
+        self.batch = batch;
+        self.times.clear();
+        self.keys.clear();
+        self.key_ends.clear();
+        self.z.clear();
+        self.z_ends.clear();
+        self.malformed.clear();
+        self.error = None;
+    }
+
+    /// Record `i`.
+    fn nth(&self, i: usize) -> RecordRef<'_> {
+        let key_from = i.checked_sub(1).map_or(0, |j| self.key_ends[j]);
+        let z_from = i.checked_sub(1).map_or(0, |j| self.z_ends[j]);
+        RecordRef {
+            time: self.times[i],
+            key: &self.keys[key_from..self.key_ends[i]],
+            z: &self.z[z_from..self.z_ends[i]],
+        }
+    }
+
+    /// Hands the batch to `sink` as the reader would have: records and malformed lines in
+    /// file order, then the error that ended the batch; a malformed line the sink refuses
+    /// stops it there.
+    fn replay<S: RecordSink>(&mut self, sink: &mut S) -> Result<(), SourceError> {
+        // Taken out while the records are read, and put back (empty) for its storage.
+        let mut malformed = std::mem::take(&mut self.malformed);
+        let mut replay = || {
+            let mut from = 0;
+            for (before, error) in malformed.drain(..) {
+                (from..before).for_each(|i| sink.record(self.nth(i)));
+                from = before;
+                sink.malformed(error)?;
+            }
+            (from..self.times.len()).for_each(|i| sink.record(self.nth(i)));
+            Ok(())
+        };
+        let replayed = replay();
+        self.malformed = malformed;
+        replayed?;
+        self.error.take().map_or(Ok(()), Err)
+    }
+}
+
+impl RecordSink for Parsed {
+    fn record(&mut self, record: RecordRef<'_>) {
+        self.times.push(record.time);
+        self.keys.push_str(record.key);
+        self.key_ends.push(self.keys.len());
+        self.z.extend_from_slice(record.z);
+        self.z_ends.push(self.z.len());
+    }
+
+    fn malformed(&mut self, error: Malformed) -> Result<(), SourceError> {
+        // Kept for the worker, whose policy decides; the thread reads on.
+        self.malformed.push((self.times.len(), error));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::FileFormat;
+    use crate::source::lines::tests::schema;
+
+    /// What a sink was handed, in order: records, and malformed lines (line, field).
+    #[derive(Debug, Default, PartialEq)]
+    struct Events {
+        seen: Vec<Event>,
+        /// Refuse the malformed line at this place among them (`--on-error fail`).
+        refuse_at: Option<usize>,
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Event {
+        Record(Time, String, Vec<f64>),
+        Malformed(u64, Option<String>, String),
+    }
+
+    impl RecordSink for Events {
+        fn record(&mut self, r: RecordRef<'_>) {
+            (self.seen).push(Event::Record(r.time, r.key.to_owned(), r.z.to_vec()));
+        }
+        fn malformed(&mut self, e: Malformed) -> Result<(), SourceError> {
+            let at = self.seen.len();
+            self.seen
+                .push(Event::Malformed(e.line, e.field.clone(), e.message.clone()));
+            match self.refuse_at {
+                Some(refused) if refused <= at => Err(SourceError::Malformed(e)),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    /// A CSV file of 3 000 lines with malformed ones among them (a number that is not one,
+    /// a missing field, a line longer than the limit of 200 bytes), keys of every length up
+    /// to 40 bytes, in a fresh directory.
+    fn file(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let dir =
+            std::env::temp_dir().join(format!("tributary-ahead-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("in.csv");
+        let mut text = String::from("ts,key,x0,x1,y\n");
+        for i in 0..3000u64 {
+            let key = "k".repeat((i % 40) as usize + 1);
+            match i % 397 {
+                5 => text.push_str(&format!("{i},{key},1.5,oops,2\n")),
+                11 => text.push_str(&format!("{i},{key},1.5\n")),
+                17 => text.push_str(&format!("{i},{key},{},1,2\n", "9".repeat(300))),
+                _ => text.push_str(&format!("{i},{key},{}.25,-{i}e-3,{}\n", i % 7, i * 3)),
+            }
+        }
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    fn open(path: &std::path::Path, block: usize, index: usize, peers: usize) -> FileReader {
+        FileReader::open(path, block, FileFormat::Csv, &schema(), index, peers, 200).unwrap()
+    }
+
+    /// A reader read in place or ahead, as the tests read them.
+    trait Batches {
+        fn next(&self) -> Option<u64>;
+        fn read(&mut self, sink: &mut Events) -> Result<(), SourceError>;
+    }
+
+    impl Batches for FileReader {
+        fn next(&self) -> Option<u64> {
+            self.next_batch()
+        }
+        fn read(&mut self, sink: &mut Events) -> Result<(), SourceError> {
+            self.read_batch(sink)
+        }
+    }
+
+    impl Batches for ReadAhead {
+        fn next(&self) -> Option<u64> {
+            self.next_batch()
+        }
+        fn read(&mut self, sink: &mut Events) -> Result<(), SourceError> {
+            self.read_batch(sink)
+        }
+    }
+
+    /// Batch by batch to the end of the share or the first error: the batch number, then
+    /// what it handed over and how it ended.
+    fn batches(
+        reader: &mut impl Batches,
+        refuse_at: Option<usize>,
+    ) -> Vec<(u64, Events, Option<String>)> {
+        let mut out = Vec::new();
+        while let Some(batch) = reader.next() {
+            let mut events = Events {
+                refuse_at,
+                ..Events::default()
+            };
+            let ended = reader.read(&mut events).err().map(|e| e.to_string());
+            let stop = ended.is_some();
+            out.push((batch, events, ended));
+            if stop {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Read ahead or not, every worker's share gives the same batches with the same
+    /// records and malformed lines (numbers, fields and messages) in the same order, for
+    /// blocks of a few lines to the whole file and one to three workers.
+    #[test]
+    fn batches_read_ahead_are_the_batches_read_in_place() {
+        let (dir, path) = file("same");
+        for block in [300, 4096, 1 << 20] {
+            for peers in 1..=3 {
+                for index in 0..peers {
+                    let expected = batches(&mut open(&path, block, index, peers), None);
+                    let mut reader = ReadAhead::new(open(&path, block, index, peers));
+                    let ahead = batches(&mut reader, None);
+                    assert!(index > 0 || !expected.is_empty());
+                    if peers == 1 {
+                        let seen = expected.iter().flat_map(|b| &b.1.seen);
+                        let malformed = seen.filter(|e| matches!(e, Event::Malformed(..)));
+                        assert_eq!(malformed.count(), 3 * 8, "every malformed line is seen");
+                    }
+                    assert_eq!(ahead, expected, "block {block}, worker {index} of {peers}");
+                }
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A malformed line refused by the sink (`--on-error fail`) ends the batch there, after
+    /// the records before it, as it does read in place.
+    #[test]
+    fn a_refused_line_ends_its_batch_as_in_place() {
+        let (dir, path) = file("refused");
+        let expected = batches(&mut open(&path, 1 << 20, 0, 1), Some(0));
+        let ahead = batches(&mut ReadAhead::new(open(&path, 1 << 20, 0, 1)), Some(0));
+        assert_eq!(ahead, expected);
+        let (_, events, ended) = &ahead[0];
+        assert_eq!(
+            events.seen.len(),
+            6,
+            "five records, then the first malformed line"
+        );
+        assert!(ended.as_deref().unwrap().contains("line 7"), "{ended:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A seek, before the thread starts or after it has read ahead, continues from the
+    /// batch sought, as a reader read in place does.
+    #[test]
+    fn a_seek_continues_from_the_batch_sought() {
+        let (dir, path) = file("seek");
+        let (block, peers) = (2048, 2);
+        for (read_first, seek_to) in [(0, 5), (2, 9), (3, 6), (1, 0), (4, 1000)] {
+            let mut inline = open(&path, block, 1, peers);
+            let mut ahead = ReadAhead::new(open(&path, block, 1, peers));
+            for _ in 0..read_first {
+                let (mut a, mut b) = (Events::default(), Events::default());
+                inline.read_batch(&mut a).unwrap();
+                ahead.read_batch(&mut b).unwrap();
+                assert_eq!(a, b);
+            }
+            // Let the thread run ahead before the seek.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            inline.seek(seek_to);
+            ahead.seek(seek_to);
+            let expected = batches(&mut inline, None);
+            let got = batches(&mut ahead, None);
+            assert_eq!(
+                got, expected,
+                "{read_first} batches read, then a seek to {seek_to}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A file cut short once opened stops the source with the reader's own error, on the
+    /// batch where the bytes are missing; dropping a reader whose thread is ahead ends it.
+    #[test]
+    fn a_file_cut_short_stops_the_source_and_a_drop_ends_the_thread() {
+        let (dir, path) = file("cut");
+        let mut ahead = ReadAhead::new(open(&path, 1 << 20, 0, 1));
+        let len = std::fs::metadata(&path).unwrap().len();
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(len / 3).unwrap();
+        let mut events = Events::default();
+        let error = ahead.read_batch(&mut events).unwrap_err().to_string();
+        assert!(error.contains("shorter than when it was opened"), "{error}");
+        assert!(events.seen.is_empty());
+        drop(ahead);
+
+        std::fs::write(dir.join("long.csv"), {
+            let mut text = String::from("ts,key,x0,x1,y\n");
+            (0..50_000).for_each(|i| text.push_str(&format!("{i},k,1,2,3\n")));
+            text
+        })
+        .unwrap();
+        let mut ahead = ReadAhead::new(open(&dir.join("long.csv"), 4096, 0, 1));
+        ahead.read_batch(&mut Events::default()).unwrap();
+        // The thread waits with DEPTH batches parsed; the drop must not hang on it.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        drop(ahead);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn auto_reads_ahead_when_a_core_is_free() {
+        assert!(ReadAheadMode::Auto.applies(1, 2));
+        assert!(!ReadAheadMode::Auto.applies(2, 2));
+        assert!(!ReadAheadMode::Auto.applies(4, 2));
+        assert!(ReadAheadMode::On.applies(4, 2));
+        assert!(!ReadAheadMode::Off.applies(1, 8));
+    }
+}
