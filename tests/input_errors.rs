@@ -97,13 +97,20 @@ fn malformed_lines_are_reported_counted_and_skipped() {
     assert_eq!(good.len(), 2000);
     let want = oracle(&good, b.d, TUMBLING, None);
 
-    for w in [1usize, 4] {
+    // Read ahead of the workers or in place, the same lines are reported and the same
+    // output written, byte for byte.
+    for (w, ahead) in [(1usize, "on"), (1, "off"), (4, "on"), (4, "off")] {
         let mut cfg = RunCfg::csv(&b.csv, b.d, TUMBLING);
         cfg.workers = w;
         // Small blocks: every worker reads (and meets malformed lines of its own).
         cfg.source = format!("csv:{},block={}", b.csv.display(), block_for(&b.csv, w));
-        let (run, text) = run_ok(&b.dir, &cfg, &format!("out-{w}.jsonl"));
-        let ctx = format!("-w {w} ({})", run.cmdline);
+        cfg.extra = vec!["--read-ahead".into(), ahead.into()];
+        let (run, text) = run_ok(&b.dir, &cfg, &format!("out-{w}-{ahead}.jsonl"));
+        let ctx = format!("-w {w}, read ahead {ahead} ({})", run.cmdline);
+        if ahead == "off" {
+            let read_ahead = std::fs::read_to_string(b.dir.path(&format!("out-{w}-on.jsonl")));
+            assert!(read_ahead.unwrap() == text, "{ctx}: the output differs read ahead");
+        }
         assert_every_worker_read(&run.stderr, w, good.len() as u64, &ctx);
         assert_eq!(
             run.summary("malformed"),
@@ -136,9 +143,16 @@ fn malformed_lines_are_reported_counted_and_skipped() {
 #[test]
 fn on_error_fail_stops_with_file_line_field() {
     let b = bad_file("malformed_fail");
-    let out = b.dir.path("out.jsonl");
+    for ahead in ["on", "off"] {
+        on_error_fail_stops(&b, ahead);
+    }
+}
+
+/// `--on-error fail` on `b`, read ahead (`--read-ahead on`) or in place (`off`).
+fn on_error_fail_stops(b: &BadFile, ahead: &str) {
+    let out = b.dir.path(&format!("out-{ahead}.jsonl"));
     let mut cfg = RunCfg::csv(&b.csv, b.d, TUMBLING);
-    cfg.extra = vec!["--on-error".into(), "fail".into()];
+    cfg.extra = ["--on-error", "fail", "--read-ahead", ahead].map(String::from).to_vec();
     let run = run_engine(&b.dir, &cfg.args(&out));
     assert!(
         !run.success(),
