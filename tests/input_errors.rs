@@ -109,7 +109,10 @@ fn malformed_lines_are_reported_counted_and_skipped() {
         let ctx = format!("-w {w}, read ahead {ahead} ({})", run.cmdline);
         if ahead == "off" {
             let read_ahead = std::fs::read_to_string(b.dir.path(&format!("out-{w}-on.jsonl")));
-            assert!(read_ahead.unwrap() == text, "{ctx}: the output differs read ahead");
+            assert!(
+                read_ahead.unwrap() == text,
+                "{ctx}: the output differs read ahead"
+            );
         }
         assert_every_worker_read(&run.stderr, w, good.len() as u64, &ctx);
         assert_eq!(
@@ -152,7 +155,9 @@ fn on_error_fail_stops_with_file_line_field() {
 fn on_error_fail_stops(b: &BadFile, ahead: &str) {
     let out = b.dir.path(&format!("out-{ahead}.jsonl"));
     let mut cfg = RunCfg::csv(&b.csv, b.d, TUMBLING);
-    cfg.extra = ["--on-error", "fail", "--read-ahead", ahead].map(String::from).to_vec();
+    cfg.extra = ["--on-error", "fail", "--read-ahead", ahead]
+        .map(String::from)
+        .to_vec();
     let run = run_engine(&b.dir, &cfg.args(&out));
     assert!(
         !run.success(),
