@@ -378,10 +378,10 @@ fn a_client_disconnecting_mid_body_ingests_nothing() {
     assert_eq!(server.metric("tributary_malformed_total"), Some(0.0));
 }
 
-/// A plain `csv:` file with late records throughout, read in small blocks (parsed ahead of the worker) under
-/// `--checkpoint` and killed (-9) twice while it runs: resumed to its end, its final
-/// models equal the oracle's, each written final once, and every late record is in
-/// `--late-out` exactly once.
+/// A plain `csv:` file with late records throughout, read in small blocks (parsed ahead
+/// of the worker) under `--checkpoint` and killed (-9) twice while it runs: resumed to its
+/// end, its final models equal the oracle's, each written final once, and every late
+/// record is in `--late-out` exactly once.
 #[test]
 fn plain_csv_killed_under_checkpoint_resumes_exactly_once_with_late_out() {
     let d = 1;
