@@ -4,7 +4,7 @@
 //!
 //! | part | meaning |
 //! |---|---|
-//! | `NAME` | the place, e.g. `checkpoint.part`, `checkpoint.commit`, `ingest.append`, `windows.key` |
+//! | `NAME` | the place, e.g. `checkpoint.part`, `checkpoint.commit`, `ingest.append`, `windows.key`, `file.block` (ARG: the block) |
 //! | `ARG` | fire only when the place's argument equals it (e.g. a key); any argument if absent |
 //! | `ACTION` | `eio` or `enospc` (the place fails with that I/O error), `panic`, or `pause:PATH` (the thread waits there until the file `PATH` exists, at most 60 s: a paused reader) |
 //! | `COUNT` | fire at most this many times in this process (every time if absent) |
@@ -137,7 +137,17 @@ pub fn hit(name: &str, arg: Option<&str>) -> Option<Action> {
 /// Failpoint `name` as an I/O result: `Err` (EIO or ENOSPC) when it fires.
 #[inline]
 pub fn io(name: &str) -> io::Result<()> {
-    match hit(name, None) {
+    io_hit(hit(name, None))
+}
+
+/// [`io`] at a place with an argument: fires only where the entry's `ARG`, if it has one,
+/// equals `arg`.
+pub fn io_at(name: &str, arg: &str) -> io::Result<()> {
+    io_hit(hit(name, Some(arg)))
+}
+
+fn io_hit(action: Option<Action>) -> io::Result<()> {
+    match action {
         Some(Action::Eio) => Err(io::Error::from_raw_os_error(libc::EIO)),
         Some(Action::Enospc) => Err(io::Error::from_raw_os_error(libc::ENOSPC)),
         _ => Ok(()),

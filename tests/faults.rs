@@ -85,17 +85,24 @@ fn values_whose_squares_overflow_are_malformed_lines_not_a_crash() {
     );
 }
 
-#[test]
-fn a_panicking_worker_stops_the_whole_process_with_its_cause() {
+/// A CSV of 4 000 records (d = 1, 2 keys) read in blocks of 4 KiB (some 20 of them, so
+/// that block 3 is read after the first batches went through), in a fresh directory.
+fn small_blocks(name: &str) -> (TempDir, RunCfg) {
     let d = 1;
     let rows = generate(&GenSpec::new(4000, 2, d, 5));
-    let dir = TempDir::new("worker_panic");
+    let dir = TempDir::new(name);
     let csv = dir.path("in.csv");
     write_csv(&csv, &rows, d);
     let mut cfg = RunCfg::csv(&csv, d, TUMBLING);
-    cfg.workers = 2;
-    // Small blocks: batch 3 is worker 1's; worker 0 alone would go on without it.
     cfg.source = format!("csv:{},block=4096", csv.display());
+    (dir, cfg)
+}
+
+#[test]
+fn a_panicking_worker_stops_the_whole_process_with_its_cause() {
+    let (dir, mut cfg) = small_blocks("worker_panic");
+    // Batch 3 is worker 1's; worker 0 alone would go on without it.
+    cfg.workers = 2;
     let out = dir.path("out.jsonl");
     let run = run_engine_env(
         &dir,
@@ -111,6 +118,42 @@ fn a_panicking_worker_stops_the_whole_process_with_its_cause() {
         run.stderr
     );
     assert!(!run.stderr.contains("Any {"), "{}", run.stderr);
+}
+
+/// A block of a file that cannot be read (EIO) stops the run naming the file, and a panic
+/// where a block is read stops the process with its cause and the thread it hit: the
+/// worker's when the worker reads its blocks, the reading thread's when they are read
+/// ahead of it.
+#[test]
+fn a_block_that_fails_to_be_read_stops_the_run_read_ahead_or_in_place() {
+    let (dir, mut cfg) = small_blocks("block_fails");
+    for (ahead, thread) in [("on", "tributary:read-ahead-0"), ("off", "timely:work-0")] {
+        cfg.extra = vec!["--read-ahead".into(), ahead.into()];
+        let out = dir.path(&format!("out-{ahead}.jsonl"));
+        let failed = run_engine_env(&dir, &cfg.args(&out), &[(FAILPOINTS, "file.block(3)=eio")]);
+        assert_eq!(
+            failed.code,
+            Some(2),
+            "read ahead {ahead}: {}",
+            failed.stderr
+        );
+        assert!(
+            failed.stderr.contains("in.csv") && failed.stderr.contains("os error 5"),
+            "read ahead {ahead}: stderr names the file and the error:\n{}",
+            failed.stderr
+        );
+        let run = run_engine_env(
+            &dir,
+            &cfg.args(&out),
+            &[(FAILPOINTS, "file.block(3)=panic")],
+        );
+        assert_eq!(run.code, Some(70), "read ahead {ahead}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("failpoint file.block fired") && run.stderr.contains(thread),
+            "read ahead {ahead}: stderr names the cause and the thread {thread}:\n{}",
+            run.stderr
+        );
+    }
 }
 
 #[test]

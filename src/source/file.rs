@@ -218,6 +218,12 @@ impl FileReader {
             return Ok(());
         };
         self.next += self.peers;
+        if crate::failpoint::active() {
+            // Fails (`eio`) or panics where the block is read: on the worker, or on the
+            // thread reading ahead of it.
+            crate::failpoint::io_at("file.block", &k.to_string())
+                .map_err(|e| io_error(&self.path, e))?;
+        }
         let (start, end) = (self.block_start(k)?, self.block_start(k + 1)?);
         let mut buf = std::mem::take(&mut self.buf);
         let result = self.read_block(&mut buf, start, end, sink);
