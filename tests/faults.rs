@@ -1,6 +1,7 @@
 //! Hostile values and faults, with the real binary: values whose squares overflow are
-//! malformed lines (not a crash); a panicking worker stops the whole process loudly; a
-//! batch that crashed the engine twice is set aside on the next start; one request
+//! malformed lines (not a crash); a panicking worker stops the whole process loudly, and
+//! so does a file block that cannot be read, read in place or ahead; a batch that crashed
+//! the engine twice is set aside on the next start (posted, or a file's); one request
 //! cannot drag the watermark ahead; and a soak of concurrent posts under repeated
 //! `kill -9` (restarted on other worker counts) loses no acknowledged record and counts
 //! none twice. Everything on 127.0.0.1, bounded in time, processes killed on drop.
@@ -87,7 +88,7 @@ fn values_whose_squares_overflow_are_malformed_lines_not_a_crash() {
 
 /// A CSV of 4 000 records (d = 1, 2 keys) read in blocks of 4 KiB (some 20 of them, so
 /// that block 3 is read after the first batches went through), in a fresh directory.
-fn small_blocks(name: &str) -> (TempDir, RunCfg) {
+fn small_blocks(name: &str) -> (TempDir, RunCfg, Vec<Row>) {
     let d = 1;
     let rows = generate(&GenSpec::new(4000, 2, d, 5));
     let dir = TempDir::new(name);
@@ -95,12 +96,12 @@ fn small_blocks(name: &str) -> (TempDir, RunCfg) {
     write_csv(&csv, &rows, d);
     let mut cfg = RunCfg::csv(&csv, d, TUMBLING);
     cfg.source = format!("csv:{},block=4096", csv.display());
-    (dir, cfg)
+    (dir, cfg, rows)
 }
 
 #[test]
 fn a_panicking_worker_stops_the_whole_process_with_its_cause() {
-    let (dir, mut cfg) = small_blocks("worker_panic");
+    let (dir, mut cfg, _) = small_blocks("worker_panic");
     // Batch 3 is worker 1's; worker 0 alone would go on without it.
     cfg.workers = 2;
     let out = dir.path("out.jsonl");
@@ -126,7 +127,7 @@ fn a_panicking_worker_stops_the_whole_process_with_its_cause() {
 /// ahead of it.
 #[test]
 fn a_block_that_fails_to_be_read_stops_the_run_read_ahead_or_in_place() {
-    let (dir, mut cfg) = small_blocks("block_fails");
+    let (dir, mut cfg, _) = small_blocks("block_fails");
     for (ahead, thread) in [("on", "tributary:read-ahead-0"), ("off", "timely:work-0")] {
         cfg.extra = vec!["--read-ahead".into(), ahead.into()];
         let out = dir.path(&format!("out-{ahead}.jsonl"));
@@ -242,6 +243,78 @@ fn a_batch_that_crashed_the_engine_twice_is_set_aside_and_the_run_goes_on() {
     assert_eq!(
         server.metric("tributary_quarantined_batches_total"),
         Some(1.0)
+    );
+}
+
+/// A file's batch that crashed the worker twice is set aside on the next start, with the
+/// file read ahead of the worker: the restarts resume from the checkpoint, the crash is
+/// held against the batch the worker was folding (not one the thread was parsing ahead
+/// of it), and the third run sets aside exactly that block's records and writes every
+/// other window as the oracle does.
+#[test]
+fn a_file_batch_that_crashed_twice_is_set_aside_when_read_ahead() {
+    let (dir, mut cfg, rows) = small_blocks("quarantine_file");
+    let (out, late, ckpt) = (
+        dir.path("out.jsonl"),
+        dir.path("late.jsonl"),
+        dir.path("ckpt"),
+    );
+    cfg.extra = ["--read-ahead", "on", "--checkpoint", ckpt.to_str().unwrap()]
+        .into_iter()
+        .chain([
+            "--checkpoint-every",
+            "1ms",
+            "--late-out",
+            late.to_str().unwrap(),
+        ])
+        .map(String::from)
+        .collect();
+    let args = cfg.args(&out);
+    let fault = [(FAILPOINTS, "ingest.batch(5)=panic")];
+    for start in ["first", "second"] {
+        let run = run_engine_env(&dir, &args, &fault);
+        assert_eq!(run.code, Some(70), "{start} start: {}", run.stderr);
+    }
+    let crashes = std::fs::read_to_string(ckpt.join("crashes-p0.json")).unwrap();
+    assert_eq!(crashes.matches("\"batch\": 5").count(), 2, "{crashes}");
+    let run = run_engine_env(&dir, &args, &fault);
+    run.assert_success();
+    assert!(
+        run.stderr
+            .contains("source batch 5 is set aside (quarantined)"),
+        "{}",
+        run.stderr
+    );
+    let set_aside: BTreeSet<i64> = late_lines(&late)
+        .into_iter()
+        .filter(|v| v["reason"] == "quarantined")
+        .map(|v| v["ts"].as_i64().unwrap())
+        .collect();
+    // Block 5 of 4 KiB: a run of consecutive lines, about 4 KiB of them.
+    let at = rows.iter().position(|r| set_aside.contains(&r.ts)).unwrap();
+    let block = &rows[at..at + set_aside.len()];
+    let line_bytes = std::fs::metadata(dir.path("in.csv")).unwrap().len() / rows.len() as u64;
+    let lines = (4096 / line_bytes) as usize;
+    assert!(
+        block.len().abs_diff(lines) <= 3,
+        "{} records set aside, not ~{lines}",
+        block.len()
+    );
+    assert!(
+        block.iter().all(|r| set_aside.contains(&r.ts)),
+        "one run of lines"
+    );
+    let kept: Vec<Row> = rows
+        .iter()
+        .filter(|r| !set_aside.contains(&r.ts))
+        .cloned()
+        .collect();
+    let want = oracle(&kept, 1, TUMBLING, None);
+    assert_matches_oracle(
+        &read_models(&out),
+        &want,
+        want.len(),
+        "around a quarantined block",
     );
 }
 
