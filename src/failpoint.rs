@@ -140,7 +140,7 @@ pub fn io(name: &str) -> io::Result<()> {
     io_hit(hit(name, None))
 }
 
-/// [`io`] at a place with an argument: fires only where the entry's `ARG`, if it has one,
+/// [`io()`] at a place with an argument: fires only where the entry's `ARG`, if it has one,
 /// equals `arg`.
 pub fn io_at(name: &str, arg: &str) -> io::Result<()> {
     io_hit(hit(name, Some(arg)))
