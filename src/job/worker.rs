@@ -69,17 +69,16 @@ pub(super) fn run_worker(worker: &mut Worker, shared: &Shared) {
         )
         .unwrap_or_else(|e| fatal!(context.on_fatal, EXIT_SOURCE_OR_OUTPUT, "{e}")),
     };
-    // A file is parsed ahead where there is a core for it (the workers of this process
-    // are those of the whole cluster over its processes).
+    // The workers of this process: those of the whole cluster over its processes.
+    let per_process = worker.peers() / shared.processes.max(1);
+    // A file is parsed ahead where there is a core for it.
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let workers_here = worker.peers() / shared.processes.max(1);
-    let reader = match shared.job.read_ahead.applies(workers_here, cores) {
+    let reader = match shared.job.read_ahead.applies(per_process, cores) {
         true => reader.read_ahead(),
         false => reader,
     };
     let probe = ProbeHandle::new();
     // Heartbeats to process 0, from the first worker of each process (metrics.rs).
-    let per_process = worker.peers() / shared.processes.max(1);
     let beats = index
         .is_multiple_of(per_process.max(1))
         .then_some(index / per_process.max(1));
