@@ -367,9 +367,9 @@ mod tests {
         }
     }
 
-    /// A CSV file of 3 000 lines with malformed ones among them (a number that is not one,
-    /// a missing field, a line longer than the limit of 200 bytes), keys of every length up
-    /// to 40 bytes, in a fresh directory.
+    /// A CSV file and a JSON lines file of the same 3 000 records with malformed lines among
+    /// them (a number that is not one, a missing field, a line longer than the limit of 200
+    /// bytes), keys of every length up to 40 bytes, in a fresh directory.
     fn file(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
         let dir =
             std::env::temp_dir().join(format!("tributary-ahead-{name}-{}", std::process::id()));
@@ -377,21 +377,39 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("in.csv");
         let mut text = String::from("ts,key,x0,x1,y\n");
+        let mut json = String::new();
         for i in 0..3000u64 {
             let key = "k".repeat((i % 40) as usize + 1);
-            match i % 397 {
-                5 => text.push_str(&format!("{i},{key},1.5,oops,2\n")),
-                11 => text.push_str(&format!("{i},{key},1.5\n")),
-                17 => text.push_str(&format!("{i},{key},{},1,2\n", "9".repeat(300))),
-                _ => text.push_str(&format!("{i},{key},{}.25,-{i}e-3,{}\n", i % 7, i * 3)),
-            }
+            let (x0, x1, y) = match i % 397 {
+                5 => ("1.5".to_owned(), "\"oops\"".to_owned(), "2".to_owned()),
+                11 => {
+                    text.push_str(&format!("{i},{key},1.5\n"));
+                    json.push_str(&format!("{{\"ts\":{i},\"key\":\"{key}\",\"x0\":1.5}}\n"));
+                    continue;
+                }
+                17 => ("9".repeat(300), "1".to_owned(), "2".to_owned()),
+                _ => (
+                    format!("{}.25", i % 7),
+                    format!("-{i}e-3"),
+                    format!("{}", i * 3),
+                ),
+            };
+            text.push_str(&format!("{i},{key},{x0},{},{y}\n", x1.trim_matches('"')));
+            json.push_str(&format!(
+                "{{\"ts\":{i},\"key\":\"{key}\",\"x0\":{x0},\"x1\":{x1},\"y\":{y}}}\n"
+            ));
         }
         std::fs::write(&path, text).unwrap();
+        std::fs::write(dir.join("in.jsonl"), json).unwrap();
         (dir, path)
     }
 
     fn open(path: &std::path::Path, block: usize, index: usize, peers: usize) -> FileReader {
-        FileReader::open(path, block, FileFormat::Csv, &schema(), index, peers, 200).unwrap()
+        let format = match path.extension().and_then(|e| e.to_str()) {
+            Some("jsonl") => FileFormat::Jsonl,
+            _ => FileFormat::Csv,
+        };
+        FileReader::open(path, block, format, &schema(), index, peers, 200).unwrap()
     }
 
     /// A reader read in place or ahead, as the tests read them.
@@ -442,11 +460,14 @@ mod tests {
 
     /// Read ahead or not, every worker's share gives the same batches with the same
     /// records and malformed lines (numbers, fields and messages) in the same order, for
-    /// blocks of a few lines to the whole file and one to three workers.
+    /// CSV and JSON lines, blocks of a few lines to the whole file and one to three workers.
     #[test]
     fn batches_read_ahead_are_the_batches_read_in_place() {
-        let (dir, path) = file("same");
-        for block in [300, 4096, 1 << 20] {
+        let (dir, csv) = file("same");
+        for (path, block) in [300, 4096, 1 << 20]
+            .into_iter()
+            .flat_map(|block| [(csv.clone(), block), (dir.join("in.jsonl"), block)])
+        {
             for peers in 1..=3 {
                 for index in 0..peers {
                     let expected = batches(&mut open(&path, block, index, peers), None);
@@ -458,7 +479,8 @@ mod tests {
                         let malformed = seen.filter(|e| matches!(e, Event::Malformed(..)));
                         assert_eq!(malformed.count(), 3 * 8, "every malformed line is seen");
                     }
-                    assert_eq!(ahead, expected, "block {block}, worker {index} of {peers}");
+                    let what = format!("{}, block {block}", path.display());
+                    assert_eq!(ahead, expected, "{what}, worker {index} of {peers}");
                 }
             }
         }
