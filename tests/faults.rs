@@ -104,18 +104,26 @@ fn a_panicking_worker_stops_the_whole_process_with_its_cause() {
     let (dir, mut cfg, _) = small_blocks("worker_panic");
     // Batch 3 is worker 1's; worker 0 alone would go on without it.
     cfg.workers = 2;
-    let out = dir.path("out.jsonl");
-    let run = run_engine_env(
-        &dir,
-        &cfg.args(&out),
-        &[(FAILPOINTS, "ingest.batch(3)=panic")],
+    let args = cfg.args(&dir.path("out.jsonl"));
+    panic_stops_the_process(&dir, &args, "ingest.batch(3)=panic", "timely:work-1");
+}
+
+/// Runs `args` with the failpoint `fault` (a `panic` action) and checks that the process
+/// stops with exit 70, its stderr naming the panic, the failpoint that fired and `thread`.
+fn panic_stops_the_process(dir: &TempDir, args: &[String], fault: &str, thread: &str) {
+    let run = run_engine_env(dir, args, &[(FAILPOINTS, fault)]);
+    assert_eq!(
+        run.code,
+        Some(70),
+        "{fault}: exit code; stderr:\n{}",
+        run.stderr
     );
-    assert_eq!(run.code, Some(70), "exit code; stderr:\n{}", run.stderr);
+    let name = fault.split(['(', '=']).next().unwrap();
     assert!(
         run.stderr.contains("panicked at")
-            && run.stderr.contains("failpoint ingest.batch fired")
-            && run.stderr.contains("timely:work-1"),
-        "stderr names the thread and the cause:\n{}",
+            && run.stderr.contains(&format!("failpoint {name} fired"))
+            && run.stderr.contains(thread),
+        "{fault}: stderr names the thread {thread} and the cause:\n{}",
         run.stderr
     );
     assert!(!run.stderr.contains("Any {"), "{}", run.stderr);
@@ -143,17 +151,7 @@ fn a_block_that_fails_to_be_read_stops_the_run_read_ahead_or_in_place() {
             "read ahead {ahead}: stderr names the file and the error:\n{}",
             failed.stderr
         );
-        let run = run_engine_env(
-            &dir,
-            &cfg.args(&out),
-            &[(FAILPOINTS, "file.block(3)=panic")],
-        );
-        assert_eq!(run.code, Some(70), "read ahead {ahead}: {}", run.stderr);
-        assert!(
-            run.stderr.contains("failpoint file.block fired") && run.stderr.contains(thread),
-            "read ahead {ahead}: stderr names the cause and the thread {thread}:\n{}",
-            run.stderr
-        );
+        panic_stops_the_process(&dir, &cfg.args(&out), "file.block(3)=panic", thread);
     }
 }
 
