@@ -240,9 +240,10 @@ struct Parsed {
     /// The keys, one after the other; `key_ends[i]` is where record `i`'s ends.
     keys: String,
     key_ends: Vec<usize>,
-    /// The rows `z = [x, y]`, one after the other; `z_ends[i]` is where record `i`'s ends.
+    /// The rows `z = [x, y]`, one after the other, each `width` numbers (a file has one
+    /// schema, so every row of it is as wide).
     z: Vec<f64>,
-    z_ends: Vec<usize>,
+    width: usize,
     /// The malformed lines, each after the number of records read before it.
     malformed: Vec<(usize, Malformed)>,
     error: Option<SourceError>,
@@ -264,7 +265,6 @@ impl Parsed {
         self.keys.clear();
         self.key_ends.clear();
         self.z.clear();
-        self.z_ends.clear();
         self.malformed.clear();
         self.error = None;
     }
@@ -277,7 +277,6 @@ impl Parsed {
             keys: String::with_capacity(room(like.key_bytes)),
             key_ends: Vec::with_capacity(room(like.records)),
             z: Vec::with_capacity(room(like.numbers)),
-            z_ends: Vec::with_capacity(room(like.records)),
             ..Parsed::default()
         }
     }
@@ -285,11 +284,10 @@ impl Parsed {
     /// Record `i`.
     fn nth(&self, i: usize) -> RecordRef<'_> {
         let key_from = i.checked_sub(1).map_or(0, |j| self.key_ends[j]);
-        let z_from = i.checked_sub(1).map_or(0, |j| self.z_ends[j]);
         RecordRef {
             time: self.times[i],
             key: &self.keys[key_from..self.key_ends[i]],
-            z: &self.z[z_from..self.z_ends[i]],
+            z: &self.z[i * self.width..(i + 1) * self.width],
         }
     }
 
@@ -321,8 +319,15 @@ impl RecordSink for Parsed {
         self.times.push(record.time);
         self.keys.push_str(record.key);
         self.key_ends.push(self.keys.len());
+        if self.times.len() == 1 {
+            self.width = record.z.len();
+        }
+        assert_eq!(
+            record.z.len(),
+            self.width,
+            "the rows of one file are as wide"
+        );
         self.z.extend_from_slice(record.z);
-        self.z_ends.push(self.z.len());
     }
 
     fn malformed(&mut self, error: Malformed) -> Result<(), SourceError> {

@@ -114,7 +114,7 @@ impl FileReader {
     }
 
     /// The file's name, as errors give it.
-    pub fn path(&self) -> &str {
+    pub(super) fn path(&self) -> &str {
         &self.path
     }
 
