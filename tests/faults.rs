@@ -64,26 +64,30 @@ fn values_whose_squares_overflow_are_malformed_lines_not_a_crash() {
     }
     std::fs::write(&csv, text).unwrap();
     let want = oracle(&rows, d, TUMBLING, None);
-    let mut cfg = RunCfg::csv(&csv, d, TUMBLING);
-    cfg.workers = 2;
-    cfg.source = format!("csv:{},block=16384", csv.display());
-    let (run, out) = run_ok(&dir, &cfg, "out.jsonl");
-    assert_eq!(run.summary("malformed"), Some(4), "{}", run.stderr);
-    for field in ["x0", "x1", "y"] {
-        assert!(
-            run.stderr.lines().any(|l| l.contains("in.csv")
-                && l.contains(&format!("field \"{field}\""))
-                && l.contains("1e150")),
-            "no warning naming in.csv, field {field} and the range:\n{}",
-            run.stderr
+    // Parsed by the workers, or ahead of them.
+    for ahead in ["off", "on"] {
+        let mut cfg = RunCfg::csv(&csv, d, TUMBLING);
+        cfg.workers = 2;
+        cfg.source = format!("csv:{},block=16384", csv.display());
+        cfg.extra = vec!["--read-ahead".into(), ahead.into()];
+        let (run, out) = run_ok(&dir, &cfg, &format!("out-{ahead}.jsonl"));
+        assert_eq!(run.summary("malformed"), Some(4), "{}", run.stderr);
+        for field in ["x0", "x1", "y"] {
+            assert!(
+                run.stderr.lines().any(|l| l.contains("in.csv")
+                    && l.contains(&format!("field \"{field}\""))
+                    && l.contains("1e150")),
+                "read ahead {ahead}: no warning naming in.csv, field {field} and the range:\n{}",
+                run.stderr
+            );
+        }
+        assert_matches_oracle(
+            &keep_final(&parse_emissions(&out)),
+            &want,
+            want.len(),
+            &format!("poison values, read ahead {ahead}"),
         );
     }
-    assert_matches_oracle(
-        &keep_final(&parse_emissions(&out)),
-        &want,
-        want.len(),
-        "poison values",
-    );
 }
 
 /// A CSV of 4 000 records (d = 1, 2 keys) read in blocks of 4 KiB (some 20 of them, so

@@ -172,15 +172,17 @@ fn every_source_applies_the_line_limit_alike() {
     let refused = input.refused.len() as u64;
     let mut runs: Vec<(String, Vec<(WinKey, usize)>)> = Vec::new();
 
-    // (a) and (b): read once, by one worker, and by two in byte ranges (small blocks, so
-    // that both read and the long line falls across a block's nominal start).
-    for (workers, block) in [(1, None), (2, Some(3 * MAX))] {
+    // (a) and (b): read once, by one worker (parsed ahead of it), and by two in byte
+    // ranges (in place; small blocks, so that both read and the long line falls across a
+    // block's nominal start).
+    for (workers, block, ahead) in [(1, None, "on"), (2, Some(3 * MAX), "off")] {
         let source = match block {
             None => format!("csv:{}", csv.display()),
             Some(b) => format!("csv:{},block={b}", csv.display()),
         };
         let out = dir.path(&format!("out-file-{workers}.jsonl"));
-        let run = run_engine(&dir, &run_args(&source, &out, workers, &[]));
+        let read_ahead = ["--read-ahead", ahead];
+        let run = run_engine(&dir, &run_args(&source, &out, workers, &read_ahead));
         let ctx = format!("file read once, -w {workers}");
         run.assert_success();
         assert_eq!(run.summary("malformed"), Some(refused), "{ctx}");
@@ -346,9 +348,16 @@ fn under_on_error_fail_a_long_line_stops_a_file_read_once() {
     for workers in [1, 2] {
         let out = dir.path(&format!("out-{workers}.jsonl"));
         let source = format!("csv:{},block={}", csv.display(), 3 * MAX);
+        // One worker reads ahead, two in place.
+        let ahead = if workers == 1 { "on" } else { "off" };
         let run = run_engine(
             &dir,
-            &run_args(&source, &out, workers, &["--on-error", "fail"]),
+            &run_args(
+                &source,
+                &out,
+                workers,
+                &["--on-error", "fail", "--read-ahead", ahead],
+            ),
         );
         let refused = match workers {
             1 => &input.refused[..1],
