@@ -1,13 +1,16 @@
 //! The per-worker combiner: watermark, lateness, and the per-(key, pane) pre-aggregation
 //! of one batch's records, so that differential sees one update per key and pane per batch.
+//! A file read ahead of its worker is pre-aggregated on its reading thread
+//! ([`PaneFold`]), and the combiner only admits the batch's records before it takes the
+//! thread's panes.
 
 use rustc_hash::FxHashMap;
 
 use super::context::WindowConfig;
 use crate::key::{Key, pack};
 use crate::messages::SetAside;
-use crate::record::{MAX_ABS_VALUE, Record, TIME_LIMIT, check_time};
-use crate::source::{Malformed, MalformedPolicy, RecordSink, SourceError};
+use crate::record::{MAX_ABS_VALUE, Record, RecordRef, TIME_LIMIT, check_time};
+use crate::source::{Folded, Malformed, MalformedPolicy, Prefold, RecordSink, Rows, SourceError};
 use crate::stats::Stats;
 use crate::types::{Counts, OnError};
 use crate::window::{Admission, Pane, Time, Watermark, WindowSpec};
@@ -19,10 +22,8 @@ pub(crate) struct Combiner {
     pub(crate) watermark: Watermark,
     features: usize,
     on_malformed: MalformedPolicy,
-    keys: KeyCodes,
-    panes: FxHashMap<(u128, Time), PaneAcc>,
-    /// The bounds of the last record's bucket.
-    bucket: (Time, Time),
+    panes: Panes,
+    buckets: Buckets,
     /// What the records fed since the last `take` held.
     pub(crate) counts: Counts,
     /// Records set aside since the last drain.
@@ -77,6 +78,118 @@ struct PaneAcc {
     stats: Stats,
 }
 
+/// Records folded into the statistics of their (key, pane): a batch's, by the combiner or
+/// by a reading thread ahead of it.
+#[derive(Default)]
+struct Panes {
+    keys: KeyCodes,
+    folded: FxHashMap<(u128, Time), PaneAcc>,
+}
+
+impl Panes {
+    /// Folds `r`, of the bucket starting at `bucket`, into its pane.
+    #[inline]
+    fn add(&mut self, r: RecordRef<'_>, bucket: Time, features: usize) {
+        let k = self.keys.code(r.key);
+        let acc = self.folded.entry((k, bucket)).or_insert_with(|| PaneAcc {
+            first: r.time,
+            last: r.time,
+            stats: Stats::with_features(features),
+        });
+        acc.first = acc.first.min(r.time);
+        acc.last = acc.last.max(r.time);
+        acc.stats.add_row(r.z);
+    }
+
+    /// Empties it, keeping the storage of its map.
+    fn clear(&mut self) {
+        self.keys = KeyCodes::default();
+        self.folded.clear();
+    }
+}
+
+/// The buckets of a window spec, with the bounds of the last one found.
+#[derive(Clone, Copy)]
+struct Buckets {
+    window: WindowSpec,
+    /// The bounds of the last time's bucket.
+    last: (Time, Time),
+}
+
+impl Buckets {
+    fn new(window: WindowSpec) -> Self {
+        Buckets {
+            window,
+            last: (0, 0),
+        }
+    }
+
+    /// The start of the bucket of `t`, or `None` for a time beyond the time limit. Times
+    /// mostly fall in the bucket of the one before: no division for them. The cached
+    /// bounds stop at the time limit, so a time beyond it never hits the cache.
+    #[inline]
+    fn of(&mut self, t: Time) -> Option<Time> {
+        let (start, end) = self.last;
+        if start <= t && t < end {
+            return Some(start);
+        }
+        check_time(t).ok()?;
+        let start = self.window.bucket_start(t);
+        let end = start.saturating_add(self.window.bucket());
+        self.last = (start.max(-TIME_LIMIT), end.min(TIME_LIMIT + 1));
+        Some(start)
+    }
+}
+
+/// Whether every value of a row is one a source lets through (see `MAX_ABS_VALUE`).
+#[inline]
+fn in_range(z: &[f64]) -> bool {
+    z.iter().all(|v| v.abs() <= MAX_ABS_VALUE)
+}
+
+/// A batch's records folded into their panes on the thread that reads a file ahead of
+/// its worker ([`Prefold`]), as the worker's combiner would fold them: the combiner takes
+/// the panes when it admits every record of the batch ([`RecordSink::take_folded`]).
+pub(crate) struct PaneFold {
+    buckets: Buckets,
+    features: usize,
+    /// Panes handed back by the combiner, to fold the next batch into.
+    spare: Option<Box<Panes>>,
+}
+
+impl PaneFold {
+    pub(crate) fn new(config: &WindowConfig) -> Self {
+        PaneFold {
+            buckets: Buckets::new(config.window),
+            features: config.features,
+            spare: None,
+        }
+    }
+}
+
+impl Prefold for PaneFold {
+    fn fold(&mut self, rows: Rows<'_>) -> Option<Folded> {
+        let mut panes = self.spare.take().unwrap_or_default();
+        panes.clear();
+        for i in 0..rows.len() {
+            let r = rows.get(i);
+            // A record the combiner sets aside (no source lets one through): the
+            // combiner has the batch record by record.
+            let bucket = self.buckets.of(r.time).filter(|_| in_range(r.z));
+            let Some(bucket) = bucket else {
+                self.spare = Some(panes);
+                return None;
+            };
+            panes.add(r, bucket, self.features);
+        }
+        Some(panes)
+    }
+
+    fn reuse(&mut self, spent: Folded) {
+        self.spare = spent.downcast::<Panes>().ok();
+    }
+}
+
 impl Combiner {
     pub(crate) fn new(config: &WindowConfig, on_error: OnError) -> Self {
         Combiner {
@@ -84,16 +197,15 @@ impl Combiner {
             watermark: Watermark::new(config.lateness, config.max_jump),
             features: config.features,
             on_malformed: MalformedPolicy::new(on_error),
-            keys: KeyCodes::default(),
-            panes: FxHashMap::default(),
-            bucket: (0, 0),
+            panes: Panes::default(),
+            buckets: Buckets::new(config.window),
             counts: Counts::default(),
             aside: Vec::new(),
         }
     }
 
     /// Keeps `r` for the late output, with `reason`.
-    fn set_aside(&mut self, r: crate::record::RecordRef<'_>, reason: &str) {
+    fn set_aside(&mut self, r: RecordRef<'_>, reason: &str) {
         let Record { time, key, x, y } = r.to_owned();
         self.aside.push(SetAside {
             ts: time,
@@ -107,14 +219,14 @@ impl Combiner {
 
     /// The number of panes the records fed since the last drain fall in.
     pub(crate) fn pane_count(&self) -> usize {
-        self.panes.len()
+        self.panes.folded.len()
     }
 
     /// The panes of the records fed since the last drain, with their statistics.
     pub(crate) fn drain_panes(&mut self) -> impl Iterator<Item = ((Key, Pane), Stats)> + '_ {
-        let keys = std::mem::take(&mut self.keys);
+        let keys = std::mem::take(&mut self.panes.keys);
         let window = self.window;
-        self.panes.drain().map(move |((code, bucket), acc)| {
+        self.panes.folded.drain().map(move |((code, bucket), acc)| {
             let pane = if window.is_session() {
                 Pane {
                     start: acc.first,
@@ -133,28 +245,17 @@ impl Combiner {
 
 impl RecordSink for Combiner {
     #[inline]
-    fn record(&mut self, r: crate::record::RecordRef<'_>) {
-        // Records mostly fall in the bucket of the one before: no division for them. The
-        // cached bounds stop at the time limit, so a time beyond it never hits the cache.
-        let (start, end) = self.bucket;
-        let bucket = if start <= r.time && r.time < end {
-            start
-        } else {
-            if check_time(r.time).is_err() {
-                // Only records that come from no source (user dataflows) get here: the
-                // sources refuse such times as malformed.
-                self.counts.malformed += 1;
-                self.set_aside(r, "time_out_of_range");
-                return;
-            }
-            let start = self.window.bucket_start(r.time);
-            let end = start.saturating_add(self.window.bucket());
-            self.bucket = (start.max(-TIME_LIMIT), end.min(TIME_LIMIT + 1));
-            start
+    fn record(&mut self, r: RecordRef<'_>) {
+        let Some(bucket) = self.buckets.of(r.time) else {
+            // Only records that come from no source (user dataflows) get here: the
+            // sources refuse such times as malformed.
+            self.counts.malformed += 1;
+            self.set_aside(r, "time_out_of_range");
+            return;
         };
         // Sources refuse such values as malformed; records of user dataflows are set
         // aside, so no sum overflows from one row (see `MAX_ABS_VALUE`).
-        if !r.z.iter().all(|v| v.abs() <= MAX_ABS_VALUE) {
+        if !in_range(r.z) {
             self.counts.malformed += 1;
             self.set_aside(r, "value_out_of_range");
             return;
@@ -164,18 +265,7 @@ impl RecordSink for Combiner {
             .watermark
             .admit(r.time, self.window.late_at_in(r.time, bucket))
         {
-            Admission::Admit => {
-                let k = self.keys.code(r.key);
-                let features = self.features;
-                let acc = self.panes.entry((k, bucket)).or_insert_with(|| PaneAcc {
-                    first: r.time,
-                    last: r.time,
-                    stats: Stats::with_features(features),
-                });
-                acc.first = acc.first.min(r.time);
-                acc.last = acc.last.max(r.time);
-                acc.stats.add_row(r.z);
-            }
+            Admission::Admit => self.panes.add(r, bucket, self.features),
             admission => {
                 if admission == Admission::Late {
                     self.counts.late += 1;
@@ -191,13 +281,39 @@ impl RecordSink for Combiner {
         self.counts.malformed += 1;
         self.on_malformed.apply(error)
     }
+
+    /// Takes a batch a [`PaneFold`] folded when the combiner holds no panes yet and would
+    /// admit every record of it: the watermark moves as the records would have moved it,
+    /// and the fold's panes are the ones [`record`](RecordSink::record) would have made
+    /// (the same rows added in the same order). Otherwise the watermark is left as it was
+    /// and the records come one by one.
+    fn take_folded(&mut self, rows: Rows<'_>, folded: Folded) -> Result<Folded, Folded> {
+        if !self.panes.folded.is_empty() || !folded.is::<Panes>() {
+            return Err(folded);
+        }
+        let (watermark, buckets) = (self.watermark.clone(), self.buckets);
+        for &t in rows.times() {
+            let admitted = self.buckets.of(t).is_some_and(|bucket| {
+                let late_at = self.window.late_at_in(t, bucket);
+                self.watermark.admit(t, late_at) == Admission::Admit
+            });
+            if !admitted {
+                (self.watermark, self.buckets) = (watermark, buckets);
+                return Err(folded);
+            }
+        }
+        self.counts.records += rows.len() as u64;
+        let mut panes = folded.downcast::<Panes>().expect("a fold of panes");
+        std::mem::swap(&mut self.panes, &mut panes);
+        Ok(panes)
+    }
 }
 
 /// Sets aside every record of a quarantined batch (see [`crate::quarantine`]).
 pub(super) struct Quarantined<'a>(pub(super) &'a mut Combiner);
 
 impl RecordSink for Quarantined<'_> {
-    fn record(&mut self, r: crate::record::RecordRef<'_>) {
+    fn record(&mut self, r: RecordRef<'_>) {
         self.0.set_aside(r, "quarantined");
     }
 
@@ -328,6 +444,98 @@ mod tests {
         let panes: Vec<_> = combiner.drain_panes().map(|((_, pane), _)| pane).collect();
         assert_eq!(panes.len(), 3, "the three times in range have their panes");
         assert!(panes.iter().all(|p| p.start < p.end));
+    }
+
+    /// A batch folded ahead by a [`PaneFold`] and taken whole gives the panes (bit for
+    /// bit), counts, watermark and bucket cache that its records fed one by one give; a
+    /// batch with a record the watermark does not admit is refused, with the watermark
+    /// left as it was, and then fed one by one as usual. Tumbling, sliding and session
+    /// windows, keys short and long, records out of order.
+    #[test]
+    fn a_batch_folded_ahead_is_the_batch_folded_in_place() {
+        use crate::source::{Prefold, Rows};
+        for window in ["tumbling:10s", "sliding:60s/10s", "session:5s"] {
+            let config = WindowConfig {
+                window: window.parse::<WindowSpec>().unwrap(),
+                lateness: 2_000,
+                max_jump: 3_600_000,
+                solve: SolveOptions::default(),
+                features: 1,
+            };
+            let mut fed = Combiner::new(&config, OnError::Skip);
+            let mut taken = Combiner::new(&config, OnError::Skip);
+            let mut fold = PaneFold::new(&config);
+            let (mut takes, mut refusals) = (0, 0);
+            for batch in 0..12i64 {
+                let (mut times, mut keys, mut key_ends, mut z) =
+                    (vec![], String::new(), vec![], vec![]);
+                for i in 0..200i64 {
+                    // Out of order within a batch; every fourth batch has one record
+                    // long behind the watermark (late), one batch one hours ahead.
+                    let mut t = batch * 7_000 + (i * 37) % 7_000;
+                    if batch % 4 == 3 && i == 150 {
+                        t -= 40_000;
+                    }
+                    if batch == 6 && i == 20 {
+                        t += 10 * 3_600_000;
+                    }
+                    times.push(t);
+                    let key = if i % 3 == 0 {
+                        format!("a long key, number {}", i % 5)
+                    } else {
+                        format!("k{}", i % 7)
+                    };
+                    keys.push_str(&key);
+                    key_ends.push(keys.len());
+                    z.extend([(i as f64) * 0.1 + batch as f64, (i * i) as f64 / 7.0]);
+                }
+                let rows = Rows::new(&times, &keys, &key_ends, &z, 2);
+                for i in 0..rows.len() {
+                    fed.record(rows.get(i));
+                }
+                let folded = fold.fold(rows).expect("a batch in range is folded");
+                match taken.take_folded(rows, folded) {
+                    Ok(spent) => {
+                        takes += 1;
+                        fold.reuse(spent);
+                    }
+                    Err(refused) => {
+                        refusals += 1;
+                        fold.reuse(refused);
+                        for i in 0..rows.len() {
+                            taken.record(rows.get(i));
+                        }
+                    }
+                }
+                let what = format!("{window}, batch {batch}");
+                assert_eq!(fed.counts, taken.counts, "{what}");
+                assert_eq!(fed.watermark.max_seen, taken.watermark.max_seen, "{what}");
+                assert_eq!(fed.buckets.last, taken.buckets.last, "{what}");
+                assert_eq!(aside_reasons(&fed), aside_reasons(&taken), "{what}");
+                let mut panes = [&mut fed, &mut taken].map(|c| {
+                    let mut panes: Vec<_> = c
+                        .drain_panes()
+                        .map(|((key, pane), stats)| (key.to_string(), pane, stats.n, stats.sums))
+                        .collect();
+                    panes.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+                    panes
+                });
+                assert!(!panes[0].is_empty(), "{what}");
+                let [a, b] = &mut panes;
+                for (a, b) in a.iter().zip(b.iter()) {
+                    assert_eq!((&a.0, a.1, a.2), (&b.0, b.1, b.2), "{what}");
+                    let bits = |s: &[f64]| s.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&a.3), bits(&b.3), "{what}: {} {:?}", a.0, a.1);
+                }
+                assert_eq!(a.len(), b.len(), "{what}");
+                fed.aside.clear();
+                taken.aside.clear();
+            }
+            assert!(
+                takes >= 6 && refusals >= 3,
+                "{window}: {takes} taken, {refusals} refused"
+            );
+        }
     }
 
     #[test]

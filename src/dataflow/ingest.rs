@@ -9,7 +9,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 
-use super::combiner::{Combiner, Quarantined};
+use super::combiner::{Combiner, PaneFold, Quarantined};
 use super::context::{PaneUpdate, RunContext, WindowConfig, owner, resumed_max_seen, vec_output};
 use super::reading::{Poll, Reading};
 use crate::key::Key;
@@ -76,6 +76,8 @@ pub fn ingest<'scope>(
     let peers = scope.peers();
     let on_fatal = context.on_fatal;
     let mut combiner = Combiner::new(config, context.on_error);
+    // A file read ahead is also folded into panes ahead: the combiner then only admits.
+    reader.fold_ahead_with(|| Box::new(PaneFold::new(config)));
     let metrics = Arc::clone(&context.metrics);
     // Resuming: skip the batches in the checkpoint, restore the partition's watermark, and
     // hand the checkpointed panes this worker owns to the windows operator first.

@@ -15,6 +15,12 @@
 //! what the worker sees is what it would have seen reading the block itself. An error
 //! that stops the source (an I/O error, a file cut short) ends the batch it happened in,
 //! after that batch's records read before it, and the thread.
+//!
+//! The thread may also fold each batch ahead of the worker ([`Prefold`]): the windowed
+//! dataflow folds a batch's records into its panes' statistics there
+//! ([`ReadAhead::fold_with`]), and the worker, whose sink keeps the watermark, only checks
+//! that every record is admitted before it takes the panes: the part of a record's cost
+//! that does not depend on the worker's state is spent on the thread's core.
 
 use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
@@ -23,9 +29,24 @@ use std::thread::JoinHandle;
 use serde::{Deserialize, Serialize};
 
 use super::file::FileReader;
-use super::sink::{Malformed, RecordSink, SourceError};
+use super::sink::{Folded, Malformed, RecordSink, Rows, SourceError};
 use crate::record::RecordRef;
 use crate::window::Time;
+
+/// What a reading thread does with each batch it parsed, beyond parsing: fold its records
+/// as the worker's sink would, for the sink to take whole
+/// ([`RecordSink::take_folded`]). It sees only batches that parsed without a malformed
+/// line or an error, and must give the sink a fold that equals the sink's own folding of
+/// the same records, for the sink takes it in their place.
+pub trait Prefold: Send {
+    /// Folds the batch `rows`, into storage a fold handed back earlier when there is one
+    /// ([`reuse`](Prefold::reuse)); `None` when it will not (the worker's sink is then
+    /// given the records).
+    fn fold(&mut self, rows: Rows<'_>) -> Option<Folded>;
+    /// Takes back a fold the worker is done with (taken and emptied, or refused), to fold
+    /// into again.
+    fn reuse(&mut self, spent: Folded);
+}
 
 /// Batches the thread may have parsed and the worker not yet taken (one more may be in
 /// the making): with the one the worker replays, three batches' buffers at most. Two
@@ -75,6 +96,8 @@ pub struct ReadAhead {
     peers: u64,
     blocks: u64,
     path: String,
+    /// What the thread folds each batch with, while no thread holds it.
+    prefold: Option<Box<dyn Prefold>>,
 }
 
 /// The thread reading ahead, and the channels to it.
@@ -83,7 +106,7 @@ struct Thread {
     parsed: Receiver<Parsed>,
     /// Buffers replayed, for the thread to fill again.
     spent: Sender<Parsed>,
-    handle: JoinHandle<FileReader>,
+    handle: JoinHandle<(FileReader, Option<Box<dyn Prefold>>)>,
 }
 
 impl ReadAhead {
@@ -97,7 +120,15 @@ impl ReadAhead {
             next,
             peers,
             blocks,
+            prefold: None,
         }
+    }
+
+    /// Has the thread also fold each batch with `prefold`, from the next batch it parses.
+    pub fn fold_with(&mut self, prefold: Box<dyn Prefold>) {
+        let reader = self.stop();
+        self.idle = Some(reader);
+        self.prefold = Some(prefold);
     }
 
     /// The batch (= epoch) this worker reads next, or `None` when its share is done.
@@ -156,6 +187,7 @@ impl ReadAhead {
             .idle
             .take()
             .expect("a reader not read by a thread is idle");
+        let mut prefold = self.prefold.take();
         let (to_worker, parsed) = sync_channel::<Parsed>(DEPTH);
         let (spent, from_worker) = channel::<Parsed>();
         let handle = std::thread::Builder::new()
@@ -164,8 +196,8 @@ impl ReadAhead {
                 self.next % self.peers.max(1)
             ))
             .spawn(move || {
-                read(&mut reader, &to_worker, &from_worker);
-                reader
+                read(&mut reader, &mut prefold, &to_worker, &from_worker);
+                (reader, prefold)
             })
             .expect("a thread to read ahead");
         Thread {
@@ -179,9 +211,13 @@ impl ReadAhead {
     /// [`next`](Self::next_batch)).
     fn stop(&mut self) -> FileReader {
         match self.thread().take() {
-            Some(thread) => thread
-                .end()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Some(thread) => {
+                let (reader, prefold) = thread
+                    .end()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                self.prefold = prefold;
+                reader
+            }
             None => self
                 .idle
                 .take()
@@ -193,7 +229,7 @@ impl ReadAhead {
 impl Thread {
     /// Ends the thread and returns its reader: a thread waiting to hand over a batch sees
     /// the receiver gone and stops.
-    fn end(self) -> std::thread::Result<FileReader> {
+    fn end(self) -> std::thread::Result<(FileReader, Option<Box<dyn Prefold>>)> {
         drop((self.parsed, self.spent));
         self.handle.join()
     }
@@ -209,16 +245,30 @@ impl Drop for ReadAhead {
 }
 
 /// The thread: parses the reader's batches into buffers (the worker's spent ones when
-/// there are) and hands them over, until the share is done, a batch fails, or the worker
-/// is gone.
-fn read(reader: &mut FileReader, to_worker: &SyncSender<Parsed>, spent: &Receiver<Parsed>) {
+/// there are), folds those that parsed cleanly with `prefold` if there is one, and hands
+/// them over, until the share is done, a batch fails, or the worker is gone.
+fn read(
+    reader: &mut FileReader,
+    prefold: &mut Option<Box<dyn Prefold>>,
+    to_worker: &SyncSender<Parsed>,
+    spent: &Receiver<Parsed>,
+) {
     // The lengths of the last batch parsed: a new buffer is made that large at once
     // rather than grown to it by doubling (which leaves up to half of it unused).
     let mut last = Sizes::default();
     while let Some(batch) = reader.next_batch() {
         let mut parsed = spent.try_recv().unwrap_or_else(|_| Parsed::sized_as(&last));
+        if let (Some(prefold), Some(folded)) = (prefold.as_mut(), parsed.folded.take()) {
+            prefold.reuse(folded);
+        }
         parsed.clear(batch);
         parsed.error = reader.read_batch(&mut parsed).err();
+        if let Some(prefold) = prefold.as_mut()
+            && parsed.error.is_none()
+            && parsed.malformed.is_empty()
+        {
+            parsed.folded = prefold.fold(parsed.rows());
+        }
         last = Sizes {
             records: parsed.times.len(),
             key_bytes: parsed.keys.len(),
@@ -247,6 +297,8 @@ struct Parsed {
     /// The malformed lines, each after the number of records read before it.
     malformed: Vec<(usize, Malformed)>,
     error: Option<SourceError>,
+    /// The batch as the thread's [`Prefold`] folded it; once replayed, what is left of it.
+    folded: Option<Folded>,
 }
 
 /// The lengths of a [`Parsed`] batch.
@@ -281,30 +333,36 @@ impl Parsed {
         }
     }
 
-    /// Record `i`.
-    fn nth(&self, i: usize) -> RecordRef<'_> {
-        let key_from = i.checked_sub(1).map_or(0, |j| self.key_ends[j]);
-        RecordRef {
-            time: self.times[i],
-            key: &self.keys[key_from..self.key_ends[i]],
-            z: &self.z[i * self.width..(i + 1) * self.width],
-        }
+    /// Its records.
+    fn rows(&self) -> Rows<'_> {
+        Rows::new(&self.times, &self.keys, &self.key_ends, &self.z, self.width)
     }
 
     /// Hands the batch to `sink` as the reader would have: records and malformed lines in
     /// file order, then the error that ended the batch; a malformed line the sink refuses
-    /// stops it there.
+    /// stops it there. A batch the thread folded is offered to the sink whole first.
     fn replay<S: RecordSink>(&mut self, sink: &mut S) -> Result<(), SourceError> {
+        if let Some(folded) = self.folded.take() {
+            // Only a batch without malformed lines is folded: taken, it is all replayed.
+            match sink.take_folded(self.rows(), folded) {
+                Ok(spent) => {
+                    self.folded = Some(spent);
+                    return self.error.take().map_or(Ok(()), Err);
+                }
+                Err(refused) => self.folded = Some(refused),
+            }
+        }
         // Taken out while the records are read, and put back (empty) for its storage.
         let mut malformed = std::mem::take(&mut self.malformed);
         let mut replay = || {
+            let rows = self.rows();
             let mut from = 0;
             for (before, error) in malformed.drain(..) {
-                (from..before).for_each(|i| sink.record(self.nth(i)));
+                (from..before).for_each(|i| sink.record(rows.get(i)));
                 from = before;
                 sink.malformed(error)?;
             }
-            (from..self.times.len()).for_each(|i| sink.record(self.nth(i)));
+            (from..rows.len()).for_each(|i| sink.record(rows.get(i)));
             Ok(())
         };
         let replayed = replay();
@@ -344,11 +402,44 @@ mod tests {
     use crate::source::lines::tests::schema;
 
     /// What a sink was handed, in order: records, and malformed lines (line, field).
-    #[derive(Debug, Default, PartialEq)]
+    #[derive(Debug, Default)]
     struct Events {
         seen: Vec<Event>,
         /// Refuse the malformed line at this place among them (`--on-error fail`).
         refuse_at: Option<usize>,
+        /// Take batches folded ahead by [`Collect`] (else they come record by record).
+        take_folds: bool,
+        /// Batches taken folded.
+        folds_taken: usize,
+    }
+
+    /// What a sink was handed is what counts, not how.
+    impl PartialEq for Events {
+        fn eq(&self, other: &Self) -> bool {
+            (&self.seen, self.refuse_at) == (&other.seen, other.refuse_at)
+        }
+    }
+
+    /// A fold of a batch's records into the events a sink would see of them (the
+    /// [`Prefold`] of these tests), counting the folds handed back.
+    #[derive(Default)]
+    struct Collect {
+        reused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Prefold for Collect {
+        fn fold(&mut self, rows: Rows<'_>) -> Option<Folded> {
+            let events: Vec<Event> = (0..rows.len())
+                .map(|i| rows.get(i))
+                .map(|r| Event::Record(r.time, r.key.to_owned(), r.z.to_vec()))
+                .collect();
+            Some(Box::new(events))
+        }
+        fn reuse(&mut self, spent: Folded) {
+            assert!(spent.is::<Vec<Event>>());
+            self.reused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     #[derive(Debug, PartialEq)]
@@ -360,6 +451,16 @@ mod tests {
     impl RecordSink for Events {
         fn record(&mut self, r: RecordRef<'_>) {
             (self.seen).push(Event::Record(r.time, r.key.to_owned(), r.z.to_vec()));
+        }
+        fn take_folded(&mut self, rows: Rows<'_>, folded: Folded) -> Result<Folded, Folded> {
+            if !self.take_folds {
+                return Err(folded);
+            }
+            let mut events = folded.downcast::<Vec<Event>>().unwrap();
+            assert_eq!(events.len(), rows.len(), "a fold is of the batch's records");
+            self.seen.append(&mut events);
+            self.folds_taken += 1;
+            Ok(events)
         }
         fn malformed(&mut self, e: Malformed) -> Result<(), SourceError> {
             let at = self.seen.len();
@@ -447,10 +548,20 @@ mod tests {
         reader: &mut impl Batches,
         refuse_at: Option<usize>,
     ) -> Vec<(u64, Events, Option<String>)> {
+        batches_taking(reader, refuse_at, false)
+    }
+
+    /// [`batches`], into sinks that take batches folded ahead when `take_folds`.
+    fn batches_taking(
+        reader: &mut impl Batches,
+        refuse_at: Option<usize>,
+        take_folds: bool,
+    ) -> Vec<(u64, Events, Option<String>)> {
         let mut out = Vec::new();
         while let Some(batch) = reader.next() {
             let mut events = Events {
                 refuse_at,
+                take_folds,
                 ..Events::default()
             };
             let ended = reader.read(&mut events).err().map(|e| e.to_string());
@@ -486,6 +597,60 @@ mod tests {
                     }
                     let what = format!("{}, block {block}", path.display());
                     assert_eq!(ahead, expected, "{what}, worker {index} of {peers}");
+                }
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// With a [`Prefold`], a sink that takes the folds sees what it sees read in place: the
+    /// batches without a malformed line as folded on the thread, the others record by
+    /// record; a sink that refuses them is handed the records, and the folds go back to
+    /// the thread. Also after a seek, which restarts the thread with its fold.
+    #[test]
+    fn batches_folded_ahead_are_the_batches_read_in_place() {
+        let (dir, csv) = file("folded");
+        for (path, block) in [(csv.clone(), 300), (dir.join("in.jsonl"), 4096)] {
+            for peers in 1..=2 {
+                for index in 0..peers {
+                    let expected = batches(&mut open(&path, block, index, peers), None);
+                    let clean = expected
+                        .iter()
+                        .filter(|(_, events, _)| {
+                            let seen = events.seen.iter();
+                            seen.clone().any(|e| matches!(e, Event::Record(..)))
+                                && !seen.clone().any(|e| matches!(e, Event::Malformed(..)))
+                        })
+                        .count();
+                    assert!(clean > 3, "most batches have no malformed line");
+                    for take_folds in [true, false] {
+                        let prefold = Collect::default();
+                        let reused = std::sync::Arc::clone(&prefold.reused);
+                        let mut reader = ReadAhead::new(open(&path, block, index, peers));
+                        reader.fold_with(Box::new(prefold));
+                        let ahead = batches_taking(&mut reader, None, take_folds);
+                        let what = format!(
+                            "{}, block {block}, worker {index} of {peers}",
+                            path.display()
+                        );
+                        assert_eq!(ahead, expected, "{what}, taking folds: {take_folds}");
+                        let taken: usize = ahead.iter().map(|(_, e, _)| e.folds_taken).sum();
+                        assert_eq!(taken, if take_folds { clean } else { 0 }, "{what}");
+                        drop(reader);
+                        let handed_back = reused.load(std::sync::atomic::Ordering::Relaxed);
+                        assert!(
+                            handed_back > 0 && handed_back <= clean,
+                            "{what}: {handed_back}"
+                        );
+                        // From the middle of the share, after reading a batch ahead.
+                        let mut reader = ReadAhead::new(open(&path, block, index, peers));
+                        reader.fold_with(Box::new(Collect::default()));
+                        let _ = batches_taking(&mut reader, None, take_folds);
+                        let from = expected[expected.len() / 2].0;
+                        reader.seek(from);
+                        let rest = batches_taking(&mut reader, None, take_folds);
+                        assert_eq!(rest, expected[expected.len() / 2..], "{what}, from {from}");
+                    }
                 }
             }
         }

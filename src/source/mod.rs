@@ -25,14 +25,15 @@ mod sink;
 mod spec;
 pub mod tcp;
 
-pub use ahead::{ReadAhead, ReadAheadMode};
+pub use ahead::{Prefold, ReadAhead, ReadAheadMode};
 pub use file::FileReader;
 pub use generator::{GenReader, GenSpec};
 pub use lines::{FileFormat, LineParser};
 pub use log::{IngestLog, LogReader, RecordBatch};
 pub use reader::SourceReader;
 pub use sink::{
-    Malformed, MalformedPolicy, REPORT_MALFORMED, RecordSink, SourceError, line_too_long,
+    Folded, Malformed, MalformedPolicy, REPORT_MALFORMED, RecordSink, Rows, SourceError,
+    line_too_long,
 };
 pub use spec::{BLOCK_BYTES, FileSpec, SourceSpec};
 pub use tcp::TcpSpec;

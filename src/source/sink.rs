@@ -2,10 +2,12 @@
 //! [`Malformed`] line, a [`SourceError`]. A leaf of `source/`: it imports none of its
 //! siblings, so every reader imports it and it imports no reader.
 
+use std::any::Any;
 use std::fmt;
 
 use crate::record::RecordRef;
 use crate::types::OnError;
+use crate::window::Time;
 
 /// Malformed lines a reader reports as warnings, per worker (or per feed), before going
 /// quiet; all of them are counted. `--on-error skip` promises "the first 10 per worker".
@@ -97,4 +99,77 @@ pub trait RecordSink {
     fn record(&mut self, record: RecordRef<'_>);
     /// A malformed line; returning an error stops the source with it.
     fn malformed(&mut self, error: Malformed) -> Result<(), SourceError>;
+    /// A whole batch of well-formed records, `rows`, that a reading thread has also folded
+    /// ahead of the worker ([`Prefold`](super::ahead::Prefold)) into `folded`. The sink
+    /// takes the fold in place of the records and returns `Ok` with what is left of it
+    /// (its storage, for the thread to fold into again); or it returns `Err` with the fold
+    /// untouched, and is then handed the records one by one, as every sink is by default.
+    fn take_folded(&mut self, rows: Rows<'_>, folded: Folded) -> Result<Folded, Folded> {
+        let _ = rows;
+        Err(folded)
+    }
+}
+
+/// A batch's records as a [`Prefold`](super::ahead::Prefold) folded them, of the type it
+/// and the sink that takes it agree on.
+pub type Folded = Box<dyn Any + Send>;
+
+/// The records of one batch, side by side: their times, keys and rows.
+#[derive(Clone, Copy)]
+pub struct Rows<'a> {
+    times: &'a [Time],
+    /// The keys, one after the other; `key_ends[i]` is where record `i`'s ends.
+    keys: &'a str,
+    key_ends: &'a [usize],
+    /// The rows `z = [x, y]`, one after the other, each `width` numbers.
+    z: &'a [f64],
+    width: usize,
+}
+
+impl<'a> Rows<'a> {
+    /// Records side by side: `key_ends` has an end in `keys` per time, and `z` a row of
+    /// `width` numbers per time.
+    pub fn new(
+        times: &'a [Time],
+        keys: &'a str,
+        key_ends: &'a [usize],
+        z: &'a [f64],
+        width: usize,
+    ) -> Self {
+        assert_eq!(times.len(), key_ends.len(), "a key per record");
+        assert_eq!(times.len() * width, z.len(), "a row per record");
+        Rows {
+            times,
+            keys,
+            key_ends,
+            z,
+            width,
+        }
+    }
+
+    /// The number of records.
+    pub fn len(&self) -> usize {
+        self.times.len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.times.is_empty()
+    }
+
+    /// The records' times, in order.
+    pub fn times(&self) -> &'a [Time] {
+        self.times
+    }
+
+    /// Record `i`.
+    #[inline]
+    pub fn get(&self, i: usize) -> RecordRef<'a> {
+        let key_from = i.checked_sub(1).map_or(0, |j| self.key_ends[j]);
+        RecordRef {
+            time: self.times[i],
+            key: &self.keys[key_from..self.key_ends[i]],
+            z: &self.z[i * self.width..(i + 1) * self.width],
+        }
+    }
 }
