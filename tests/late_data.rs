@@ -52,18 +52,49 @@ fn too_late(name: &str, win: Win) {
     assert_eq!(without.len(), all.len() - 1);
     let want = oracle(&without, d, win, None);
 
-    let late_out = dir.path("late.jsonl");
-    let mut cfg = RunCfg::csv(&csv, d, win);
-    cfg.extra = vec!["--late-out".into(), late_out.display().to_string()];
-    let (run, text) = run_ok(&dir, &cfg, "out.jsonl");
-    let ctx = format!("{name} ({})", run.cmdline);
+    // Read ahead of the worker, batches of 4 KiB folded into panes on the reading thread
+    // (the one with the late record refused and replayed record by record), and in place:
+    // the same output and the same record set aside, byte for byte.
+    let mut outputs = Vec::new();
+    for ahead in ["on", "off"] {
+        let late_out = dir.path(&format!("late-{ahead}.jsonl"));
+        let mut cfg = RunCfg::csv(&csv, d, win);
+        cfg.source = format!("csv:{},block=4096", csv.display());
+        cfg.extra = [
+            "--late-out",
+            late_out.to_str().unwrap(),
+            "--read-ahead",
+            ahead,
+        ]
+        .map(String::from)
+        .to_vec();
+        let (run, text) = run_ok(&dir, &cfg, &format!("out-{ahead}.jsonl"));
+        let ctx = format!("{name} ({})", run.cmdline);
+        check_too_late(&run, &text, &late_out, &late, &want, &ctx);
+        outputs.push((text, std::fs::read(&late_out).unwrap()));
+    }
+    assert!(
+        outputs[0] == outputs[1],
+        "{name}: read ahead and in place differ"
+    );
+}
+
+/// Checks a run of [`too_late`] on its output `text` and records set aside.
+fn check_too_late(
+    run: &RunOutput,
+    text: &str,
+    late_out: &std::path::Path,
+    late: &Row,
+    want: &BTreeMap<WinKey, Model>,
+    ctx: &str,
+) {
     assert_eq!(
         run.summary("late"),
         Some(1),
         "{ctx}: stderr: {}",
         run.stderr
     );
-    let lines = late_lines(&late_out);
+    let lines = late_lines(late_out);
     assert_eq!(lines.len(), 1, "{ctx}: late-out: {lines:?}");
     assert_eq!(
         lines[0]["ts"].as_i64(),
@@ -74,9 +105,9 @@ fn too_late(name: &str, win: Win) {
     assert_eq!(lines[0]["key"].as_str(), Some("k0"), "{ctx}: {}", lines[0]);
     assert_eq!(lines[0]["reason"], "late", "{ctx}: {}", lines[0]);
 
-    let ems = parse_emissions(&text);
+    let ems = parse_emissions(text);
     let got = keep_final(&ems);
-    assert_matches_oracle(&got, &want, want.len(), &ctx);
+    assert_matches_oracle(&got, want, want.len(), ctx);
     // No emission at all (provisional or not) includes the late record: every emission of
     // a window has at most the oracle's n without it.
     for e in &ems {
