@@ -23,7 +23,7 @@
 //! that does not depend on the worker's state is spent on the thread's core.
 
 use std::sync::Mutex;
-use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, TrySendError, channel, sync_channel};
 use std::thread::JoinHandle;
 
 use serde::{Deserialize, Serialize};
@@ -46,6 +46,22 @@ pub trait Prefold: Send {
     /// Takes back a fold the worker is done with (taken and emptied, or refused), to fold
     /// into again.
     fn reuse(&mut self, spent: Folded);
+}
+
+/// What the thread folds batches with, and which.
+type Folding = (Box<dyn Prefold>, FoldWhen);
+
+/// Which of the batches that parsed cleanly the reading thread folds ([`Prefold`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FoldWhen {
+    /// Every one.
+    Always,
+    /// The next one after a batch that had to wait for the worker to take the one before
+    /// it: the thread is then ahead, with time to spare, and folding moves work off the
+    /// worker. When the worker is the one waiting (it folds faster than the thread parses,
+    /// as with few keys), the thread only parses, and the worker folds. So the work
+    /// settles between the two wherever the worker's costs lie.
+    Ahead,
 }
 
 /// Batches the thread may have parsed and the worker not yet taken (one more may be in
@@ -96,9 +112,9 @@ pub struct ReadAhead {
     peers: u64,
     blocks: u64,
     path: String,
-    /// What the thread folds each batch with, while no thread holds it (in a mutex for
-    /// the reason `thread` is).
-    prefold: Mutex<Option<Box<dyn Prefold>>>,
+    /// What the thread folds batches with, and which, while no thread holds it (in a
+    /// mutex for the reason `thread` is).
+    prefold: Mutex<Option<Folding>>,
 }
 
 /// The thread reading ahead, and the channels to it.
@@ -107,7 +123,7 @@ struct Thread {
     parsed: Receiver<Parsed>,
     /// Buffers replayed, for the thread to fill again.
     spent: Sender<Parsed>,
-    handle: JoinHandle<(FileReader, Option<Box<dyn Prefold>>)>,
+    handle: JoinHandle<(FileReader, Option<Folding>)>,
 }
 
 impl ReadAhead {
@@ -125,11 +141,12 @@ impl ReadAhead {
         }
     }
 
-    /// Has the thread also fold each batch with `prefold`, from the next batch it parses.
-    pub fn fold_with(&mut self, prefold: Box<dyn Prefold>) {
+    /// Has the thread also fold batches with `prefold` (those `when` says), from the next
+    /// batch it parses.
+    pub fn fold_with(&mut self, prefold: Box<dyn Prefold>, when: FoldWhen) {
         let reader = self.stop();
         self.idle = Some(reader);
-        *self.prefold() = Some(prefold);
+        *self.prefold() = Some((prefold, when));
     }
 
     /// The batch (= epoch) this worker reads next, or `None` when its share is done.
@@ -183,7 +200,7 @@ impl ReadAhead {
     }
 
     /// The fold the thread is to have, while none runs.
-    fn prefold(&mut self) -> &mut Option<Box<dyn Prefold>> {
+    fn prefold(&mut self) -> &mut Option<Folding> {
         self.prefold
             .get_mut()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -237,7 +254,7 @@ impl ReadAhead {
 impl Thread {
     /// Ends the thread and returns its reader: a thread waiting to hand over a batch sees
     /// the receiver gone and stops.
-    fn end(self) -> std::thread::Result<(FileReader, Option<Box<dyn Prefold>>)> {
+    fn end(self) -> std::thread::Result<(FileReader, Option<Folding>)> {
         drop((self.parsed, self.spent));
         self.handle.join()
     }
@@ -253,25 +270,29 @@ impl Drop for ReadAhead {
 }
 
 /// The thread: parses the reader's batches into buffers (the worker's spent ones when
-/// there are), folds those that parsed cleanly with `prefold` if there is one, and hands
-/// them over, until the share is done, a batch fails, or the worker is gone.
+/// there are), folds those that parsed cleanly with `prefold` if there is one (and its
+/// [`FoldWhen`] says so), and hands them over, until the share is done, a batch fails, or
+/// the worker is gone.
 fn read(
     reader: &mut FileReader,
-    prefold: &mut Option<Box<dyn Prefold>>,
+    prefold: &mut Option<Folding>,
     to_worker: &SyncSender<Parsed>,
     spent: &Receiver<Parsed>,
 ) {
     // The lengths of the last batch parsed: a new buffer is made that large at once
     // rather than grown to it by doubling (which leaves up to half of it unused).
     let mut last = Sizes::default();
+    // Whether the last batch waited for the worker (the first one: the worker waits).
+    let mut waited = false;
     while let Some(batch) = reader.next_batch() {
         let mut parsed = spent.try_recv().unwrap_or_else(|_| Parsed::sized_as(&last));
-        if let (Some(prefold), Some(folded)) = (prefold.as_mut(), parsed.folded.take()) {
+        if let (Some((prefold, _)), Some(folded)) = (prefold.as_mut(), parsed.folded.take()) {
             prefold.reuse(folded);
         }
         parsed.clear(batch);
         parsed.error = reader.read_batch(&mut parsed).err();
-        if let Some(prefold) = prefold.as_mut()
+        if let Some((prefold, when)) = prefold.as_mut()
+            && (*when == FoldWhen::Always || waited)
             && parsed.error.is_none()
             && parsed.malformed.is_empty()
         {
@@ -283,7 +304,18 @@ fn read(
             numbers: parsed.z.len(),
         };
         let failed = parsed.error.is_some();
-        if to_worker.send(parsed).is_err() || failed {
+        let sent = match to_worker.try_send(parsed) {
+            Ok(()) => {
+                waited = false;
+                Ok(())
+            }
+            Err(TrySendError::Full(parsed)) => {
+                waited = true;
+                to_worker.send(parsed).map_err(drop)
+            }
+            Err(TrySendError::Disconnected(_)) => Err(()),
+        };
+        if sent.is_err() || failed {
             return;
         }
     }
@@ -405,6 +437,8 @@ impl RecordSink for Parsed {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::source::FileFormat;
     use crate::source::lines::tests::schema;
@@ -634,7 +668,7 @@ mod tests {
                         let prefold = Collect::default();
                         let reused = std::sync::Arc::clone(&prefold.reused);
                         let mut reader = ReadAhead::new(open(&path, block, index, peers));
-                        reader.fold_with(Box::new(prefold));
+                        reader.fold_with(Box::new(prefold), FoldWhen::Always);
                         let ahead = batches_taking(&mut reader, None, take_folds);
                         let what = format!(
                             "{}, block {block}, worker {index} of {peers}",
@@ -652,7 +686,7 @@ mod tests {
                         // From the middle of the share, after a batch was read (and the
                         // next ones read ahead).
                         let mut reader = ReadAhead::new(open(&path, block, index, peers));
-                        reader.fold_with(Box::new(Collect::default()));
+                        reader.fold_with(Box::new(Collect::default()), FoldWhen::Always);
                         let mut first = Events::default();
                         reader.read_batch(&mut first).unwrap();
                         let from = expected[expected.len() / 2].0;
@@ -664,6 +698,35 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Folding only when ahead ([`FoldWhen::Ahead`]): behind a slow worker (a sink that
+    /// takes 2 ms a batch) the thread folds, behind a fast one it need not; either way the
+    /// sink sees what it sees read in place.
+    #[test]
+    fn a_thread_ahead_of_a_slow_worker_folds() {
+        let (dir, path) = file("fold-ahead");
+        let expected = batches(&mut open(&path, 1024, 0, 1), None);
+        for pause in [Duration::from_millis(2), Duration::ZERO] {
+            let mut reader = ReadAhead::new(open(&path, 1024, 0, 1));
+            reader.fold_with(Box::new(Collect::default()), FoldWhen::Ahead);
+            let mut ahead = Vec::new();
+            while let Some(batch) = reader.next_batch() {
+                std::thread::sleep(pause);
+                let mut events = Events {
+                    take_folds: true,
+                    ..Events::default()
+                };
+                let ended = reader.read_batch(&mut events).err().map(|e| e.to_string());
+                ahead.push((batch, events, ended));
+            }
+            assert!(ahead == expected, "pause {pause:?}");
+            let taken: usize = ahead.iter().map(|(_, e, _)| e.folds_taken).sum();
+            if !pause.is_zero() {
+                assert!(taken > expected.len() / 4, "{taken} of {}", expected.len());
             }
         }
         std::fs::remove_dir_all(&dir).unwrap();

@@ -25,7 +25,7 @@ mod sink;
 mod spec;
 pub mod tcp;
 
-pub use ahead::{Prefold, ReadAhead, ReadAheadMode};
+pub use ahead::{FoldWhen, Prefold, ReadAhead, ReadAheadMode};
 pub use file::FileReader;
 pub use generator::{GenReader, GenSpec};
 pub use lines::{FileFormat, LineParser};

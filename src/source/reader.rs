@@ -1,7 +1,7 @@
 //! One worker's share of a source, whatever its kind: the [`SourceReader`] the source
 //! operators read batch by batch.
 
-use super::ahead::{Prefold, ReadAhead};
+use super::ahead::{FoldWhen, Prefold, ReadAhead};
 use super::feed::DEFAULT_MAX_LINE;
 use super::file::FileReader;
 use super::generator::GenReader;
@@ -86,12 +86,12 @@ impl SourceReader {
     }
 
     /// Has the thread of a reader read ahead ([`read_ahead`](Self::read_ahead)) also fold
-    /// each batch with `prefold` ([`ReadAhead::fold_with`]); returns whether it does (no
-    /// other reader has a thread).
+    /// batches with `prefold` when it is ahead of the worker ([`ReadAhead::fold_with`],
+    /// [`FoldWhen::Ahead`]); returns whether it does (no other reader has a thread).
     pub fn fold_ahead_with(&mut self, prefold: impl FnOnce() -> Box<dyn Prefold>) -> bool {
         match self {
             SourceReader::Ahead(r) => {
-                r.fold_with(prefold());
+                r.fold_with(prefold(), FoldWhen::Ahead);
                 true
             }
             _ => false,
