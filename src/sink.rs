@@ -288,6 +288,7 @@ impl<D: JsonLine> LineRun<D> {
     }
 
     /// Line `i` in written order: its order key (empty unless merged) and its text.
+    #[cfg(test)]
     fn line(&self, i: usize) -> (&[u8], &[u8]) {
         let Span { key, text, .. } = self.spans[i];
         let key = self.keys.get(key.0..key.1).unwrap_or_default();
@@ -304,6 +305,8 @@ fn merge_runs<D: JsonLine>(
 ) -> io::Result<()> {
     runs.sort_by_key(|r| r.worker);
     let mut next = vec![0; runs.len()];
+    // The piece of a run's text not written yet: (run, from, to).
+    let mut pending: Option<(usize, usize, usize)> = None;
     loop {
         // The run whose next line is least (the only run, with one worker), by the
         // order the runs were sorted in: strictly less, so a tie keeps the lower worker.
@@ -324,16 +327,40 @@ fn merge_runs<D: JsonLine>(
         let Some(r) = least else {
             break;
         };
-        let (_, text) = runs[r].line(next[r]);
+        // Lines next to each other in their run's text go out as one piece (lines that
+        // came in written order are one piece each epoch).
+        let text = runs[r].spans[next[r]].text;
         next[r] += 1;
-        chunk.extend_from_slice(text);
-        if chunk.len() >= LINE_CHUNK {
-            out.write_all(chunk)?;
-            chunk.clear();
+        match &mut pending {
+            Some((at, _, to)) if *at == r && *to == text.0 => *to = text.1,
+            _ => {
+                if let Some((at, from, to)) = pending.replace((r, text.0, text.1)) {
+                    write_piece(&runs[at].text[from..to], chunk, out)?;
+                }
+            }
         }
+    }
+    if let Some((at, from, to)) = pending {
+        write_piece(&runs[at].text[from..to], chunk, out)?;
     }
     out.write_all(chunk)?;
     chunk.clear();
+    Ok(())
+}
+
+/// Writes `piece` through `chunk`: small pieces are gathered there, a large one goes out
+/// as it is (after what `chunk` holds).
+fn write_piece(piece: &[u8], chunk: &mut Vec<u8>, out: &mut dyn Write) -> io::Result<()> {
+    if piece.len() >= LINE_CHUNK {
+        out.write_all(chunk)?;
+        chunk.clear();
+        return out.write_all(piece);
+    }
+    chunk.extend_from_slice(piece);
+    if chunk.len() >= LINE_CHUNK {
+        out.write_all(chunk)?;
+        chunk.clear();
+    }
     Ok(())
 }
 
@@ -659,6 +686,42 @@ mod tests {
         let mut out = Vec::new();
         merge_runs(&mut one, &mut chunk, &mut out).unwrap();
         assert_eq!(out, b"a\nb\n");
+    }
+
+    /// Lines that come in written order go out as whole pieces, lines longer than a chunk
+    /// included, and merged with another run's they are still each in their place.
+    #[test]
+    fn pieces_in_written_order_are_written_whole() {
+        let long = "x".repeat(LINE_CHUNK + 5);
+        let text: &'static [String] = Vec::leak(
+            (0..40)
+                .map(|i| match i % 7 {
+                    3 => format!("{long}{i}"),
+                    _ => format!("line {i}"),
+                })
+                .collect(),
+        );
+        let line = |i: usize| Line(i as i64, &text[i]);
+        let expected = |of: &mut dyn Iterator<Item = usize>| {
+            of.map(|i| format!("{}\n", text[i])).collect::<String>()
+        };
+        // One worker, in written order: the run's text as it is.
+        let run = |worker, items: Vec<Line>, merged| {
+            LineRun::of(worker, vec![items], merged, false, &mut Vec::new(), 0).unwrap()
+        };
+        let mut one = vec![run(0, (0..40).map(line).collect(), false)];
+        let (mut chunk, mut out) = (Vec::new(), Vec::new());
+        merge_runs(&mut one, &mut chunk, &mut out).unwrap();
+        assert!(out == expected(&mut (0..40)).into_bytes());
+        assert!(chunk.is_empty());
+        // Two workers, the even lines on one and the odd on the other.
+        let mut two = vec![
+            run(0, (0..40).step_by(2).map(line).collect(), true),
+            run(1, (1..40).step_by(2).map(line).collect(), true),
+        ];
+        let mut out = Vec::new();
+        merge_runs(&mut two, &mut chunk, &mut out).unwrap();
+        assert!(out == expected(&mut (0..40)).into_bytes());
     }
 
     /// An output that cannot be opened is handed to the run's hook with exit code 2: the

@@ -116,6 +116,7 @@ impl<'scope> WindowedModels<'scope> for VecCollection<'scope, Epoch, (Key, Pane)
             // progress reports that came at it, held with a capability for each output.
             type Arrived = (Vec<Vec<PaneUpdate>>, Vec<Control>);
             let mut held: ByEpoch<Arrived> = ByEpoch::default();
+            let mut by_end = ByEnd::default();
             const OUTPUTS: [usize; 3] = [0, 1, 2];
             move |frontiers| {
                 panes.for_each(|cap, data| {
@@ -153,10 +154,11 @@ impl<'scope> WindowedModels<'scope> for VecCollection<'scope, Epoch, (Key, Pane)
                     let mut acks = acks.session(&caps[1]);
                     let mut estimates = estimates.session(&caps[2]);
                     state.epoch(epoch, updates, reports, |e| match e {
-                        Emission::Model(m) => models.give(m),
+                        Emission::Model(m) => by_end.push(m),
                         Emission::Ack(a) => acks.give(a),
                         Emission::Estimate(m) => estimates.give(m),
                     });
+                    by_end.give(|lines| models.give_container(lines));
                 }
             }
         });
@@ -164,6 +166,64 @@ impl<'scope> WindowedModels<'scope> for VecCollection<'scope, Epoch, (Key, Pane)
             models,
             acks,
             estimates,
+        }
+    }
+}
+
+/// An epoch's model lines grouped by window end, in the order they came within a group,
+/// given on in order of end: the order the sink writes them in (window end, then key: the
+/// keys are evaluated in the order `--out` writes them), so that it finds them sorted and
+/// writes its text as it is, instead of gathering a sorted order's lines from all over
+/// it. An epoch that closes several window ends makes one sorted sequence per end,
+/// interleaved key by key; sessions end anywhere, so past [`ByEnd::GROUPS`] ends the rest
+/// share a last group (which the sink sorts).
+#[derive(Default)]
+struct ByEnd {
+    /// Window end → its lines, in containers of at most [`ByEnd::CHUNK`] (a container
+    /// given on is not copied; one grown by doubling would be, each time it grows).
+    groups: Vec<(Time, Vec<Vec<ModelLine>>)>,
+}
+
+impl ByEnd {
+    /// The most window ends given a group of their own.
+    const GROUPS: usize = 16;
+    /// Lines per container.
+    const CHUNK: usize = 64;
+
+    fn push(&mut self, line: ModelLine) {
+        let end = line.window_end;
+        let at = match self.groups.iter().rposition(|(e, _)| *e == end) {
+            Some(at) => at,
+            None if self.groups.len() < Self::GROUPS => {
+                self.groups.push((end, Vec::new()));
+                self.groups.len() - 1
+            }
+            // The shared last group (its key is past every end).
+            None => match self.groups.iter().position(|(e, _)| *e == Time::MAX) {
+                Some(at) => at,
+                None => {
+                    self.groups.push((Time::MAX, Vec::new()));
+                    self.groups.len() - 1
+                }
+            },
+        };
+        let chunks = &mut self.groups[at].1;
+        match chunks.last_mut() {
+            Some(chunk) if chunk.len() < Self::CHUNK => chunk.push(line),
+            _ => {
+                let mut chunk = Vec::with_capacity(Self::CHUNK);
+                chunk.push(line);
+                chunks.push(chunk);
+            }
+        }
+    }
+
+    /// Hands the lines to `give` a container at a time, group by group in order of end,
+    /// and empties it.
+    fn give(&mut self, mut give: impl FnMut(&mut Vec<ModelLine>)) {
+        self.groups.sort_by_key(|(end, _)| *end);
+        for (_, chunks) in self.groups.drain(..) {
+            chunks.into_iter().for_each(|mut chunk| give(&mut chunk));
         }
     }
 }
@@ -877,6 +937,52 @@ fn windows_into(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Model lines come out grouped by window end, ends in order, each group in the order
+    /// its lines came, in containers of at most `CHUNK`; past `GROUPS` ends the others
+    /// share a last group, in the order they came.
+    #[test]
+    fn lines_are_given_by_window_end() {
+        let line = |key: &str, end: Time| {
+            let window = Window {
+                start: end - 10,
+                end,
+            };
+            ModelLine::new(key, window, 1, Fit::underdetermined(), true, 0)
+        };
+        let mut by_end = ByEnd::default();
+        let mut came = Vec::new();
+        for i in 0..(3 * ByEnd::CHUNK) {
+            for end in [30, 10, 20] {
+                let key = format!("k{i:05}");
+                came.push((key.clone(), end));
+                by_end.push(line(&key, end));
+            }
+        }
+        // Ends past the groups: 100 + 17 of them, the first ones first.
+        let many = (0..(ByEnd::GROUPS as Time + 17)).map(|i| 1_000 - i);
+        for end in many.clone() {
+            by_end.push(line("late", end));
+        }
+        let mut given = Vec::new();
+        by_end.give(|lines| {
+            assert!(!lines.is_empty() && lines.len() <= ByEnd::CHUNK);
+            given.extend(lines.drain(..).map(|l| (l.key, l.window_end)));
+        });
+        let mut expected = came.clone();
+        expected.sort_by_key(|(_, end)| *end); // stable: each end's lines as they came
+        // The first 13 of the many ends had a group each (16 with 10, 20 and 30), the
+        // rest share the last one.
+        let own = ByEnd::GROUPS - 3;
+        let mut grouped: Vec<Time> = many.clone().take(own).collect();
+        grouped.sort();
+        expected.extend(grouped.into_iter().map(|end| ("late".to_owned(), end)));
+        expected.extend(many.skip(own).map(|end| ("late".to_owned(), end)));
+        assert_eq!(given, expected);
+        let mut nothing = 0;
+        by_end.give(|_| nothing += 1);
+        assert_eq!(nothing, 0, "given once");
+    }
 
     /// The windows of `panes` ending in `(after, through]` the slow way: every window of
     /// every pane, each with the panes it covers.
