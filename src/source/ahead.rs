@@ -144,7 +144,9 @@ impl ReadAhead {
     /// Has the thread also fold batches with `prefold` (those `when` says), from the next
     /// batch it parses.
     pub fn fold_with(&mut self, prefold: Box<dyn Prefold>, when: FoldWhen) {
-        let reader = self.stop();
+        // A thread that ran ahead stops: it starts again at the batch the worker reads next.
+        let mut reader = self.stop();
+        reader.set_next(self.next);
         self.idle = Some(reader);
         *self.prefold() = Some((prefold, when));
     }
@@ -683,12 +685,18 @@ mod tests {
                             handed_back > 0 && handed_back <= clean,
                             "{what}: {handed_back}"
                         );
-                        // From the middle of the share, after a batch was read (and the
-                        // next ones read ahead).
+                        // Folding from the second batch on, the first read (and the
+                        // next ones read ahead) before; then from the middle of the share.
                         let mut reader = ReadAhead::new(open(&path, block, index, peers));
-                        reader.fold_with(Box::new(Collect::default()), FoldWhen::Always);
                         let mut first = Events::default();
                         reader.read_batch(&mut first).unwrap();
+                        reader.fold_with(Box::new(Collect::default()), FoldWhen::Always);
+                        let mut second = Events {
+                            take_folds,
+                            ..Events::default()
+                        };
+                        reader.read_batch(&mut second).unwrap();
+                        assert!(second == expected[1].1, "{what}: the batch after the first");
                         let from = expected[expected.len() / 2].0;
                         reader.seek(from);
                         let rest = batches_taking(&mut reader, None, take_folds);
