@@ -217,6 +217,13 @@ impl Combiner {
         });
     }
 
+    /// What the watermark does with a record at `t`, of the bucket starting at `bucket`
+    /// (moving it if admitted): for records fed one by one and batches folded ahead alike.
+    #[inline]
+    fn admit(&mut self, t: Time, bucket: Time) -> Admission {
+        self.watermark.admit(t, self.window.late_at_in(t, bucket))
+    }
+
     /// The number of panes the records fed since the last drain fall in.
     pub(crate) fn pane_count(&self) -> usize {
         self.panes.folded.len()
@@ -261,10 +268,7 @@ impl RecordSink for Combiner {
             return;
         }
         self.counts.records += 1;
-        match self
-            .watermark
-            .admit(r.time, self.window.late_at_in(r.time, bucket))
-        {
+        match self.admit(r.time, bucket) {
             Admission::Admit => self.panes.add(r, bucket, self.features),
             admission => {
                 if admission == Admission::Late {
@@ -293,10 +297,8 @@ impl RecordSink for Combiner {
         }
         let (watermark, buckets) = (self.watermark.clone(), self.buckets);
         for &t in rows.times() {
-            let admitted = self.buckets.of(t).is_some_and(|bucket| {
-                let late_at = self.window.late_at_in(t, bucket);
-                self.watermark.admit(t, late_at) == Admission::Admit
-            });
+            let admitted =
+                (self.buckets.of(t)).is_some_and(|b| self.admit(t, b) == Admission::Admit);
             if !admitted {
                 (self.watermark, self.buckets) = (watermark, buckets);
                 return Err(folded);
