@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `NAME` | the place, e.g. `checkpoint.part`, `checkpoint.commit`, `ingest.append`, `windows.key`, `file.block` (ARG: the block) |
 //! | `ARG` | fire only when the place's argument equals it (e.g. a key); any argument if absent |
-//! | `ACTION` | `eio` or `enospc` (the place fails with that I/O error), `panic`, or `pause:PATH` (the thread waits there until the file `PATH` exists, at most 60 s: a paused reader) |
+//! | `ACTION` | `eio` or `enospc` (the place fails with that I/O error), `panic`, `pause:PATH` (the thread waits there until the file `PATH` exists, at most 60 s: a paused reader), or `sleep:MS` (the thread sleeps `MS` milliseconds, at most 10 000: a slow worker) |
 //! | `COUNT` | fire at most this many times in this process (every time if absent) |
 //!
 //! Unset (the normal case), [`hit`] is one relaxed atomic load. The variable is read once,
@@ -31,6 +31,8 @@ pub enum Action {
     Panic,
     /// The thread waits until this file exists (at most 60 s), then goes on.
     Pause(String),
+    /// The thread sleeps this long, then goes on.
+    Sleep(std::time::Duration),
 }
 
 struct Entry {
@@ -84,6 +86,14 @@ fn parse(text: &str) -> Result<Vec<Entry>, String> {
             other if other.starts_with("pause:") => {
                 Action::Pause(other["pause:".len()..].to_owned())
             }
+            other if other.starts_with("sleep:") => {
+                let ms = other["sleep:".len()..]
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|ms| *ms <= 10_000)
+                    .ok_or_else(|| format!("{item:?}: sleep:MS takes 0 to 10000 ms"))?;
+                Action::Sleep(std::time::Duration::from_millis(ms))
+            }
             other => return Err(format!("{item:?}: unknown action {other:?}")),
         };
         out.push(Entry {
@@ -126,6 +136,7 @@ pub fn hit(name: &str, arg: Option<&str>) -> Option<Action> {
                         std::thread::sleep(std::time::Duration::from_millis(10));
                     }
                 }
+                Action::Sleep(pause) => std::thread::sleep(*pause),
                 _ => {}
             }
             return Some(entry.action.clone());
@@ -170,6 +181,13 @@ mod tests {
         let p = parse("ingest.batch(3)=pause:/tmp/go*1").unwrap();
         assert_eq!(p[0].action, Action::Pause("/tmp/go".into()));
         assert_eq!(p[0].left.load(Ordering::Relaxed), 1);
+        let s = parse("ingest.batch=sleep:20").unwrap();
+        assert_eq!(
+            s[0].action,
+            Action::Sleep(std::time::Duration::from_millis(20))
+        );
+        assert!(parse("x=sleep:20000").is_err());
+        assert!(parse("x=sleep:soon").is_err());
         assert!(parse("x=boom").is_err());
         assert!(parse("x").is_err());
         assert!(parse("x(a=eio").is_err());

@@ -49,9 +49,25 @@ pub struct Metrics {
     pub checkpoint_bytes: AtomicU64,
     /// Time spent writing checkpoint parts (µs).
     pub checkpoint_micros: AtomicU64,
+    /// Batches that the thread reading a file ahead folded into panes and that the worker
+    /// took whole (see docs/architecture.md, "Files read ahead").
+    pub folded_ahead: AtomicU64,
+    /// Batches folded ahead that the worker refused (a record late, too far ahead or out
+    /// of range) and read record by record instead.
+    pub folds_refused: AtomicU64,
     /// What this process heard of every process's heartbeat, by process index (filled on
     /// process 0 only: the heartbeats go to its first worker).
     pub processes: Mutex<Vec<Heard>>,
+}
+
+/// What became of the batches a worker's reading thread folded ahead, since last added
+/// ([`Metrics::add_folds`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Folds {
+    /// Taken whole ([`Metrics::folded_ahead`]).
+    pub taken: u64,
+    /// Refused and read record by record ([`Metrics::folds_refused`]).
+    pub refused: u64,
 }
 
 /// How often each process sends its heartbeat to process 0.
@@ -115,6 +131,10 @@ pub struct Snapshot {
     pub checkpoint_micros: u64,
     /// See [`Metrics::estimates`].
     pub estimates: u64,
+    /// See [`Metrics::folded_ahead`].
+    pub folded_ahead: u64,
+    /// See [`Metrics::folds_refused`].
+    pub folds_refused: u64,
 }
 
 impl Metrics {
@@ -124,6 +144,14 @@ impl Metrics {
         self.malformed.fetch_add(counts.malformed, Relaxed);
         self.late.fetch_add(counts.late, Relaxed);
         self.too_far.fetch_add(counts.too_far, Relaxed);
+    }
+
+    /// Adds one batch's folds ([`Folds`]).
+    pub fn add_folds(&self, folds: Folds) {
+        if folds != Folds::default() {
+            self.folded_ahead.fetch_add(folds.taken, Relaxed);
+            self.folds_refused.fetch_add(folds.refused, Relaxed);
+        }
     }
 
     /// Adds `records` read by worker `worker`.
@@ -288,6 +316,8 @@ impl Metrics {
             checkpoint_bytes: self.checkpoint_bytes.load(Relaxed),
             checkpoint_micros: self.checkpoint_micros.load(Relaxed),
             estimates: self.estimates.load(Relaxed),
+            folded_ahead: self.folded_ahead.load(Relaxed),
+            folds_refused: self.folds_refused.load(Relaxed),
         }
     }
 }

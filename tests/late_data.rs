@@ -54,7 +54,9 @@ fn too_late(name: &str, win: Win) {
 
     // Read ahead of the worker, batches of 4 KiB folded into panes on the reading thread
     // (the one with the late record refused and replayed record by record), and in place:
-    // the same output and the same record set aside, byte for byte.
+    // the same output and the same record set aside, byte for byte. The worker read ahead
+    // of is made slow (20 ms a batch), so that the thread is always ahead and folds every
+    // batch after the first few, the late record's among them.
     let mut outputs = Vec::new();
     for ahead in ["on", "off"] {
         let late_out = dir.path(&format!("late-{ahead}.jsonl"));
@@ -68,9 +70,21 @@ fn too_late(name: &str, win: Win) {
         ]
         .map(String::from)
         .to_vec();
-        let (run, text) = run_ok(&dir, &cfg, &format!("out-{ahead}.jsonl"));
+        let out = dir.path(&format!("out-{ahead}.jsonl"));
+        let slow = [("TRIBUTARY_FAILPOINTS", "ingest.batch=sleep:20")];
+        let run = run_engine_env(&dir, &cfg.args(&out), &slow);
+        run.assert_success();
+        let text = std::fs::read_to_string(&out).unwrap();
         let ctx = format!("{name} ({})", run.cmdline);
         check_too_late(&run, &text, &late_out, &late, &want, &ctx);
+        let (folded, refused) = (run.summary("folded_ahead"), run.summary("folds_refused"));
+        if ahead == "on" {
+            // Every batch but the late record's taken whole; that one refused, replayed.
+            assert!(folded >= Some(1), "{ctx}: nothing folded: {}", run.stderr);
+            assert_eq!(refused, Some(1), "{ctx}: {}", run.stderr);
+        } else {
+            assert_eq!((folded, refused), (None, None), "{ctx}: {}", run.stderr);
+        }
         outputs.push((text, std::fs::read(&late_out).unwrap()));
     }
     assert!(

@@ -9,6 +9,7 @@ use rustc_hash::FxHashMap;
 use super::context::WindowConfig;
 use crate::key::{Key, pack};
 use crate::messages::SetAside;
+use crate::metrics::Folds;
 use crate::record::{MAX_ABS_VALUE, Record, RecordRef, TIME_LIMIT, check_time};
 use crate::source::{Folded, Malformed, MalformedPolicy, Prefold, RecordSink, Rows, SourceError};
 use crate::stats::Stats;
@@ -26,6 +27,8 @@ pub(crate) struct Combiner {
     buckets: Buckets,
     /// What the records fed since the last `take` held.
     pub(crate) counts: Counts,
+    /// The batches folded ahead taken and refused since the last `take`.
+    pub(crate) folds: Folds,
     /// Records set aside since the last drain.
     pub(crate) aside: Vec<SetAside>,
 }
@@ -200,6 +203,7 @@ impl Combiner {
             panes: Panes::default(),
             buckets: Buckets::new(config.window),
             counts: Counts::default(),
+            folds: Folds::default(),
             aside: Vec::new(),
         }
     }
@@ -293,6 +297,7 @@ impl RecordSink for Combiner {
     /// and the records come one by one.
     fn take_folded(&mut self, rows: Rows<'_>, folded: Folded) -> Result<Folded, Folded> {
         if !self.panes.folded.is_empty() || !folded.is::<Panes>() {
+            self.folds.refused += 1;
             return Err(folded);
         }
         let (watermark, buckets) = (self.watermark.clone(), self.buckets);
@@ -301,10 +306,12 @@ impl RecordSink for Combiner {
                 (self.buckets.of(t)).is_some_and(|b| self.admit(t, b) == Admission::Admit);
             if !admitted {
                 (self.watermark, self.buckets) = (watermark, buckets);
+                self.folds.refused += 1;
                 return Err(folded);
             }
         }
         self.counts.records += rows.len() as u64;
+        self.folds.taken += 1;
         let mut panes = folded.downcast::<Panes>().expect("a fold of panes");
         std::mem::swap(&mut self.panes, &mut panes);
         Ok(panes)

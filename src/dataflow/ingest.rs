@@ -178,6 +178,7 @@ pub fn ingest<'scope>(
                     }
                     let done = next.is_none();
                     metrics.add(&combiner.counts);
+                    metrics.add_folds(std::mem::take(&mut combiner.folds));
                     let count = combiner.pane_count();
                     let mut session = panes.session(c);
                     for (pane, stats) in combiner.drain_panes() {

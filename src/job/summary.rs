@@ -37,13 +37,23 @@ impl Summary {
     pub fn line(&self) -> String {
         let secs = self.elapsed.as_secs_f64();
         let per_worker: Vec<String> = self.worker_records.iter().map(u64::to_string).collect();
+        let s = &self.metrics;
+        // Only for a run whose files were read ahead and folded on the reading thread.
+        let folds = if s.folded_ahead + s.folds_refused > 0 {
+            format!(
+                " folded_ahead={} folds_refused={}",
+                s.folded_ahead, s.folds_refused
+            )
+        } else {
+            String::new()
+        };
         format!(
             "done: {} provisional={} elapsed={:.3}s throughput={:.0} records/s peak_rss_mib={:.1} \
-             worker_records={}",
-            progress_line(&self.metrics, self.metrics.records as f64 / secs.max(1e-9)),
-            self.metrics.windows_provisional,
+             worker_records={}{folds}",
+            progress_line(s, s.records as f64 / secs.max(1e-9)),
+            s.windows_provisional,
             secs,
-            self.metrics.records as f64 / secs.max(1e-9),
+            s.records as f64 / secs.max(1e-9),
             peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64,
             per_worker.join("/"),
         )

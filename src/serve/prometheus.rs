@@ -113,6 +113,20 @@ impl Instruments {
             ),
             (
                 counter(
+                    "batches_folded_ahead_total",
+                    "Batches of a file folded into panes by the thread reading ahead, taken whole",
+                )?,
+                |s| s.metrics.folded_ahead,
+            ),
+            (
+                counter(
+                    "batches_fold_refused_total",
+                    "Batches folded ahead that the worker refused (a record late, too far ahead or out of range) and read record by record",
+                )?,
+                |s| s.metrics.folds_refused,
+            ),
+            (
+                counter(
                     "checkpoint_bytes_total",
                     "Bytes written to checkpoint parts by this process",
                 )?,
