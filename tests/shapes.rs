@@ -440,12 +440,17 @@ fn plain_csv_killed_under_checkpoint_resumes_exactly_once_with_late_out() {
             .count()
     };
     let total = want.len();
+    // A worker slower than its reading thread (2 ms a batch), so that the thread folds
+    // the batches ahead: taken whole, or refused for their late records and replayed,
+    // across the kills and the restores' seeks.
+    let slow = ("TRIBUTARY_FAILPOINTS", "ingest.batch=sleep:2");
     let mut killed = 0;
     for fraction in [4, 2] {
         let err = std::fs::File::create(dir.path(&format!("kill-{fraction}.stderr"))).unwrap();
         let mut child = Reaped::spawn(
             Command::new(BIN)
                 .args(&args)
+                .env(slow.0, slow.1)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(err),
@@ -454,13 +459,16 @@ fn plain_csv_killed_under_checkpoint_resumes_exactly_once_with_late_out() {
             child.kill_when(Duration::from_secs(60), || finals_now() >= total / fraction) as usize;
     }
     assert!(killed >= 1, "the run ended before it could be killed");
-    let run = run_engine(&dir, &args);
+    let run = run_engine_env(&dir, &args, &[slow]);
     run.assert_success();
     assert!(
         run.stderr.contains("resuming from checkpoint"),
         "{}",
         run.stderr
     );
+    // The resumed run folded ahead, and refused the batches with late records.
+    assert!(run.summary("folded_ahead") >= Some(1), "{}", run.stderr);
+    assert!(run.summary("folds_refused") >= Some(1), "{}", run.stderr);
     let ctx = "csv: killed -9 under --checkpoint and resumed";
     assert_out_matches(&out, &want, want.len(), ctx);
     // Each window written final once.
