@@ -67,3 +67,45 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(folded_ahead: u64, folds_refused: u64) -> String {
+        let metrics = Snapshot {
+            records: 1000,
+            folded_ahead,
+            folds_refused,
+            ..Snapshot::default()
+        };
+        let elapsed = Duration::from_millis(500);
+        let worker_records = vec![600, 400];
+        Summary {
+            metrics,
+            elapsed,
+            worker_records,
+        }
+        .line()
+    }
+
+    /// The fold counters end the line when a batch was folded ahead (taken or refused),
+    /// and are absent otherwise; the fields before them do not move.
+    #[test]
+    fn the_summary_names_the_folds_only_when_there_were_some() {
+        let none = summary(0, 0);
+        assert!(
+            none.starts_with("done: records=1000 rate=2000/s "),
+            "{none}"
+        );
+        assert!(none.ends_with(" worker_records=600/400"), "{none}");
+        assert!(!none.contains("fold"), "{none}");
+        for (taken, refused) in [(3, 1), (0, 2), (5, 0)] {
+            let line = summary(taken, refused);
+            let tail =
+                format!(" worker_records=600/400 folded_ahead={taken} folds_refused={refused}");
+            assert!(line.ends_with(&tail), "{line}");
+            assert!(line.contains(" throughput=2000 records/s "), "{line}");
+        }
+    }
+}
