@@ -70,11 +70,8 @@ fn too_late(name: &str, win: Win) {
         ]
         .map(String::from)
         .to_vec();
-        let out = dir.path(&format!("out-{ahead}.jsonl"));
         let slow = [("TRIBUTARY_FAILPOINTS", "ingest.batch=sleep:20")];
-        let run = run_engine_env(&dir, &cfg.args(&out), &slow);
-        run.assert_success();
-        let text = std::fs::read_to_string(&out).unwrap();
+        let (run, text) = run_ok_env(&dir, &cfg, &format!("out-{ahead}.jsonl"), &slow);
         let ctx = format!("{name} ({})", run.cmdline);
         check_too_late(&run, &text, &late_out, &late, &want, &ctx);
         let (folded, refused) = (run.summary("folded_ahead"), run.summary("folds_refused"));

@@ -171,8 +171,18 @@ impl RunCfg {
 
 /// Runs the engine with `cfg`, asserts success, returns (run output, raw output text).
 pub fn run_ok(dir: &TempDir, cfg: &RunCfg, out_name: &str) -> (RunOutput, String) {
+    run_ok_env(dir, cfg, out_name, &[])
+}
+
+/// [`run_ok`] with these environment variables set for the engine.
+pub fn run_ok_env(
+    dir: &TempDir,
+    cfg: &RunCfg,
+    out_name: &str,
+    env: &[(&str, &str)],
+) -> (RunOutput, String) {
     let out = dir.path(out_name);
-    let r = run_engine(dir, &cfg.args(&out));
+    let r = run_engine_env(dir, &cfg.args(&out), env);
     r.assert_success();
     let text = std::fs::read_to_string(&out).unwrap_or_default();
     (r, text)
