@@ -38,6 +38,7 @@ impl Summary {
         let secs = self.elapsed.as_secs_f64();
         let per_worker: Vec<String> = self.worker_records.iter().map(u64::to_string).collect();
         let s = &self.metrics;
+        let rate = s.records as f64 / secs.max(1e-9);
         // Only for a run whose files were read ahead and folded on the reading thread.
         let folds = if s.folded_ahead + s.folds_refused > 0 {
             format!(
@@ -50,10 +51,10 @@ impl Summary {
         format!(
             "done: {} provisional={} elapsed={:.3}s throughput={:.0} records/s peak_rss_mib={:.1} \
              worker_records={}{folds}",
-            progress_line(s, s.records as f64 / secs.max(1e-9)),
+            progress_line(s, rate),
             s.windows_provisional,
             secs,
-            s.records as f64 / secs.max(1e-9),
+            rate,
             peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64,
             per_worker.join("/"),
         )
