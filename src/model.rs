@@ -154,7 +154,7 @@ fn checked(stats: &Stats) -> Result<usize, Fit> {
     if !determined(stats.n, d) {
         return Err(Fit::underdetermined());
     }
-    if !stats.sums.iter().all(|v| v.is_finite()) {
+    if !stats.sums().iter().all(|v| v.is_finite()) {
         return Err(Fit::not_finite());
     }
     Ok(d)
@@ -253,7 +253,8 @@ fn fit_of(
 /// a floating-point sum does not depend on its operands' order.
 fn solve_fixed<const D: usize>(stats: &Stats, options: SolveOptions) -> Fit {
     let m = D + 1;
-    let sums = &stats.sums[..];
+    let sums = stats.sums();
+    let sums = &sums[..];
     // Stats::cross without recomputing the dimension each time.
     let cross = |i: usize, j: usize| {
         let (i, j) = if i <= j { (i, j) } else { (j, i) };
@@ -710,7 +711,7 @@ mod tests {
             for z in &rows {
                 stats.plus_equals(&Stats::of_row(z));
             }
-            prop_assert!(stats.sums.iter().all(|v| v.is_finite()));
+            prop_assert!(stats.sums().iter().all(|v| v.is_finite()));
             let fit = solve(&stats, SolveOptions::default());
             check_fit(&fit, d);
         }
@@ -786,7 +787,7 @@ mod tests {
                 -2i64..3 * m as i64,
                 prop::collection::vec(any_value(), m + m * (m + 1) / 2),
             )
-                .prop_map(|(n, sums)| Stats { n, sums });
+                .prop_map(|(n, sums)| Stats::from_sums(n, sums));
             prop_oneof![6 => from_rows, 1 => raw]
         })
     }

@@ -16,6 +16,7 @@
 //! records: [`crate::operators`]); then a pane whose count sums to zero really has no
 //! rows, whatever residue the sums held.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 
 use differential_dataflow::difference::{Abelian, IsZero, Monoid, Semigroup};
@@ -39,6 +40,13 @@ pub const fn packed_index(m: usize, i: usize, j: usize) -> usize {
 /// Layout of [`Stats::sums`]: the first `m = d + 1` entries are `Σz`, then the packed upper
 /// triangle of `ZᵀZ`, row by row (`(0,0), (0,1), …, (0,m-1), (1,1), …`).
 ///
+/// The statistics of a single row ([`Stats::of_row`]) keep the row itself, `m` numbers
+/// instead of `m + m(m+1)/2`, and make its products only when another row or a negation
+/// needs them: with many keys most panes hold one record, and the sums of a pane of
+/// `d = 8` are 432 bytes against the row's 72. The products are the ones
+/// [`Stats::add_row`] makes, rounded the same way, so a sum does not depend on when they
+/// were made. Equality, order and the serialized form are those of the sums.
+///
 /// ```
 /// use differential_dataflow::difference::{Abelian, IsZero, Semigroup};
 /// use tributary::Stats;
@@ -56,12 +64,40 @@ pub const fn packed_index(m: usize, i: usize, j: usize) -> usize {
 /// window.plus_equals(&retraction);
 /// assert!(window.is_zero());
 /// ```
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default)]
 pub struct Stats {
     /// Number of rows (negative while a retraction is being accumulated).
     pub n: i64,
-    /// `Σz` followed by the packed upper triangle of `ZᵀZ`; empty when `n == 0`.
-    pub sums: Vec<f64>,
+    /// `Σz` followed by the packed upper triangle of `ZᵀZ`, or the row `z` itself when
+    /// `row`; empty when `n == 0`.
+    sums: Vec<f64>,
+    /// Whether `sums` is a single row (then `n == 1`).
+    row: bool,
+}
+
+/// The serialized form of [`Stats`]: the count and the sums (a row's made).
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "Stats")]
+struct StatsForm<'a> {
+    n: i64,
+    sums: Cow<'a, [f64]>,
+}
+
+impl Serialize for Stats {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        StatsForm {
+            n: self.n,
+            sums: self.sums(),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Stats {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let form = StatsForm::deserialize(deserializer)?;
+        Ok(Stats::from_sums(form.n, form.sums.into_owned()))
+    }
 }
 
 impl Stats {
@@ -70,6 +106,7 @@ impl Stats {
         Stats {
             n: 0,
             sums: Vec::new(),
+            row: false,
         }
     }
 
@@ -79,14 +116,76 @@ impl Stats {
         Stats {
             n: 0,
             sums: vec![0.0; m + packed_len(m)],
+            row: false,
         }
     }
 
-    /// The statistics of a single row `z = [x, y]`.
-    pub fn of_row(z: &[f64]) -> Self {
-        let mut stats = Stats::with_features(z.len() - 1);
-        stats.add_row(z);
+    /// The statistics of count `n` and sums `sums` in the full layout (see [`Stats`]; any
+    /// length of it is taken as is). With `n == 0` they are zero, whatever `sums` holds.
+    pub fn from_sums(n: i64, sums: Vec<f64>) -> Self {
+        let mut stats = Stats {
+            n,
+            sums,
+            row: false,
+        };
+        stats.canonicalize();
         stats
+    }
+
+    /// The statistics of a single row `z = [x, y]` (at least one feature), which keep the
+    /// row until its products are needed.
+    pub fn of_row(z: &[f64]) -> Self {
+        assert!(z.len() >= 2, "a row has at least one feature and a target");
+        Stats {
+            n: 1,
+            sums: z.to_vec(),
+            row: true,
+        }
+    }
+
+    /// `Σz` followed by the packed upper triangle of `ZᵀZ` (empty for zero statistics):
+    /// borrowed, or made from a single row.
+    pub fn sums(&self) -> Cow<'_, [f64]> {
+        match self.row {
+            true => {
+                let mut full = Stats::with_features(self.sums.len() - 1);
+                full.add_row(&self.sums);
+                Cow::Owned(full.sums)
+            }
+            false => Cow::Borrowed(&self.sums),
+        }
+    }
+
+    /// The storage of the statistics: the sums, or the single row (for a prefetch).
+    pub(crate) fn storage(&self) -> &[f64] {
+        &self.sums
+    }
+
+    /// Makes the products of a single row, so that `sums` is the full layout.
+    fn expand(&mut self) {
+        if self.row {
+            let z = std::mem::take(&mut self.sums);
+            self.row = false;
+            self.n = 0;
+            self.sums = vec![0.0; z.len() + packed_len(z.len())];
+            self.add_row(&z);
+        }
+    }
+
+    /// Becomes a copy of `other` in the full layout, reusing its storage: a sum of
+    /// statistics starts so ([`Semigroup::plus_equals`] of zero copies `other`'s form).
+    pub(crate) fn assign(&mut self, other: &Stats) {
+        self.sums.clear();
+        self.row = false;
+        self.n = 0;
+        if other.row {
+            self.sums
+                .resize(other.sums.len() + packed_len(other.sums.len()), 0.0);
+            self.add_row(&other.sums);
+        } else {
+            self.sums.extend_from_slice(&other.sums);
+            self.n = other.n;
+        }
     }
 
     /// Adds one row `z = [x₁ … x_d, y]` in `O(d²)`, without allocating.
@@ -94,6 +193,7 @@ impl Stats {
     /// The statistics must have been made for `z.len() - 1` features.
     #[inline]
     pub fn add_row(&mut self, z: &[f64]) {
+        self.expand();
         let m = z.len();
         debug_assert_eq!(
             self.sums.len(),
@@ -120,6 +220,9 @@ impl Stats {
         if self.sums.is_empty() {
             return None;
         }
+        if self.row {
+            return Some(self.sums.len() - 1);
+        }
         // len = m + m(m+1)/2  =>  m² + 3m − 2·len = 0.
         let len = self.sums.len() as f64;
         let m = ((-3.0 + (9.0 + 8.0 * len).sqrt()) / 2.0).round() as usize;
@@ -136,6 +239,9 @@ impl Stats {
     pub fn cross(&self, i: usize, j: usize) -> f64 {
         let m = self.features().expect("cross of zero statistics") + 1;
         let (i, j) = if i <= j { (i, j) } else { (j, i) };
+        if self.row {
+            return self.sums[i] * self.sums[j];
+        }
         self.sums[m + packed_index(m, i, j)]
     }
 
@@ -203,6 +309,7 @@ impl Stats {
     fn canonicalize(&mut self) {
         if self.n == 0 {
             self.sums.clear();
+            self.row = false;
         }
     }
 }
@@ -259,6 +366,20 @@ impl Semigroup for Stats {
         }
         if self.sums.is_empty() {
             self.sums.extend_from_slice(&rhs.sums);
+            self.row = rhs.row;
+            self.n = rhs.n;
+            return;
+        }
+        let n = self.n + rhs.n;
+        self.expand();
+        if rhs.row {
+            let m = rhs.sums.len();
+            assert_eq!(
+                self.sums.len(),
+                m + packed_len(m),
+                "statistics of different dimensions"
+            );
+            self.add_row(&rhs.sums);
         } else {
             assert_eq!(
                 self.sums.len(),
@@ -269,7 +390,7 @@ impl Semigroup for Stats {
                 *a += b;
             }
         }
-        self.n += rhs.n;
+        self.n = n;
         self.canonicalize();
     }
 }
@@ -282,6 +403,7 @@ impl Monoid for Stats {
 
 impl Abelian for Stats {
     fn negate(&mut self) {
+        self.expand();
         self.n = -self.n;
         for s in &mut self.sums {
             *s = -*s;
@@ -294,10 +416,10 @@ impl Abelian for Stats {
 impl Ord for Stats {
     fn cmp(&self, other: &Self) -> Ordering {
         self.n.cmp(&other.n).then_with(|| {
-            let (a, b) = (&self.sums, &other.sums);
+            let (a, b) = (self.sums(), other.sums());
             a.len().cmp(&b.len()).then_with(|| {
                 a.iter()
-                    .zip(b)
+                    .zip(b.iter())
                     .map(|(x, y)| x.total_cmp(y))
                     .find(|o| o.is_ne())
                     .unwrap_or(Ordering::Equal)
@@ -359,7 +481,7 @@ mod tests {
         s.plus_equals(&back);
         assert!(s.is_zero());
         assert_eq!(s, Stats::zero());
-        assert!(s.sums.is_empty());
+        assert!(s.sums().is_empty());
     }
 
     #[test]
@@ -396,6 +518,86 @@ mod tests {
             }
         }
         assert_eq!(Stats::of_row(&[1.0, 2.0]).covariance(), None);
+    }
+
+    /// The statistics of `rows` made the old way: the full layout from the start, one
+    /// `add_row` after the other.
+    fn full(rows: &[Vec<f64>]) -> Stats {
+        let mut s = Stats::with_features(rows[0].len() - 1);
+        rows.iter().for_each(|z| s.add_row(z));
+        s
+    }
+
+    /// Bitwise equality of the count and the sums.
+    fn same_bits(a: &Stats, b: &Stats) -> bool {
+        let bits = |s: &Stats| s.sums().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        a.n == b.n && bits(a) == bits(b)
+    }
+
+    #[test]
+    fn a_single_row_is_its_products_in_every_view() {
+        let z = vec![0.1, -3.5, 1e150, 7.0];
+        let (row, made) = (Stats::of_row(&z), full(std::slice::from_ref(&z)));
+        assert!(row.row && !made.row);
+        assert_eq!(row.storage().len(), 4, "the row, not its products");
+        assert!(same_bits(&row, &made));
+        assert_eq!(row, made);
+        assert_eq!(row.cmp(&made), Ordering::Equal);
+        assert_eq!((row.features(), row.sum()), (made.features(), made.sum()));
+        for i in 0..4 {
+            for j in 0..4 {
+                assert_eq!(row.cross(i, j).to_bits(), made.cross(i, j).to_bits());
+            }
+        }
+        assert_eq!(row.mean(), made.mean());
+        let json = serde_json::to_string(&row).unwrap();
+        assert_eq!(json, serde_json::to_string(&made).unwrap());
+        let bytes = bincode::serialize(&row).unwrap();
+        assert_eq!(bytes, bincode::serialize(&made).unwrap());
+        let back: Stats = bincode::deserialize(&bytes).unwrap();
+        assert!(same_bits(&back, &made) && !back.row);
+        let mut negated = row.clone();
+        negated.negate();
+        let mut want = made.clone();
+        want.negate();
+        assert!(same_bits(&negated, &want));
+        let mut assigned = Stats::with_features(9);
+        assigned.assign(&row);
+        assert!(same_bits(&assigned, &made) && !assigned.row);
+    }
+
+    proptest::proptest! {
+        /// Sums of single rows and of sums, in any order and with negations, are bit for
+        /// bit the sums made the old way (every statistic in the full layout) by the same
+        /// operations: when a row's products are made does not change a sum.
+        #[test]
+        fn rows_kept_or_made_give_the_same_bits(
+            rows in proptest::collection::vec(proptest::collection::vec(-1e6f64..1e6, 3), 1..12),
+            splits in proptest::collection::vec(0usize..4, 1..12),
+            negated in proptest::collection::vec(proptest::bool::ANY, 12),
+        ) {
+            // Groups of rows (a group of one is a kept row), each maybe negated, summed.
+            let (mut ours, mut theirs) = (Stats::zero(), Stats::zero());
+            let mut at = 0;
+            for (g, &len) in splits.iter().enumerate() {
+                let group = &rows[at.min(rows.len())..(at + len.max(1)).min(rows.len())];
+                at += len.max(1);
+                if group.is_empty() {
+                    break;
+                }
+                let mut ours_g = Stats::of_row(&group[0]);
+                group[1..].iter().for_each(|z| ours_g.add_row(z));
+                let mut theirs_g = full(group);
+                if negated[g] {
+                    ours_g.negate();
+                    theirs_g.negate();
+                }
+                ours.plus_equals(&ours_g);
+                theirs.plus_equals(&theirs_g);
+                proptest::prop_assert!(same_bits(&ours, &theirs));
+                proptest::prop_assert_eq!(ours.is_zero(), theirs.is_zero());
+            }
+        }
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! ([`PaneFold`]), and the combiner only admits the batch's records before it takes the
 //! thread's panes.
 
+use std::collections::hash_map::Entry;
+
 use rustc_hash::FxHashMap;
 
 use super::context::WindowConfig;
@@ -94,14 +96,24 @@ impl Panes {
     #[inline]
     fn add(&mut self, r: RecordRef<'_>, bucket: Time, features: usize) {
         let k = self.keys.code(r.key);
-        let acc = self.folded.entry((k, bucket)).or_insert_with(|| PaneAcc {
-            first: r.time,
-            last: r.time,
-            stats: Stats::with_features(features),
-        });
-        acc.first = acc.first.min(r.time);
-        acc.last = acc.last.max(r.time);
-        acc.stats.add_row(r.z);
+        debug_assert_eq!(r.z.len(), features + 1);
+        match self.folded.entry((k, bucket)) {
+            // A pane's first record is kept as it is (with many keys, most panes of a
+            // batch hold one), the next ones make the sums.
+            Entry::Vacant(vacant) => {
+                vacant.insert(PaneAcc {
+                    first: r.time,
+                    last: r.time,
+                    stats: Stats::of_row(r.z),
+                });
+            }
+            Entry::Occupied(occupied) => {
+                let acc = occupied.into_mut();
+                acc.first = acc.first.min(r.time);
+                acc.last = acc.last.max(r.time);
+                acc.stats.add_row(r.z);
+            }
+        }
     }
 
     /// Empties it, keeping the storage of its map.
@@ -408,7 +420,7 @@ mod tests {
         let panes: Vec<_> = combiner.drain_panes().collect();
         assert_eq!(panes.len(), 1);
         assert_eq!(panes[0].1.n, 2);
-        assert!(panes[0].1.sums.iter().all(|v| v.is_finite()));
+        assert!(panes[0].1.sums().iter().all(|v| v.is_finite()));
     }
 
     /// Times beyond ±2⁶² (which no source lets through, but a user dataflow can feed)
@@ -525,7 +537,9 @@ mod tests {
                 let mut panes = [&mut fed, &mut taken].map(|c| {
                     let mut panes: Vec<_> = c
                         .drain_panes()
-                        .map(|((key, pane), stats)| (key.to_string(), pane, stats.n, stats.sums))
+                        .map(|((key, pane), stats)| {
+                            (key.to_string(), pane, stats.n, stats.sums().into_owned())
+                        })
                         .collect();
                     panes.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
                     panes

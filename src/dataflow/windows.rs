@@ -505,9 +505,10 @@ impl Windows {
                     && let Some(state) = self.keys.get(ahead)
                     && let Ok(at) = state.panes.binary_search_by(|(p, _)| p.cmp(pane))
                 {
-                    let open = &state.panes[at].1.sums;
+                    let open = state.panes[at].1.storage();
                     prefetch(open.as_ptr(), open.len());
-                    prefetch(incoming.sums.as_ptr(), incoming.sums.len());
+                    let incoming = incoming.storage();
+                    prefetch(incoming.as_ptr(), incoming.len());
                 }
                 let stats = std::mem::take(&mut batch[i].2);
                 let (key, pane) = (batch[i].0.0.clone(), batch[i].0.1);
@@ -806,9 +807,12 @@ impl Agenda {
 
 /// `stats` becomes the sum of `panes`, reusing its storage.
 fn sum_into(stats: &mut Stats, panes: &[(Pane, Stats)]) {
-    stats.n = 0;
-    stats.sums.clear();
-    for (_, pane) in panes {
+    let Some(((_, first), rest)) = panes.split_first() else {
+        *stats = Stats::zero();
+        return;
+    };
+    stats.assign(first);
+    for (_, pane) in rest {
         stats.plus_equals(pane);
     }
 }
