@@ -552,7 +552,21 @@ impl Windows {
         // In the order `--out` writes keys (then in the keys' own, for long keys whose
         // hashes collide): the sink then sorts lines that mostly come in order.
         crate::key::sort_in_text_order(&mut due);
-        for key in &due {
+        // As with the updates: what the keys ahead will read is fetched while this one is
+        // evaluated (their panes 8 places ahead; 4 places ahead, the panes' statistics).
+        for (i, key) in due.iter().enumerate() {
+            if let Some(ahead) = due.get(i + AHEAD)
+                && let Some(state) = self.keys.get(ahead)
+            {
+                prefetch(state.panes.as_ptr(), state.panes.len());
+            }
+            if let Some(ahead) = due.get(i + AHEAD / 2)
+                && let Some(state) = self.keys.get(ahead)
+            {
+                for (_, stats) in &state.panes {
+                    prefetch(stats.storage().as_ptr(), stats.storage().len());
+                }
+            }
             self.evaluate(key, frontier, watermark, &mut emit);
         }
         if self.estimates {
