@@ -132,10 +132,10 @@ impl Stats {
         stats
     }
 
-    /// The statistics of a single row `z = [x, y]` (at least one feature), which keep the
-    /// row until its products are needed.
+    /// The statistics of a single row `z = [x, y]`, which keep the row until its products
+    /// are needed.
     pub fn of_row(z: &[f64]) -> Self {
-        assert!(z.len() >= 2, "a row has at least one feature and a target");
+        assert!(!z.is_empty(), "a row holds at least its target");
         Stats {
             n: 1,
             sums: z.to_vec(),
@@ -564,6 +564,9 @@ mod tests {
         let mut assigned = Stats::with_features(9);
         assigned.assign(&row);
         assert!(same_bits(&assigned, &made) && !assigned.row);
+        // No feature: the target alone.
+        let (alone, made) = (Stats::of_row(&[2.5]), full(&[vec![2.5]]));
+        assert!(same_bits(&alone, &made) && alone.features() == Some(0));
     }
 
     proptest::proptest! {
