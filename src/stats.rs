@@ -148,9 +148,9 @@ impl Stats {
     pub fn sums(&self) -> Cow<'_, [f64]> {
         match self.row {
             true => {
-                let mut full = Stats::with_features(self.sums.len() - 1);
-                full.add_row(&self.sums);
-                Cow::Owned(full.sums)
+                let mut full = Vec::new();
+                products_into(&mut full, &self.sums);
+                Cow::Owned(full)
             }
             false => Cow::Borrowed(&self.sums),
         }
@@ -165,27 +165,22 @@ impl Stats {
     fn expand(&mut self) {
         if self.row {
             let z = std::mem::take(&mut self.sums);
+            products_into(&mut self.sums, &z);
             self.row = false;
-            self.n = 0;
-            self.sums = vec![0.0; z.len() + packed_len(z.len())];
-            self.add_row(&z);
         }
     }
 
     /// Becomes a copy of `other` in the full layout, reusing its storage: a sum of
     /// statistics starts so ([`Semigroup::plus_equals`] of zero copies `other`'s form).
     pub(crate) fn assign(&mut self, other: &Stats) {
-        self.sums.clear();
-        self.row = false;
-        self.n = 0;
         if other.row {
-            self.sums
-                .resize(other.sums.len() + packed_len(other.sums.len()), 0.0);
-            self.add_row(&other.sums);
+            products_into(&mut self.sums, &other.sums);
         } else {
+            self.sums.clear();
             self.sums.extend_from_slice(&other.sums);
-            self.n = other.n;
         }
+        self.n = other.n;
+        self.row = false;
     }
 
     /// Adds one row `z = [x₁ … x_d, y]` in `O(d²)`, without allocating.
@@ -201,18 +196,7 @@ impl Stats {
             "row of another dimension"
         );
         self.n += 1;
-        // Up to eight features, a loop per dimension that the compiler unrolls flat.
-        match m {
-            2 => add_fixed::<2>(&mut self.sums, z),
-            3 => add_fixed::<3>(&mut self.sums, z),
-            4 => add_fixed::<4>(&mut self.sums, z),
-            5 => add_fixed::<5>(&mut self.sums, z),
-            6 => add_fixed::<6>(&mut self.sums, z),
-            7 => add_fixed::<7>(&mut self.sums, z),
-            8 => add_fixed::<8>(&mut self.sums, z),
-            9 => add_fixed::<9>(&mut self.sums, z),
-            _ => add(&mut self.sums, z),
-        }
+        add_products(&mut self.sums, z);
     }
 
     /// The number of features `d`, or `None` for the zero statistics.
@@ -314,6 +298,31 @@ impl Stats {
     }
 }
 
+/// `sums += [z, upper triangle of z zᵀ]`: up to eight features, a loop per dimension that
+/// the compiler unrolls flat ([`add_fixed`]).
+#[inline]
+fn add_products(sums: &mut [f64], z: &[f64]) {
+    match z.len() {
+        2 => add_fixed::<2>(sums, z),
+        3 => add_fixed::<3>(sums, z),
+        4 => add_fixed::<4>(sums, z),
+        5 => add_fixed::<5>(sums, z),
+        6 => add_fixed::<6>(sums, z),
+        7 => add_fixed::<7>(sums, z),
+        8 => add_fixed::<8>(sums, z),
+        9 => add_fixed::<9>(sums, z),
+        _ => add(sums, z),
+    }
+}
+
+/// `sums` becomes the full layout of the single row `z` (zeros plus its products, as
+/// [`Stats::add_row`] would make them), reusing its storage.
+fn products_into(sums: &mut Vec<f64>, z: &[f64]) {
+    sums.clear();
+    sums.resize(z.len() + packed_len(z.len()), 0.0);
+    add_products(sums, z);
+}
+
 /// `sums += [z, upper triangle of z zᵀ]`, for any length of `z`.
 #[inline]
 fn add(sums: &mut [f64], z: &[f64]) {
@@ -370,7 +379,6 @@ impl Semigroup for Stats {
             self.n = rhs.n;
             return;
         }
-        let n = self.n + rhs.n;
         self.expand();
         if rhs.row {
             let m = rhs.sums.len();
@@ -379,7 +387,7 @@ impl Semigroup for Stats {
                 m + packed_len(m),
                 "statistics of different dimensions"
             );
-            self.add_row(&rhs.sums);
+            add_products(&mut self.sums, &rhs.sums);
         } else {
             assert_eq!(
                 self.sums.len(),
@@ -390,7 +398,7 @@ impl Semigroup for Stats {
                 *a += b;
             }
         }
-        self.n = n;
+        self.n += rhs.n;
         self.canonicalize();
     }
 }

@@ -23,7 +23,6 @@ use crate::window::{Admission, Pane, Time, Watermark, WindowSpec};
 pub(crate) struct Combiner {
     window: WindowSpec,
     pub(crate) watermark: Watermark,
-    features: usize,
     on_malformed: MalformedPolicy,
     panes: Panes,
     buckets: Buckets,
@@ -94,9 +93,8 @@ struct Panes {
 impl Panes {
     /// Folds `r`, of the bucket starting at `bucket`, into its pane.
     #[inline]
-    fn add(&mut self, r: RecordRef<'_>, bucket: Time, features: usize) {
+    fn add(&mut self, r: RecordRef<'_>, bucket: Time) {
         let k = self.keys.code(r.key);
-        debug_assert_eq!(r.z.len(), features + 1);
         match self.folded.entry((k, bucket)) {
             // A pane's first record is kept as it is (with many keys, most panes of a
             // batch hold one), the next ones make the sums.
@@ -167,7 +165,6 @@ fn in_range(z: &[f64]) -> bool {
 /// the panes when it admits every record of the batch ([`RecordSink::take_folded`]).
 pub(crate) struct PaneFold {
     buckets: Buckets,
-    features: usize,
     /// Panes handed back by the combiner, to fold the next batch into.
     spare: Option<Box<Panes>>,
 }
@@ -176,7 +173,6 @@ impl PaneFold {
     pub(crate) fn new(config: &WindowConfig) -> Self {
         PaneFold {
             buckets: Buckets::new(config.window),
-            features: config.features,
             spare: None,
         }
     }
@@ -195,7 +191,7 @@ impl Prefold for PaneFold {
                 self.spare = Some(panes);
                 return None;
             };
-            panes.add(r, bucket, self.features);
+            panes.add(r, bucket);
         }
         Some(panes)
     }
@@ -210,7 +206,6 @@ impl Combiner {
         Combiner {
             window: config.window,
             watermark: Watermark::new(config.lateness, config.max_jump),
-            features: config.features,
             on_malformed: MalformedPolicy::new(on_error),
             panes: Panes::default(),
             buckets: Buckets::new(config.window),
@@ -285,7 +280,7 @@ impl RecordSink for Combiner {
         }
         self.counts.records += 1;
         match self.admit(r.time, bucket) {
-            Admission::Admit => self.panes.add(r, bucket, self.features),
+            Admission::Admit => self.panes.add(r, bucket),
             admission => {
                 if admission == Admission::Late {
                     self.counts.late += 1;

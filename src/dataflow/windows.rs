@@ -499,16 +499,14 @@ impl Windows {
                 if let Some(((ahead, _), _, _)) = batch.get(i + 2 * AHEAD)
                     && let Some(state) = self.keys.get(ahead)
                 {
-                    prefetch(state.panes.as_ptr(), state.panes.len());
+                    prefetch(&state.panes);
                 }
                 if let Some(((ahead, pane), _, incoming)) = batch.get(i + AHEAD)
                     && let Some(state) = self.keys.get(ahead)
                     && let Ok(at) = state.panes.binary_search_by(|(p, _)| p.cmp(pane))
                 {
-                    let open = state.panes[at].1.storage();
-                    prefetch(open.as_ptr(), open.len());
-                    let incoming = incoming.storage();
-                    prefetch(incoming.as_ptr(), incoming.len());
+                    prefetch(state.panes[at].1.storage());
+                    prefetch(incoming.storage());
                 }
                 let stats = std::mem::take(&mut batch[i].2);
                 let (key, pane) = (batch[i].0.0.clone(), batch[i].0.1);
@@ -558,13 +556,13 @@ impl Windows {
             if let Some(ahead) = due.get(i + AHEAD)
                 && let Some(state) = self.keys.get(ahead)
             {
-                prefetch(state.panes.as_ptr(), state.panes.len());
+                prefetch(&state.panes);
             }
             if let Some(ahead) = due.get(i + AHEAD / 2)
                 && let Some(state) = self.keys.get(ahead)
             {
                 for (_, stats) in &state.panes {
-                    prefetch(stats.storage().as_ptr(), stats.storage().len());
+                    prefetch(stats.storage());
                 }
             }
             self.evaluate(key, frontier, watermark, &mut emit);
@@ -831,14 +829,14 @@ fn sum_into(stats: &mut Stats, panes: &[(Pane, Stats)]) {
     }
 }
 
-/// Asks the CPU to bring the `len` values at `p` into its caches, without waiting for them.
+/// Asks the CPU to bring `values` into its caches, without waiting for them.
 #[inline]
-fn prefetch<T>(p: *const T, len: usize) {
+fn prefetch<T>(values: &[T]) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        let bytes = len * std::mem::size_of::<T>();
-        let mut at = p.cast::<i8>();
+        let bytes = std::mem::size_of_val(values);
+        let mut at = values.as_ptr().cast::<i8>();
         for _ in 0..bytes.div_ceil(64) {
             // SAFETY: SSE is part of every x86-64 CPU, and a prefetch reads nothing (it
             // cannot fault, whatever the address).
@@ -847,7 +845,7 @@ fn prefetch<T>(p: *const T, len: usize) {
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (p, len);
+    let _ = values;
 }
 
 /// How many windows ending after `frontier` hold the aligned pane at `i` of `panes` and
