@@ -591,6 +591,76 @@ fn checkpoint_epoch_reports_the_committed_checkpoint() {
     );
 }
 
+/// Regression test for an ENGINE BUG seen at d15befa (session 24's flaky
+/// `followed_file_is_read_as_it_grows_exactly_once_across_kill_9`): a worker marks a batch
+/// of a live source as a checkpoint epoch only if `--checkpoint-every` has passed since its
+/// last mark when the batch arrives, so records posted in a burst and then nothing were
+/// never checkpointed: the newest checkpoint lagged until more records came, and a restart
+/// read the whole burst again from the ingest log. Now the log, quiet for
+/// `--checkpoint-every`, asks for a checkpoint through its newest batch. Three posts right
+/// after the start (within the 2 s of `--checkpoint-every`: the clock most likely marks
+/// none of them), `-w 2`: a checkpoint covers them all, the restart after kill -9 replays nothing,
+/// and the final models equal the oracle's.
+#[test]
+fn a_quiet_source_is_checkpointed_through_its_last_batch() {
+    let dir = TempDir::new("quiet-checkpoint");
+    let d = 2;
+    let win = Win::Tumbling(10_000);
+    let lateness = 1000;
+    let mut spec = GenSpec::new(3_000, 3, d, 23);
+    spec.disorder = 100;
+    let rows = generate(&spec);
+    let want = oracle(&rows, d, win, None);
+    let out = dir.path("models.jsonl");
+    let ckpt = dir.path("ckpt");
+    let args = with(
+        http_args(&out, d, win, lateness, 2),
+        &[
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--checkpoint-every",
+            "2s",
+        ],
+    );
+    let mut server = Server::start(&dir, &args);
+    let batches: Vec<u64> = rows
+        .chunks(1000)
+        .map(|chunk| server.post_rows(chunk, d, false))
+        .collect();
+    let last = *batches.last().unwrap();
+    let covered = server.wait_for("a checkpoint through the last post", || {
+        let v = server.get("/healthz").json();
+        match (v["checkpoint_epoch"].as_u64(), v["ingest"]["next_batch"].as_u64()) {
+            (Some(e), Some(next)) if e >= last && e + 1 == next => Ok(v),
+            _ => Err(v.to_string()),
+        }
+    });
+    // At most one request (an empty batch after the posts), and no more while nothing
+    // comes.
+    std::thread::sleep(Duration::from_millis(4500));
+    let v = server.get("/healthz").json();
+    assert_eq!(
+        (&v["ingest"]["next_batch"], &v["checkpoint_epoch"]),
+        (&covered["ingest"]["next_batch"], &covered["checkpoint_epoch"]),
+        "one checkpoint request per quiet spell: {v}, was {covered}"
+    );
+    assert!(v["ingest"]["next_batch"].as_u64() <= Some(last + 2), "{v}");
+    server.kill();
+    drop(server);
+
+    let server = Server::start(&dir, &args);
+    assert!(resumed_epoch(&server) >= last);
+    let v = server.get("/healthz").json();
+    assert_eq!(
+        v["ingest"]["appended"], 0,
+        "the checkpoint covers every post: nothing to replay: {v}"
+    );
+    post_sentinel(&server, closing_time(&want, lateness), d);
+    let got = wait_for_out(&server, &out, &want);
+    assert_matches_oracle(&got, &want, want.len(), "posts, a quiet spell, kill -9");
+    assert_written_once(&out);
+}
+
 /// Regression test for an engine bug seen at 141cc8f and fc4e5a3: right after a restart from a checkpoint, `/models` and
 /// `/healthz` report the watermark as 0 (1970) until the next batch is read, although the
 /// run resumed with the watermark of its checkpoint (the gauge is only set when the

@@ -152,6 +152,7 @@ pub fn ingest<'scope>(
                 Poll::Wait => {}
                 Poll::Batch(batch) => {
                     let idle_close = reading.reader().idle_close_to();
+                    let requested = reading.reader().checkpoint_requested();
                     if let Some(before) = reading.reader().partition_before() {
                         // One partition read by several workers: this batch is judged
                         // against the largest time of every batch before it.
@@ -200,7 +201,7 @@ pub fn ingest<'scope>(
                                 combiner.watermark.max_seen
                             },
                             counts: std::mem::take(&mut combiner.counts),
-                            checkpoint: mark(done),
+                            checkpoint: mark(done || requested),
                             idle: idle_close.is_some(),
                         }));
                     reading.release(batch, count, next, &mut cap);

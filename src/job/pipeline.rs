@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::settings::Job;
-use super::start::{close_when_idle, open_checkpoint, open_ingest_log, start_feeds, start_serving};
+use super::start::{checkpoint_when_quiet, close_when_idle, open_checkpoint, open_ingest_log, start_feeds, start_serving};
 use super::summary::Summary;
 use super::worker::{Shared, run_worker};
 use crate::cluster::ClusterConfig;
@@ -210,6 +210,9 @@ impl Pipeline {
         if let (Some(log), 0) = (&log, process) {
             if let Some(idle) = job.close_after_idle {
                 close_when_idle(&job, log, idle)?;
+            }
+            if let Some(c) = &checkpoint {
+                checkpoint_when_quiet(log, c.every)?;
             }
             start_feeds(&job, log, store.as_ref(), &metrics, on_fatal)?;
         }

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::settings::Job;
 use crate::checkpoint::{self, Store};
@@ -108,7 +109,7 @@ pub(super) fn open_ingest_log(
 pub(super) fn close_when_idle(
     job: &Job,
     log: &Arc<IngestLog>,
-    idle: std::time::Duration,
+    idle: Duration,
 ) -> Result<(), String> {
     // Every window a record so far can be in ends within the window's length (the gap of
     // sessions) of it; the lateness on top makes them final.
@@ -117,27 +118,56 @@ pub(super) fn close_when_idle(
         WindowSpec::Session { gap } => gap,
     };
     let horizon = reach.saturating_add(job.windows.lateness);
-    let log = Arc::clone(log);
+    when_quiet(log, "idle-close", idle, move |log, quiet| {
+        if let Some(batch) = log.close_idle(horizon) {
+            tracing::info!(
+                "tributary: no records for {quiet:.1?} (--close-after-idle): \
+                 closing every open window (batch {batch})"
+            );
+        }
+    })
+    .map_err(|e| format!("--close-after-idle: {e}"))
+}
+
+/// With a checkpoint store: a thread of process 0 that asks for a checkpoint through the
+/// ingest log's newest batch once the log has had no records for `every`
+/// (`--checkpoint-every`), so that a live source gone quiet is checkpointed through
+/// everything it sent ([`IngestLog::checkpoint_quiet`]).
+pub(super) fn checkpoint_when_quiet(log: &Arc<IngestLog>, every: Duration) -> Result<(), String> {
+    when_quiet(log, "quiet-checkpoint", every, move |log, _| {
+        if let Some(batch) = log.checkpoint_quiet(every) {
+            tracing::debug!("ingest log quiet for {every:?}: checkpoint at batch {batch}");
+        }
+    })
+    .map_err(|e| format!("--checkpoint-every: {e}"))
+}
+
+/// A thread that calls `act` (with how long the log has been quiet) whenever `log` has
+/// had no records for `quiet`, then waits `quiet` again; it ends with the log.
+fn when_quiet(
+    log: &Arc<IngestLog>,
+    name: &str,
+    quiet: Duration,
+    act: impl Fn(&IngestLog, Duration) + Send + 'static,
+) -> std::io::Result<()> {
+    let log = Arc::downgrade(log);
+    let quiet = quiet.max(Duration::from_millis(1));
     std::thread::Builder::new()
-        .name("idle-close".into())
+        .name(name.into())
         .spawn(move || {
-            loop {
-                let quiet = log.idle_for();
-                if quiet >= idle {
-                    if let Some(batch) = log.close_idle(horizon) {
-                        tracing::info!(
-                            "tributary: no records for {quiet:.1?} (--close-after-idle): \
-                             closing every open window (batch {batch})"
-                        );
-                    }
-                    std::thread::sleep(idle);
+            while let Some(log) = log.upgrade() {
+                let idle = log.idle_for();
+                let wait = if idle >= quiet {
+                    act(&log, idle);
+                    quiet
                 } else {
-                    std::thread::sleep(idle - quiet);
-                }
+                    quiet - idle
+                };
+                drop(log);
+                std::thread::sleep(wait);
             }
         })
-        .map_err(|e| format!("--close-after-idle: {e}"))?;
-    Ok(())
+        .map(drop)
 }
 
 /// Starts the threads of process 0 that append a TCP source's or a followed file's lines

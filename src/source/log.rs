@@ -15,7 +15,7 @@
 //! taken when nothing is pending, so one batch larger than a limit is not refused forever
 //! (its size is bounded by whoever builds it: `--max-body` for `POST /data`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -82,6 +82,13 @@ struct State {
     before: BTreeMap<u64, Time>,
     /// Idle closes not read yet: batch number → the partition's largest time after it.
     idle: BTreeMap<u64, Time>,
+    /// Checkpoint requests not read yet: empty batches numbered so that the batches
+    /// before them reach a checkpoint ([`IngestLog::checkpoint_quiet`]).
+    checkpoints: BTreeSet<u64>,
+    /// The newest checkpoint epoch committed (or resumed from).
+    committed: Option<u64>,
+    /// The last batch numbered by [`IngestLog::checkpoint_quiet`].
+    last_request: Option<u64>,
     /// When the last batch was appended (or the log opened).
     last_append: Instant,
     /// The partition's largest time when it was last closed for idleness.
@@ -152,6 +159,9 @@ impl IngestLog {
                 partition: Watermark::new(0, Time::MAX),
                 before: BTreeMap::new(),
                 idle: BTreeMap::new(),
+                checkpoints: BTreeSet::new(),
+                committed: resume_after,
+                last_request: None,
                 last_append: Instant::now(),
                 idle_closed_at: Time::MIN,
             }),
@@ -311,6 +321,41 @@ impl IngestLog {
         Some(seq)
     }
 
+    /// Asks for a checkpoint through every batch numbered so far, when the log has gone
+    /// quiet (no batch appended for `quiet` or longer) and the newest batch is in no
+    /// committed checkpoint: numbers an empty batch that its reader marks as a checkpoint
+    /// epoch. A worker marks its batches by the clock (`--checkpoint-every` since its last
+    /// mark), so without this a live source that goes quiet just after an unmarked batch
+    /// would not be checkpointed through it until more records came; a restart would read
+    /// those batches again from the store (nothing is lost, but the newest checkpoint
+    /// lags without bound). Nothing happens (`None`) when the log is not quiet, was
+    /// closed, holds no batch after the last commit, or its newest batch is the last
+    /// request (one request per quiet spell). Like an idle close, the batch is not written
+    /// to a store.
+    pub fn checkpoint_quiet(&self, quiet: Duration) -> Option<u64> {
+        let mut state = self.state();
+        let newest = state.next.checked_sub(1)?;
+        if state.closed_at.is_some()
+            || state.last_append.elapsed() < quiet
+            || state.committed.is_some_and(|c| c >= newest)
+            || state.last_request == Some(newest)
+        {
+            return None;
+        }
+        let seq = state.next;
+        let max = state.partition.max_seen;
+        state.before.insert(seq, max);
+        state.checkpoints.insert(seq);
+        state.last_request = Some(seq);
+        state.batches.insert(seq, Arc::default());
+        state.next += 1;
+        state.stats.next_batch = state.next;
+        for worker in &state.waiting {
+            let _ = worker.activate();
+        }
+        Some(seq)
+    }
+
     /// Takes no more records: the source ends once every batch appended is read.
     pub fn close(&self) {
         let mut state = self.state();
@@ -323,6 +368,10 @@ impl IngestLog {
     /// Checkpoint epoch `epoch` is committed: its batches (numbered `≤ epoch`) are in the
     /// state and leave the store.
     pub fn committed(&self, epoch: u64) -> Result<(), CheckpointError> {
+        {
+            let mut state = self.state();
+            state.committed = state.committed.max(Some(epoch));
+        }
         match &self.store {
             Some(store) => store.truncate_ingest(epoch),
             None => Ok(()),
@@ -412,6 +461,13 @@ impl LogReader {
         self.log.state().idle.get(&next).copied()
     }
 
+    /// Whether the next batch is a checkpoint request ([`IngestLog::checkpoint_quiet`]):
+    /// its reader marks it as a checkpoint epoch.
+    pub fn checkpoint_requested(&self) -> bool {
+        self.next
+            .is_some_and(|next| self.log.state().checkpoints.contains(&next))
+    }
+
     /// Reads the next batch into `sink`, once it has arrived.
     pub fn read_batch<S: RecordSink>(&mut self, sink: &mut S) -> Result<(), SourceError> {
         let Some(next) = self.next else {
@@ -424,6 +480,7 @@ impl LogReader {
             };
             state.before.remove(&next);
             state.idle.remove(&next);
+            state.checkpoints.remove(&next);
             state.stats.read += batch.len() as u64;
             state.stats.pending -= batch.len() as u64;
             state.stats.pending_bytes = state.stats.pending_bytes.saturating_sub(batch.bytes());
@@ -462,6 +519,46 @@ mod tests {
     }
 
     #[test]
+    fn a_quiet_log_asks_once_for_a_checkpoint_through_its_newest_batch() {
+        let log = Arc::new(IngestLog::open(None, None, 1_000_000).unwrap());
+        let now = Duration::ZERO;
+        assert_eq!(log.checkpoint_quiet(now), None, "no batch, nothing to cover");
+        assert_eq!(log.append(batch(3, 1)).unwrap(), 0);
+        assert_eq!(log.checkpoint_quiet(Duration::from_secs(3600)), None, "not quiet");
+        assert_eq!(log.checkpoint_quiet(now), Some(1));
+        assert_eq!(log.checkpoint_quiet(now), None, "one request per quiet spell");
+        let mut reader = LogReader::new(Arc::clone(&log), 0, 1);
+        assert!(!reader.checkpoint_requested());
+        let mut sink = Count(0);
+        reader.read_batch(&mut sink).unwrap();
+        assert!(reader.checkpoint_requested(), "batch 1 is the request");
+        reader.read_batch(&mut sink).unwrap();
+        assert!(!reader.checkpoint_requested());
+        assert_eq!((sink.0, log.stats().next_batch), (3, 2));
+        // A batch that a commit covers (the clock marked it) needs no request.
+        assert_eq!(log.append(batch(1, 1)).unwrap(), 2);
+        log.committed(2).unwrap();
+        assert_eq!(log.checkpoint_quiet(now), None);
+        // One the commit does not cover does; a closed log asks for nothing.
+        assert_eq!(log.append(batch(1, 1)).unwrap(), 3);
+        assert_eq!(log.checkpoint_quiet(now), Some(4));
+        assert_eq!(log.append(batch(1, 1)).unwrap(), 5);
+        log.close();
+        assert_eq!(log.checkpoint_quiet(now), None);
+    }
+
+    struct Count(usize);
+
+    impl RecordSink for Count {
+        fn record(&mut self, _: RecordRef<'_>) {
+            self.0 += 1;
+        }
+        fn malformed(&mut self, _: crate::source::sink::Malformed) -> Result<(), SourceError> {
+            Ok(())
+        }
+    }
+
+    #[test]
     fn pending_bytes_are_bounded_too() {
         // 10 records of a 10-byte key and 2 values: 10 × (10 + 24 + 8 + 16) = 580 bytes.
         assert_eq!(batch(10, 10).bytes(), 580);
@@ -485,15 +582,6 @@ mod tests {
         assert_eq!(log.stats().pending_bytes, 870);
         // Reading the batches frees their bytes.
         let mut reader = LogReader::new(Arc::new(log), 0, 1);
-        struct Count(usize);
-        impl RecordSink for Count {
-            fn record(&mut self, _: RecordRef<'_>) {
-                self.0 += 1;
-            }
-            fn malformed(&mut self, _: crate::source::sink::Malformed) -> Result<(), SourceError> {
-                Ok(())
-            }
-        }
         let mut sink = Count(0);
         reader.read_batch(&mut sink).unwrap();
         reader.read_batch(&mut sink).unwrap();

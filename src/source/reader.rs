@@ -133,6 +133,16 @@ impl SourceReader {
         }
     }
 
+    /// Whether the next batch is a checkpoint request of the ingest log (a live source
+    /// gone quiet, [`IngestLog::checkpoint_quiet`](super::log::IngestLog::checkpoint_quiet)):
+    /// it is a checkpoint epoch whatever the clock says.
+    pub fn checkpoint_requested(&self) -> bool {
+        match self {
+            SourceReader::Log(r) => r.checkpoint_requested(),
+            _ => false,
+        }
+    }
+
     /// For one partition read by several workers (the ingest log), the partition's
     /// largest admitted event time before the next batch; `None` for partitioned sources.
     pub fn partition_before(&self) -> Option<crate::window::Time> {
