@@ -191,6 +191,10 @@ pub fn ingest<'scope>(
                             .session(aside_cap)
                             .give_iterator(combiner.aside.drain(..));
                     }
+                    let checkpoint = mark(done || requested);
+                    if checkpoint {
+                        reading.reader().marked(batch);
+                    }
                     control
                         .session(control_cap)
                         .give(Control::Progress(Progress {
@@ -201,7 +205,7 @@ pub fn ingest<'scope>(
                                 combiner.watermark.max_seen
                             },
                             counts: std::mem::take(&mut combiner.counts),
-                            checkpoint: mark(done || requested),
+                            checkpoint,
                             idle: idle_close.is_some(),
                         }));
                     reading.release(batch, count, next, &mut cap);

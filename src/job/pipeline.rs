@@ -8,7 +8,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::settings::Job;
-use super::start::{checkpoint_when_quiet, close_when_idle, open_checkpoint, open_ingest_log, start_feeds, start_serving};
+use super::start::{
+    checkpoint_when_quiet, close_when_idle, open_checkpoint, open_ingest_log, start_feeds,
+    start_serving,
+};
 use super::summary::Summary;
 use super::worker::{Shared, run_worker};
 use crate::cluster::ClusterConfig;

@@ -85,10 +85,9 @@ struct State {
     /// Checkpoint requests not read yet: empty batches numbered so that the batches
     /// before them reach a checkpoint ([`IngestLog::checkpoint_quiet`]).
     checkpoints: BTreeSet<u64>,
-    /// The newest checkpoint epoch committed (or resumed from).
-    committed: Option<u64>,
-    /// The last batch numbered by [`IngestLog::checkpoint_quiet`].
-    last_request: Option<u64>,
+    /// The newest batch a reader marked as a checkpoint epoch (or the checkpoint resumed
+    /// from).
+    marked: Option<u64>,
     /// When the last batch was appended (or the log opened).
     last_append: Instant,
     /// The partition's largest time when it was last closed for idleness.
@@ -160,8 +159,7 @@ impl IngestLog {
                 before: BTreeMap::new(),
                 idle: BTreeMap::new(),
                 checkpoints: BTreeSet::new(),
-                committed: resume_after,
-                last_request: None,
+                marked: resume_after,
                 last_append: Instant::now(),
                 idle_closed_at: Time::MIN,
             }),
@@ -322,23 +320,22 @@ impl IngestLog {
     }
 
     /// Asks for a checkpoint through every batch numbered so far, when the log has gone
-    /// quiet (no batch appended for `quiet` or longer) and the newest batch is in no
-    /// committed checkpoint: numbers an empty batch that its reader marks as a checkpoint
-    /// epoch. A worker marks its batches by the clock (`--checkpoint-every` since its last
-    /// mark), so without this a live source that goes quiet just after an unmarked batch
-    /// would not be checkpointed through it until more records came; a restart would read
-    /// those batches again from the store (nothing is lost, but the newest checkpoint
-    /// lags without bound). Nothing happens (`None`) when the log is not quiet, was
-    /// closed, holds no batch after the last commit, or its newest batch is the last
-    /// request (one request per quiet spell). Like an idle close, the batch is not written
-    /// to a store.
+    /// quiet: numbers an empty batch that its reader marks as a checkpoint epoch. A worker
+    /// marks its batches by the clock (`--checkpoint-every` since its last mark), so
+    /// without this a live source that goes quiet just after an unmarked batch would not
+    /// be checkpointed through it until more records came; a restart would read those
+    /// batches again from the store (nothing is lost, but the newest checkpoint lags
+    /// without bound). Nothing happens (`None`) unless no batch was appended for `quiet`,
+    /// every batch was read, and the newest is past the last one marked
+    /// ([`LogReader::marked`]); nor after the log was closed. Like an idle close, the batch
+    /// is not written to a store.
     pub fn checkpoint_quiet(&self, quiet: Duration) -> Option<u64> {
         let mut state = self.state();
         let newest = state.next.checked_sub(1)?;
         if state.closed_at.is_some()
             || state.last_append.elapsed() < quiet
-            || state.committed.is_some_and(|c| c >= newest)
-            || state.last_request == Some(newest)
+            || !state.batches.is_empty()
+            || state.marked.is_some_and(|m| m >= newest)
         {
             return None;
         }
@@ -346,7 +343,6 @@ impl IngestLog {
         let max = state.partition.max_seen;
         state.before.insert(seq, max);
         state.checkpoints.insert(seq);
-        state.last_request = Some(seq);
         state.batches.insert(seq, Arc::default());
         state.next += 1;
         state.stats.next_batch = state.next;
@@ -368,10 +364,6 @@ impl IngestLog {
     /// Checkpoint epoch `epoch` is committed: its batches (numbered `≤ epoch`) are in the
     /// state and leave the store.
     pub fn committed(&self, epoch: u64) -> Result<(), CheckpointError> {
-        {
-            let mut state = self.state();
-            state.committed = state.committed.max(Some(epoch));
-        }
         match &self.store {
             Some(store) => store.truncate_ingest(epoch),
             None => Ok(()),
@@ -468,6 +460,12 @@ impl LogReader {
             .is_some_and(|next| self.log.state().checkpoints.contains(&next))
     }
 
+    /// Batch `batch`, read, is a checkpoint epoch: the log asks for none before it.
+    pub fn marked(&self, batch: u64) {
+        let mut state = self.log.state();
+        state.marked = state.marked.max(Some(batch));
+    }
+
     /// Reads the next batch into `sink`, once it has arrived.
     pub fn read_batch<S: RecordSink>(&mut self, sink: &mut S) -> Result<(), SourceError> {
         let Some(next) = self.next else {
@@ -522,27 +520,49 @@ mod tests {
     fn a_quiet_log_asks_once_for_a_checkpoint_through_its_newest_batch() {
         let log = Arc::new(IngestLog::open(None, None, 1_000_000).unwrap());
         let now = Duration::ZERO;
-        assert_eq!(log.checkpoint_quiet(now), None, "no batch, nothing to cover");
+        assert_eq!(
+            log.checkpoint_quiet(now),
+            None,
+            "no batch, nothing to cover"
+        );
         assert_eq!(log.append(batch(3, 1)).unwrap(), 0);
-        assert_eq!(log.checkpoint_quiet(Duration::from_secs(3600)), None, "not quiet");
-        assert_eq!(log.checkpoint_quiet(now), Some(1));
-        assert_eq!(log.checkpoint_quiet(now), None, "one request per quiet spell");
         let mut reader = LogReader::new(Arc::clone(&log), 0, 1);
-        assert!(!reader.checkpoint_requested());
+        assert_eq!(log.checkpoint_quiet(now), None, "batch 0 is not read yet");
         let mut sink = Count(0);
         reader.read_batch(&mut sink).unwrap();
+        assert_eq!(
+            log.checkpoint_quiet(Duration::from_secs(3600)),
+            None,
+            "not quiet"
+        );
+        assert_eq!(log.checkpoint_quiet(now), Some(1));
+        assert_eq!(
+            log.checkpoint_quiet(now),
+            None,
+            "the request is not read yet"
+        );
         assert!(reader.checkpoint_requested(), "batch 1 is the request");
         reader.read_batch(&mut sink).unwrap();
+        reader.marked(1);
         assert!(!reader.checkpoint_requested());
+        assert_eq!(
+            log.checkpoint_quiet(now),
+            None,
+            "one request per quiet spell"
+        );
         assert_eq!((sink.0, log.stats().next_batch), (3, 2));
-        // A batch that a commit covers (the clock marked it) needs no request.
+        // A batch its reader marked (by the clock) needs no request.
         assert_eq!(log.append(batch(1, 1)).unwrap(), 2);
-        log.committed(2).unwrap();
+        reader.read_batch(&mut sink).unwrap();
+        reader.marked(2);
         assert_eq!(log.checkpoint_quiet(now), None);
-        // One the commit does not cover does; a closed log asks for nothing.
+        // One it did not mark does; a closed log asks for nothing.
         assert_eq!(log.append(batch(1, 1)).unwrap(), 3);
+        reader.read_batch(&mut sink).unwrap();
         assert_eq!(log.checkpoint_quiet(now), Some(4));
+        reader.read_batch(&mut sink).unwrap();
         assert_eq!(log.append(batch(1, 1)).unwrap(), 5);
+        reader.read_batch(&mut sink).unwrap();
         log.close();
         assert_eq!(log.checkpoint_quiet(now), None);
     }

@@ -143,6 +143,14 @@ impl SourceReader {
         }
     }
 
+    /// Batch `batch`, just read, is a checkpoint epoch (the ingest log then asks for no
+    /// checkpoint through it, [`IngestLog::checkpoint_quiet`](super::log::IngestLog::checkpoint_quiet)).
+    pub fn marked(&self, batch: u64) {
+        if let SourceReader::Log(r) = self {
+            r.marked(batch);
+        }
+    }
+
     /// For one partition read by several workers (the ingest log), the partition's
     /// largest admitted event time before the next batch; `None` for partitioned sources.
     pub fn partition_before(&self) -> Option<crate::window::Time> {
